@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned first: this CPU build installs from local disk in seconds; unpinned, pip may pick a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+$(BIN)/fairgen: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install demo test bench clean
+install: $(BIN)/fairgen
+
+demo: install
+	$(BIN)/fairgen audit --suite occupations:test --images-per-prompt 32 --seed 0 --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/metrics.py
+
+clean:
+	rm -rf $(VENV) runs

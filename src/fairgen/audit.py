@@ -1,0 +1,218 @@
+"""audit: plan → generate → perceive → measure, resumable (DESIGN.md "Data flow").
+
+Every image has a seed derived from (run seed, prompt id, sample index), is written atomically, and is
+perceived once; a re-run of the same command skips what is on disk, so a run killed at any moment loses
+nothing and finishes with the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+from PIL import Image
+
+from . import models, perception, suites
+from .metrics import MetricFrame, results_frame
+from .models.base import UnifiedModel
+from .perception.base import PerceptionBackend
+from .store import RunStore, derive_seed
+from .types import FairgenError, Perception, Prompt
+
+# The default model of `fairgen audit` and of the README's demo: built in, no downloads.
+DEFAULT_MODEL = "world"
+# The paper's sampling (Liu et al.): cfg 3.0, temperature 0.9, top-p 0.6.
+PAPER_PRESET = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
+BOOTSTRAP_REPLICATES = 1000
+
+
+@dataclass
+class AuditResult:
+    """What an audit measured. `results` is results.json's content; `run_dir` where it lies."""
+
+    results: dict[str, Any]
+    run_dir: Path | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.results["summary"]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per prompt: counts, shares, rd with ci95 and noise floor, kl, entropy, fidelity."""
+        return results_frame(self.results)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "AuditResult":
+        path = Path(run_dir) / "results.json"
+        if not path.exists():
+            raise FairgenError(f"{run_dir} holds no results.json (not a finished fairgen run)")
+        return cls(json.loads(path.read_text()), Path(run_dir))
+
+
+def audit(
+    model: str | UnifiedModel = DEFAULT_MODEL,
+    suite: str | Sequence[Prompt] = "occupations:test",
+    images_per_prompt: int = 160,
+    seed: int = 0,
+    out: str | Path = "runs/audit",
+    perception_backend: str | PerceptionBackend | None = None,
+    world_spec: str | Path | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditResult:
+    """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
+
+    model: a spec string (`world`, `tiny`, `tiny:<dir>`, `folder:<dir>`, `plugin:<module>:<Class>`) or a
+        loaded model. suite: a suite name (`occupations:test`), a suite file, or prompts.
+    images_per_prompt: images generated per prompt (for `folder:` models, at most this many are read).
+    perception_backend: name or backend; default `world` for world/tiny models, `age-gender` otherwise.
+    sampling: generation settings passed to model.generate (cfg, temperature, top_p, ...).
+    progress: called as progress(done, total) after each batch.
+    """
+    if images_per_prompt < 1:
+        raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
+    if batch_size < 1:
+        raise FairgenError(f"batch size must be positive (got {batch_size})")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise FairgenError(f"output path {out} exists and is not a directory")
+    suite_name = suite if isinstance(suite, str) else "<prompts>"
+    prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
+    model_spec = model if isinstance(model, str) else model.spec
+    gen = models.load(model, world_spec=world_spec) if isinstance(model, str) else model
+    backend_name = perception_backend if isinstance(perception_backend, str) else None
+    if perception_backend is None:
+        backend_name = perception.default_for(model_spec)
+    backend = perception.load(backend_name) if backend_name else perception_backend
+    sampling = dict(sampling or {})
+
+    config = {
+        "model": model_spec,
+        "suite": suite_name,
+        "prompt_ids": [p.id for p in prompts],
+        "images_per_prompt": images_per_prompt,
+        "seed": seed,
+        "perception": backend.name,
+        "sampling": sampling,
+        "world_spec": str(world_spec) if world_spec else None,
+    }
+    provenance = {"model_provenance": gen.provenance(), "perception_provenance": backend.provenance()}
+    store = RunStore.open(out, config, provenance)
+
+    records = store.load_records()
+    plan = list(_plan(gen, prompts, images_per_prompt, seed))
+    todo = [item for item in plan if (item[0].id, item[1]) not in records]
+    done = len(plan) - len(todo)
+    if progress:
+        progress(done, len(plan))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        images = _images_for(gen, store, batch, sampling)
+        seen = backend.perceive([im for im in images if im is not None])
+        it = iter(seen)
+        new = [
+            _record(p, k, s, next(it) if im is not None else Perception(face=False, error=err))
+            for (p, k, s), (im, err) in zip(batch, zip(images, _errors(gen, batch, images)))
+        ]
+        store.append_records(new)
+        records.update({(r["prompt_id"], r["sample"]): r for r in new})
+        done += len(batch)
+        if progress:
+            progress(done, len(plan))
+
+    concept_match = None
+    if backend.name == "world":
+        from .world import concept_matches
+
+        concept_match = concept_matches
+    planned = {(p.id, k) for p, k, _ in plan}
+    frame = MetricFrame.from_records(
+        prompts, (r for key, r in records.items() if key in planned), backend.attributes, concept_match
+    )
+    results = {
+        "model": model_spec,
+        "suite": suite_name,
+        "images_per_prompt": images_per_prompt,
+        "seed": seed,
+        "perception": backend.name,
+        "sampling": sampling,
+        "bootstrap_replicates": BOOTSTRAP_REPLICATES,
+        **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
+    }
+    store.write_json("results.json", results)
+    result = AuditResult(results, store.root)
+    store.write_text("results.csv", result.to_frame().to_csv(index=False))
+    _write_report(store.root)
+    store.finish()
+    return result
+
+
+def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> Iterator[tuple[Prompt, int, int]]:
+    """(prompt, sample index, image seed) for every planned image, in suite order."""
+    available = getattr(gen, "available", None)  # images on disk: plan what exists, up to n
+    for p in prompts:
+        count = min(n, available(p)) if available else n
+        for k in range(count):
+            yield p, k, derive_seed(seed, p.id, k)
+
+
+def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[Image.Image | None]:
+    """The batch's images: read back when already on disk, else generated (and saved) in one call."""
+    out: list[Image.Image | None] = [None] * len(batch)
+    missing = []
+    read = getattr(gen, "read", None)
+    for i, (p, k, _) in enumerate(batch):
+        if read is not None:  # folder models read the user's files (None when unreadable)
+            out[i] = read(p, k)
+            continue
+        path = store.image_path(p.id, k)
+        if path.exists():
+            with Image.open(path) as im:
+                out[i] = im.convert("RGB")
+        else:
+            missing.append(i)
+    if missing:
+        made = gen.generate([batch[i][0] for i in missing], [batch[i][2] for i in missing], **sampling)
+        if len(made) != len(missing):
+            raise FairgenError(f"model {gen.spec} returned {len(made)} images for {len(missing)} prompts")
+        for i, im in zip(missing, made):
+            p, k, _ = batch[i]
+            store.save_image(im, p.id, k)
+            out[i] = im.convert("RGB")
+    return out
+
+
+def _errors(gen: UnifiedModel, batch, images) -> list[str | None]:
+    """Why each missing image is missing (folder models: unreadable file)."""
+    why = getattr(gen, "why_unreadable", None)
+    return [None if im is not None else (why(p, k) if why else "unreadable") for (p, k, _), im in zip(batch, images)]
+
+
+def _record(prompt: Prompt, sample: int, seed: int, seen: Perception) -> dict[str, Any]:
+    """One perception.jsonl line (DESIGN.md)."""
+    rec: dict[str, Any] = {
+        "prompt_id": prompt.id,
+        "sample": sample,
+        "seed": seed,
+        "face": bool(seen.face),
+        "box": list(seen.box) if seen.box else None,
+        "probs": seen.probs,
+        "label": seen.label(),
+    }
+    if seen.concept_read is not None:
+        rec["concept_read"] = seen.concept_read
+    if seen.error:
+        rec["error"] = seen.error
+    return rec
+
+
+def _write_report(run_dir: Path) -> None:
+    """Render report.html when the report module is available."""
+    try:
+        from .report import render_report
+    except ImportError:
+        return
+    render_report(run_dir)

@@ -1,0 +1,219 @@
+"""MetricFrame: an audit's perception records, disaggregated by prompt, as one small data object.
+
+In the spirit of fairlearn's MetricFrame: counts per (prompt, attribute, class) are the only state; every
+metric, interval and table is derived from them. `summarize` turns a frame into results.json's dict
+(DESIGN.md); `results_frame` turns that dict into a pandas table, so runs read back from disk and runs just
+computed give the same table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES, Prompt
+from .intervals import bootstrap_metrics, nanmean_rows, noise_floor, percentile_interval
+from .skew import SKEW_METRICS, frequencies
+
+
+@dataclass
+class MetricFrame:
+    """Counts of one audit.
+
+    prompts: the P prompts, in suite order.
+    n_images, n_faces, n_unreadable: (P,) int arrays.
+    counts: attribute -> (P, K) int array of argmax labels among images with a face; only measured
+        attributes are present (gender_x_race when both gender and race are).
+    concept_matches: (P,) int array of images whose concept cue reads back the prompt's concept, or
+        None when the perception backend reads no concept cue.
+    """
+
+    prompts: list[Prompt]
+    n_images: np.ndarray
+    n_faces: np.ndarray
+    n_unreadable: np.ndarray
+    counts: dict[str, np.ndarray]
+    concept_matches: np.ndarray | None = None
+
+    @classmethod
+    def from_records(
+        cls,
+        prompts: Sequence[Prompt],
+        records: Iterable[Mapping[str, Any]],
+        attributes: Sequence[str],
+        concept_match: Any = None,
+    ) -> "MetricFrame":
+        """Count perception.jsonl records (dicts with prompt_id, face, label, concept_read, error).
+
+        attributes: what the backend measures. concept_match(code, concept) -> bool, or None if the
+        backend reads no concept cue.
+        """
+        index = {p.id: i for i, p in enumerate(prompts)}
+        n_p = len(prompts)
+        measured = [a for a in ATTRIBUTES if a in attributes]
+        if "gender" in measured and "race" in measured:
+            measured.append(JOINT)
+        class_index = {a: {c: k for k, c in enumerate(METRIC_ATTRIBUTES[a])} for a in measured}
+        n_images = np.zeros(n_p, dtype=np.int64)
+        n_faces = np.zeros(n_p, dtype=np.int64)
+        n_unreadable = np.zeros(n_p, dtype=np.int64)
+        counts = {a: np.zeros((n_p, len(METRIC_ATTRIBUTES[a])), dtype=np.int64) for a in measured}
+        matches = np.zeros(n_p, dtype=np.int64) if concept_match is not None else None
+        for rec in records:
+            i = index.get(rec["prompt_id"])
+            if i is None:
+                continue
+            n_images[i] += 1
+            if rec.get("error"):
+                n_unreadable[i] += 1
+            if matches is not None and rec.get("concept_read") is not None:
+                matches[i] += bool(concept_match(rec["concept_read"], prompts[i].concept))
+            if not rec.get("face"):
+                continue
+            n_faces[i] += 1
+            label = dict(rec.get("label") or {})
+            if "gender" in label and "race" in label:
+                label[JOINT] = f"{label['gender']}_{label['race']}"
+            for a in measured:
+                if a in label:
+                    counts[a][i, class_index[a][label[a]]] += 1
+        return cls(list(prompts), n_images, n_faces, n_unreadable, counts, matches)
+
+    def summarize(self, replicates: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """results.json's "summary" and "prompts" parts (DESIGN.md), with bootstrap ci95 and noise floors.
+
+        The bootstrap resamples images within each prompt; `seed` makes it reproducible.
+        """
+        summary: dict[str, Any] = {}
+        per_prompt: dict[str, dict[str, Any]] = {}
+        boots = self._bootstrap(replicates, seed)
+        for attr in METRIC_ATTRIBUTES:
+            if attr not in self.counts:
+                summary[attr] = None  # not measured: reported as such, never as zero
+                continue
+            c = self.counts[attr]
+            k = c.shape[1]
+            floors = np.array([noise_floor(int(m), k) if m > 0 else np.nan for m in c.sum(axis=1)])
+            summary[attr] = {"n_prompts": int((c.sum(axis=1) > 0).sum())}
+            per_prompt[attr] = {"noise_floor": floors}
+            for name, fn in SKEW_METRICS.items():
+                point = np.asarray(fn(c), dtype=float)
+                per_boot, suite_boot = boots[attr, name]
+                entry = {"mean": _num(nanmean_rows(point)), "ci95": _pair(percentile_interval(suite_boot))}
+                if name == "rd":
+                    entry["noise_floor"] = _num(nanmean_rows(floors))
+                summary[attr][name] = entry
+                per_prompt[attr][name] = point
+                per_prompt[attr][name + "_ci95"] = percentile_interval(per_boot)
+        total = int(self.n_images.sum())
+        summary["face_rate"] = _num(self.n_faces.sum() / total) if total else None
+        summary["fidelity"] = (
+            {"metric": "concept_match", "value": _num(self.concept_matches.sum() / total)}
+            if self.concept_matches is not None and total else None
+        )
+        prompts = []
+        for i, p in enumerate(self.prompts):
+            row: dict[str, Any] = {
+                "id": p.id, "text": p.text, "concept": p.concept,
+                "n_images": int(self.n_images[i]), "n_faces": int(self.n_faces[i]),
+                "n_unreadable": int(self.n_unreadable[i]),
+                "counts": {a: dict(zip(METRIC_ATTRIBUTES[a], map(int, c[i]))) for a, c in self.counts.items()},
+            }
+            for key in ("rd", "rd_ci95", "noise_floor", "kl", "entropy"):
+                row[key] = {
+                    a: (_pair(per_prompt[a][key][i]) if key.endswith("ci95") else _num(per_prompt[a][key][i]))
+                    if a in per_prompt else None
+                    for a in METRIC_ATTRIBUTES
+                }
+            if self.concept_matches is not None:
+                row["fidelity"] = _num(self.concept_matches[i] / self.n_images[i]) if self.n_images[i] else None
+            prompts.append(row)
+        return {"summary": summary, "prompts": prompts}
+
+
+    def _bootstrap(self, replicates: int, seed: int) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """Bootstrap replicates of every skew metric: {(attribute, metric): (per_prompt (B, P), suite (B,))}.
+
+        When every face has both a gender and a race label, gender and race are the marginals of the
+        joint gender×race resample: one resample serves all three (coherent, and a third of the work).
+        """
+        out = {}
+        groups: dict[str, dict[str, Any]] = {a: {} for a in self.counts}
+        joint = self.counts.get(JOINT)
+        shared = joint is not None and _marginals_match(joint, self.counts["gender"], self.counts["race"])
+        for attr in self.counts:
+            for name, fn in SKEW_METRICS.items():
+                if shared and attr in ("gender", "race"):
+                    groups[JOINT][attr, name] = _marginal(fn, attr)
+                else:
+                    groups[attr][attr, name] = fn
+        for j, (attr, metrics) in enumerate(groups.items()):
+            if metrics:
+                out.update(bootstrap_metrics(self.counts[attr], metrics, replicates, seed=seed * 1000 + j))
+        return out
+
+
+def _joint_view(c: np.ndarray) -> np.ndarray:
+    """Joint gender×race counts (..., 8) as (..., 2 genders, 4 races): JOINT_CLASSES is gender-major."""
+    return c.reshape(c.shape[:-1] + (len(ATTRIBUTES["gender"]), len(ATTRIBUTES["race"])))
+
+
+def _marginal(fn: Any, attr: str) -> Any:
+    axis = -1 if attr == "gender" else -2
+    return lambda c: fn(_joint_view(c).sum(axis=axis))
+
+
+def _marginals_match(joint: np.ndarray, gender: np.ndarray, race: np.ndarray) -> bool:
+    view = _joint_view(joint)
+    return bool((view.sum(axis=-1) == gender).all() and (view.sum(axis=-2) == race).all())
+
+
+def summarize(frame: MetricFrame, replicates: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Functional alias of MetricFrame.summarize."""
+    return frame.summarize(replicates, seed)
+
+
+def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per prompt from a results.json dict: counts, shares, rd with ci95 and noise floor, kl, entropy."""
+    rows = []
+    for p in results["prompts"]:
+        row: dict[str, Any] = {
+            "id": p["id"], "text": p["text"], "concept": p.get("concept"),
+            "n_images": p["n_images"], "n_faces": p["n_faces"],
+            "face_rate": p["n_faces"] / p["n_images"] if p["n_images"] else math.nan,
+        }
+        for attr, classes in METRIC_ATTRIBUTES.items():
+            if p["rd"].get(attr) is None and attr not in p["counts"]:
+                continue
+            shares = frequencies([p["counts"][attr][c] for c in classes])
+            for c, s in zip(classes, shares):
+                row[f"share_{attr}_{c}"] = s
+            lo, hi = p["rd_ci95"][attr] or (None, None)
+            row.update({
+                f"rd_{attr}": _nan(p["rd"][attr]), f"rd_{attr}_lo": _nan(lo), f"rd_{attr}_hi": _nan(hi),
+                f"noise_floor_{attr}": _nan(p["noise_floor"][attr]),
+                f"kl_{attr}": _nan(p["kl"][attr]), f"entropy_{attr}": _nan(p["entropy"][attr]),
+            })
+        if "fidelity" in p:
+            row["fidelity"] = _nan(p["fidelity"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float: NaN becomes None (null)."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _pair(a: Any) -> list[float | None] | None:
+    lo, hi = (_num(v) for v in a)
+    return None if lo is None else [lo, hi]
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)

@@ -1,0 +1,181 @@
+"""The run directory (DESIGN.md): manifest, images, perception records, results — atomic and resumable.
+
+Layout:
+  <out>/manifest.json, <out>/images/<prompt_id>/<sample:05d>.png, <out>/perception.jsonl,
+  <out>/results.json, <out>/results.csv, <out>/report.html
+
+Crash safety: files are written to a temporary name in the same directory and renamed into place, so a
+file is either complete or absent. perception.jsonl is appended one whole batch per write(); a process
+killed mid-write can leave a partial last line, which the next open cuts off (that record is then redone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from PIL import Image
+
+from .types import FairgenError
+
+RECORDS = "perception.jsonl"
+MANIFEST = "manifest.json"
+
+
+def derive_seed(run_seed: int, prompt_id: str, sample: int) -> int:
+    """Seed of image `sample` of a prompt: a hash of (run seed, prompt id, sample), in [0, 2**63).
+
+    It depends on nothing else, so an image is the same whatever the batch size or order of work.
+    """
+    digest = hashlib.blake2b(f"{run_seed}\x1f{prompt_id}\x1f{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a run, for the manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("fairgen", "torch", "transformers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunStore:
+    """One run directory. Open it with `RunStore.open(out, config)`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.images = root / "images"
+
+    @classmethod
+    def open(cls, out: str | Path, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> "RunStore":
+        """Create the run directory, or reopen it to resume the same run.
+
+        config: what defines the run's results (model, suite, seeds, sampling, perception ...); reopening
+        with a different config is refused, so a resumed run never mixes two configurations.
+        `images_per_prompt` may grow: the new images extend the plan.
+        """
+        root = Path(out)
+        if root.exists() and not root.is_dir():
+            raise FairgenError(f"output path {root} exists and is not a directory")
+        store = cls(root)
+        manifest_path = root / MANIFEST
+        if manifest_path.exists():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise FairgenError(f"{manifest_path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            old = dict(manifest.get("config", {}))
+            for key in sorted(set(old) | set(config)):
+                if key != "images_per_prompt" and old.get(key) != config.get(key):
+                    raise FairgenError(
+                        f"{root} holds a run with {key}={old.get(key)!r}, not {config.get(key)!r}; "
+                        "use another --out or the same settings to resume"
+                    )
+            manifest["config"] = dict(config)
+            manifest["resumed"] = manifest.get("resumed", []) + [now()]
+            manifest.pop("finished", None)
+        else:
+            if root.exists() and any(p.name != ".gitkeep" for p in root.iterdir()):
+                raise FairgenError(f"output directory {root} is not empty and holds no fairgen run")
+            manifest = {"config": dict(config), "started": now(), "versions": versions()}
+        manifest.update(provenance)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FairgenError(f"cannot create output directory {root}: {e.strerror}") from None
+        store.write_json(MANIFEST, manifest)
+        return store
+
+    # --- images -------------------------------------------------------------------------------------
+    def image_path(self, prompt_id: str, sample: int) -> Path:
+        return self.images / prompt_id / f"{sample:05d}.png"
+
+    def save_image(self, image: Image.Image, prompt_id: str, sample: int) -> None:
+        import io
+
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        atomic_write_bytes(self.image_path(prompt_id, sample), buf.getvalue())
+
+    # --- perception records ------------------------------------------------------------------------
+    def load_records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """All complete records, keyed by (prompt_id, sample); cuts off a partial last line left by a crash."""
+        path = self.root / RECORDS
+        if not path.exists():
+            return {}
+        data = path.read_bytes()
+        good_end = data.rfind(b"\n") + 1
+        records: dict[tuple[str, int], dict[str, Any]] = {}
+        for line in data[:good_end].splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records.setdefault((rec["prompt_id"], int(rec["sample"])), rec)
+        if good_end < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+        return records
+
+    def append_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Append records as JSON lines in one write, flushed to disk."""
+        blob = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        if not blob:
+            return
+        with open(self.root / RECORDS, "ab") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+    # --- other files -------------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.root / name, obj)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_bytes(self.root / name, text.encode())
+
+    def finish(self) -> None:
+        """Stamp the manifest as finished."""
+        manifest = json.loads((self.root / MANIFEST).read_text())
+        manifest["finished"] = now()
+        self.write_json(MANIFEST, manifest)

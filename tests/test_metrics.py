@@ -1,0 +1,119 @@
+"""Metrics against hand-computed values and known sampling behaviour."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fairgen.metrics import (
+    MetricFrame,
+    bootstrap_metrics,
+    expected_rd,
+    kl_uniform,
+    noise_floor,
+    normalized_entropy,
+    percentile_interval,
+    rd,
+)
+from fairgen.types import Prompt
+
+
+def test_rd_hand_computed():
+    assert rd([90, 10]) == pytest.approx(0.8)
+    assert rd([25, 25, 25, 25]) == pytest.approx(0.0)
+    assert rd([7, 0, 0, 0]) == pytest.approx(0.5)
+    assert rd([0, 0, 3, 0, 0, 0, 0, 0]) == pytest.approx(0.25)
+    # [0.5, 0.3, 0.2]: pairs 0.2, 0.3, 0.1 -> 2/(3*2) * 0.6 = 0.2
+    assert rd([5, 3, 2]) == pytest.approx(0.2)
+
+
+def test_rd_vectorised_and_empty_rows():
+    out = rd(np.array([[90, 10], [50, 50], [0, 0]]))
+    assert out[:2] == pytest.approx([0.8, 0.0])
+    assert math.isnan(out[2])
+
+
+def test_kl_and_entropy_known_values():
+    assert kl_uniform([1, 1]) == pytest.approx(0.0)
+    assert kl_uniform([1, 0]) == pytest.approx(math.log(2))
+    assert kl_uniform([3, 1]) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    assert normalized_entropy([1, 1, 1, 1]) == pytest.approx(1.0)
+    assert normalized_entropy([5, 0, 0, 0]) == pytest.approx(0.0)
+    assert normalized_entropy([3, 1]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2))
+
+
+def test_noise_floor_matches_closed_form():
+    # K = 2: E|2X/n - 1| with X ~ Bin(n, 1/2); exact by summation.
+    from scipy.stats import binom
+
+    n = 160
+    x = np.arange(n + 1)
+    exact = float(np.sum(binom.pmf(x, n, 0.5) * np.abs(2 * x / n - 1)))
+    assert noise_floor(n, 2) == pytest.approx(exact, abs=0.002)
+    assert exact == pytest.approx(0.063, abs=0.001)
+
+
+def test_expected_rd_exceeds_population_rd_near_balance_only():
+    assert expected_rd([0.5, 0.5], 200) > 0.04
+    assert expected_rd([0.9, 0.1], 200) == pytest.approx(0.8, abs=0.005)
+
+
+def test_bootstrap_is_seeded_and_resamples_within_prompts():
+    counts = np.array([[80, 20], [10, 90], [0, 0]])
+    a = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
+    b = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
+    np.testing.assert_array_equal(a[0], b[0])
+    per_prompt, suite = a
+    assert per_prompt.shape == (500, 3) and suite.shape == (500,)
+    assert np.isnan(per_prompt[:, 2]).all()  # no faces: never resampled into a number
+    np.testing.assert_allclose(suite, per_prompt[:, :2].mean(axis=1))
+    ci = percentile_interval(per_prompt)
+    assert ci[0, 0] < 0.6 < ci[0, 1] and ci[1, 0] < 0.8 < ci[1, 1]
+
+
+# Shares off the lattice of attainable rd values: a true rd that a sample can hit exactly is covered by
+# an inclusive interval more often (ties), which is discreteness, not a flaw of the interval.
+@pytest.mark.parametrize("p, n", [([0.8137, 0.1863], 200), ([0.4737, 0.3213, 0.1681, 0.0369], 200), ([0.7131, 0.2869], 160)])
+def test_percentile_interval_coverage_away_from_balance(p, n):
+    """Coverage of per-prompt rd ci95 over 1,000 repeats, shares ≥ 0.15 apart (fixed seeds)."""
+    rng = np.random.default_rng(11)
+    observed = rng.multinomial(n, p, size=1000)  # each row: one repeat of one prompt
+    ci = percentile_interval(bootstrap_metrics(observed, {"rd": rd}, 1000, seed=5)["rd"][0])
+    true = rd(np.array(p))
+    coverage = np.mean((ci[:, 0] <= true) & (true <= ci[:, 1]))
+    assert 0.935 <= coverage <= 0.965
+
+
+def test_metric_frame_counts_and_summary_schema():
+    prompts = [Prompt("a", "A photo of a nurse", "nurse"), Prompt("b", "A photo of a pilot", "pilot")]
+    recs = []
+    for k in range(10):
+        recs.append({"prompt_id": "a", "sample": k, "face": True,
+                     "label": {"gender": "female" if k < 9 else "male", "race": "white", "age": "young"}})
+    recs.append({"prompt_id": "b", "sample": 0, "face": False, "label": {}})
+    recs.append({"prompt_id": "b", "sample": 1, "face": False, "label": {}, "error": "unreadable"})
+    recs.append({"prompt_id": "zzz", "sample": 0, "face": True, "label": {"gender": "male"}})  # not in suite
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race", "age"))
+    assert frame.counts["gender"].tolist() == [[9, 1], [0, 0]]
+    assert frame.counts["gender_x_race"][0].tolist() == [9, 0, 0, 0, 1, 0, 0, 0]
+    assert frame.n_images.tolist() == [10, 2] and frame.n_unreadable.tolist() == [0, 1]
+    out = frame.summarize(replicates=200, seed=1)
+    s = out["summary"]
+    assert s["gender"]["rd"]["mean"] == pytest.approx(0.8)  # prompt b has no faces: excluded from the mean
+    assert s["gender"]["n_prompts"] == 1
+    assert s["race"]["rd"]["mean"] == pytest.approx(0.5)
+    assert s["face_rate"] == pytest.approx(10 / 12)
+    assert s["fidelity"] is None
+    a, b = out["prompts"]
+    assert a["counts"]["gender"] == {"female": 9, "male": 1}
+    assert a["rd"]["gender_x_race"] == pytest.approx(rd([9, 0, 0, 0, 1, 0, 0, 0]))
+    assert a["noise_floor"]["gender"] == pytest.approx(noise_floor(10, 2))
+    assert b["rd"]["gender"] is None and b["rd_ci95"]["gender"] is None
+
+
+def test_missing_attribute_is_not_measured_not_zero():
+    prompts = [Prompt("a", "x", "x")]
+    recs = [{"prompt_id": "a", "sample": 0, "face": True, "label": {"gender": "male", "age": "old"}}]
+    s = MetricFrame.from_records(prompts, recs, ("gender", "age")).summarize(50)["summary"]
+    assert s["race"] is None and s["gender_x_race"] is None
+    assert s["gender"]["rd"]["mean"] == pytest.approx(1.0)
