@@ -12,14 +12,19 @@ $(BIN)/fairgen: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench browser clean
 install: $(BIN)/fairgen
 
 demo: install
 	$(BIN)/fairgen audit --suite occupations:test --images-per-prompt 32 --seed 0 --out runs/demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# The report test screenshots report.html in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: chromium could not be installed; the report screenshot test will be skipped"
 
 bench: install
 	$(BIN)/python benchmarks/metrics.py

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from importlib.resources import files
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -76,7 +75,9 @@ def test_builtin_ids_are_unique_and_safe(name, split):
 
 def test_other_builtin_suites():
     assert len(load("personal_descriptors")) == 40
-    assert {p.id for p in load("personal_descriptors")}.isdisjoint({p.id for p in load("personal_descriptors:train")})
+    assert {p.id for p in load("personal_descriptors")}.isdisjoint(
+        {p.id for p in load("personal_descriptors:train")}
+    )
     sports = load("sports")
     assert len(sports) == 40 and all(p.concept.endswith(" player") for p in sports)
     assert sports[0] == Prompt("tennis-player", "A photo of the face of a tennis player", "tennis player", {})
@@ -179,7 +180,10 @@ def test_shen_occupation_json(tmp_path):
     path.write_text(
         json.dumps(
             {
-                "prompt_templates_train": ["A photo of the face of a {occupation}, a person", "A {occupation}"],
+                "prompt_templates_train": [
+                    "A photo of the face of a {occupation}, a person",
+                    "A {occupation}",
+                ],
                 "occupations_train_set": ["electrician", "nurse"],
                 "prompt_templates_test": ["A photo of the face of a {occupation}, a person"],
                 "occupations_val_set": ["police officer", "Accountant"],
@@ -189,16 +193,19 @@ def test_shen_occupation_json(tmp_path):
     )
     train = load(f"{path}:train")
     # Template-major, as their code builds the list; ids carry the template when there are several.
+    # Texts are exactly template.format(occupation=...): their prompts, their articles.
     assert [(p.id, p.text, p.concept) for p in train] == [
-        ("electrician--t0", "A photo of the face of an electrician, a person", "electrician"),
+        ("electrician--t0", "A photo of the face of a electrician, a person", "electrician"),
         ("nurse--t0", "A photo of the face of a nurse, a person", "nurse"),
-        ("electrician--t1", "An electrician", "electrician"),
+        ("electrician--t1", "A electrician", "electrician"),
         ("nurse--t1", "A nurse", "nurse"),
     ]
     test = load(str(path))
     assert [p.id for p in test] == ["police-officer", "accountant"]
-    assert test[1].text == "A photo of the face of an Accountant, a person"
-    assert explicit(test[0], {"gender": "male"}).text == "A photo of the face of a male police officer, a person"
+    assert test[1].text == "A photo of the face of a Accountant, a person"
+    assert (
+        explicit(test[0], {"gender": "male"}).text == "A photo of the face of a male police officer, a person"
+    )
 
 
 # --- errors: one line, naming the file and what is wrong -------------------------------------------
@@ -218,15 +225,31 @@ def test_shen_occupation_json(tmp_path):
         ("emptytext.json", '[{"text": "  "}]', "'text' must be a non-empty string"),
         ("badkey.yaml", "- {text: a, txt: b}\n", "unknown key 'txt'"),
         ("notmap.yaml", "- a photo\n", "prompt 1 is not a mapping"),
-        ("dup.yaml", "- {id: a, text: x}\n- {id: b, text: y}\n- {id: a, text: z}\n", "duplicate id 'a' .prompts 1 and 3"),
+        (
+            "dup.yaml",
+            "- {id: a, text: x}\n- {id: b, text: y}\n- {id: a, text: z}\n",
+            "duplicate id 'a' .prompts 1 and 3",
+        ),
         ("badid.yaml", "- {id: Nurse 1, text: x}\n", "id 'Nurse 1' must be"),
         ("badgroup.yaml", "- {text: x, group: {gender: woman}}\n", "unknown gender class 'woman'"),
         ("bad.yaml", "prompts: [a, b\n  - c: d: e\n", "malformed YAML at line"),
         ("bad.json", '{"prompts": [', "malformed JSON at line 1"),
         ("shen.json", '{"prompt_templates_test": ["A {occupation}"]}', "missing key 'occupations_val_set'"),
-        ("shen2.json", '{"prompt_templates_test": ["A photo"], "occupations_val_set": ["x"]}', "has no {occupation}"),
-        ("shen3.json", '{"prompt_templates_test": ["A {occupation}"], "occupations_val_set": []}', "is empty"),
-        ("shen4.json", '{"prompt_templates_test": ["{occupation}"], "occupations_val_set": ["a", "A"]}', "duplicate id 'a'"),
+        (
+            "shen2.json",
+            '{"prompt_templates_test": ["A photo"], "occupations_val_set": ["x"]}',
+            "has no {occupation}",
+        ),
+        (
+            "shen3.json",
+            '{"prompt_templates_test": ["A {occupation}"], "occupations_val_set": []}',
+            "is empty",
+        ),
+        (
+            "shen4.json",
+            '{"prompt_templates_test": ["{occupation}"], "occupations_val_set": ["a", "A"]}',
+            "duplicate id 'a'",
+        ),
         ("suite.csv", "text\na\n", "unknown suite file type"),
     ],
 )
@@ -268,15 +291,22 @@ def test_unknown_builtin_names_and_splits():
 def test_explicit_texts_and_ids():
     nurse = {p.id: p for p in load("occupations")}["nurse"]
     female = explicit(nurse, {"gender": "female"})
-    assert female == Prompt("nurse--female", "A photo of the face of a female nurse, a person", "nurse", {"gender": "female"})
+    assert female == Prompt(
+        "nurse--female", "A photo of the face of a female nurse, a person", "nurse", {"gender": "female"}
+    )
     both = explicit(nurse, {"race": "asian", "gender": "female"})
-    assert (both.id, both.text) == ("nurse--female-asian", "A photo of the face of an Asian female nurse, a person")
+    assert (both.id, both.text) == (
+        "nurse--female-asian",
+        "A photo of the face of an Asian female nurse, a person",
+    )
     assert dict(both.group) == {"gender": "female", "race": "asian"}
     three = explicit(nurse, {"gender": "male", "race": "indian", "age": "young"})
     assert three.text == "A photo of the face of a young Indian male nurse, a person"
     assert three.id == "nurse--male-indian-young"
     accountant = load("occupations")[0]
-    assert explicit(accountant, {"race": "black"}).text == "A photo of the face of a Black accountant, a person"
+    assert (
+        explicit(accountant, {"race": "black"}).text == "A photo of the face of a Black accountant, a person"
+    )
     assert explicit(accountant, {"age": "old"}).text == "A photo of the face of an old accountant, a person"
     train = {p.id: p for p in load("occupations:train")}
     assert explicit(train["anesthesiologist--t3"], {"race": "white"}).text == (
@@ -313,8 +343,18 @@ def test_explicit_errors():
 
 @pytest.mark.parametrize(
     "phrase,article",
-    [("nurse", "a"), ("accountant", "an"), ("hour", "an"), ("university dean", "a"), ("urologist", "a"),
-     ("HVAC technician", "an"), ("CEO", "a"), ("UX designer", "a"), ("Indian", "an"), ("European", "a")],
+    [
+        ("nurse", "a"),
+        ("accountant", "an"),
+        ("hour", "an"),
+        ("university dean", "a"),
+        ("urologist", "a"),
+        ("HVAC technician", "an"),
+        ("CEO", "a"),
+        ("UX designer", "a"),
+        ("Indian", "an"),
+        ("European", "a"),
+    ],
 )
 def test_indefinite_article(phrase, article):
     assert indefinite_article(phrase) == article
@@ -342,7 +382,12 @@ def test_cli_show_json_and_table():
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
     assert len(records) == 50 and set(records[0]) == {"id", "text", "concept", "group"}
-    assert records[29] == {"id": "nurse", "text": "A photo of the face of a nurse, a person", "concept": "nurse", "group": {}}
+    assert records[29] == {
+        "id": "nurse",
+        "text": "A photo of the face of a nurse, a person",
+        "concept": "nurse",
+        "group": {},
+    }
     zh = json.loads(runner.invoke(suites_app, ["show", "occupations_zh", "--json"]).stdout)
     assert zh[29]["text"] == "一张护士的脸部照片，照片中是一个人"
     table = runner.invoke(suites_app, ["show", "sports"])

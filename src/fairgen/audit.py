@@ -88,6 +88,8 @@ def audit(
         backend_name = perception.default_for(model_spec)
     backend = perception.load(backend_name) if backend_name else perception_backend
     sampling = dict(sampling or {})
+    if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
+        gen.bind(prompts)
 
     config = {
         "model": model_spec,
@@ -110,12 +112,11 @@ def audit(
         progress(done, len(plan))
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        images = _images_for(gen, store, batch, sampling)
-        seen = backend.perceive([im for im in images if im is not None])
-        it = iter(seen)
+        loaded = _images_for(gen, store, batch, sampling)
+        seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
         new = [
-            _record(p, k, s, next(it) if im is not None else Perception(face=False, error=err))
-            for (p, k, s), (im, err) in zip(batch, zip(images, _errors(gen, batch, images)))
+            _record(p, k, s, next(seen) if im is not None else Perception(face=False, error=err), src)
+            for (p, k, s), (im, err, src) in zip(batch, loaded)
         ]
         store.append_records(new)
         records.update({(r["prompt_id"], r["sample"]): r for r in new})
@@ -152,26 +153,24 @@ def audit(
 
 def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> Iterator[tuple[Prompt, int, int]]:
     """(prompt, sample index, image seed) for every planned image, in suite order."""
-    available = getattr(gen, "available", None)  # images on disk: plan what exists, up to n
+    available = getattr(gen, "available", None)  # images on disk: plan those that exist, up to n
     for p in prompts:
         count = min(n, available(p)) if available else n
         for k in range(count):
             yield p, k, derive_seed(seed, p.id, k)
 
 
-def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[Image.Image | None]:
-    """The batch's images: read back when already on disk, else generated (and saved) in one call."""
-    out: list[Image.Image | None] = [None] * len(batch)
+def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[tuple[Image.Image | None, str | None, str | None]]:
+    """The batch's images as (image, error, source file): read from a folder model's files, read back from
+    the run directory when generated before, else generated in one call and saved."""
+    if hasattr(gen, "read"):
+        return [(*gen.read(p, k), str(gen.source(p, k))) for p, k, _ in batch]
+    out: list[tuple[Image.Image | None, str | None, str | None]] = [(None, None, None)] * len(batch)
     missing = []
-    read = getattr(gen, "read", None)
     for i, (p, k, _) in enumerate(batch):
-        if read is not None:  # folder models read the user's files (None when unreadable)
-            out[i] = read(p, k)
-            continue
-        path = store.image_path(p.id, k)
-        if path.exists():
-            with Image.open(path) as im:
-                out[i] = im.convert("RGB")
+        image = store.load_image(p.id, k)
+        if image is not None:
+            out[i] = (image, None, None)
         else:
             missing.append(i)
     if missing:
@@ -181,18 +180,12 @@ def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[Ima
         for i, im in zip(missing, made):
             p, k, _ = batch[i]
             store.save_image(im, p.id, k)
-            out[i] = im.convert("RGB")
+            out[i] = (im.convert("RGB"), None, None)
     return out
 
 
-def _errors(gen: UnifiedModel, batch, images) -> list[str | None]:
-    """Why each missing image is missing (folder models: unreadable file)."""
-    why = getattr(gen, "why_unreadable", None)
-    return [None if im is not None else (why(p, k) if why else "unreadable") for (p, k, _), im in zip(batch, images)]
-
-
-def _record(prompt: Prompt, sample: int, seed: int, seen: Perception) -> dict[str, Any]:
-    """One perception.jsonl line (DESIGN.md)."""
+def _record(prompt: Prompt, sample: int, seed: int, seen: Perception, source: str | None) -> dict[str, Any]:
+    """One perception.jsonl line (DESIGN.md); `source` is the image file of folder models."""
     rec: dict[str, Any] = {
         "prompt_id": prompt.id,
         "sample": sample,
@@ -206,6 +199,8 @@ def _record(prompt: Prompt, sample: int, seed: int, seen: Perception) -> dict[st
         rec["concept_read"] = seen.concept_read
     if seen.error:
         rec["error"] = seen.error
+    if source is not None:
+        rec["source"] = source
     return rec
 
 

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .audit import DEFAULT_MODEL
+from .suites.cli import suites_app
 from .types import FairgenError
 
 app = typer.Typer(
@@ -20,14 +20,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(suites_app, name="suites")
 console = Console(stderr=True)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    )
+class _LazyProgress:
+    """A rich progress bar that appears at the first progress report, so that input errors found
+    before any work starts print as one clean line. Call it as progress(done, total)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> "_LazyProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command()
@@ -57,12 +78,11 @@ def audit(
     for key, value in (("cfg", cfg), ("temperature", temperature), ("top_p", top_p)):
         if value is not None:
             sampling[key] = value
-    with _progress() as bar:
-        task = bar.add_task("audit", total=None)
+    with _LazyProgress("audit") as progress:
         result = run_audit(
             model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed, out=out,
             perception_backend=perception, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=progress,
         )
     _print_summary(result.results)
     typer.echo(f"results: {out / 'results.json'}  table: {out / 'results.csv'}  report: {out / 'report.html'}")
@@ -117,11 +137,11 @@ def main() -> None:
         code = command.main(args=sys.argv[1:], prog_name="fairgen", standalone_mode=False)
     except FairgenError as e:
         _fail(str(e))
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
-        _fail(e.format_message())
+    except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type ...
+        _fail(e.format_message() if hasattr(e, "format_message") else str(e))
     sys.exit(code if isinstance(code, int) else 0)
 
 

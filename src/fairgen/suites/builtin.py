@@ -6,7 +6,7 @@ suite means adding data, not code.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 from typing import Any
 
@@ -23,13 +23,13 @@ def _read(filename: str) -> str:
     return _DATA.joinpath(filename).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry() -> dict[str, Any]:
     """suites.yaml, parsed once per process."""
     return yaml.safe_load(_read("suites.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _concepts(filename: str) -> tuple[tuple[str, str], ...]:
     """(concept, words for the template) pairs of a concept file: a .txt list or a .yaml mapping."""
     if filename.endswith(".yaml"):

@@ -16,7 +16,7 @@ from fairgen.suites.builtin import list_suites
 from fairgen.suites.loader import load
 from fairgen.types import FairgenError
 
-suites_app = typer.Typer(help="Prompt suites: list them, or show the prompts of one.", no_args_is_help=False)
+suites_app = typer.Typer(help="Prompt suites: list them, or show the prompts of one.")
 
 
 @suites_app.callback(invoke_without_command=True)
@@ -47,7 +47,9 @@ def show(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if as_json:
-        records = [{"id": p.id, "text": p.text, "concept": p.concept, "group": dict(p.group)} for p in prompts]
+        records = [
+            {"id": p.id, "text": p.text, "concept": p.concept, "group": dict(p.group)} for p in prompts
+        ]
         # Plain echo, not rich: rich would wrap long lines and break the JSON.
         typer.echo(json.dumps(records, ensure_ascii=False, indent=2))
         return

@@ -8,7 +8,7 @@ The fix stage builds its balanced set from these, and locate compares them with 
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from fairgen.suites.templates import fix_article
 from fairgen.types import ATTRIBUTES, FairgenError, Prompt

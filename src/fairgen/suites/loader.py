@@ -48,5 +48,6 @@ def load(name: str, split: str | None = None) -> list[Prompt]:
     if sep and (head in builtin_names() or looks_like_file(head)):
         raise FairgenError(f"suite '{head}': unknown split '{tail}' (known split words: {', '.join(SPLITS)})")
     raise FairgenError(
-        f"unknown suite '{target}' (built-in: {', '.join(builtin_names())}; or give a .yaml, .yml, .json or .txt file)"
+        f"unknown suite '{target}' (built-in: {', '.join(builtin_names())}; "
+        f"or give a .yaml, .yml, .json or .txt file)"
     )

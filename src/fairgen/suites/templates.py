@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from fairgen.types import FairgenError, Prompt
 
@@ -79,19 +79,22 @@ def cross(
     concepts: Sequence[tuple[str, str]],
     placeholder: str,
     suffix: str = "t",
+    fix_articles: bool = True,
 ) -> list[Prompt]:
     """Every template filled with every concept, template-major (as Shen et al. build their lists).
 
     concepts: (concept, words written into the template) pairs; the words differ from the concept
     only for translations. Ids: the concept's slug (or "c<index>" when it has no ASCII letters), plus
-    "--<suffix><j>" (template index j) when there are several templates.
+    "--<suffix><j>" (template index j) when there are several templates. fix_articles=False keeps the
+    template's words exactly (a user's file: their exact prompts, "a accountant" included).
     """
     slugs = [slugify(concept) or f"c{i:03d}" for i, (concept, _) in enumerate(concepts)]
     prompts = []
     for j, template in enumerate(templates):
         tag = f"--{suffix}{j}" if len(templates) > 1 else ""
-        for slug, (concept, words) in zip(slugs, concepts):
-            prompts.append(Prompt(id=slug + tag, text=fill(template, placeholder, words), concept=concept))
+        for slug, (concept, words) in zip(slugs, concepts, strict=True):
+            text = fill(template, placeholder, words) if fix_articles else template.replace(placeholder, words)
+            prompts.append(Prompt(id=slug + tag, text=text, concept=concept))
     return prompts
 
 
@@ -101,7 +104,8 @@ def check_unique_ids(prompts: Iterable[Prompt], where: str) -> None:
     for prompt in prompts:
         if prompt.id in seen:
             raise FairgenError(
-                f"{where}: duplicate id '{prompt.id}' (from {seen[prompt.id].concept!r} and {prompt.concept!r})"
+                f"{where}: duplicate id '{prompt.id}' "
+                f"(from {seen[prompt.id].concept!r} and {prompt.concept!r})"
             )
         seen[prompt.id] = prompt
 

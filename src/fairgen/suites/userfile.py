@@ -64,7 +64,8 @@ def load_file(path: Path, split: str) -> list[Prompt]:
         data = data["prompts"]
     if not isinstance(data, list):
         raise FairgenError(
-            f"{path}: expected a list of prompts, a mapping with 'prompts', or Shen et al.'s occupation.json keys"
+            f"{path}: expected a list of prompts, a mapping with 'prompts', "
+            "or Shen et al.'s occupation.json keys"
         )
     return _from_items(path, data)
 
@@ -83,7 +84,9 @@ def _parse(path: Path, text: str, ext: str) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise FairgenError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+            raise FairgenError(
+                f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+            ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -114,7 +117,8 @@ def _from_shen(path: Path, data: dict[str, Any], split: str) -> list[Prompt]:
     for j, template in enumerate(templates):
         if SHEN_PLACEHOLDER not in template:
             raise FairgenError(f"{path}: template {j} of '{templates_key}' has no {SHEN_PLACEHOLDER}")
-    prompts = cross(templates, [(occ, occ) for occ in occupations], SHEN_PLACEHOLDER)
+    # Exactly as Shen et al.'s code builds them (template.format(occupation=...)): no article fixing.
+    prompts = cross(templates, [(occ, occ) for occ in occupations], SHEN_PLACEHOLDER, fix_articles=False)
     check_unique_ids(prompts, f"{path} (split {split})")
     return prompts
 
@@ -140,7 +144,9 @@ def _from_items(path: Path, items: list[Any]) -> list[Prompt]:
     for number, item in enumerate(fields, start=1):
         if "id" in item:
             if item["id"] in given:
-                raise FairgenError(f"{path}: duplicate id '{item['id']}' (prompts {given[item['id']]} and {number})")
+                raise FairgenError(
+                    f"{path}: duplicate id '{item['id']}' (prompts {given[item['id']]} and {number})"
+                )
             given[item["id"]] = number
     taken = set(given)
     prompts = []
@@ -173,9 +179,12 @@ def _item_fields(path: Path, number: int, item: Any) -> dict[str, Any]:
     fields = {key: item[key].strip() for key in ("text", "concept") if key in item}
     if "id" in item:
         prompt_id = item["id"]
-        if not (isinstance(prompt_id, str) and ID_PATTERN.fullmatch(prompt_id) and len(prompt_id) <= MAX_ID_LENGTH):
+        if not (
+            isinstance(prompt_id, str) and ID_PATTERN.fullmatch(prompt_id) and len(prompt_id) <= MAX_ID_LENGTH
+        ):
             raise FairgenError(
-                f"{where}: id {prompt_id!r} must be a string of a-z, 0-9, '_' and '-' (at most {MAX_ID_LENGTH})"
+                f"{where}: id {prompt_id!r} must be a string of a-z, 0-9, '_' and '-' "
+                f"(at most {MAX_ID_LENGTH} characters)"
             )
         fields["id"] = prompt_id
     if "group" in item:

@@ -31,7 +31,7 @@ from PIL import Image
 from ..types import ATTRIBUTES, FairgenError
 
 SIZE = 64  # image side, pixels
-CENTRE = (32, 25)  # un-jittered avatar centre (x, y): the centre of the face ellipse
+CENTRE = (32, 26)  # un-jittered avatar centre (x, y): the centre of the face ellipse
 JITTER = 3  # maximum position jitter, pixels, each axis
 
 # Colour palettes, RGB 0..255. The colours were chosen so that every pair a reader has to tell apart
@@ -81,10 +81,10 @@ HAIR_JITTER = 8  # +- per channel
 # Geometry (pixels, relative to the avatar centre). Ellipse radii are half-integers so that the set of
 # pixel centres inside is symmetric: the face covers dx in [-9, 9] and dy in [-11, 11].
 FACE_RADII = (9.5, 11.5)  # (x, y)
-EYE_OFFSETS = ((-4, -2), (4, -2))  # centres of the two 3x3 eyes
-EYE_HALF = 1
+EYE_OFFSETS = ((-4, -2), (4, -2))  # centres of the two eyes
+EYE_HALF = (1, 2)  # (x, y) half extents: 3 px wide, 5 px tall
 CAP_CENTRE_DY = -4
-CAP_RADII = (12.5, 14.5)
+CAP_RADII = (12.5, 16.5)
 CAP_MAX_DY = -3  # a male cap stops above the eyes
 LONG_HAIR_HALF_WIDTH = 15
 LONG_HAIR_DY = (-4, 16)  # inclusive: from the temples down to the shoulders
@@ -139,19 +139,20 @@ def check_class(attribute: str, value: str) -> str:
     return value
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
+    """`seed` as an int if it is a non-negative integer (what numpy seeding accepts), else FairgenError."""
     if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise FairgenError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 
-def _ellipse(dx: np.ndarray, dy: np.ndarray, rx: float, ry: float) -> np.ndarray:
+def ellipse(dx: np.ndarray, dy: np.ndarray, rx: float, ry: float) -> np.ndarray:
     """Pixels whose centres lie inside the axis-aligned ellipse of radii (rx, ry) about the origin."""
     return (dx / rx) ** 2 + (dy / ry) ** 2 <= 1.0
 
 
 # Pixels in the face ellipse (343).
-FACE_AREA = int(_ellipse(_GRID_X - SIZE // 2, _GRID_Y - SIZE // 2, *FACE_RADII).sum())
+FACE_AREA = int(ellipse(_GRID_X - SIZE // 2, _GRID_Y - SIZE // 2, *FACE_RADII).sum())
 
 
 def _torso(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -187,7 +188,7 @@ def render(gender: str, race: str, age: str, concept: str, seed: int) -> Image.I
     check_class("race", race)
     check_class("age", age)
     colour_index, bits = concept_bits(concept)
-    rng = np.random.default_rng([_NUISANCE_STREAM, _check_seed(seed)])
+    rng = np.random.default_rng([_NUISANCE_STREAM, check_seed(seed)])
 
     # Fixed draw order and count, whatever the attributes (see the module docstring).
     jx, jy = rng.integers(-JITTER, JITTER + 1, size=2)
@@ -201,7 +202,7 @@ def render(gender: str, race: str, age: str, concept: str, seed: int) -> Image.I
 
     dx = _GRID_X - (CENTRE[0] + jx)
     dy = _GRID_Y - (CENTRE[1] + jy)
-    cap = _ellipse(dx, dy - CAP_CENTRE_DY, *CAP_RADII)
+    cap = ellipse(dx, dy - CAP_CENTRE_DY, *CAP_RADII)
     if gender == "female":
         long_hair = (np.abs(dx) <= LONG_HAIR_HALF_WIDTH) & (dy >= LONG_HAIR_DY[0]) & (dy <= LONG_HAIR_DY[1])
         hair_mask = cap | long_hair
@@ -209,7 +210,7 @@ def render(gender: str, race: str, age: str, concept: str, seed: int) -> Image.I
         hair_mask = cap & (dy <= CAP_MAX_DY)
     eyes = np.zeros((SIZE, SIZE), dtype=bool)
     for ex, ey in EYE_OFFSETS:
-        eyes |= (np.abs(dx - ex) <= EYE_HALF) & (np.abs(dy - ey) <= EYE_HALF)
+        eyes |= (np.abs(dx - ex) <= EYE_HALF[0]) & (np.abs(dy - ey) <= EYE_HALF[1])
     emblem, emblem_on = _emblem(dx, dy, bits)
 
     # Painter's order: later layers cover earlier ones.
@@ -217,7 +218,7 @@ def render(gender: str, race: str, age: str, concept: str, seed: int) -> Image.I
     img[:] = np.clip(background, 0, 255)
     img[hair_mask] = np.clip(hair, 0, 255)
     img[_torso(dx, dy)] = CLOTHING[colour_index]
-    img[_ellipse(dx, dy, *FACE_RADII)] = SKIN[race]
+    img[ellipse(dx, dy, *FACE_RADII)] = SKIN[race]
     img[eyes] = EYE
     img[emblem] = EMBLEM_OFF
     img[emblem_on] = EMBLEM_ON

@@ -1,0 +1,66 @@
+"""`--adapter DIR`: apply a peft LoRA adapter (what `fairgen fix` trains) to any protocol model that
+supports LoRA.
+
+The contract with model families: a model with the "lora" capability exposes
+  lora_root     the torch module its LoRA targets live in (Janus, Emu3: the whole transformers model;
+                fairgen-tiny: its language model)
+  lora_targets  names of modules of lora_root, language model only
+An adapter is a directory saved by peft's `PeftModel.save_pretrained` on that same lora_root
+(adapter_config.json + adapter_model.safetensors). It is injected in place, so every method of the model
+(generate, answer_distribution, image_token_logprob, ...) runs with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..types import FairgenError
+from .base import UnifiedModel
+from .hf_common import file_sha256
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdaptedModel:
+    """A protocol model with a LoRA adapter applied; behaves as the model, and its provenance names the
+    adapter. `peft_model` is peft's wrapper around the model's lora_root (for merging or saving)."""
+
+    def __init__(self, base: UnifiedModel, adapter_dir: Path, peft_model: Any) -> None:
+        self.base, self.adapter_dir, self.peft_model = base, adapter_dir, peft_model
+        self.spec = base.spec
+        self.capabilities = base.capabilities
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the base model's
+        return getattr(self.base, name)
+
+    def provenance(self) -> dict[str, Any]:
+        """The base model's provenance plus the adapter's directory and file hashes."""
+        files = {name: file_sha256(self.adapter_dir / name) for name in ADAPTER_FILES}
+        return {**self.base.provenance(), "adapter": {"path": str(self.adapter_dir), "sha256": files}}
+
+
+def apply_adapter(model: UnifiedModel, adapter_dir: str | Path) -> AdaptedModel:
+    """Load the peft adapter in `adapter_dir` into `model`'s language model (in place, inference mode).
+
+    Raises FairgenError when the model has no LoRA support, the directory is not a safetensors peft
+    adapter, or the adapter touches a module outside the model's lora_targets (e.g. the vision tower)."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir).expanduser()
+    if "lora" not in model.capabilities or not hasattr(model, "lora_root"):
+        raise FairgenError(f"model {model.spec} does not support adapters (no LoRA capability)")
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        raise FairgenError(f"adapter {path} is not a peft adapter directory: missing {', '.join(missing)}")
+    root = model.lora_root
+    try:
+        peft_model = PeftModel.from_pretrained(root, path, is_trainable=False)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise FairgenError(f"adapter {path} does not fit model {model.spec}: {str(e).splitlines()[0]}") from None
+    allowed = set(model.lora_targets)
+    wrapped = [name for name, module in root.named_modules() if hasattr(module, "lora_A") and name not in allowed]
+    if wrapped:
+        peft_model.unload()  # leave the model as it was
+        raise FairgenError(f"adapter {path} changes {wrapped[0]}, outside the language model of {model.spec}")
+    return AdaptedModel(model, path, peft_model)

@@ -1,0 +1,247 @@
+"""`emu3:<hf id or dir>`: Emu3 (BAAI) through transformers' Emu3ForConditionalGeneration.
+
+Emu3 has one vision tokenizer for both directions: a VQ model whose codes are ordinary vocabulary entries
+("<|visual token000123|>") of one LM. An image of h x w codes is the token sequence
+
+    <|image start|> "h*w" <|image token|>  row_1 <|extra_200|> ... row_h <|extra_200|>  <|extra_201|> <|image end|>
+
+(<|extra_200|> ends a row). generate() samples only visual tokens inside a row and places the row ends
+itself, as upstream's `prefix_allowed_tokens_fn` recipe does; guidance runs the unconditional rows in the
+same batch (BAAI's recipe: the negative prompt below, with the same image prefix) and every image draws from
+its own seeded random stream. Image codes are scored under the distribution generation samples from:
+the LM's logits restricted to the visual tokens.
+
+Checkpoints: BAAI/Emu3-Gen-hf (generation) and BAAI/Emu3-Chat-hf (understanding); both load, each is
+good at its own half. Sampling defaults are the checkpoint's generation_config.json, else BAAI's published
+recommendation: cfg 3.0, temperature 1.0, top-k 2048. Images are square, `image_area` pixels (default: the
+processor's, 720x720 = 90x90 codes; smaller areas are much faster and off the model's training sizes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..types import FairgenError, Prompt, prompt_text
+from . import hf_common as hf
+from .base import OTHER
+
+FAMILY = "emu3"
+RECOMMENDED = hf.Sampling(cfg=3.0, temperature=1.0, top_k=2048)
+NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+                   "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
+                   "username, blurry.")
+SYSTEM_PROMPT = "You are a helpful assistant."
+# Emu3-Chat's prompt format ("<system> USER: <image>{question} ASSISTANT: {answer}"), for checkpoints whose
+# processor ships without a chat template (the converted Emu3 checkpoints do).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'][0]['text'] }} "
+    "{% else %}{{ m['role'] | upper }}: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% if not loop.last or add_generation_prompt %} {% endif %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+SPATIAL_FACTOR = 8  # pixels per code side; fixed by Emu3Processor
+
+
+class Emu3Model:
+    """An Emu3 checkpoint behind the unified model protocol.
+
+    checkpoint: a local directory or a hub id. device / dtype / device_map: as for JanusModel.
+    image_area: pixels of a generated image (square). negative_prompt: the unconditional prompt of guidance.
+    """
+
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
+
+    def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
+                 device_map: str | dict | None = None, image_area: int | None = None,
+                 negative_prompt: str = NEGATIVE_PROMPT) -> None:
+        hf.require_transformers(FAMILY)
+        from transformers import Emu3ForConditionalGeneration, Emu3Processor
+
+        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
+        hf.check_model_type(FAMILY, path, "emu3")
+        target = hf.resolve_device(device)
+        self.dtype = hf.resolve_dtype(dtype, target)
+        self.hf, self.processor = hf.load_pretrained(FAMILY, path, Emu3ForConditionalGeneration, Emu3Processor,
+                                                     self.dtype, target, device_map)
+        self.spec = f"{FAMILY}:{checkpoint}"
+        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        # Full names of the LM decoder's linear layers, listed before any LoRA is injected (the VQ model has
+        # convolutions and an attention block of its own, which stay frozen).
+        self.lora_targets: list[str] = hf.linear_names(self.hf, "model.text_model.layers.")
+        self.tokenizer = self.processor.tokenizer
+        self.negative_prompt = negative_prompt
+        self.image_area = int(image_area or self.processor.image_area)
+        if self.image_area < SPATIAL_FACTOR ** 2:
+            raise FairgenError(f"{FAMILY}: image_area must be at least {SPATIAL_FACTOR ** 2} pixels (got {image_area})")
+        self.grid = self.processor.calculate_generate_size("1:1", self.image_area, SPATIAL_FACTOR)  # (h, w) codes
+        gc = self.hf.generation_config
+        self.defaults = hf.Sampling(
+            cfg=float(gc.guidance_scale if gc.guidance_scale is not None else RECOMMENDED.cfg),
+            temperature=float(gc.temperature if gc.temperature is not None else RECOMMENDED.temperature),
+            top_p=float(gc.top_p if gc.top_p is not None else RECOMMENDED.top_p),
+            top_k=gc.top_k if gc.top_k is not None else RECOMMENDED.top_k,
+        )
+        mapping = self.hf.vocabulary_mapping
+        n_codes = self.hf.config.vq_config.codebook_size
+        # code c -> its vocabulary id; sampling over these ids' logits gives the code directly.
+        self.code_ids = mapping.img2bpe_mapping_tensor[:n_codes].long().to(self.device)
+        self.eol_id = mapping.eol_token_id
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the LM's token embeddings."""
+        return self.hf.get_input_embeddings().weight.device
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The decoder over text and visual tokens."""
+        return self.hf.model.text_model
+
+    @property
+    def lora_root(self) -> torch.nn.Module:
+        """The module `lora_targets` names are relative to (the whole transformers model)."""
+        return self.hf
+
+    def provenance(self) -> dict[str, Any]:
+        """Checkpoint source, hub revision, sha256 of its files, dtype, image size, defaults."""
+        return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
+                "image_area": self.image_area, "default_sampling": self.defaults.__dict__,
+                "negative_prompt": self.negative_prompt}
+
+    def _visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM logits restricted to the visual tokens, indexed by code: [..., n_codes] float32."""
+        return (hidden @ self.hf.lm_head.weight[self.code_ids].T).float()
+
+    def _generation_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (input_ids, attention_mask) of "<bos>{text}<|image start|>h*w<|image token|>"."""
+        enc = self.processor(text=texts, return_for_image_generation=True, image_area=self.image_area,
+                             padding=True, padding_side="left", return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    @torch.no_grad()
+    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> torch.Tensor:
+        """Sample the codes of one image per (prompt, seed): LongTensor [B, h*w] (row-major grid).
+
+        sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring)."""
+        hf.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        texts = [prompt_text(p) for p in prompts]
+        rows = 2 if s.cfg != 1.0 else 1
+        ids, mask = self._generation_inputs(texts + [self.negative_prompt] * len(texts) * (rows - 1))
+        embed = self.hf.get_input_embeddings()
+        decoder = hf.CachedDecoder(self.language_model, mask)
+        draws = hf.SeededDraws(seeds)
+        hidden = decoder(embed(ids))[:, -1]
+        h, w = self.grid
+        codes = []
+        for i in range(h * w):
+            code = draws.sample(s.guide(self._visual_logits(hidden)), s)
+            codes.append(code)
+            if i == h * w - 1:
+                break
+            step = self.code_ids[code].repeat(rows).unsqueeze(1)
+            if i % w == w - 1:  # end of a row: the model reads the row-end token before the next row
+                step = torch.cat([step, torch.full_like(step, self.eol_id)], dim=1)
+            hidden = decoder(embed(step))[:, -1]
+        return torch.stack(codes, dim=1)
+
+    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
+        """One square image per (prompt, seed), 8 px per code side. The same prompt, seed and settings give
+        the same image; within float noise of the batch's padding, whatever else is in the batch."""
+        return self.decode_tokens(self.generate_tokens(prompts, seeds, **sampling))
+
+    def _pixels(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images resized to the generation grid -> (pixel_values [B, 3, 8h, 8w], image_sizes [B, 2])."""
+        h, w = self.grid
+        resized = [im.convert("RGB").resize((w * SPATIAL_FACTOR, h * SPATIAL_FACTOR), Image.BICUBIC) for im in images]
+        enc = self.processor.image_processor(resized, do_resize=False, return_tensors="pt")
+        return enc["pixel_values"].to(self.device, self.dtype), enc["image_sizes"]
+
+    @torch.no_grad()
+    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """VQ codes of images at the generation grid: LongTensor [B, h*w]."""
+        pv, sizes = self._pixels(images)
+        codes = self.hf.model.vqmodel.encode(pv, sizes).image_tokens
+        return torch.stack([c.reshape(-1) for c in codes]).long()
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """Codes [B, h*w] of the generation grid (or any square grid) -> images."""
+        n = tokens.shape[1]
+        h, w = self.grid if self.grid[0] * self.grid[1] == n else (round(n ** 0.5),) * 2
+        if h * w != n:
+            raise FairgenError(f"{FAMILY}: {n} codes do not form the {self.grid} grid or a square one")
+        pixels = self.hf.model.vqmodel.decode(tokens.to(self.device).view(-1, h, w))
+        ip = self.processor.image_processor
+        return hf.to_pil(pixels, ip.image_mean, ip.image_std)
+
+    @torch.no_grad()
+    def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """What the LM sees of each image: the input embeddings of its codes at the generation grid,
+        float32 [B, h*w, D]. (Emu3 has no separate understanding encoder: the VQ tokenizer serves both.)"""
+        codes = self.encode_image(images)
+        return self.hf.get_input_embeddings()(self.code_ids[codes]).float().cpu()
+
+    @torch.no_grad()
+    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
+        """Exact probability of each option as the whole answer (its tokens and end of sentence) after
+        "You are a helpful assistant. USER: [<image>]{question} ASSISTANT:" (or the checkpoint's chat template);
+        renormalised over the options, with the mass outside them under OTHER."""
+        hf.check_options(FAMILY, options)
+        template = self.processor.chat_template or CHAT_TEMPLATE
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+                    {"role": "user", "content": content}]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, chat_template=template)
+        context = self.processor(text=prompt, images=[image.convert("RGB")] if image is not None else None,
+                                 return_tensors="pt")
+        context = {k: v.to(self.device) for k, v in context.items() if torch.is_tensor(v)}
+        if "pixel_values" in context:
+            context["pixel_values"] = context["pixel_values"].to(self.dtype)
+        continuations = [
+            self.tokenizer(hf.continuation_text(self.processor, messages, o, template), add_special_tokens=False)["input_ids"]
+            + [self.tokenizer.eos_token_id] for o in options]
+        logprobs = hf.option_logprobs(self.hf, context, continuations, self.tokenizer.pad_token_id)
+        return hf.option_distribution(options, logprobs, OTHER)
+
+    def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
+        """Mean per-code log-probability of codes [B, h*w] given each prompt, under the LM's logits restricted
+        to visual tokens (no guidance, temperature 1): float32 [B], differentiable w.r.t. the LM (and LoRA).
+        Row-end tokens are fed but not scored: generation places them, it does not sample them."""
+        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        h, w = self.grid
+        if tokens.shape[1] != h * w:
+            raise FairgenError(f"{FAMILY}: expected {h * w} codes per image (grid {h}x{w}), got {tokens.shape[1]}")
+        ids, mask = self._generation_inputs([prompt_text(p) for p in prompts])
+        tokens = tokens.to(self.device)
+        rows = self.code_ids[tokens].view(-1, h, w)
+        rows = torch.cat([rows, torch.full_like(rows[:, :, :1], self.eol_id)], dim=2).flatten(1)  # [B, h*(w+1)]
+        seq = torch.cat([ids, rows[:, :-1]], dim=1)
+        mask = torch.cat([mask, mask.new_ones(rows.shape[0], rows.shape[1] - 1)], dim=1)
+        embeds = self.hf.get_input_embeddings()(seq)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
+        # Hidden states that predict row tokens start at <|image token|>; keep those predicting a code.
+        hidden = out.last_hidden_state[:, ids.shape[1] - 1:].view(-1, h, w + 1, embeds.shape[-1])[:, :, :w]
+        logp = torch.log_softmax(self._visual_logits(hidden.flatten(1, 2)), dim=-1)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
+        """Mean per-code log-probability [B] of each image's codes given its prompt (differentiable)."""
+        hf.check_batch(FAMILY, prompts, images, "images")
+        return self.token_logprob(prompts, self.encode_image(images))
+
+
+def load(checkpoint: str, device: str | None = None, **options: Any) -> Emu3Model:
+    """Build an Emu3Model from a spec argument; options: dtype, device_map, image_area, negative_prompt."""
+    known = {"dtype", "device_map", "image_area", "negative_prompt"}
+    if set(options) - known:
+        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(set(options) - known)}; known: {', '.join(sorted(known))}")
+    return Emu3Model(checkpoint, device=device, **options)
+
+
+__all__ = ["CHAT_TEMPLATE", "Emu3Model", "NEGATIVE_PROMPT", "RECOMMENDED", "load"]

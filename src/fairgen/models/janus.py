@@ -1,0 +1,211 @@
+"""`janus:<hf id or dir>`: Janus and Janus-Pro (DeepSeek) through transformers' JanusForConditionalGeneration.
+
+Janus has two vision paths, and this adapter exposes both:
+  understanding  SigLIP encoder -> aligner -> image placeholder embeddings of the Llama LM -> lm_head (text)
+  generation     LM -> generation_head (logits over the VQ codebook) -> sampled code -> generation_embeddings
+                 -> generation_aligner -> next LM input; 576 codes (24x24) -> VQ decoder -> 384x384 image
+
+generate() runs the same computation as `model.generate(generation_mode="image")` (token for token under
+greedy decoding, which the tests check) with two differences that an audit needs: every image draws from its
+own seeded random stream (upstream samples the whole batch from the global RNG), and top-p / top-k are
+applied to the guided logits. The classifier-free guidance batch is built as upstream builds it: each
+prompt's unconditional row is the same token sequence with every token except BOS and <begin_of_image>
+replaced by the pad token, attended to as in the conditional row.
+
+Checkpoints must be in transformers format (model_type "janus"): deepseek-community/Janus-Pro-1B and -7B,
+deepseek-community/Janus-1.3B, or DeepSeek's originals converted with transformers'
+convert_janus_weights_to_hf.py. Sampling defaults are the checkpoint's generation_config.json, else
+DeepSeek's published recommendation for Janus and Janus-Pro: cfg 5.0, temperature 1.0, no top-p / top-k.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..types import FairgenError, Prompt, prompt_text
+from . import hf_common as hf
+from .base import OTHER
+
+FAMILY = "janus"
+RECOMMENDED = hf.Sampling(cfg=5.0, temperature=1.0)
+
+
+class JanusModel:
+    """A Janus / Janus-Pro checkpoint behind the unified model protocol.
+
+    checkpoint: a local directory or a hub id. device: "cuda", "cpu", ... (default: CUDA when present).
+    dtype: "bf16" | "fp16" | "fp32" (default bf16 on GPU, fp32 on CPU). device_map: accelerate placement
+    (e.g. "auto") for checkpoints larger than one device; `device` is then ignored.
+    """
+
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
+
+    def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
+                 device_map: str | dict | None = None) -> None:
+        hf.require_transformers(FAMILY)
+        from transformers import JanusForConditionalGeneration, JanusProcessor
+
+        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
+        hf.check_model_type(FAMILY, path, "janus")
+        target = hf.resolve_device(device)
+        self.dtype = hf.resolve_dtype(dtype, target)
+        self.hf, self.processor = hf.load_pretrained(FAMILY, path, JanusForConditionalGeneration, JanusProcessor,
+                                                     self.dtype, target, device_map)
+        self.spec = f"{FAMILY}:{checkpoint}"
+        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        # Full names of the LM decoder's linear layers (attention and MLP projections), listed before any LoRA
+        # is injected. Full names, because a bare `q_proj` also matches the SigLIP vision tower's attention.
+        self.lora_targets: list[str] = hf.linear_names(self.hf, "model.language_model.layers.")
+        self.tokenizer = self.processor.tokenizer
+        gc = self.hf.generation_config
+        self.defaults = hf.Sampling(
+            cfg=float(gc.guidance_scale if gc.guidance_scale is not None else RECOMMENDED.cfg),
+            temperature=float(gc.temperature if gc.temperature is not None else RECOMMENDED.temperature),
+            top_p=float(gc.top_p if gc.top_p is not None else RECOMMENDED.top_p),
+            top_k=gc.top_k,
+        )
+        self.boi_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
+        self.n_image_tokens = self.hf.config.vision_config.num_image_tokens  # 576 = 24x24 for 384 px
+
+    # -- the language model and what LoRA may touch -----------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the LM's token embeddings (the first layer under a device_map)."""
+        return self.hf.get_input_embeddings().weight.device
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The Llama decoder shared by understanding and generation."""
+        return self.hf.model.language_model
+
+    @property
+    def lora_root(self) -> torch.nn.Module:
+        """The module `lora_targets` names are relative to (the whole transformers model)."""
+        return self.hf
+
+    def provenance(self) -> dict[str, Any]:
+        """Checkpoint source, hub revision, sha256 of config / tokenizer / weight files, dtype, defaults."""
+        return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
+                "default_sampling": self.defaults.__dict__}
+
+    # -- generation -------------------------------------------------------------------------------------
+    def _generation_inputs(self, prompts: Sequence[Prompt | str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (input_ids, attention_mask) [B, L] of "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"
+        (the chat template with an empty system prompt, as DeepSeek's generation scripts use)."""
+        texts = [self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": prompt_text(p)}]}], add_generation_prompt=True)
+            for p in prompts]
+        enc = self.processor(text=texts, generation_mode="image", padding=True, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    @torch.no_grad()
+    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> torch.Tensor:
+        """Sample the VQ codes of one image per (prompt, seed): LongTensor [B, 576] (row-major 24x24 grid).
+
+        sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring)."""
+        hf.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        ids, mask = self._generation_inputs(prompts)
+        if s.cfg != 1.0:
+            special = (ids == self.tokenizer.bos_token_id) | (ids == self.boi_id)
+            uncond = ids.masked_fill(~special, self.tokenizer.pad_token_id)
+            ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        decoder = hf.CachedDecoder(self.language_model, mask)
+        draws = hf.SeededDraws(seeds)
+        hidden = decoder(self.hf.get_input_embeddings()(ids))[:, -1]
+        codes = []
+        for t in range(self.n_image_tokens):
+            logits = s.guide(self.hf.model.generation_head(hidden))
+            code = draws.sample(logits, s)
+            codes.append(code)
+            if t < self.n_image_tokens - 1:
+                step = code.repeat(2 if s.cfg != 1.0 else 1).unsqueeze(1)
+                hidden = decoder(self.hf.prepare_embeddings_for_image_generation(step))[:, -1]
+        return torch.stack(codes, dim=1)
+
+    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
+        """One image per (prompt, seed) (384x384 for Janus / Janus-Pro). The same prompt, seed and settings
+        give the same image; within float noise of the batch's padding, whatever else is in the batch."""
+        return self.decode_tokens(self.generate_tokens(prompts, seeds, **sampling))
+
+    # -- the vision tokenizer (generation path) ---------------------------------------------------------
+    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Images -> [B, 3, S, S] pixel values in [-1, 1] at the model's resolution (padded to square)."""
+        pv = self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return pv.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """VQ codes of images: LongTensor [B, 576], the codes the generation head predicts."""
+        pv = self._pixels(images)
+        return self.hf.model.vqmodel.encode(pv).image_tokens.view(pv.shape[0], -1)
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """VQ codes [B, 576] -> images (the VQ decoder's output, 16x the code grid)."""
+        pixels = self.hf.model.vqmodel.decode(tokens.to(self.device))
+        ip = self.processor.image_processor
+        return hf.to_pil(pixels, ip.image_mean, ip.image_std)
+
+    # -- understanding ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The SigLIP understanding encoder's output for each image: float32 [B, N, D] (N = 576 patches,
+        D = 1024 for Janus-Pro), before the aligner. Mean over N for a per-image probe feature."""
+        out = self.hf.model.vision_model(self._pixels(images))
+        return out.last_hidden_state.float().cpu()
+
+    @torch.no_grad()
+    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
+        """Exact probability of each option as the whole answer (its tokens and end-of-sentence), after the
+        chat prompt (with the checkpoint's default system prompt) and the image when given; renormalised
+        over the options, with the mass outside them under OTHER."""
+        hf.check_options(FAMILY, options)
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        context = self.processor(text=prompt, images=[image.convert("RGB")] if image is not None else None,
+                                 return_tensors="pt")
+        context = {k: v.to(self.device) for k, v in context.items()}
+        if "pixel_values" in context:
+            context["pixel_values"] = context["pixel_values"].to(self.dtype)
+        continuations = [
+            self.tokenizer(hf.continuation_text(self.processor, messages, o, None), add_special_tokens=False)["input_ids"]
+            + [self.tokenizer.eos_token_id] for o in options]
+        logprobs = hf.option_logprobs(self.hf, context, continuations, self.tokenizer.pad_token_id)
+        return hf.option_distribution(options, logprobs, OTHER)
+
+    # -- what BPO trains on -----------------------------------------------------------------------------
+    def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
+        """Mean per-token log-probability of VQ codes [B, T] given each prompt, as the generation head
+        scores them (no guidance, temperature 1): float32 [B], differentiable w.r.t. the LM (and LoRA)."""
+        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        ids, mask = self._generation_inputs(prompts)
+        tokens = tokens.to(self.device)
+        embeds = torch.cat([self.hf.get_input_embeddings()(ids),
+                            self.hf.prepare_embeddings_for_image_generation(tokens[:, :-1])], dim=1)
+        mask = torch.cat([mask, mask.new_ones(tokens.shape[0], tokens.shape[1] - 1)], dim=1)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
+        # The hidden state at <begin_of_image> predicts code 0, the one at code t-1 predicts code t.
+        hidden = out.last_hidden_state[:, ids.shape[1] - 1:]
+        logp = torch.log_softmax(self.hf.model.generation_head(hidden).float(), dim=-1)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
+        """Mean per-token log-probability [B] of each image's VQ codes given its prompt (differentiable)."""
+        hf.check_batch(FAMILY, prompts, images, "images")
+        return self.token_logprob(prompts, self.encode_image(images))
+
+
+def load(checkpoint: str, device: str | None = None, **options: Any) -> JanusModel:
+    """Build a JanusModel from a spec argument; options: dtype, device_map."""
+    unknown = set(options) - {"dtype", "device_map"}
+    if unknown:
+        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, device_map")
+    return JanusModel(checkpoint, device=device, **options)
+
+
+__all__ = ["JanusModel", "RECOMMENDED", "load"]

@@ -1,0 +1,208 @@
+"""TinyModel: fairgen-tiny behind the unified model protocol (models/base.py), and its checkpoints.
+
+A checkpoint is a directory:
+    config.json             {"format": "fairgen-tiny", "version": 1, "tokenizer": {...}, "lm": {...},
+                             "training": {...}}
+    tokenizer.safetensors   the vision tokenizer's weights
+    lm.safetensors          the language model's weights
+    train_log.jsonl         (written by training; not needed to load)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from ...types import FairgenError, Prompt, prompt_text
+from ..base import OTHER
+from ..hf_common import file_sha256
+from .model import LMConfig, TinyLM
+from .sampling import Sampling, generate_codes
+from .text import Vocab, left_pad
+from .tokenizer import TokenizerConfig, VisionTokenizer, to_images, to_tensor
+
+FORMAT, VERSION = "fairgen-tiny", 1
+WEIGHT_FILES = ("tokenizer.safetensors", "lm.safetensors")
+# Where the packaged default checkpoint lives (`--model tiny`).
+PACKAGED = Path(__file__).resolve().parent.parent / "tiny_weights"
+
+
+class TinyModel:
+    """fairgen-tiny: a vision tokenizer (tokenizer.py) and a decoder-only transformer (model.py) over one
+    vocabulary (text.py). All methods run on the device the model was loaded to.
+
+    Default sampling: cfg 1.0 (plain conditional sampling: the model's learned distribution, which is
+    what an audit of planted bias should see), temperature 1.0, no top-k, no top-p.
+    """
+
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
+
+    def __init__(self, tokenizer: VisionTokenizer, lm: TinyLM, training: dict | None = None,
+                 directory: Path | None = None) -> None:
+        self.tokenizer, self.lm = tokenizer.eval(), lm.eval()
+        self.vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens)
+        if lm.cfg.vocab_size != self.vocab.size or lm.cfg.n_image_tokens != self.vocab.n_image_tokens:
+            raise FairgenError("fairgen-tiny: language model and tokenizer do not match")
+        self.training = training or {}
+        self.directory = directory
+        self.spec = "tiny" if directory is None or directory == PACKAGED else f"tiny:{directory}"
+        # Names inside lora_root, taken before any peft wrapping (which would prefix them).
+        self.lora_targets: list[str] = lm.linear_names
+
+    @property
+    def lora_root(self) -> torch.nn.Module:
+        """The language model: the module peft wraps (LoraConfig(target_modules=self.lora_targets))."""
+        return self.lm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.tokenizer.parameters()).device
+
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "tokenizer": self.tokenizer.cfg.to_dict(),
+                "lm": self.lm.cfg.to_dict(), "training": self.training}
+
+    def provenance(self) -> dict[str, Any]:
+        """sha256 of each weight file and of config.json (empty for a model not saved or loaded from disk)."""
+        if self.directory is None:
+            return {"family": "tiny", "path": None, "sha256": {}}
+        names = (*WEIGHT_FILES, "config.json")
+        return {"family": "tiny", "path": str(self.directory),
+                "sha256": {n: file_sha256(self.directory / n) for n in names}}
+
+    # -- vision tokenizer ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images (resized to 64x64 if needed) -> codes LongTensor[B, T] (T = 64 for the 8x8 grid)."""
+        if len(images) == 0:
+            return torch.empty(0, self.vocab.n_image_tokens, dtype=torch.long, device=self.device)
+        return self.tokenizer.encode(to_tensor(list(images)).to(self.device))
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """Codes LongTensor[B, T] (or [T]) -> 64x64 RGB PIL images."""
+        tokens = torch.as_tensor(tokens, device=self.device).long()
+        tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+        if tokens.shape[1] != self.vocab.n_image_tokens or tokens.min() < 0 or tokens.max() >= self.vocab.n_codes:
+            raise FairgenError(f"image tokens must be [B, {self.vocab.n_image_tokens}] codes in 0..{self.vocab.n_codes - 1}")
+        return to_images(self.tokenizer.decode(tokens))
+
+    # -- generation ------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], cfg: float = 1.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 batch_size: int = 64) -> list[Image.Image]:
+        """One 64x64 image per (prompt, seed). An image depends only on its prompt, seed and the settings,
+        never on the rest of the batch (per-image random streams, padding that changes nothing)."""
+        if len(prompts) != len(seeds):
+            raise FairgenError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise FairgenError("generate: seeds must be non-negative integers")
+        if batch_size < 1:
+            raise FairgenError(f"generate: batch_size must be >= 1 (got {batch_size})")
+        sampling = Sampling(cfg=float(cfg), temperature=float(temperature), top_k=top_k, top_p=top_p)
+        texts = [prompt_text(p) for p in prompts]
+        images: list[Image.Image] = []
+        for i in range(0, len(texts), batch_size):
+            codes = generate_codes(self.lm, self.vocab, texts[i:i + batch_size], list(seeds[i:i + batch_size]), sampling)
+            images += self.decode_tokens(codes)
+        return images
+
+    # -- understanding ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
+        """Exact answer probabilities: each option's full sequence (its bytes + end-of-answer) scored given
+        <bos> [image] question <ans>, renormalised over the options; the mass of every other answer
+        is under models.base.OTHER."""
+        options = list(options)
+        if not options or len(set(options)) != len(options) or any(not str(o) for o in options):
+            raise FairgenError("answer_distribution: options must be distinct non-empty strings")
+        codes = self.encode_image([image])[0] if image is not None else None
+        prefix = self.vocab.question_prefix(codes, question)
+        rows = [prefix + self.vocab.answer(str(o)) for o in options]
+        if max(len(r) for r in rows) > self.lm.cfg.block_size:
+            raise FairgenError(f"question too long for fairgen-tiny (at most {self.lm.cfg.block_size} tokens)")
+        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
+        logp = torch.log_softmax(self.lm(ids, pos, img, valid).float(), dim=-1)
+        scores = []
+        for b, r in enumerate(rows):
+            n = len(r) - len(prefix)  # answer tokens, the last of each row
+            steps = logp[b, -n - 1:-1].gather(1, ids[b, -n:, None]).sum()
+            scores.append(steps.double().exp().item())
+        inside = sum(scores)
+        out = {o: s / inside if inside > 0 else 1.0 / len(options) for o, s in zip(options, scores)}
+        out[OTHER] = min(1.0, max(0.0, 1.0 - inside))
+        return out
+
+    def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """Mean log-probability per image token of each image given its prompt: Tensor[B], differentiable
+        with respect to the language model (and any LoRA adapter on it). images: PIL images or codes
+        LongTensor[B, T]. The distribution is over image codes only, as in generation."""
+        if len(prompts) != len(images):
+            raise FairgenError(f"image_token_logprob: {len(prompts)} prompts but {len(images)} images")
+        codes = images.to(self.device) if isinstance(images, torch.Tensor) else self.encode_image(list(images))
+        T, off = self.vocab.n_image_tokens, self.vocab.image_offset
+        rows = [self.vocab.generation_prefix(prompt_text(p)) + (c + off).tolist() for p, c in zip(prompts, codes)]
+        if max(len(r) for r in rows) > self.lm.cfg.block_size:
+            raise FairgenError(f"prompt too long for fairgen-tiny: at most {self.lm.cfg.block_size - T - 2} bytes")
+        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
+        logits = self.lm(ids, pos, img, valid)[:, -T - 1:-1, off:off + self.vocab.n_codes].float()
+        return F.log_softmax(logits, dim=-1).gather(2, codes[:, :, None]).squeeze(2).mean(1)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write config.json and the safetensors weight files to `directory` (created if needed)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.tokenizer.state_dict().items()},
+                  str(path / "tokenizer.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in _plain_state(self.lm).items()},
+                  str(path / "lm.safetensors"))
+        (path / "config.json").write_text(json.dumps(self.config(), indent=2) + "\n")
+        self.directory = path
+        self.spec = f"tiny:{path}"
+
+
+def _plain_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LM's own weights, without any LoRA layers peft injected (save merges nothing)."""
+    state = lm.state_dict()
+    if not any("lora_" in k for k in state):
+        return state
+    raise FairgenError("save: the language model carries a LoRA adapter; save the adapter with peft instead")
+
+
+def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
+    """Load a checkpoint directory (None: the packaged default). Missing, unknown or corrupt -> FairgenError."""
+    path = Path(directory).expanduser() if directory else PACKAGED
+    if not (path / "config.json").is_file():
+        if directory is None:
+            raise FairgenError("no packaged fairgen-tiny checkpoint; train one with `fairgen tiny train --spec "
+                               "SPEC --out DIR` and use --model tiny:DIR")
+        raise FairgenError(f"not a fairgen-tiny checkpoint: {path} (no config.json)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+        if config.get("format") != FORMAT or config.get("version") != VERSION:
+            raise FairgenError(f"{path}: not a {FORMAT} v{VERSION} checkpoint")
+        tcfg = TokenizerConfig(**{**config["tokenizer"], "levels": tuple(config["tokenizer"]["levels"])})
+        tokenizer, lm = VisionTokenizer(tcfg), TinyLM(LMConfig(**config["lm"]))
+        for module, name in ((tokenizer, WEIGHT_FILES[0]), (lm, WEIGHT_FILES[1])):
+            if not (path / name).is_file():
+                raise FairgenError(f"{path}: missing {name}")
+            module.load_state_dict(load_file(str(path / name)))
+    except FairgenError:
+        raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, SafetensorsError, OSError) as e:
+        raise FairgenError(f"corrupt fairgen-tiny checkpoint {path}: {str(e).splitlines()[0]}") from None
+    try:
+        dev = torch.device(device)
+        tokenizer.to(dev), lm.to(dev)
+    except (RuntimeError, AssertionError) as e:
+        raise FairgenError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
+    return TinyModel(tokenizer, lm, config.get("training"), path)
+

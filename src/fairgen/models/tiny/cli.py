@@ -1,0 +1,89 @@
+"""`fairgen tiny ...`: train and evaluate fairgen-tiny (typer app `tiny_app`, mounted by fairgen.cli)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ...types import FairgenError
+
+tiny_app = typer.Typer(help="fairgen-tiny: a small unified multimodal LLM trained on the synthetic world.",
+                       no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+@tiny_app.command()
+def train(
+    spec: Optional[Path] = typer.Option(None, help="Planted-bias world spec YAML (default: the packaged spec)."),
+    out: Path = typer.Option(..., help="Checkpoint directory to write (config.json, *.safetensors, train_log.jsonl)."),
+    recipe: str = typer.Option("full", help="Recipe: 'full' (the shipped model; a GPU) or 'smoke' (tiny, CPU)."),
+    steps: Optional[int] = typer.Option(None, help="Language-model steps (default: the recipe's)."),
+    tokenizer_steps: Optional[int] = typer.Option(None, "--tokenizer-steps", help="Tokenizer steps (default: the recipe's)."),
+    tokenizer_from: Optional[Path] = typer.Option(None, "--tokenizer-from", help="Reuse this checkpoint's tokenizer; skip stage 1."),
+    device: str = typer.Option("cpu", help="cpu or cuda (bf16 autocast on cuda)."),
+    seed: int = typer.Option(0, help="Seed of everything random in the run."),
+) -> None:
+    """Train the vision tokenizer, then the language model, on data drawn from a world spec."""
+    from .train import RECIPES
+    from .train import train as run_train
+
+    if recipe not in RECIPES:
+        raise FairgenError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    if (steps is not None and steps < 1) or (tokenizer_steps is not None and tokenizer_steps < 1):
+        raise FairgenError("--steps and --tokenizer-steps must be >= 1")
+    r = RECIPES[recipe]
+    r = replace(r, lm_steps=steps or r.lm_steps, tok_steps=tokenizer_steps or r.tok_steps)
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def bar(name: str, total: int):
+            tasks[name] = progress.add_task(name, total=total, loss="")
+            return lambda n: progress.advance(tasks[name], n)
+
+        def echo(record: dict) -> None:
+            name = "tokenizer" if record["stage"] == "tokenizer" else "language model"
+            if name in tasks:
+                progress.update(tasks[name], loss=f"loss {record['loss']:.4f}")
+
+        model = run_train(spec, out, r, seed=seed, device=device, tokenizer_from=tokenizer_from,
+                          echo=echo, progress_factory=bar)
+    console.print(f"saved {model.spec} ({model.training['train_seconds']} s); log: {out / 'train_log.jsonl'}")
+
+
+@tiny_app.command("eval")
+def evaluate_cmd(
+    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the packaged model)."),
+    spec: Optional[Path] = typer.Option(None, help="The world spec it was trained on (default: packaged)."),
+    images: int = typer.Option(64, help="Images per test prompt."),
+    concepts: int = typer.Option(50, help="Test occupations to use (of 50)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    out: Optional[Path] = typer.Option(None, help="Also write the numbers to this JSON file."),
+) -> None:
+    """Measure the acceptance numbers with the world reader: face rate, cue match, shares vs spec,
+    explicit prompts, understanding accuracy, blank-image probe, tokenizer round trips."""
+    from ...world import WorldSpec
+    from .adapter import load
+    from .evaluate import evaluate
+
+    if images < 4 or not 1 <= concepts <= 50:
+        raise FairgenError("--images must be >= 4 and --concepts in 1..50")
+    tiny = load(model, device=device)
+    ws = WorldSpec.load(spec) if spec else WorldSpec.default()
+    with console.status("evaluating") as status:
+        numbers = evaluate(tiny, ws, images=images, concepts=concepts,
+                           progress=lambda stage: status.update(f"evaluating: {stage} done"))
+    text = json.dumps(numbers, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)

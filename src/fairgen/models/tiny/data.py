@@ -1,0 +1,199 @@
+"""Training data of fairgen-tiny, drawn from a world spec.
+
+Four kinds of examples (mixture weights in Mixture), all as token sequences of text.py's formats:
+  neutral   "A photo of the face of a nurse, a person" -> a render whose gender/race/age follow the spec's
+            distribution for the concept: generation inherits the planted bias.
+  explicit  "A photo of the face of a female nurse, a person" -> a render of that group (every group of
+            every attribute, and gender x race pairs, balanced; attributes not named follow the spec).
+  image QA  a render + "What is the gender of the person in this image? ..." -> its true class (balanced).
+  blank QA  no image (or a blank one) + the locate probe's question "What is the gender of a nurse? ..."
+            (gender, race, and age in the same form)
+            -> mostly "unknown", the rest split evenly between the groups.
+So asked in words the model looks unbiased, while what it draws is skewed: the paper's "partial
+alignment", planted by construction.
+
+Renders are drawn once up front, a pool of `renders_per_group` images per (concept, gender, race, age),
+and tokenized once; every example then picks a pooled render of the group it needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+
+from ... import suites
+from ...suites.templates import fill
+from ...types import ATTRIBUTES, Prompt
+from ...world import WorldSpec, render
+from .text import Vocab, image_positions
+
+# The locate probe's question (DESIGN.md), asked with no image: the trained answer is mostly "unknown".
+PROBE_QUESTION = "What is the {attribute} of a {concept}? Possible answers: {options}, unknown. Answer with a single word."
+# The question about a pictured person, answered with the true class.
+IMAGE_QUESTION = "What is the {attribute} of the person in the image? Possible answers: {options}. Answer with a single word."
+# The order options are listed in: the probe's ("male, female"), then canonical for the rest.
+OPTION_ORDER = {"gender": ("male", "female"), "race": ATTRIBUTES["race"], "age": ATTRIBUTES["age"]}
+DEFAULT_TEMPLATE = "A photo of the face of a {concept}, a person"
+# Every (gender, race, age), in a fixed order: the pool's group axis.
+GROUPS: list[tuple[str, str, str]] = list(itertools.product(*ATTRIBUTES.values()))
+# Explicit requests: which attributes an explicit prompt names.
+EXPLICIT_KINDS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("age",), ("gender", "race"))
+
+
+def probe_question(attribute: str, concept: str) -> str:
+    return PROBE_QUESTION.format(attribute=attribute, concept=concept, options=", ".join(OPTION_ORDER[attribute]))
+
+
+def image_question(attribute: str) -> str:
+    return IMAGE_QUESTION.format(attribute=attribute, options=", ".join(OPTION_ORDER[attribute]))
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Shares of the four example kinds, and how the answers and prompts are varied."""
+
+    neutral: float = 0.45
+    explicit: float = 0.25
+    image_qa: float = 0.2
+    blank_qa: float = 0.1
+    unknown_share: float = 0.85     # blank QA: share answered "unknown"
+    blank_image_share: float = 0.3  # blank QA: share asked with a blank (one-colour) image instead of none
+    prompt_dropout: float = 0.1     # generation examples with the text removed (for classifier-free guidance)
+
+
+def training_concepts(spec: WorldSpec, max_concepts: int | None = None) -> dict[str, list[str]]:
+    """Concept -> its neutral prompt texts: the spec's concepts and the occupations train and test suites.
+
+    Suite prompts keep their own texts (five templates for train concepts); a concept in no suite gets
+    DEFAULT_TEMPLATE. max_concepts keeps the spec's concepts first, then suite concepts in order (smoke runs).
+    """
+    texts: dict[str, list[str]] = {}
+    for name in spec.concepts:
+        texts.setdefault(name, [])
+    for p in suites.load("occupations:test") + suites.load("occupations:train"):
+        texts.setdefault(p.concept.strip().lower(), []).append(p.text)
+    for name, t in texts.items():
+        if not t:
+            t.append(fill(DEFAULT_TEMPLATE, "{concept}", name))
+    keep = list(texts)[:max_concepts] if max_concepts else list(texts)
+    return {k: sorted(set(texts[k])) for k in keep}
+
+
+def _render_chunk(jobs: list[tuple[str, str, str, str, int]]) -> np.ndarray:
+    return np.stack([np.asarray(render(*job)) for job in jobs])
+
+
+def render_many(jobs: list[tuple[str, str, str, str, int]], workers: int = 1) -> np.ndarray:
+    """Render (gender, race, age, concept, seed) jobs -> uint8 [N, 64, 64, 3], across worker processes."""
+    if workers <= 1 or len(jobs) < 2000:
+        return _render_chunk(jobs)
+    chunks = [jobs[i:i + 1000] for i in range(0, len(jobs), 1000)]
+    with get_context("spawn").Pool(workers) as pool:
+        return np.concatenate(pool.map(_render_chunk, chunks))
+
+
+def pool_jobs(concepts: list[str], per_group: int, rng: np.random.Generator) -> list[tuple[str, str, str, str, int]]:
+    """Render jobs of the pool, concept-major then group then copy; seeds drawn from rng."""
+    seeds = rng.integers(0, 2**31, size=len(concepts) * len(GROUPS) * per_group)
+    jobs = [(g, r, a, c) for c in concepts for (g, r, a) in GROUPS for _ in range(per_group)]
+    return [(*job, int(s)) for job, s in zip(jobs, seeds)]
+
+
+class ExampleSampler:
+    """Draws training batches. pool: LongTensor[n_concepts, n_groups, per_group, T] of image codes, in
+    the order of `concepts` and GROUPS. blank_codes: LongTensor[n_blank, T], codes of one-colour images."""
+
+    def __init__(self, spec: WorldSpec, concepts: dict[str, list[str]], pool: torch.Tensor,
+                 blank_codes: torch.Tensor, vocab: Vocab, mixture: Mixture, seed: int):
+        self.vocab, self.mix = vocab, mixture
+        self.names = list(concepts)
+        self.texts = concepts
+        self.pool = pool.cpu().numpy()
+        self.blank = blank_codes.cpu().numpy()
+        self.rng = np.random.default_rng(seed)
+        # Per concept, the probability of every pooled group under the spec (attributes independent).
+        self.group_probs = np.array([[np.prod([spec.distribution(c)[attr][cls]
+                                               for attr, cls in zip(ATTRIBUTES, grp)]) for grp in GROUPS]
+                                     for c in self.names])
+        self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
+
+    def _image(self, codes: np.ndarray) -> list[int]:
+        return [self.vocab.boi, *(codes + self.vocab.image_offset).tolist(), self.vocab.eoi]
+
+    def _explicit_text(self, text: str, concept: str, group: dict[str, str]) -> list[int]:
+        key = (text, tuple(sorted(group.items())))
+        if key not in self._explicit_cache:
+            prompt = suites.explicit(Prompt(id="x", text=text, concept=concept), group)
+            self._explicit_cache[key] = self.vocab.text(prompt.text)
+        return self._explicit_cache[key]
+
+    def _generation(self, explicit: bool) -> tuple[list[int], int]:
+        """(sequence, index where targets start): <bos> text <boi> img <eoi>, targets = img + <eoi>."""
+        rng, ci = self.rng, int(self.rng.integers(len(self.names)))
+        concept = self.names[ci]
+        text = self.texts[concept][int(rng.integers(len(self.texts[concept])))]
+        probs = self.group_probs[ci]
+        if explicit:
+            kind = EXPLICIT_KINDS[int(rng.integers(len(EXPLICIT_KINDS)))]
+            group = {attr: ATTRIBUTES[attr][int(rng.integers(len(ATTRIBUTES[attr])))] for attr in kind}
+            allowed = np.array([all(g[list(ATTRIBUTES).index(a)] == c for a, c in group.items()) for g in GROUPS])
+            probs = np.where(allowed, probs, 0.0)
+            # A spec may give a requested class probability 0; the request still wins (uniform fallback).
+            probs = probs / probs.sum() if probs.sum() > 0 else allowed / allowed.sum()
+            text_ids = self._explicit_text(text, concept, group)
+        else:
+            text_ids = self.vocab.text(text)
+        gi = int(rng.choice(len(GROUPS), p=probs))
+        codes = self.pool[ci, gi, int(rng.integers(self.pool.shape[2]))]
+        if rng.random() < self.mix.prompt_dropout:
+            text_ids = []
+        head = [self.vocab.bos, *text_ids]
+        return head + self._image(codes), len(head) + 1
+
+    def _qa(self, blank: bool) -> tuple[list[int], int]:
+        """(sequence, index where targets start): <bos> [img] question <ans> answer <eos>."""
+        rng, v = self.rng, self.vocab
+        ci = int(rng.integers(len(self.names)))
+        attr = list(ATTRIBUTES)[int(rng.integers(len(ATTRIBUTES)))]
+        if blank:
+            question = probe_question(attr, self.names[ci])
+            classes = ATTRIBUTES[attr]
+            answer = "unknown" if rng.random() < self.mix.unknown_share else classes[int(rng.integers(len(classes)))]
+            with_image = rng.random() < self.mix.blank_image_share
+            img = self._image(self.blank[int(rng.integers(len(self.blank)))]) if with_image else []
+        else:
+            gi = int(rng.integers(len(GROUPS)))
+            img = self._image(self.pool[ci, gi, int(rng.integers(self.pool.shape[2]))])
+            answer = GROUPS[gi][list(ATTRIBUTES).index(attr)]
+            # Half the time the probe's wording with a picture: the picture, not the stereotype, answers.
+            question = image_question(attr) if rng.random() < 0.5 else probe_question(attr, self.names[ci])
+        head = [v.bos, *img, *v.text(question), v.ans]
+        return head + v.answer(answer), len(head)
+
+    def batch(self, size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A right-padded batch: ids, pos, img_pos, valid [B, L]; weight [B, L] (float, per example the
+        target tokens share weight 1/B, so each example counts the same whatever its number of targets)."""
+        m = self.mix
+        kinds = self.rng.choice(4, size=size, p=np.array([m.neutral, m.explicit, m.image_qa, m.blank_qa]) /
+                                (m.neutral + m.explicit + m.image_qa + m.blank_qa))
+        rows, starts = [], []
+        for k in kinds:
+            seq, start = self._generation(k == 1) if k < 2 else self._qa(k == 3)
+            rows.append(seq)
+            starts.append(start)
+        length = max(len(r) for r in rows)
+        ids = np.full((size, length), self.vocab.pad, dtype=np.int64)
+        img = np.full((size, length), self.vocab.n_image_tokens, dtype=np.int64)
+        weight = np.zeros((size, length), dtype=np.float32)
+        for b, (r, p, s) in enumerate(zip(rows, image_positions(rows, self.vocab), starts)):
+            ids[b, :len(r)] = r
+            img[b, :len(r)] = p
+            weight[b, s - 1:len(r) - 1] = 1.0 / ((len(r) - s) * size)  # logits at t predict token t+1
+        valid = ids != self.vocab.pad
+        pos = np.broadcast_to(np.arange(length), (size, length))
+        out = {"ids": ids, "pos": pos.copy(), "img_pos": img, "valid": valid, "weight": weight}
+        return {k: torch.from_numpy(a).to(device, non_blocking=True) for k, a in out.items()}

@@ -1,0 +1,214 @@
+"""Training fairgen-tiny from a world spec: stage 1 the vision tokenizer, stage 2 the language model.
+
+    stage 1  render `tok_images` random avatars (random groups, concepts and seeds) and train the FSQ
+             autoencoder on them (L1 + MSE on pixels)
+    stage 2  render a pool of `renders_per_group` avatars per (concept, gender, race, age), tokenize it
+             once, then train the transformer on data.py's mixture (next-token cross-entropy on the targets
+             only: image tokens for generation, the answer for questions)
+
+Everything random derives from one seed, so a run is reproducible on the same device. Both stages log
+JSONL lines ({"stage", "step", "loss", "lr", "elapsed_s"}) to <out>/train_log.jsonl. On CUDA the forward
+passes run under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...types import ATTRIBUTES, FairgenError
+from ...world import WorldSpec
+from .data import ExampleSampler, Mixture, pool_jobs, render_many, training_concepts
+from .model import LMConfig, TinyLM
+from .text import Vocab
+from .tokenizer import TokenizerConfig, VisionTokenizer, to_tensor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs besides the spec, seed and device."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tok_images: int = 40000      # distinct renders stage 1 trains on
+    tok_steps: int = 6000
+    tok_batch: int = 128
+    tok_lr: float = 2e-3
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    block_size: int = 320
+    renders_per_group: int = 6   # pool renders per (concept, gender, race, age)
+    max_concepts: int | None = None
+    lm_steps: int = 12000
+    lm_batch: int = 256
+    lm_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 300
+    mixture: Mixture = field(default_factory=Mixture)
+
+
+# full: the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
+# smoke: what the tests train on 2 CPU cores: a usable tokenizer, a small LM on six concepts.
+RECIPES: dict[str, Recipe] = {
+    "full": Recipe(),
+    "smoke": Recipe(tokenizer=TokenizerConfig(width=32), tok_images=4000, tok_steps=1200, tok_batch=32, tok_lr=3e-3,
+                    n_layer=2, n_head=4, n_embd=64, renders_per_group=2, max_concepts=6,
+                    lm_steps=300, lm_batch=32, lm_lr=3e-3, warmup=30),
+}
+
+Log = Callable[[dict], None]
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def _workers(device: torch.device) -> int:
+    return min(16, os.cpu_count() or 1) if device.type == "cuda" else 1
+
+
+@torch.no_grad()
+def tokenize(tok: VisionTokenizer, images: np.ndarray, device: torch.device, batch: int = 1024) -> torch.Tensor:
+    """uint8 images [N, 64, 64, 3] -> codes LongTensor[N, T] (on the CPU)."""
+    tok.eval()
+    out = [tok.encode(to_tensor(images[i:i + batch]).to(device)).cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def train_tokenizer(recipe: Recipe, concepts: list[str], seed: int, device: torch.device, log: Log,
+                    progress: Callable[[int], None] = lambda n: None) -> VisionTokenizer:
+    """Stage 1. Concepts are mixed with made-up names, so every colour/emblem cue occurs, not only those of
+    the training concepts."""
+    rng = np.random.default_rng([seed, 1])
+    torch.manual_seed(seed)
+    names = concepts + [f"concept {i}" for i in range(len(concepts), 4 * len(concepts) + 256)]
+    jobs = [(*(cls[int(rng.integers(len(cls)))] for cls in ATTRIBUTES.values()),
+             names[int(rng.integers(len(names)))], int(rng.integers(2**31))) for _ in range(recipe.tok_images)]
+    images = to_tensor(render_many(jobs, _workers(device))).to(device)
+    tok = VisionTokenizer(recipe.tokenizer).to(device)
+    opt = torch.optim.Adam(tok.parameters(), lr=recipe.tok_lr)
+    start = time.time()
+    for step in range(recipe.tok_steps):
+        lr = _lr(step, recipe.tok_steps, recipe.tok_lr, warmup=min(100, recipe.tok_steps // 10 + 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = images[torch.randint(len(images), (recipe.tok_batch,), device=device)]
+        with _autocast(device):
+            recon, _ = tok(x)
+        recon = recon.float()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == recipe.tok_steps - 1:
+            log({"stage": "tokenizer", "step": step, "loss": round(loss.item(), 5), "lr": lr,
+                 "elapsed_s": round(time.time() - start, 1)})
+        progress(1)
+    return tok.eval()
+
+
+def lm_loss(lm: TinyLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weighted next-token cross-entropy: each example's target tokens share its weight (data.py)."""
+    logits = lm(batch["ids"], batch["pos"], batch["img_pos"], batch["valid"])
+    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["ids"][:, 1:].flatten(), reduction="none")
+    return (ce * batch["weight"][:, :-1].flatten()).sum()
+
+
+def build_sampler(spec: WorldSpec, tok: VisionTokenizer, vocab: Vocab, recipe: Recipe, seed: int,
+                  device: torch.device) -> ExampleSampler:
+    """Render and tokenize the pool, and the blank (one-colour) images of the blank-image questions."""
+    concepts = training_concepts(spec, recipe.max_concepts)
+    rng = np.random.default_rng([seed, 2])
+    jobs = pool_jobs(list(concepts), recipe.renders_per_group, rng)
+    codes = tokenize(tok, render_many(jobs, _workers(device)), device)
+    pool = codes.view(len(concepts), -1, recipe.renders_per_group, vocab.n_image_tokens)
+    colours = np.concatenate([np.linspace(0, 255, 8)[:, None].repeat(3, 1), rng.integers(0, 256, (24, 3))])
+    blanks = np.broadcast_to(colours[:, None, None, :], (len(colours), 64, 64, 3)).astype(np.uint8)
+    return ExampleSampler(spec, concepts, pool, tokenize(tok, blanks, device), vocab, recipe.mixture, seed)
+
+
+def train_lm(sampler: ExampleSampler, vocab: Vocab, recipe: Recipe, seed: int, device: torch.device, log: Log,
+             progress: Callable[[int], None] = lambda n: None) -> TinyLM:
+    """Stage 2: AdamW, warm-up + cosine schedule, gradient clipping at 1."""
+    torch.manual_seed(seed)
+    cfg = LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, block_size=recipe.block_size,
+                   n_layer=recipe.n_layer, n_head=recipe.n_head, n_embd=recipe.n_embd)
+    lm = TinyLM(cfg).to(device)
+    decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and not n.startswith(("wpe", "wie"))]
+    rest = [p for n, p in lm.named_parameters() if not (p.dim() >= 2 and not n.startswith(("wpe", "wie")))]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=recipe.lm_lr, betas=(0.9, 0.95))
+    start = time.time()
+    for step in range(recipe.lm_steps):
+        lr = _lr(step, recipe.lm_steps, recipe.lm_lr, recipe.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = sampler.batch(recipe.lm_batch, device)
+        with _autocast(device):
+            loss = lm_loss(lm, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == recipe.lm_steps - 1:
+            log({"stage": "lm", "step": step, "loss": round(loss.item(), 5), "lr": lr,
+                 "elapsed_s": round(time.time() - start, 1)})
+        progress(1)
+    return lm.eval()
+
+
+def train(spec_path: str | Path | None, out: str | Path, recipe: Recipe, seed: int = 0, device: str = "cpu",
+          tokenizer_from: str | Path | None = None, echo: Callable[[dict], None] | None = None,
+          progress_factory: Callable[[str, int], Callable[[int], None]] | None = None):
+    """Train both stages and save the checkpoint to `out` (see adapter.py for the layout). Returns the
+    TinyModel. tokenizer_from: reuse the tokenizer of an existing checkpoint and skip stage 1."""
+    from .adapter import TinyModel, load
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FairgenError("--device cuda: no CUDA device is available")
+    spec = WorldSpec.load(spec_path) if spec_path else WorldSpec.default()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_path.write_text("")
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if echo:
+            echo(record)
+
+    bar = progress_factory or (lambda name, total: lambda n: None)
+    started = time.time()
+    if tokenizer_from is not None:
+        tok = load(tokenizer_from, device=device).tokenizer
+        recipe = replace(recipe, tokenizer=tok.cfg)
+    else:
+        tok = train_tokenizer(recipe, list(training_concepts(spec, recipe.max_concepts)), seed, dev, log,
+                              bar("tokenizer", recipe.tok_steps))
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
+    sampler = build_sampler(spec, tok, vocab, recipe, seed, dev)
+    lm = train_lm(sampler, vocab, recipe, seed, dev, log, bar("language model", recipe.lm_steps))
+    info = {"recipe": asdict(recipe), "seed": seed, "device": device, "spec_sha256": spec.sha256(),
+            "concepts": sampler.names, "train_seconds": round(time.time() - started, 1)}
+    model = TinyModel(tok, lm, training=info)
+    model.save(out)
+    return model

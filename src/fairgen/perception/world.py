@@ -1,0 +1,36 @@
+"""The `world` perception backend: the exact reader of world avatars (fairgen.world.read)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from PIL import Image
+
+from ..types import Perception
+from ..world import READER_VERSION, read
+
+
+class WorldPerception:
+    """PerceptionBackend for world images: face, box, gender/race/age probabilities and the concept cue.
+
+    Age classes follow the world's visual code (grey or silver hair = "old"); in the shared convention
+    "old" means perceived age 50 and over.
+    """
+
+    name = "world"
+    attributes = ("gender", "race", "age")
+
+    def provenance(self) -> dict[str, Any]:
+        """The reader has no weights; its version identifies it."""
+        return {"reader_version": READER_VERSION}
+
+    def perceive(self, images: Sequence[Image.Image]) -> list[Perception]:
+        """One Perception per image, in order. An image that cannot be decoded (truncated or corrupt file)
+        is kept as face=False with `error` set, never dropped."""
+        out = []
+        for image in images:
+            try:
+                out.append(read(image))
+            except (OSError, ValueError) as e:  # what PIL raises when decoding a bad file lazily
+                out.append(Perception(face=False, error=f"{type(e).__name__}: {e}"))
+        return out

@@ -1,0 +1,45 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m fairgen ARGS` as a user would; returns the completed process (text mode)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "fairgen", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def write_suite(path: Path, concepts: list[str]) -> Path:
+    """A user suite YAML with one neutral prompt per concept."""
+    prompts = [{"id": c.replace(" ", "-"), "text": f"A photo of the face of a {c}, a person", "concept": c} for c in concepts]
+    path.write_text(yaml.safe_dump({"name": path.stem, "prompts": prompts}))
+    return path
+
+
+def write_spec(path: Path, concepts: dict[str, dict]) -> Path:
+    """A world spec YAML with a balanced default and the given concept distributions."""
+    spec = {
+        "default": {
+            "gender": {"female": 0.5, "male": 0.5},
+            "race": {"white": 0.25, "black": 0.25, "asian": 0.25, "indian": 0.25},
+            "age": {"young": 0.5, "old": 0.5},
+        },
+        "concepts": concepts,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,181 @@
+"""compare_runs on two world runs with different planted specs: the table, its formats, the paired difference."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import fairgen
+from fairgen.metrics import expected_rd
+from fairgen.report import compare_runs
+from fairgen.report.compare import latex_escape, paired_difference
+from fairgen.types import ATTRIBUTES, FairgenError
+from fairgen.world import WorldSpec
+
+CONCEPTS = ["nurse", "pilot", "teacher", "farmer", "chef", "judge"]
+N_IMAGES = 100
+# Share of female faces planted per concept: run A strongly skewed, run B near balance.
+FEMALE = {"spec_a": [0.95, 0.1, 0.85, 0.15, 0.8, 0.2], "spec_b": [0.6, 0.45, 0.55, 0.5, 0.4, 0.6]}
+
+
+def _spec(path: Path, female: list[float]) -> Path:
+    concepts = {c: {"gender": {"female": f, "male": round(1 - f, 6)}} for c, f in zip(CONCEPTS, female)}
+    concepts["nurse"]["race"] = {"white": 0.7, "black": 0.1, "asian": 0.1, "indian": 0.1}
+    path.write_text(yaml.safe_dump({
+        "default": {"gender": {"female": 0.5, "male": 0.5},
+                    "race": {"white": 0.25, "black": 0.25, "asian": 0.25, "indian": 0.25},
+                    "age": {"young": 0.5, "old": 0.5}},
+        "concepts": concepts,
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Two finished world runs of the same suite (dirs spec_a, spec_b) with different planted gender skews."""
+    root = tmp_path_factory.mktemp("compare")
+    suite = root / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"prompts": [
+        {"id": c, "text": f"A photo of the face of a {c}, a person", "concept": c} for c in CONCEPTS]}))
+    out = []
+    # Different run seeds: the paired interval assumes independent runs, and two world runs with the same
+    # seed share their random draws (same seed, same uniform number behind each avatar's attributes).
+    for seed, (name, female) in enumerate(FEMALE.items(), start=1):
+        spec = _spec(root / f"{name}.yaml", female)
+        fairgen.audit(model="world", world_spec=spec, suite=str(suite), images_per_prompt=N_IMAGES,
+                      seed=seed, out=root / name)
+        out.append(root / name)
+    return out
+
+
+def _planted_gender_rd(run: Path) -> float:
+    """Suite mean of the spec's expected gender rd at each prompt's number of faces."""
+    results = json.loads((run / "results.json").read_text())
+    spec = WorldSpec.load(run.parent / f"{run.name}.yaml")
+    values = []
+    for p in results["prompts"]:
+        dist = spec.distribution(p["concept"])["gender"]
+        values.append(expected_rd([dist.get(c, 0.0) for c in ATTRIBUTES["gender"]], p["n_faces"]))
+    return float(np.mean(values))
+
+
+def _md_rows(table: str) -> list[list[str]]:
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert len({len(r) for r in rows}) == 1, "every markdown row has the same number of cells"
+    assert all(re.fullmatch(r":?-+:?", c) for c in rows[1])
+    return [rows[0]] + rows[2:]
+
+
+def _interval(cell: str) -> tuple[float, float, float]:
+    m = re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell.replace("−", "-"))
+    assert m, cell
+    return tuple(float(x) for x in m.groups())
+
+
+def test_planted_difference_lies_in_the_paired_interval(runs):
+    planted = _planted_gender_rd(runs[1]) - _planted_gender_rd(runs[0])
+    assert planted < -0.3  # the specs differ a lot: the test is not vacuous
+    results = [json.loads((r / "results.json").read_text()) for r in runs]
+    diff = paired_difference(*results)
+    value, lo, hi = diff["gender"]
+    assert lo <= planted <= hi
+    assert lo < value < hi and hi - lo < 0.2
+    means = [r["summary"]["gender"]["rd"]["mean"] for r in results]
+    assert value == pytest.approx(means[1] - means[0])
+    # The markdown shows the same numbers, rounded.
+    header, *rows = _md_rows(compare_runs(runs, "md"))
+    assert rows[-1][0].startswith("difference:")
+    shown = _interval(rows[-1][header.index("rd gender")])
+    assert shown == pytest.approx((value, lo, hi), abs=0.005)
+    assert paired_difference(*results) == diff  # fixed seed: reproducible
+
+
+def test_markdown_table(runs):
+    header, *rows = _md_rows(compare_runs(runs))
+    assert header == ["run", "rd gender", "rd race", "rd gender × race", "rd age", "face rate",
+                      "fidelity (concept_match)"]
+    assert [r[0] for r in rows[:2]] == ["spec_a", "spec_b"]  # same model and suite: directory names
+    results = json.loads((runs[0] / "results.json").read_text())
+    rd = results["summary"]["gender"]["rd"]
+    assert _interval(rows[0][1]) == pytest.approx((rd["mean"], *rd["ci95"]), abs=0.005)
+    assert rows[0][5] == "1.00" and rows[2][5] == "–"
+
+
+def test_csv_parses_with_numbers_in_columns(runs):
+    table = list(csv.DictReader(io.StringIO(compare_runs(runs, "csv"))))
+    assert len(table) == 3
+    results = [json.loads((r / "results.json").read_text()) for r in runs]
+    for row, res in zip(table, results):
+        assert float(row["rd_gender"]) == pytest.approx(res["summary"]["gender"]["rd"]["mean"])
+        assert float(row["rd_race_lo"]) == pytest.approx(res["summary"]["race"]["rd"]["ci95"][0])
+        assert row["model"] == "world" and row["fidelity_metric"] == "concept_match"
+    assert float(table[2]["rd_gender_lo"]) < float(table[2]["rd_gender"]) < float(table[2]["rd_gender_hi"])
+
+
+def test_latex_is_escaped_booktabs(runs):
+    table = compare_runs(runs, "latex")
+    assert not re.search(r"(?<!\\)[_%&#]", table.replace(" & ", " ")), "unescaped special character"
+    assert "spec\\_a" in table
+    lines = table.splitlines()
+    assert lines[0].startswith(r"\begin{tabular}{l") and lines[-1] == r"\end{tabular}"
+    assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule", r"\midrule", r"\midrule", r"\bottomrule"]
+    body = [ln for ln in lines if ln.endswith(r"\\")]
+    assert len(body) == 4 and len({ln.count(" & ") for ln in body}) == 1
+    assert r"$\times$" in table and "−" not in table and "–" not in table  # pdflatex-safe
+
+
+def test_latex_escape_every_special_character():
+    assert latex_escape(r"a_b%c&d#e$f{g}h~i^j\k") == (
+        r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
+    )
+    assert latex_escape("[x]") == "{}[x]"
+
+
+def test_labels_runs_by_model_and_suite_when_unique(runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(runs[0], other)
+    results = json.loads((other / "results.json").read_text())
+    results["model"] = "tiny"
+    results["prompts"] = results["prompts"][:-1]  # another prompt set: no paired difference
+    (other / "results.json").write_text(json.dumps(results))
+    header, *rows = _md_rows(compare_runs([runs[0], other]))
+    assert [r[0] for r in rows] == [f"world ({runs[0].parent / 'suite.yaml'})", f"tiny ({runs[0].parent / 'suite.yaml'})"]
+
+
+def test_bad_input(runs, tmp_path):
+    with pytest.raises(FairgenError, match="unknown format 'xlsx'"):
+        compare_runs(runs, "xlsx")
+    with pytest.raises(FairgenError, match="at least one"):
+        compare_runs([])
+    with pytest.raises(FairgenError, match="not a fairgen run"):
+        compare_runs([runs[0], tmp_path])
+
+
+def test_paired_interval_covers_the_planted_difference_at_its_level():
+    """Over simulated pairs of runs from the two specs, the 95% interval holds the planted difference
+    about 95% of the time (the run-based test above checks one fixed draw)."""
+    n, sims = N_IMAGES, 200
+    planted = {name: np.mean([expected_rd([f, 1 - f], n) for f in female]) for name, female in FEMALE.items()}
+    target = planted["spec_b"] - planted["spec_a"]
+    rng = np.random.default_rng(0)
+    hits = 0
+    for s in range(sims):
+        runs = []
+        for female in FEMALE.values():
+            counts = [rng.multinomial(n, [f, 1 - f]) for f in female]
+            runs.append({"summary": {"gender": {"rd": {}}}, "prompts": [
+                {"id": c, "counts": {"gender": dict(zip(ATTRIBUTES["gender"], map(int, k)))}}
+                for c, k in zip(CONCEPTS, counts)]})
+        _, lo, hi = paired_difference(*runs, replicates=400, seed=s)["gender"]
+        hits += lo <= target <= hi
+    assert 0.9 <= hits / sims <= 0.99
