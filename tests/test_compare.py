@@ -1,4 +1,4 @@
-"""compare_runs on two world runs with different planted specs: the table, its formats, the paired difference."""
+"""compare_runs on two world runs with different planted specs: the table, its formats, the difference."""
 
 from __future__ import annotations
 
@@ -148,8 +148,9 @@ def test_labels_runs_by_model_and_suite_when_unique(runs, tmp_path):
     results["model"] = "tiny"
     results["prompts"] = results["prompts"][:-1]  # another prompt set: no paired difference
     (other / "results.json").write_text(json.dumps(results))
-    header, *rows = _md_rows(compare_runs([runs[0], other]))
-    assert [r[0] for r in rows] == [f"world ({runs[0].parent / 'suite.yaml'})", f"tiny ({runs[0].parent / 'suite.yaml'})"]
+    _, *rows = _md_rows(compare_runs([runs[0], other]))
+    suite = runs[0].parent / "suite.yaml"
+    assert [r[0] for r in rows] == [f"world ({suite})", f"tiny ({suite})"]
 
 
 def test_bad_input(runs, tmp_path):

@@ -21,7 +21,10 @@ def backend():
 
 
 def test_astronaut_is_female_camera_is_male_blank_has_no_face(backend):
-    astronaut, camera = Image.fromarray(data.astronaut()), Image.fromarray(data.camera())  # camera is greyscale
+    astronaut, camera = (
+        Image.fromarray(data.astronaut()),
+        Image.fromarray(data.camera()),
+    )  # camera is greyscale
     blank = Image.new("RGB", (320, 240), (128, 128, 128))
     out = backend.perceive([astronaut, camera, blank])
     assert [p.face for p in out] == [True, True, False]
@@ -42,7 +45,9 @@ def test_astronaut_is_female_camera_is_male_blank_has_no_face(backend):
 def test_unreadable_image_is_kept_with_an_error(backend):
     buf = io.BytesIO()
     Image.fromarray(data.astronaut()).save(buf, format="PNG")
-    truncated = Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # decodes lazily, fails on load
+    truncated = Image.open(
+        io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2])
+    )  # decodes lazily, fails on load
     out = backend.perceive([truncated, Image.fromarray(data.astronaut())])
     assert len(out) == 2 and out[0].face is False and out[0].error
     assert out[1].face is True

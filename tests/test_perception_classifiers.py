@@ -30,7 +30,19 @@ TORCHVISION_SIGNATURES = {
 
 
 def signature(state: dict[str, torch.Tensor]) -> str:
-    return hashlib.sha256("".join(f"{k}:{tuple(v.shape)};" for k, v in sorted(state.items())).encode()).hexdigest()
+    return hashlib.sha256(
+        "".join(f"{k}:{tuple(v.shape)};" for k, v in sorted(state.items())).encode()
+    ).hexdigest()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On a busy 2-core machine torch's two OpenMP threads spin-wait on each other and one MobileNet forward
+    takes 0.05 to 6 s (measured); one thread is steady. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +61,9 @@ def face():
     return [Image.fromarray(data.astronaut()[:256, 96:352])]
 
 
-def head_fixed(net: torch.nn.Module, layer: str, index: int, offset: int = 0, width: int | None = None) -> None:
+def head_fixed(
+    net: torch.nn.Module, layer: str, index: int, offset: int = 0, width: int | None = None
+) -> None:
     """Make a classifier's output constant: zero last-layer weights, a bias whose largest entry is `index`
     (within the slice [offset, offset + width) of the output)."""
     linear = net.get_submodule(layer)
@@ -95,7 +109,9 @@ def test_shen_loads_pt_files_and_maps_race_by_name(tmp_path, detector, photos, f
     check_probs(out[1], ATTRIBUTES)
     assert not out[2].face and out[2].probs == {}
     prov = backend.provenance()
-    assert set(prov["sha256"]) == {"gender", "race", "age"} and all(len(h) == 64 for h in prov["sha256"].values())
+    assert set(prov["sha256"]) == {"gender", "race", "age"} and all(
+        len(h) == 64 for h in prov["sha256"].values()
+    )
 
     # Their race output order is WMELH, Black, Indian, Asian: output 2 must read `indian`, 3 `asian`.
     net = MobileNetV3Large(4)
@@ -114,7 +130,9 @@ def test_shen_loads_pt_files_and_maps_race_by_name(tmp_path, detector, photos, f
 
 def test_fairface_loads_the_2019_file_format_and_maps_by_name(tmp_path, detector, photos, face):
     path = tmp_path / "res34_fair_align_multi_7_20190809.pt"
-    torch.save(ResNet34(18).state_dict(), path, _use_new_zipfile_serialization=False)  # pre-1.6 format, as published
+    torch.save(
+        ResNet34(18).state_dict(), path, _use_new_zipfile_serialization=False
+    )  # pre-1.6 format, as published
     out = perception.load(f"fairface:{path}").perceive(photos)
     check_probs(out[0], ATTRIBUTES)
     check_probs(out[1], ATTRIBUTES)

@@ -28,7 +28,9 @@ class ReaderModel:
         return [render("female", "white", "young", str(p), s) for p, s in zip(prompts, seeds)]
 
     def answer_distribution(self, image, question, options):
-        attr = re.match(r"What is the (\w+) of the person in the image\? Possible answers: ", question).group(1)
+        attr = re.match(r"What is the (\w+) of the person in the image\? Possible answers: ", question).group(
+            1
+        )
         assert question.endswith(f"Possible answers: {', '.join(options)}. Answer with a single word.")
         ReaderModel.asked.append((attr, tuple(options)))
         truth = read(image).label()[attr]
@@ -37,8 +39,14 @@ class ReaderModel:
 
 def world_renders(n: int, seed: int = 0):
     rng = random.Random(seed)
-    truth = [{"gender": rng.choice(["female", "male"]), "race": rng.choice(["white", "black", "asian", "indian"]),
-              "age": rng.choice(["young", "old"])} for _ in range(n)]
+    truth = [
+        {
+            "gender": rng.choice(["female", "male"]),
+            "race": rng.choice(["white", "black", "asian", "indian"]),
+            "age": rng.choice(["young", "old"]),
+        }
+        for _ in range(n)
+    ]
     return truth, [render(t["gender"], t["race"], t["age"], "nurse", 1000 + i) for i, t in enumerate(truth)]
 
 
@@ -48,8 +56,11 @@ def test_judge_asks_each_attribute_and_renormalises_over_the_options():
     truth, images = world_renders(6)
     ReaderModel.asked.clear()
     out = backend.perceive(images)
-    assert ReaderModel.asked[:3] == [("gender", ("male", "female")), ("race", ("white", "black", "asian", "indian")),
-                                     ("age", ("young", "old"))]
+    assert ReaderModel.asked[:3] == [
+        ("gender", ("male", "female")),
+        ("race", ("white", "black", "asian", "indian")),
+        ("age", ("young", "old")),
+    ]
     for p, t in zip(out, truth):
         assert p.face and p.box == (0, 0, 64, 64)
         assert p.label() == t

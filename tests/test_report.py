@@ -39,7 +39,8 @@ def run(tmp_path_factory) -> Path:
         "default": {"gender": {"female": 0.5, "male": 0.5},
                     "race": {"white": 0.25, "black": 0.25, "asian": 0.25, "indian": 0.25},
                     "age": {"young": 0.5, "old": 0.5}},
-        "concepts": {"nurse": {"gender": {"female": 0.9, "male": 0.1}}, "pilot": {"gender": {"female": 0.1, "male": 0.9}}},
+        "concepts": {"nurse": {"gender": {"female": 0.9, "male": 0.1}},
+                     "pilot": {"gender": {"female": 0.1, "male": 0.9}}},
     }))
     out = root / "run"
     fairgen.audit(model="world", world_spec=spec, suite=str(suite), images_per_prompt=N_IMAGES, out=out)
@@ -67,7 +68,9 @@ class Page(HTMLParser):
         self.text.append(data)
 
     def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
-        return [a for t, a in self.tags if t == tag and (cls is None or cls in (a.get("class") or "").split())]
+        """Attributes of every `tag` element (having class `cls`, if given)."""
+        matches = [a for t, a in self.tags if t == tag]
+        return [a for a in matches if cls is None or cls in (a.get("class") or "").split()]
 
 
 def test_audit_writes_a_self_contained_report(run, html):
@@ -84,8 +87,9 @@ def test_audit_writes_a_self_contained_report(run, html):
 def test_header_summary_and_limitations(run, html):
     results = json.loads((run / "results.json").read_text())
     text = " ".join(" ".join(Page(html).text).split())
-    for needle in ("model world", "perception world", f"images / prompt {N_IMAGES}", "seed 0", "face rate 1.000",
-                   "fidelity (concept_match)", "How to read this", "Perceived, not self-identified", "--calibration", "0.063 at 160"):
+    for needle in ("model world", "perception world", f"images / prompt {N_IMAGES}", "seed 0",
+                   "face rate 1.000", "fidelity (concept_match)", "How to read this",
+                   "Perceived, not self-identified", "--calibration", "0.063 at 160"):
         assert needle in text, needle
     assert f"{results['summary']['gender']['rd']['mean']:.3f}" in text
     lo, hi = results["summary"]["gender"]["rd"]["ci95"]
@@ -186,11 +190,12 @@ def test_commands_register_on_a_typer_app(run):
 
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (`apt-get install -y chromium`)")
 def test_renders_in_headless_chromium(run, tmp_path):
     shot = tmp_path / "report.png"
     url = (run / "report.html").resolve().as_uri()
@@ -198,11 +203,26 @@ def test_renders_in_headless_chromium(run, tmp_path):
     with Image.open(shot) as im:
         assert im.size == (1280, 2000)
         stats = ImageStat.Stat(im.convert("L"))
-        assert stats.stddev[0] > 20 and len(im.convert("RGB").getcolors(1 << 20)) > 500  # text, tables, images
+        # Not blank: text, tables and pictures give contrast and many colours.
+        assert stats.stddev[0] > 20 and len(im.convert("RGB").getcolors(1 << 20)) > 500
 
     dom = _chromium("--dump-dom", url, profile=tmp_path / "profile").stdout
     page = Page(dom)
     assert not page.find("script")
     assert page.find("table", "summary") and len(page.find("img", "chart")) == len(CONCEPTS)
-    assert len(page.find("div", "grid")) >= len(CONCEPTS) and len(page.find("a", "th")) == len(CONCEPTS) * MAX_THUMBS
+    assert len(page.find("div", "grid")) >= len(CONCEPTS)
+    assert len(page.find("a", "th")) == len(CONCEPTS) * MAX_THUMBS
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+
+def test_thumbnail_is_small_and_keeps_the_face_box(tmp_path):
+    from fairgen.report.plots import THUMB_PX, thumbnail
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (1000, 500), (200, 120, 90)).save(path)
+    thumb = thumbnail(path, [100, 50, 300, 250])
+    assert thumb.size == THUMB_PX <= 128 and thumb.uri.startswith("data:image/jpeg;base64,")
+    assert thumb.box_pct == (10.0, 10.0, 20.0, 40.0)  # in percent of the full image, whatever the decode size
+    assert thumbnail(path, [5, 5, 5, 9]).box_pct is None  # an empty box is not drawn
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert thumbnail(tmp_path / "bad.png", None) is None and thumbnail(tmp_path / "none.png", None) is None

@@ -155,3 +155,23 @@ def test_grey_and_palette_images_are_converted():
     image = render("female", "indian", "old", "teacher", 9)
     assert read(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)).label() == read(image).label()
     assert read(image.convert("RGBA")) == read(image)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["jpeg quality 50", "blur radius 1.5", "colour noise sigma 24", "half resolution", "colour shift 20"],
+)
+def test_margins_beyond_the_contract(name):
+    """Degradations well past the contract (JPEG q>=90, blur ~0.7, noise sigma ~8) are still read exactly."""
+    rng = np.random.default_rng(9)
+    degrade = {
+        "jpeg quality 50": lambda im: jpeg(im, 50),
+        "blur radius 1.5": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
+        "colour noise sigma 24": lambda im: colour_noise(im, 24.0, rng),
+        "half resolution": lambda im: im.resize((32, 32), Image.Resampling.BILINEAR).resize((64, 64)),
+        "colour shift 20": lambda im: Image.fromarray(
+            np.clip(np.asarray(im, dtype=np.int32) + rng.integers(-20, 21, 3), 0, 255).astype(np.uint8)),
+    }[name]
+    truth = cases(1024, seed=10)
+    assert_reads([degrade(render(*t)) for t in truth], truth, min_confidence=0.5)

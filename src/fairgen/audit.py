@@ -19,6 +19,7 @@ from . import models, perception, suites
 from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
 from .perception.base import PerceptionBackend
+from .report import render_report
 from .store import RunStore, derive_seed
 from .types import FairgenError, Perception, Prompt
 
@@ -146,8 +147,8 @@ def audit(
     store.write_json("results.json", results)
     result = AuditResult(results, store.root)
     store.write_text("results.csv", result.to_frame().to_csv(index=False))
-    _write_report(store.root)
     store.finish()
+    render_report(store.root)
     return result
 
 
@@ -202,12 +203,3 @@ def _record(prompt: Prompt, sample: int, seed: int, seen: Perception, source: st
     if source is not None:
         rec["source"] = source
     return rec
-
-
-def _write_report(run_dir: Path) -> None:
-    """Render report.html when the report module is available."""
-    try:
-        from .report import render_report
-    except ImportError:
-        return
-    render_report(run_dir)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .audit import DEFAULT_MODEL
+from .report.cli import compare_command, report_command
 from .suites.cli import suites_app
 from .types import FairgenError
 
@@ -21,6 +22,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(suites_app, name="suites")
+app.command("report")(report_command)
+app.command("compare")(compare_command)
 console = Console(stderr=True)
 
 

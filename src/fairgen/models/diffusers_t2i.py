@@ -53,7 +53,7 @@ class DiffusersModel:
         target = hf.resolve_device(device)
         self.dtype = hf.resolve_dtype(dtype, target)
         try:
-            self.pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=self.dtype, use_safetensors=True,
+            self.pipe = DiffusionPipeline.from_pretrained(path, dtype=self.dtype, use_safetensors=True,
                                                           device_map=device_map)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FairgenError(f"{FAMILY}: cannot load {path}: {str(e).splitlines()[0][:300]}") from None

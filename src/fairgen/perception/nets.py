@@ -33,8 +33,16 @@ class _ConvBNAct(nn.Sequential):
     """torchvision's Conv2dNormActivation: conv (no bias) -> BatchNorm -> optional activation.
     State-dict keys: `0.weight`, `1.{weight,bias,running_mean,running_var,num_batches_tracked}`."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: type[nn.Module] | None = None, norm: type[nn.Module] | partial = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] | None = None,
+        norm: type[nn.Module] | partial = nn.BatchNorm2d,
+    ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
             norm(cout),
@@ -62,13 +70,17 @@ class _InvertedResidual(nn.Module):
     """MobileNetV3 bottleneck: [1x1 expand] -> depthwise kxk -> [SE] -> 1x1 project (+ residual).
     Modules live in `self.block` (a Sequential), as in torchvision."""
 
-    def __init__(self, cin: int, kernel: int, expanded: int, cout: int, se: bool, hswish: bool, stride: int) -> None:
+    def __init__(
+        self, cin: int, kernel: int, expanded: int, cout: int, se: bool, hswish: bool, stride: int
+    ) -> None:
         super().__init__()
         act = nn.Hardswish if hswish else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != cin:
             layers.append(_ConvBNAct(cin, expanded, 1, act=act, norm=_MobileBN))
-        layers.append(_ConvBNAct(expanded, expanded, kernel, stride, groups=expanded, act=act, norm=_MobileBN))
+        layers.append(
+            _ConvBNAct(expanded, expanded, kernel, stride, groups=expanded, act=act, norm=_MobileBN)
+        )
         if se:
             layers.append(_SqueezeExcitation(expanded, _make_divisible(expanded // 4)))
         layers.append(_ConvBNAct(expanded, cout, 1, norm=_MobileBN))
@@ -115,7 +127,10 @@ class MobileNetV3Large(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(960, 1280), nn.Hardswish(inplace=True), nn.Dropout(0.2, inplace=True), nn.Linear(1280, num_classes)
+            nn.Linear(960, 1280),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(0.2, inplace=True),
+            nn.Linear(1280, num_classes),
         )
         self.eval()
 
@@ -135,7 +150,8 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = (
             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout else None
+            if stride != 1 or cin != cout
+            else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,8 +174,14 @@ class ResNet34(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], 64
         for cout, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-            stages.append(nn.Sequential(*(_BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                          for i in range(blocks))))
+            stages.append(
+                nn.Sequential(
+                    *(
+                        _BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                        for i in range(blocks)
+                    )
+                )
+            )
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)

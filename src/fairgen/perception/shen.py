@@ -51,7 +51,9 @@ TO_CLASS: dict[str, dict[str, str]] = {
 
 def shen_input(rgb: np.ndarray, face: Face) -> torch.Tensor:
     """The classifier input for one face: float [3, 224, 224] in [-1, 1]."""
-    crop = crop_padded(rgb, square_box(face.box, MARGIN), fill=0)  # black = -1 after scaling, their fill value
+    crop = crop_padded(
+        rgb, square_box(face.box, MARGIN), fill=0
+    )  # black = -1 after scaling, their fill value
     x = torch.from_numpy(crop).permute(2, 0, 1).float().div(127.5).sub(1.0)
     return F.interpolate(x[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=False)[0]
 
@@ -61,12 +63,21 @@ class ShenPerception(PhotoBackend):
 
     OPTIONS = ("gender", "race", "age")
 
-    def __init__(self, gender: str | None = None, race: str | None = None, age: str | None = None,
-                 detector: FaceDetector | None = None) -> None:
+    def __init__(
+        self,
+        gender: str | None = None,
+        race: str | None = None,
+        age: str | None = None,
+        detector: FaceDetector | None = None,
+    ) -> None:
         given = {"gender": gender, "race": race, "age": age}
         if not any(given.values()):
-            raise FairgenError("perception 'shen' needs weight files: --perception shen:gender=PATH,race=PATH,age=PATH")
-        self.paths = {a: weights_file(p, f"shen {a} classifier", f"shen:{a}=PATH") for a, p in given.items() if p}
+            raise FairgenError(
+                "perception 'shen' needs weight files: --perception shen:gender=PATH,race=PATH,age=PATH"
+            )
+        self.paths = {
+            a: weights_file(p, f"shen {a} classifier", f"shen:{a}=PATH") for a, p in given.items() if p
+        }
         self.nets = {
             a: load_net(MobileNetV3Large(len(LABELS[a])), p, f"MobileNetV3-Large {len(LABELS[a])}-class")
             for a, p in self.paths.items()
@@ -91,4 +102,6 @@ class ShenPerception(PhotoBackend):
     def classify(self, inputs: list[torch.Tensor]) -> list[Probs]:
         x = torch.stack(inputs)
         probs = {a: net(x).softmax(-1).tolist() for a, net in self.nets.items()}
-        return [{a: fold(probs[a][i], LABELS[a], TO_CLASS[a], a) for a in self.nets} for i in range(len(inputs))]
+        return [
+            {a: fold(probs[a][i], LABELS[a], TO_CLASS[a], a) for a in self.nets} for i in range(len(inputs))
+        ]

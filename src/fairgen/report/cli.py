@@ -16,7 +16,7 @@ from .html import read_run, render_report
 
 
 def report_command(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (made by `fairgen audit --out`).")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (`fairgen audit --out`).")],
 ) -> None:
     """Re-render RUN_DIR/report.html from the run's results, manifest and perception records."""
     read_run(run_dir, require_finished=True)  # refuse half-written runs before touching anything

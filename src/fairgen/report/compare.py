@@ -72,6 +72,8 @@ def paired_difference(
 
     Both are results.json dicts over the same prompt ids. Replicates resample each run's per-prompt counts
     multinomially and independently; prompts are matched by id. None where either run lacks the attribute.
+    The interval assumes independent runs: two `world` runs with the same --seed share their random draws
+    (common random numbers), which this interval does not model.
     """
     order = _prompt_ids(first)
     out: dict[str, Interval | None] = {}
@@ -80,8 +82,9 @@ def paired_difference(
             out[attr] = None
             continue
         counts = [_counts(run, attr, classes, order) for run in (first, second)]
+        # One seed per (attribute, run): the two runs' resamples are independent draws.
         means = [
-            bootstrap_metrics(c, {"rd": rd}, replicates, seed=seed + 2 * j + k)["rd"][1]  # independent streams
+            bootstrap_metrics(c, {"rd": rd}, replicates, seed=seed + 2 * j + k)["rd"][1]
             for k, c in enumerate(counts)
         ]
         point = float(nanmean_rows(rd(counts[1])) - nanmean_rows(rd(counts[0])))
@@ -92,8 +95,8 @@ def paired_difference(
 
 def _counts(run: Mapping[str, Any], attr: str, classes: Sequence[str], order: Sequence[str]) -> np.ndarray:
     """(P, K) counts of one attribute, prompts in `order`."""
-    by_id = {str(p["id"]): p for p in run["prompts"]}
-    return np.array([[int((by_id[i].get("counts") or {}).get(attr, {}).get(c, 0)) for c in classes] for i in order])
+    counts = {str(p["id"]): (p.get("counts") or {}).get(attr) or {} for p in run["prompts"]}
+    return np.array([[int(counts[i].get(c, 0)) for c in classes] for i in order])
 
 
 def _prompt_ids(results: Mapping[str, Any]) -> list[str]:
@@ -116,8 +119,11 @@ def _row(label: str, run_dir: Path, results: Mapping[str, Any]) -> Row:
     rds: dict[str, Interval | None] = {}
     for attr in METRIC_ATTRIBUTES:
         m = summary.get(attr)
-        ci = (m or {}).get("rd", {}).get("ci95") or (None, None)
-        rds[attr] = None if not m else (m["rd"]["mean"], ci[0], ci[1])
+        if not m:
+            rds[attr] = None  # not measured
+            continue
+        lo, hi = m["rd"].get("ci95") or (None, None)
+        rds[attr] = (m["rd"]["mean"], lo, hi)
     fidelity = summary.get("fidelity") or {}
     info = {
         "run_dir": str(run_dir), "model": results.get("model"), "suite": results.get("suite"),
@@ -163,7 +169,8 @@ def _header(rows: Sequence[Row]) -> list[str]:
 
 
 def _cells(row: Row, rows: Sequence[Row]) -> list[str]:
-    return [row.label] + [_interval(row.rd[a]) for a in METRIC_ATTRIBUTES] + [_num(row.face_rate), _fidelity(row, rows)]
+    rds = [_interval(row.rd[a]) for a in METRIC_ATTRIBUTES]
+    return [row.label, *rds, _num(row.face_rate), _fidelity(row, rows)]
 
 
 def _markdown(rows: Sequence[Row]) -> str:
@@ -173,8 +180,9 @@ def _markdown(rows: Sequence[Row]) -> str:
     header = _header(rows)
     out = [line(header), "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += [line(_cells(r, rows)) for r in rows]
-    out.append("")
-    out.append("rd: mean over prompts [bootstrap ci95, images resampled within each prompt]; 0 = balanced.")
+    out += ["", "rd: mean over prompts [bootstrap ci95, images resampled within each prompt]; 0 = balanced."]
+    if rows[-1].difference:
+        out.append("difference: paired over the same prompts, the runs resampled independently.")
     return "\n".join(out) + "\n"
 
 
@@ -192,7 +200,7 @@ def _csv(rows: Sequence[Row]) -> str:
         for a in METRIC_ATTRIBUTES:
             cell = r.rd[a] or (None, None, None)
             record.update({f"rd_{a}": cell[0], f"rd_{a}_lo": cell[1], f"rd_{a}_hi": cell[2]})
-        record.update({"face_rate": r.face_rate, "fidelity": r.fidelity, "fidelity_metric": r.fidelity_metric})
+        record.update(face_rate=r.face_rate, fidelity=r.fidelity, fidelity_metric=r.fidelity_metric)
         writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
     return buf.getvalue()
 

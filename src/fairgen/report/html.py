@@ -78,8 +78,11 @@ def read_run(run_dir: str | Path, require_finished: bool = True) -> tuple[dict[s
     if require_finished and not manifest.get("finished"):
         raise FairgenError(f"{root} is not a finished fairgen run (manifest.json has no 'finished' stamp)")
     results = read_json(root / RESULTS)
-    if not isinstance(results.get("summary"), dict) or not isinstance(results.get("prompts"), list):
+    prompts = results.get("prompts")
+    if not isinstance(results.get("summary"), dict) or not isinstance(prompts, list):
         raise FairgenError(f"{root / RESULTS} lacks 'summary' or 'prompts' (not a fairgen results file)")
+    if not all(isinstance(p, dict) and "id" in p for p in prompts):
+        raise FairgenError(f"{root / RESULTS}: every entry of 'prompts' needs an 'id'")
     return results, manifest
 
 
@@ -157,6 +160,7 @@ def _prompt(
 ) -> dict[str, Any]:
     """One prompt's section: numbers, chart and the (not yet rendered) thumbnails of its grid."""
     planned = [r for r in records if not n_per_prompt or int(r["sample"]) < n_per_prompt]
+    rds, ci95, floors = (p.get(key) or {} for key in ("rd", "rd_ci95", "noise_floor"))
     return {
         "id": str(p["id"]),
         "text": p.get("text", ""),
@@ -164,8 +168,7 @@ def _prompt(
         "n_faces": p.get("n_faces", 0),
         "n_unreadable": p.get("n_unreadable", 0),
         "fidelity": p.get("fidelity"),
-        # attribute -> (rd, ci95, noise floor)
-        "rd": {a: (p["rd"].get(a), p.get("rd_ci95", {}).get(a), p.get("noise_floor", {}).get(a)) for a in measured},
+        "rd": {a: (rds.get(a), ci95.get(a), floors.get(a)) for a in measured},  # (rd, ci95, noise floor)
         "chart": charts.png_uri(p.get("counts") or {}) if charts else None,
         "n_records": len(planned),
         "n_shown": min(len(planned), MAX_THUMBS),
@@ -225,8 +228,12 @@ def _thumb(prompt_id: str, rec: Mapping[str, Any]) -> dict[str, Any]:
         tooltip.append(f"unreadable: {rec['error']}")
     elif not rec.get("face"):
         tooltip.append("no face detected")
+    # Generated images lie in the run directory; a folder: audit's images stay where the user keeps them.
+    source = rec.get("source")
+    path = Path(source) if source else Path("images") / prompt_id / f"{sample:05d}.png"
     return {
-        "href": f"images/{prompt_id}/{sample:05d}.png",
+        "path": path,
+        "href": path.resolve().as_uri() if source else path.as_posix(),
         "sample": sample,
         "face": bool(rec.get("face")),
         "error": rec.get("error"),
@@ -243,7 +250,7 @@ def _fill_thumbnails(root: Path, prompts: Iterable[dict[str, Any]]) -> None:
     # An image perception could not read gets the placeholder, whatever is on disk now.
     thumbs = [t for p in prompts for g in p["groups"] for t in g["thumbs"] if not t["error"]]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = pool.map(lambda t: thumbnail(root / t["href"], t["box"] if t["face"] else None), thumbs)
+        images = pool.map(lambda t: thumbnail(root / t["path"], t["box"] if t["face"] else None), thumbs)
         for t, image in zip(thumbs, images):
             t["image"] = image
             t["upscaled"] = image is not None and image.size < THUMB_PX

@@ -128,8 +128,8 @@ def thumbnail(path: Path, box: Sequence[float] | None, max_px: int = THUMB_PX) -
     """
     try:
         with Image.open(path) as im:
+            full = im.size  # before draft(), which shrinks a JPEG's size
             im.draft("RGB", (max_px, max_px))  # JPEG sources decode at reduced size: much faster
-            full = im.size
             im = im.convert("RGB")
             im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS, reducing_gap=2.0)
             buf = io.BytesIO()
@@ -139,7 +139,7 @@ def thumbnail(path: Path, box: Sequence[float] | None, max_px: int = THUMB_PX) -
     return Thumbnail(data_uri(buf.getvalue(), "image/jpeg"), max(im.size), _box_percent(box, full))
 
 
-def _box_percent(box: Sequence[float] | None, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+def _box_percent(box: Sequence[float] | None, size: tuple[int, int]) -> tuple[float, ...] | None:
     """(x0, y0, x1, y1) pixels -> (left, top, width, height) percent, clipped to the image."""
     if not box or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
         return None

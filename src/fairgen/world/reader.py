@@ -22,12 +22,12 @@ from . import render as layout
 
 READER_VERSION = "world-reader/1"
 
-# Face finding. Skin tones are >= 91 apart and every other colour is >= 63 from every tone, so the largest
-# blob of pixels within SEED_TOLERANCE of one tone is the face. Its median colour (which follows a global
-# colour shift) defines the skin mask (REGROW_TOLERANCE), and the face ellipse of the rendered size is
-# fitted to that mask (_fit_face). Fitting a template, rather than measuring the blob's outline, keeps the
-# reading stable when blur detaches a few pixels (beside the eyes) or attaches a few (a blended
-# hair/background edge that happens to be skin-coloured).
+# Face finding. Skin tones are >= 91 apart and hair, background and clothing colours are >= 63 from every
+# tone, so the largest blob of pixels within SEED_TOLERANCE of one tone is the face. Its median colour
+# (which follows a global colour shift) defines the skin mask (REGROW_TOLERANCE), and the face ellipse of
+# the rendered size is fitted to that mask (_fit_face). Fitting a template, rather than measuring the
+# blob's outline, keeps the reading stable when blur detaches a few pixels (beside the eyes) or attaches a
+# few (a blended hair/background edge that happens to be skin-coloured).
 SEED_TOLERANCE = 48.0
 REGROW_TOLERANCE = 40.0
 CENTRE_SLACK = layout.JITTER + 3  # how far (px) the face centre may sit from layout.CENTRE, each axis
@@ -94,7 +94,8 @@ def _eye_zone(grow: int) -> np.ndarray:
 _PLACE_CORE = _face_ellipse(-1) & ~_eye_zone(1)
 _ACCEPT_CORE = _face_ellipse(-2) & ~_eye_zone(1)
 _OUTSIDE = ~_face_ellipse(+1)
-_FIT_MASKS = np.stack([_PLACE_CORE.ravel(), _ACCEPT_CORE.ravel(), _OUTSIDE.ravel()], axis=1).astype(np.float32)
+# The three masks as columns of one matrix (29 * 25, 3), so one product scores every placement.
+_FIT_MASKS = np.stack([_PLACE_CORE, _ACCEPT_CORE, _OUTSIDE], axis=-1).reshape(-1, 3).astype(np.float32)
 # Face pixels for the face colour: the acceptance core.
 FACE_INTERIOR = np.stack([_WINDOW[1][_ACCEPT_CORE], _WINDOW[0][_ACCEPT_CORE]], axis=1)
 # Only face centres within CENTRE_SLACK of layout.CENTRE are tried, so every sample region stays inside the

@@ -85,7 +85,7 @@ EYE_OFFSETS = ((-4, -2), (4, -2))  # centres of the two eyes
 EYE_HALF = (1, 2)  # (x, y) half extents: 3 px wide, 5 px tall
 CAP_CENTRE_DY = -4
 CAP_RADII = (12.5, 16.5)
-CAP_MAX_DY = -3  # a male cap stops above the eyes
+CAP_MAX_DY = -3  # a male cap ends at the temples, so the sides of the lower face show background
 LONG_HAIR_HALF_WIDTH = 15
 LONG_HAIR_DY = (-4, 16)  # inclusive: from the temples down to the shoulders
 TORSO_TOP_DY = 14
@@ -149,10 +149,6 @@ def check_seed(seed: int) -> int:
 def ellipse(dx: np.ndarray, dy: np.ndarray, rx: float, ry: float) -> np.ndarray:
     """Pixels whose centres lie inside the axis-aligned ellipse of radii (rx, ry) about the origin."""
     return (dx / rx) ** 2 + (dy / ry) ** 2 <= 1.0
-
-
-# Pixels in the face ellipse (343).
-FACE_AREA = int(ellipse(_GRID_X - SIZE // 2, _GRID_Y - SIZE // 2, *FACE_RADII).sum())
 
 
 def _torso(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

@@ -60,6 +60,11 @@ class WorldSpec(BaseModel):
     defaults: dict[str, Distribution] = Field(alias="default")
     concepts: dict[str, ConceptDistributions] = Field(default_factory=dict)
 
+    @field_validator("concepts", mode="before")
+    @classmethod
+    def _empty_concepts(cls, concepts: Any) -> Any:
+        return {} if concepts is None else concepts  # "concepts:" with nothing under it
+
     @field_validator("concepts", mode="after")
     @classmethod
     def _normalise_names(cls, concepts: dict[str, ConceptDistributions]) -> dict[str, ConceptDistributions]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
@@ -92,7 +92,8 @@ class TinyModel:
         tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
         if tokens.shape[1] != self.vocab.n_image_tokens or tokens.min() < 0 or tokens.max() >= self.vocab.n_codes:
             raise FairgenError(f"image tokens must be [B, {self.vocab.n_image_tokens}] codes in 0..{self.vocab.n_codes - 1}")
-        return to_images(self.tokenizer.decode(tokens))
+        # One image at a time: a conv's rounding can depend on the batch size, and an image must not.
+        return [to_images(self.tokenizer.decode(t[None]))[0] for t in tokens]
 
     # -- generation ------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], cfg: float = 1.0,
@@ -197,7 +198,7 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
             module.load_state_dict(load_file(str(path / name)))
     except FairgenError:
         raise
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, SafetensorsError, OSError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as e:
         raise FairgenError(f"corrupt fairgen-tiny checkpoint {path}: {str(e).splitlines()[0]}") from None
     try:
         dev = torch.device(device)

@@ -1,0 +1,153 @@
+"""fairgen-tiny pieces that need no training: vocabulary, padding, the per-image random streams, sampling
+filters, batch invariance and LoRA on a randomly initialised model, checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+
+from fairgen.models.base import OTHER
+from fairgen.models.tiny import TinyModel, load
+from fairgen.models.tiny.model import LMConfig, TinyLM
+from fairgen.models.tiny.sampling import Sampling, draw, filter_probs, seed_keys, uniforms
+from fairgen.models.tiny.text import Vocab, image_positions, left_pad
+from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
+from fairgen.types import FairgenError, Prompt
+from fairgen.world import render
+
+
+@pytest.fixture(scope="module")
+def random_model() -> TinyModel:
+    """Untrained, tiny dims: enough to test plumbing, padding and determinism."""
+    torch.manual_seed(0)
+    tok = VisionTokenizer(TokenizerConfig(width=16))
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
+    lm = TinyLM(LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32))
+    return TinyModel(tok, lm)
+
+
+def test_vocab_formats() -> None:
+    v = Vocab(n_codes=10, n_image_tokens=4)
+    assert v.size == 256 + 6 + 10
+    assert v.answer("ok") == [ord("o"), ord("k"), v.eos]
+    codes = torch.tensor([0, 9, 3, 3])
+    row = [v.bos, *v.image(codes), *v.text("Q?"), v.ans]
+    assert row == v.question_prefix(codes, "Q?")
+    assert image_positions([row], v)[0] == [4, 4, 0, 1, 2, 3, 4, 4, 4, 4]
+    assert v.decode_text(row) == "<bos><boi><img:0><img:9><img:3><img:3><eoi>Q?<ans>"
+    with pytest.raises(FairgenError):
+        v.image(torch.tensor([1, 2]))
+
+
+def test_left_pad_positions_start_at_first_real_token() -> None:
+    v = Vocab(n_codes=10, n_image_tokens=4)
+    ids, valid, pos, _ = left_pad([[1, 2, 3], [7]], v)
+    assert ids[1].tolist() == [v.pad, v.pad, 7]
+    assert valid.tolist() == [[True, True, True], [False, False, True]]
+    assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_uniform_streams_are_pure_functions_of_seed_and_position() -> None:
+    keys = seed_keys([0, 1, 2**40 + 1, 2**40 + 1])
+    u = uniforms(keys, 5)
+    assert u[2] == u[3] and u[0] != u[1]
+    assert torch.equal(u, uniforms(seed_keys([0, 1, 2**40 + 1, 2**40 + 1]), 5))
+    many = uniforms(seed_keys(list(range(20000))), 3)
+    assert float(many.min()) > 0 and float(many.max()) < 1
+    assert abs(float(many.mean()) - 0.5) < 0.01
+    hist = torch.histc(many.float(), bins=10, min=0, max=1) / len(many)
+    assert float((hist - 0.1).abs().max()) < 0.01
+
+
+def test_filters_and_draw() -> None:
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    def kept(**kw) -> list[bool]:
+        return (filter_probs(p, **kw) > 0)[0].tolist()
+
+    assert kept(top_k=2, top_p=None) == [True, True, False, False]
+    assert kept(top_k=None, top_p=0.6) == [True, True, False, False]
+    assert kept(top_k=None, top_p=0.5) == [True, False, False, False]
+    assert kept(top_k=3, top_p=0.9) == [True, True, True, False]
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75]]).repeat(3, 1)
+    u = torch.tensor([1e-9, 0.2499, 0.9999999], dtype=torch.float64)
+    assert draw(probs, u).tolist() == [1, 1, 3]
+    with pytest.raises(FairgenError):
+        Sampling(top_p=0.0).check()
+
+
+def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> None:
+    settings = dict(cfg=3.0, temperature=1.0, top_p=0.9)
+    prompts = ["A photo of the face of a nurse, a person", "x", Prompt("p", "A headshot of a CEO, a person", "CEO"),
+               "A photo of the face of a nurse, a person", "", "y" * 60, "A close-up photo of a judge's face", "z"]
+    seeds = [11, 3, 5, 12, 0, 99, 2**33, 7]
+    batch = random_model.generate(prompts, seeds, batch_size=8, **settings)
+    for i in (0, 2, 5):
+        alone = random_model.generate([prompts[i]], [seeds[i]], **settings)[0]
+        assert np.array_equal(np.asarray(alone), np.asarray(batch[i]))
+    assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[3]))  # same prompt, other seed
+    assert batch[0].size == (64, 64) and batch[0].mode == "RGB"
+    with pytest.raises(FairgenError):
+        random_model.generate(["a"], [1, 2])
+    with pytest.raises(FairgenError):
+        random_model.generate(["a"], [-1])
+
+
+def test_answer_distribution_is_normalised(random_model: TinyModel) -> None:
+    image = render("female", "black", "old", "nurse", 3)
+    for img in (image, None):
+        out = random_model.answer_distribution(img, "What is the race? Answer.", ["white", "black", "asian", "indian"])
+        assert abs(sum(v for k, v in out.items() if k != OTHER) - 1) < 1e-6
+        assert 0.0 <= out[OTHER] <= 1.0
+    with pytest.raises(FairgenError):
+        random_model.answer_distribution(None, "q", ["a", "a"])
+
+
+def test_lora_attaches_to_lm_linears_only_and_gets_gradients(random_model: TinyModel, tmp_path) -> None:
+    random_model.save(tmp_path)
+    model = load(tmp_path)
+    peft_lm = get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_targets))
+    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_lm.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == set(model.lora_targets)
+    assert all(".attn." in n or ".mlp." in n for n in wrapped)
+    # peft initialises B = 0 (the adapter starts as a no-op); nudge it so A gets a gradient too.
+    with torch.no_grad():
+        for n, p in peft_lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    images = [render("male", "asian", "young", "judge", s) for s in (1, 2)]
+    logp = model.image_token_logprob(["A photo of the face of a judge, a person", "A judge"], images)
+    assert logp.shape == (2,) and bool(torch.all(logp < 0))
+    logp.sum().backward()
+    grads = [p.grad for n, p in peft_lm.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    assert all(p.grad is None for n, p in peft_lm.named_parameters() if "lora_" not in n)
+
+
+def test_checkpoint_round_trip_and_errors(random_model: TinyModel, tmp_path) -> None:
+    random_model.save(tmp_path / "ck")
+    again = load(tmp_path / "ck")
+    prov = again.provenance()
+    assert set(prov["sha256"]) == {"tokenizer.safetensors", "lm.safetensors", "config.json"}
+    a = random_model.generate(["a nurse"], [4])[0]
+    assert np.array_equal(np.asarray(a), np.asarray(again.generate(["a nurse"], [4])[0]))
+    with pytest.raises(FairgenError, match="not a fairgen-tiny checkpoint"):
+        load(tmp_path / "missing")
+    (tmp_path / "ck" / "lm.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FairgenError, match="corrupt"):
+        load(tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(FairgenError):
+        load(tmp_path / "ck")
+
+
+def test_tokenizer_api_shapes(random_model: TinyModel) -> None:
+    codes = random_model.encode_image([render("female", "white", "young", "dancer", 1), Image.new("RGB", (128, 128))])
+    assert codes.shape == (2, 64) and codes.dtype == torch.long
+    assert len(random_model.decode_tokens(codes)) == 2
+    with pytest.raises(FairgenError):
+        random_model.decode_tokens(torch.full((1, 64), 10**6))
