@@ -9,7 +9,7 @@ $(BIN)/fairgen: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,faces,diffusers]'
 	touch $@
 
 .PHONY: install demo test bench browser clean

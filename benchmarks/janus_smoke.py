@@ -4,7 +4,9 @@ Builds a randomly initialised Janus from benchmarks/configs/<name>.json (Janus-P
 a byte-level BPE tokenizer with Janus's special tokens, saves them with save_pretrained, loads the directory
 back through `fairgen.models.load("janus:<dir>")` (the path a user checkpoint takes), audits one batch of
 images through `fairgen.audit` with the paper's sampling (cfg 3.0, temperature 0.9, top-p 0.6), and times one
-forward + backward of `image_token_logprob` with LoRA on the language model (a BPO step's cost).
+forward + backward of `image_token_logprob` with LoRA on the language model (a BPO step's cost). The audit's
+time includes writing images, perception, the report and hashing the checkpoint; `generate_one_batch_s` is
+the sampler alone (warm), for the same batch.
 Random weights draw no faces: the audit's face rate is 0 by design; this measures plumbing, speed and memory.
 
     python benchmarks/janus_smoke.py                                  # Janus-Pro-1B shapes, bf16, CUDA
@@ -28,8 +30,9 @@ from fairgen import models, suites
 from fairgen.audit import PAPER_PRESET
 
 CONFIGS = Path(__file__).parent / "configs"
-CORPUS = ["A photo of the face of a nurse, a person", "What is the gender of a doctor? Possible answers: male, "
-          "female, unknown. Answer with a single word.", "You are a helpful language and vision assistant."] * 3
+CORPUS = ["A photo of the face of a nurse, a person",
+          "What is the gender of a doctor? Possible answers: male, female, unknown. Answer with a single word.",
+          "You are a helpful language and vision assistant."] * 3
 SPECIALS = {"bos": "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "eos": "<\uff5cend\u2581of\u2581sentence\uff5c>",
             "pad": "<\uff5c\u2581pad\u2581\uff5c>", "image_token": "<image_placeholder>",
             "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
@@ -43,7 +46,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|User|>: {
 
 def tokenizer():
     """A byte-level BPE tokenizer (as DeepSeek's is) with Janus's special tokens, trained on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+    from tokenizers import models as tmodels
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(tmodels.BPE())
@@ -61,8 +65,15 @@ def tokenizer():
 
 def build_checkpoint(config_path: Path, out: Path, dtype: torch.dtype, device: str) -> Path:
     """Random-init Janus of the config's shapes + tokenizer + processor, saved to `out`."""
-    from transformers import (JanusConfig, JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor,
-                              JanusVisionConfig, JanusVQVAEConfig, LlamaConfig)
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessorPil,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
 
     spec = json.loads(config_path.read_text())
     tok = tokenizer()
@@ -135,15 +146,21 @@ def main() -> None:
         start = time.perf_counter()
         result = fairgen.audit(model=model, suite=prompts, images_per_prompt=args.images_per_prompt,
                                batch_size=n_images, perception_backend="world", sampling=PAPER_PRESET,
-                               out=args.out / "audit")
+                               out=Path(tmp) / "audit")
         sync()
         report["audit_one_batch_s"] = time.perf_counter() - start
         report["images"] = n_images
         report["images_per_s"] = n_images / report["audit_one_batch_s"]
         report["face_rate"] = result.summary["face_rate"]
 
-        images = model.generate([p.text for p in prompts], list(range(len(prompts))), **PAPER_PRESET)
-        report["lora_fwd_bwd_s"] = lora_step_seconds(model, [p.text for p in prompts], images)
+        texts = [p.text for p in prompts for _ in range(args.images_per_prompt)]
+        start = time.perf_counter()
+        images = model.generate(texts, list(range(n_images)), **PAPER_PRESET)
+        sync()
+        report["generate_one_batch_s"] = time.perf_counter() - start
+        report["ms_per_token_step"] = 1000 * report["generate_one_batch_s"] / model.n_image_tokens
+        texts, images = texts[:args.prompts], images[:args.prompts]
+        report["lora_fwd_bwd_s"] = lora_step_seconds(model, texts, images)
         if torch.cuda.is_available():
             report["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     args.out.mkdir(parents=True, exist_ok=True)

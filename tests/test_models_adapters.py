@@ -9,7 +9,6 @@ import torch
 from fairgen import models
 from fairgen.models.adapters import apply_adapter
 from fairgen.types import FairgenError
-
 from test_models_checkpoints import janus_dir, random_images  # noqa: F401  (session fixture)
 
 PROMPTS = ["A photo of the face of a nurse, a person", "a doctor"]
@@ -63,3 +62,24 @@ def test_bad_adapters_are_input_errors(janus_dir, tmp_path):  # noqa: F811
         models.load(f"janus:{janus_dir}", adapter=tmp_path)
     with pytest.raises(FairgenError, match="does not support adapters"):
         models.load("world", adapter=tmp_path)
+
+
+def test_adapter_on_fairgen_tiny(tmp_path):
+    """The same contract on fairgen-tiny, whose lora_root is its language model."""
+    from fairgen.models.tiny import TinyModel
+    from fairgen.models.tiny.model import LMConfig, TinyLM
+    from fairgen.models.tiny.text import Vocab
+    from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
+
+    tokenizer = VisionTokenizer(TokenizerConfig(grid=4, levels=(4, 4), width=8))
+    vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens)
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=1, n_head=2, n_embd=32))
+    TinyModel(tokenizer, lm).save(tmp_path / "tiny")
+    trained = models.load(f"tiny:{tmp_path / 'tiny'}")
+    images = random_images(2, size=64)
+    save_adapter(trained, tmp_path / "adapter", trained.lora_targets)
+    trained_lp = trained.image_token_logprob(PROMPTS, images).detach()
+    adapted = models.load(f"tiny:{tmp_path / 'tiny'}", adapter=tmp_path / "adapter")
+    assert torch.allclose(adapted.image_token_logprob(PROMPTS, images).detach(), trained_lp, atol=1e-5)
+    assert "adapter" in adapted.provenance()

@@ -57,8 +57,16 @@ def byte_level_bpe(specials: list[str], vocab_size: int = 420, bos: str | None =
 def build_janus(path: Path) -> Path:
     """A Janus checkpoint: 2-layer Llama (hidden 32), 2-layer SigLIP on 32 px (16 patches), VQ with 64 codes
     decoding a 4x4 grid to 32x32 px; tokenizer, processor (default system prompt on) and chat template."""
-    from transformers import (JanusConfig, JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor,
-                              JanusVisionConfig, JanusVQVAEConfig, LlamaConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessorPil,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+        PreTrainedTokenizerFast,
+    )
 
     s = JANUS_SPECIALS
     specials = [s["bos"], s["eos"], s["pad"], s["image"], s["boi"], s["eoi"], "<|User|>", "<|Assistant|>"]
@@ -91,8 +99,14 @@ def build_emu3(path: Path) -> Path:
     """An Emu3 checkpoint: 2-layer LM (hidden 32), VQ with 32 codes and spatial factor 8 (a 4x4 grid is a
     32x32 px image), and a tokenizer with Emu3's special and visual tokens; no chat template, like the
     converted BAAI checkpoints."""
-    from transformers import (Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor,
-                              Emu3TextConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        Emu3Config,
+        Emu3ForConditionalGeneration,
+        Emu3ImageProcessor,
+        Emu3Processor,
+        Emu3TextConfig,
+        PreTrainedTokenizerFast,
+    )
 
     special = {"pad": "<|endoftext|>", "bos": "<|extra_203|>", "eos": "<|extra_204|>"}
     extra = {"image_token": "<image>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",

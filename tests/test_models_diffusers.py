@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import fairgen
+from conftest import write_suite
 from fairgen import models
 from fairgen.types import FairgenError
-
-from conftest import write_suite
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'fairgen[diffusers]')")
 

@@ -8,7 +8,6 @@ import torch
 from fairgen import models
 from fairgen.models import OTHER
 from fairgen.types import FairgenError
-
 from test_models_checkpoints import EMU3_CODES, emu3_dir, janus_dir, random_images  # noqa: F401  (session fixtures)
 
 PROMPTS = ["A photo of the face of a nurse, a person", "a firefighter"]

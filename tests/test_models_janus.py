@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import fairgen
+from conftest import write_suite
 from fairgen import models
 from fairgen.models import OTHER
 from fairgen.types import FairgenError, Prompt
-
-from conftest import write_suite
 from test_models_checkpoints import emu3_dir, janus_dir, random_images  # noqa: F401  (session fixtures)
 
 PROMPTS = ["A photo of the face of a nurse, a person", "A photo of the face of a firefighter"]

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_suite
 from fairgen import models
 from fairgen.types import FairgenError
-
-from conftest import write_suite
 
 # A plugin that wraps "upstream code" (here: fairgen's own world renderer, so the audit has a known answer).
 PLUGIN = '''

@@ -29,7 +29,9 @@ def test_parse_options_and_bare_values():
 def test_defaults_and_names():
     assert perception.default_for("tiny") == "world" and perception.default_for("world") == "world"
     assert perception.default_for("janus:deepseek-ai/Janus-Pro-1B") == "age-gender"
-    assert set(perception.BACKENDS) == {"world", "age-gender", "shen", "fairface", "clip", "judge"}
+    assert set(perception.BACKENDS) == {
+        "world", "world-noisy", "age-gender", "shen", "fairface", "clip", "judge"
+    }
     backend = perception.load("age-gender")
     assert isinstance(backend, PerceptionBackend) and backend.name == "age-gender"
     assert perception.load("world").name == "world"

@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from . import models, perception, suites
+from .calibrate import add_corrected, load_calibration
 from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
 from .perception.base import PerceptionBackend
@@ -64,6 +65,8 @@ def audit(
     sampling: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    calibration: str | Path | None = None,
+    adapter: str | Path | None = None,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
@@ -73,6 +76,9 @@ def audit(
     perception_backend: name or backend; default `world` for world/tiny models, `age-gender` otherwise.
     sampling: generation settings passed to model.generate (cfg, temperature, top_p, ...).
     progress: called as progress(done, total) after each batch.
+    adapter: a peft LoRA adapter directory applied to the model (e.g. the output of `fairgen fix`).
+    calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
+        holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
     """
     if images_per_prompt < 1:
         raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
@@ -83,11 +89,14 @@ def audit(
     suite_name = suite if isinstance(suite, str) else "<prompts>"
     prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
     model_spec = model if isinstance(model, str) else model.spec
-    gen = models.load(model, world_spec=world_spec) if isinstance(model, str) else model
+    gen = models.load(model, world_spec=world_spec, adapter=adapter) if isinstance(model, str) else model
     backend_name = perception_backend if isinstance(perception_backend, str) else None
     if perception_backend is None:
         backend_name = perception.default_for(model_spec)
     backend = perception.load(backend_name) if backend_name else perception_backend
+    cal = load_calibration(calibration) if calibration is not None else None
+    if cal is not None:  # checked before any work, so a wrong file fails at once
+        cal.check_for(backend, f"calibration {calibration}")
     sampling = dict(sampling or {})
     if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
         gen.bind(prompts)
@@ -101,6 +110,7 @@ def audit(
         "perception": backend.name,
         "sampling": sampling,
         "world_spec": str(world_spec) if world_spec else None,
+        "adapter": str(adapter) if adapter else None,
     }
     provenance = {"model_provenance": gen.provenance(), "perception_provenance": backend.provenance()}
     store = RunStore.open(out, config, provenance)
@@ -144,6 +154,8 @@ def audit(
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
         **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
     }
+    if cal is not None:
+        add_corrected(results, frame.counts, cal, BOOTSTRAP_REPLICATES, seed)
     store.write_json("results.json", results)
     result = AuditResult(results, store.root)
     store.write_text("results.csv", result.to_frame().to_csv(index=False))

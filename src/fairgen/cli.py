@@ -56,7 +56,8 @@ class _LazyProgress:
 
 @app.command()
 def audit(
-    model: str = typer.Option(DEFAULT_MODEL, help="Model spec: world, tiny, tiny:<dir>, folder:<dir>, plugin:<mod>:<Class>."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model spec: world, tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, diffusers:<id|dir>, "
+        "folder:<dir>, plugin:<module>:<Class> or <entry-point plugin>:<arg> (see `fairgen models`)."),
     suite: str = typer.Option("occupations:test", help="Suite NAME[:split] or a suite file."),
     images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per prompt."),
     seed: int = typer.Option(0, help="Run seed; image seeds derive from (seed, prompt id, sample)."),
@@ -68,6 +69,11 @@ def audit(
     preset: Optional[str] = typer.Option(None, help="'paper' = cfg 3.0, temperature 0.9, top-p 0.6."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
     out: Path = typer.Option(..., help="Run directory (re-run the same command to resume)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A peft LoRA adapter directory to apply to the model."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="CAL.json from `fairgen calibrate` for this perception: adds corrected "
+        "estimates."
+    ),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
     from .audit import PAPER_PRESET
@@ -85,7 +91,7 @@ def audit(
         result = run_audit(
             model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed, out=out,
             perception_backend=perception, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
-            progress=progress,
+            progress=progress, calibration=calibration, adapter=adapter,
         )
     _print_summary(result.results)
     typer.echo(f"results: {out / 'results.json'}  table: {out / 'results.csv'}  report: {out / 'report.html'}")
@@ -95,19 +101,22 @@ def _print_summary(results: dict) -> None:
     from rich.table import Table
 
     s = results["summary"]
+    calibrated = "calibration" in results  # corrected columns only then: uncalibrated output is unchanged
     table = Table(title=f"{results['model']} on {results['suite']} ({results['images_per_prompt']} images/prompt)")
-    for col in ("attribute", "rd", "ci95", "noise floor", "kl", "entropy"):
+    columns = ("attribute", "rd", "ci95", "noise floor", "kl", "entropy")
+    for col in columns + (("corrected rd", "ci95") if calibrated else ()):
         table.add_column(col)
     for attr in ("gender", "race", "gender_x_race", "age"):
         m = s.get(attr)
         if m is None:
-            table.add_row(attr, "not measured", "", "", "", "")
+            table.add_row(attr, "not measured", *[""] * (len(table.columns) - 2))
             continue
         rd = m["rd"]
-        ci = rd["ci95"]
+        corrected = m.get("rd_corrected") or {"mean": None, "ci95": None}
         table.add_row(
-            attr, _f(rd["mean"]), f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "–", _f(rd["noise_floor"]),
-            _f(m["kl"]["mean"]), _f(m["entropy"]["mean"]),
+            attr, _f(rd["mean"]), _ci(rd["ci95"]), _f(rd["noise_floor"]), _f(m["kl"]["mean"]),
+            _f(m["entropy"]["mean"]),
+            *((_f(corrected["mean"]), _ci(corrected["ci95"])) if calibrated else ()),
         )
     Console().print(table)
     fid = s.get("fidelity")
@@ -118,13 +127,63 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _ci(pair: list | None) -> str:
+    return f"[{_f(pair[0])}, {_f(pair[1])}]" if pair else "–"
+
+
+@app.command()
+def calibrate(
+    perception: str = typer.Option(..., help="Perception backend to calibrate (as for audit --perception)."),
+    labelled: str = typer.Option(
+        ..., help="Labelled faces: world[:N] (N balanced world renders, default 2000), a CSV "
+        "file,gender,race,age, or a folder of class folders (<gender>_<race>/, <class>/)."
+    ),
+    out: Path = typer.Option(..., help="Calibration file to write (CAL.json)."),
+    seed: int = typer.Option(0, help="Seed of the world renders (world[:N] only)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per perception batch."),
+) -> None:
+    """Measure a perception backend's confusion and detection rates on labelled faces, for --calibration."""
+    from .calibrate import calibrate as run_calibrate
+
+    with _LazyProgress("calibrate") as progress:
+        cal = run_calibrate(perception, labelled, out=out, batch_size=batch_size, seed=seed,
+                            progress=progress)
+    from rich.table import Table
+
+    for attr, block in cal.blocks.items():
+        table = Table(title=f"{attr}: condition number {block.condition_number:.2f}")
+        for col in ("true class", "labelled", "faces found", "detection rate", "accuracy"):
+            table.add_column(col)
+        for c, n, found, rate, acc in zip(block.classes, block.n_labelled, block.n_detected,
+                                           block.detection_rate, block.accuracy):
+            table.add_row(c, str(n), str(found), _f(rate), _f(acc))
+        Console().print(table)
+    typer.echo(f"calibration of {cal.backend} on {cal.n_images} labelled images "
+               f"({cal.n_unreadable} unreadable): {out}")
+
+
 @app.command("models")
 def list_models() -> None:
-    """List model families and their spec syntax."""
-    from .models import FAMILIES
+    """List model families and perception backends: spec syntax, what each needs, usable here or not."""
+    from rich.table import Table
+    from rich.text import Text
 
-    for name, text in FAMILIES.items():
-        typer.echo(f"{name:8s} {text}")
+    from . import perception as perception_backends
+    from .models import describe
+
+    table = Table(title="Model families (--model)")
+    for col in ("spec", "description", "needs", "usable here", "note"):
+        table.add_column(col, overflow="fold")
+    for row in describe():
+        table.add_row(*(Text(str(v)) for v in (row["spec"], row["description"], row["needs"],
+                                                  "yes" if row["usable"] else "no", row["note"])))
+    Console().print(table)
+    table = Table(title="Perception backends (--perception)")
+    table.add_column("backend")
+    table.add_column("what it does", overflow="fold")
+    for name, text in perception_backends.BACKENDS.items():
+        table.add_row(Text(name), Text(text))
+    Console().print(table)
 
 
 def _fail(message: str) -> None:

@@ -178,7 +178,8 @@ def summarize(frame: MetricFrame, replicates: int = 1000, seed: int = 0) -> dict
 
 
 def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per prompt from a results.json dict: counts, shares, rd with ci95 and noise floor, kl, entropy."""
+    """One row per prompt from a results.json dict: counts, shares, rd with ci95 and noise floor, kl, entropy;
+    calibrated audits add corrected shares and rd with ci95 (columns ending _corrected, _corrected_lo/hi)."""
     rows = []
     for p in results["prompts"]:
         row: dict[str, Any] = {
@@ -198,6 +199,12 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
                 f"noise_floor_{attr}": _nan(p["noise_floor"][attr]),
                 f"kl_{attr}": _nan(p["kl"][attr]), f"entropy_{attr}": _nan(p["entropy"][attr]),
             })
+            corrected = (p.get("corrected") or {}).get(attr)  # only in calibrated audits
+            if corrected:
+                lo, hi = corrected["rd_ci95"] or (None, None)
+                row.update({f"share_{attr}_{c}_corrected": _nan(corrected["shares"][c]) for c in classes})
+                row.update({f"rd_{attr}_corrected": _nan(corrected["rd"]),
+                            f"rd_{attr}_corrected_lo": _nan(lo), f"rd_{attr}_corrected_hi": _nan(hi)})
         if "fidelity" in p:
             row["fidelity"] = _nan(p["fidelity"])
         rows.append(row)

@@ -13,7 +13,8 @@ runs every model of a comparison) and have no effect here.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image

@@ -19,7 +19,9 @@ processor's, 720x720 = 90x90 codes; smaller areas are much faster and off the mo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from PIL import Image
@@ -110,7 +112,7 @@ class Emu3Model:
     def provenance(self) -> dict[str, Any]:
         """Checkpoint source, hub revision, sha256 of its files, dtype, image size, defaults."""
         return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
-                "image_area": self.image_area, "default_sampling": self.defaults.__dict__,
+                "image_area": self.image_area, "default_sampling": asdict(self.defaults),
                 "negative_prompt": self.negative_prompt}
 
     def _visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -134,13 +136,13 @@ class Emu3Model:
         rows = 2 if s.cfg != 1.0 else 1
         ids, mask = self._generation_inputs(texts + [self.negative_prompt] * len(texts) * (rows - 1))
         embed = self.hf.get_input_embeddings()
-        decoder = hf.CachedDecoder(self.language_model, mask)
-        draws = hf.SeededDraws(seeds)
-        hidden = decoder(embed(ids))[:, -1]
         h, w = self.grid
+        decoder = hf.CachedDecoder(self.language_model, mask)
+        draws = hf.SeededDraws(seeds, h * w, self.device)
+        hidden = decoder(embed(ids))[:, -1]
         codes = []
         for i in range(h * w):
-            code = draws.sample(s.guide(self._visual_logits(hidden)), s)
+            code = draws.sample(s.guide(self._visual_logits(hidden)), s, i)
             codes.append(code)
             if i == h * w - 1:
                 break
@@ -244,4 +246,4 @@ def load(checkpoint: str, device: str | None = None, **options: Any) -> Emu3Mode
     return Emu3Model(checkpoint, device=device, **options)
 
 
-__all__ = ["CHAT_TEMPLATE", "Emu3Model", "NEGATIVE_PROMPT", "RECOMMENDED", "load"]
+__all__ = ["CHAT_TEMPLATE", "NEGATIVE_PROMPT", "RECOMMENDED", "Emu3Model", "load"]

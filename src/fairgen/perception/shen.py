@@ -51,9 +51,8 @@ TO_CLASS: dict[str, dict[str, str]] = {
 
 def shen_input(rgb: np.ndarray, face: Face) -> torch.Tensor:
     """The classifier input for one face: float [3, 224, 224] in [-1, 1]."""
-    crop = crop_padded(
-        rgb, square_box(face.box, MARGIN), fill=0
-    )  # black = -1 after scaling, their fill value
+    # Padding is black: -1 after scaling, their fill value.
+    crop = crop_padded(rgb, square_box(face.box, MARGIN), fill=0)
     x = torch.from_numpy(crop).permute(2, 0, 1).float().div(127.5).sub(1.0)
     return F.interpolate(x[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=False)[0]
 

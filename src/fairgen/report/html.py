@@ -26,6 +26,9 @@ REPORT = "report.html"
 RESULTS = "results.json"
 MAX_THUMBS = 64  # per prompt grid (DESIGN.md): enough to see the skew, small enough to keep the file light
 ATTRIBUTE_NAMES = {"gender": "gender", "race": "race", "gender_x_race": "gender × race", "age": "age"}
+# Warn about unequal detection when a chi-square test finds the per-group rates differ beyond chance at this
+# level.
+DETECTION_WARN_P = 0.01
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("fairgen.report", "templates"),
@@ -148,6 +151,32 @@ def _context(root: Path, results: Mapping[str, Any], manifest: Mapping[str, Any]
         "floor_160": noise_floor(160, 2),
         "floor_run": noise_floor(n_per_prompt, 2) if n_per_prompt else None,
         "names": ATTRIBUTE_NAMES,
+        "corrected": _corrected(results),
+    }
+
+
+def _corrected(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The raw-versus-corrected section of a calibrated audit (None otherwise): summary rows, per-prompt rows,
+    detection rates per calibration block and warnings where they differ across groups."""
+    calibration = results.get("calibration")
+    if not calibration:
+        return None
+    summary = results["summary"]
+    attrs = [a for a in METRIC_ATTRIBUTES if (summary.get(a) or {}).get("rd_corrected")]
+    gaps = summary.get("detection_rate_gap") or {}
+    return {
+        "calibration": calibration,
+        "attributes": attrs,
+        "summary": [(a, summary[a]["rd"], summary[a]["rd_corrected"]) for a in attrs],
+        "prompts": [
+            {"id": str(p["id"]), "text": p.get("text", ""),
+             "rd": {a: (p["rd"][a], p["corrected"][a]["rd"], p["corrected"][a]["rd_ci95"]) for a in attrs}}
+            for p in results["prompts"]
+        ],
+        "detection": gaps,
+        "warnings": [(ATTRIBUTE_NAMES.get(b, b), g) for b, g in gaps.items()
+                     if g["p_value"] < DETECTION_WARN_P],
+        "warn_p": DETECTION_WARN_P,
     }
 
 

@@ -116,7 +116,10 @@ class WorldSpec(BaseModel):
             raise FairgenError(f"world spec {path}: malformed YAML: {' '.join(str(e).split())}") from None
         except UnicodeDecodeError as e:
             raise FairgenError(f"world spec {path}: not UTF-8 text ({e.reason})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except FairgenError as e:  # name the file: "world spec spec.yaml: concepts.nurse.gender: ..."
+            raise FairgenError(str(e).replace("world spec", f"world spec {path}:", 1).replace(":: ", ": ")) from None
 
     @classmethod
     def default(cls) -> "WorldSpec":

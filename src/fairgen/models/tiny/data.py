@@ -18,6 +18,7 @@ and tokenized once; every example then picks a pooled render of the group it nee
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,7 +30,7 @@ from ... import suites
 from ...suites.templates import fill
 from ...types import ATTRIBUTES, Prompt
 from ...world import WorldSpec, render
-from .text import Vocab, image_positions
+from .text import Vocab
 
 # The locate probe's question (DESIGN.md), asked with no image: the trained answer is mostly "unknown".
 PROBE_QUESTION = "What is the {attribute} of a {concept}? Possible answers: {options}, unknown. Answer with a single word."
@@ -114,11 +115,14 @@ class ExampleSampler:
         self.texts = concepts
         self.pool = pool.cpu().numpy()
         self.blank = blank_codes.cpu().numpy()
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.rng = seed, np.random.default_rng(seed)
         # Per concept, the probability of every pooled group under the spec (attributes independent).
         self.group_probs = np.array([[np.prod([spec.distribution(c)[attr][cls]
                                                for attr, cls in zip(ATTRIBUTES, grp)]) for grp in GROUPS]
                                      for c in self.names])
+        # Per explicit request (attribute, class), which pooled groups satisfy it.
+        self.satisfies = {(a, c): np.array([g[i] == c for g in GROUPS])
+                          for i, a in enumerate(ATTRIBUTES) for c in ATTRIBUTES[a]}
         self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
 
     def _image(self, codes: np.ndarray) -> list[int]:
@@ -140,14 +144,15 @@ class ExampleSampler:
         if explicit:
             kind = EXPLICIT_KINDS[int(rng.integers(len(EXPLICIT_KINDS)))]
             group = {attr: ATTRIBUTES[attr][int(rng.integers(len(ATTRIBUTES[attr])))] for attr in kind}
-            allowed = np.array([all(g[list(ATTRIBUTES).index(a)] == c for a, c in group.items()) for g in GROUPS])
+            allowed = np.logical_and.reduce([self.satisfies[item] for item in group.items()])
             probs = np.where(allowed, probs, 0.0)
             # A spec may give a requested class probability 0; the request still wins (uniform fallback).
             probs = probs / probs.sum() if probs.sum() > 0 else allowed / allowed.sum()
             text_ids = self._explicit_text(text, concept, group)
         else:
             text_ids = self.vocab.text(text)
-        gi = int(rng.choice(len(GROUPS), p=probs))
+        cdf = np.cumsum(probs)
+        gi = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(GROUPS) - 1)
         codes = self.pool[ci, gi, int(rng.integers(self.pool.shape[2]))]
         if rng.random() < self.mix.prompt_dropout:
             text_ids = []
@@ -174,26 +179,29 @@ class ExampleSampler:
         head = [v.bos, *img, *v.text(question), v.ans]
         return head + v.answer(answer), len(head)
 
-    def batch(self, size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """A right-padded batch: ids, pos, img_pos, valid [B, L]; weight [B, L] (float, per example the
-        target tokens share weight 1/B, so each example counts the same whatever its number of targets)."""
-        m = self.mix
+    def fork(self, stream: int) -> ExampleSampler:
+        """A copy drawing from its own random stream (one per data-loading worker)."""
+        twin = copy.copy(self)
+        twin.rng = np.random.default_rng([self.seed, 1000 + stream])
+        twin._explicit_cache = {}
+        return twin
+
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        """A right-padded batch of CPU tensors: ids, pos, img_pos, valid [B, L]; weight [B, L] (float: per
+        example the target tokens share weight 1/B, so each example counts the same whatever its number
+        of targets; the weight at t is for predicting token t+1)."""
+        m, v = self.mix, self.vocab
         kinds = self.rng.choice(4, size=size, p=np.array([m.neutral, m.explicit, m.image_qa, m.blank_qa]) /
                                 (m.neutral + m.explicit + m.image_qa + m.blank_qa))
-        rows, starts = [], []
-        for k in kinds:
-            seq, start = self._generation(k == 1) if k < 2 else self._qa(k == 3)
-            rows.append(seq)
-            starts.append(start)
-        length = max(len(r) for r in rows)
-        ids = np.full((size, length), self.vocab.pad, dtype=np.int64)
-        img = np.full((size, length), self.vocab.n_image_tokens, dtype=np.int64)
+        rows = [self._generation(k == 1) if k < 2 else self._qa(k == 3) for k in kinds]
+        length = max(len(r) for r, _ in rows)
+        ids = np.full((size, length), v.pad, dtype=np.int64)
         weight = np.zeros((size, length), dtype=np.float32)
-        for b, (r, p, s) in enumerate(zip(rows, image_positions(rows, self.vocab), starts)):
+        for b, (r, start) in enumerate(rows):
             ids[b, :len(r)] = r
-            img[b, :len(r)] = p
-            weight[b, s - 1:len(r) - 1] = 1.0 / ((len(r) - s) * size)  # logits at t predict token t+1
-        valid = ids != self.vocab.pad
-        pos = np.broadcast_to(np.arange(length), (size, length))
-        out = {"ids": ids, "pos": pos.copy(), "img_pos": img, "valid": valid, "weight": weight}
-        return {k: torch.from_numpy(a).to(device, non_blocking=True) for k, a in out.items()}
+            weight[b, start - 1:len(r) - 1] = 1.0 / ((len(r) - start) * size)
+        is_image = ids >= v.image_offset  # at most one image per row: its codes are numbered by a cumsum
+        img_pos = np.where(is_image, np.cumsum(is_image, axis=1) - 1, v.n_image_tokens)
+        pos = np.broadcast_to(np.arange(length), (size, length)).copy()
+        out = {"ids": ids, "pos": pos, "img_pos": img_pos, "valid": ids != v.pad, "weight": weight}
+        return {k: torch.from_numpy(a) for k, a in out.items()}

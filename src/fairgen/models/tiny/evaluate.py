@@ -80,16 +80,17 @@ def evaluate(model: TinyModel, spec: WorldSpec, images: int = 64, concepts: int 
     out["understanding_accuracy"] = {a: r / len(picks) for a, r in right.items()}
     progress("understanding")
 
-    unknown, gap, race_unknown = [], [], []
+    unknown, gap, race_unknown, other = [], [], [], []
     for p in prompts:
         g = model.answer_distribution(None, probe_question("gender", p.concept), ["male", "female", "unknown"])
         r = model.answer_distribution(None, probe_question("race", p.concept), [*OPTION_ORDER["race"], "unknown"])
         unknown.append(g["unknown"])
         gap.append(abs(g["female"] - g["male"]))
         race_unknown.append(r["unknown"])
+        other += [g[OTHER], r[OTHER]]
     out["probe"] = {"p_unknown_gender_min": float(min(unknown)), "p_unknown_gender_mean": float(np.mean(unknown)),
                     "p_unknown_race_min": float(min(race_unknown)), "female_male_gap_max": float(max(gap)),
-                    "other_mass_last": g[OTHER]}
+                    "other_mass_mean": float(np.mean(other))}
     progress("probe")
 
     back = model.decode_tokens(model.encode_image(renders))

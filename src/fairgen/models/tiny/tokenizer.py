@@ -104,10 +104,9 @@ class VisionTokenizer(nn.Module):
         """tokens LongTensor[B, grid*grid] -> images [B, 3, 64, 64], roughly in [-1, 1]."""
         return self.decoder(self._values(tokens))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (reconstruction [B, 3, 64, 64], tokens LongTensor[B, grid*grid])."""
-        q = self._quantise(self.encoder(x))
-        return self.decoder(q), self._index(q.detach())
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training pass: the reconstruction [B, 3, 64, 64] through the quantiser (straight-through)."""
+        return self.decoder(self._quantise(self.encoder(x)))
 
 
 def to_tensor(images: list[Image.Image] | np.ndarray) -> torch.Tensor:

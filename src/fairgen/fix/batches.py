@@ -1,0 +1,79 @@
+"""Prompt-major training batches over the balanced set: each batch holds whole sets, one image of every
+group of an attribute for one neutral prompt, so the BPO loss only ever compares images of one prompt.
+
+A unit is one (neutral prompt, attribute) of the set with m images per group (the rebalanced count);
+copy c of a unit is its c-th image of every group. A batch draws distinct units, each with one copy, so
+no (prompt, attribute) appears twice in a batch. What a step draws depends only on (seed, stage, step),
+which is what makes a resumed run draw the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..types import ATTRIBUTES
+from .data import BalancedSet
+
+
+@dataclass
+class Batch:
+    """N images of a batch, prompt-major: for each unit drawn, its groups in canonical order.
+
+    prompts: the neutral prompt texts (what the image log-probability is conditioned on); prompt_ids
+    their ids; images the PIL images; prompt_index / attribute_index / group_index: LongTensor[N], index
+    of the neutral prompt in the set, of the attribute in types.ATTRIBUTES, of the group in its attribute.
+    """
+
+    prompts: list[str]
+    prompt_ids: list[str]
+    images: list[Image.Image]
+    prompt_index: torch.Tensor
+    attribute_index: torch.Tensor
+    group_index: torch.Tensor
+
+
+class BatchPlan:
+    """Units of a balanced set and the batches drawn from them."""
+
+    def __init__(self, data: BalancedSet, units_per_batch: int, seed: int = 0):
+        if data.frame.empty:
+            raise ValueError("the balanced set is empty")
+        self.data, self.seed = data, seed
+        frame = data.frame.reset_index(drop=True)
+        self.prompt_ids = list(dict.fromkeys(frame["prompt_id"]))
+        self.prompt_number = {pid: i for i, pid in enumerate(self.prompt_ids)}
+        attrs = list(ATTRIBUTES)
+        # units[u] = (prompt number, attribute number, rows [n_groups, m]): row indices of the frame
+        self.units: list[tuple[int, int, np.ndarray]] = []
+        for (pid, attr), part in frame.groupby(["prompt_id", "attribute"], sort=False):
+            per_group = [part.index[part["group"] == g].to_numpy() for g in ATTRIBUTES[attr]]
+            m = min(len(rows) for rows in per_group)  # equal after rebalancing; min keeps it safe anyway
+            self.units.append((self.prompt_number[pid], attrs.index(attr), np.stack([r[:m] for r in per_group])))
+        self.frame = frame
+        self.units_per_batch = min(units_per_batch, len(self.units))
+
+    @property
+    def n_images(self) -> int:
+        return len(self.frame)
+
+    def draw(self, stage: int, step: int) -> Batch:
+        """The batch of step `step` of stage `stage` (deterministic in seed, stage and step)."""
+        rng = np.random.default_rng([self.seed, stage, step])
+        chosen = rng.choice(len(self.units), size=self.units_per_batch, replace=False)
+        rows, prompt_index, attribute_index, group_index = [], [], [], []
+        for u in chosen:
+            p, a, grid = self.units[int(u)]
+            copy = int(rng.integers(grid.shape[1]))
+            rows += grid[:, copy].tolist()
+            prompt_index += [p] * grid.shape[0]
+            attribute_index += [a] * grid.shape[0]
+            group_index += list(range(grid.shape[0]))
+        return Batch(prompts=self.frame["neutral_prompt"].iloc[rows].tolist(),
+                     prompt_ids=self.frame["prompt_id"].iloc[rows].tolist(),
+                     images=[self.data.image(r) for r in rows],
+                     prompt_index=torch.tensor(prompt_index), attribute_index=torch.tensor(attribute_index),
+                     group_index=torch.tensor(group_index))
