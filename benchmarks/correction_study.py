@@ -134,15 +134,17 @@ def run_study(spec: WorldSpec, repeats: int = 200, images: int = 200, n_calibrat
     return {a: {k: np.stack([run[a][k] for run in runs]) for k in runs[0][a]} for a in runs[0]}
 
 
-def evaluate(spec: WorldSpec, results: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict], dict[str, Any]]:
+def evaluate(spec: WorldSpec, results: dict[str, dict[str, np.ndarray]],
+             images: int = 200) -> tuple[list[dict], dict[str, Any]]:
     """Per (prompt, attribute) rows and the acceptance figures:
     share_bias: per attribute, max over prompts and classes of |mean corrected share − planted| (and raw);
     rd_error_ratio: per attribute, over its skewed prompts (every share >= 0.2 from balance), the mean of
         |mean corrected rd − true rd| over the mean of |mean raw rd − true rd|;
     coverage: (min, max) over skewed (prompt, attribute) of the share of repeats whose corrected rd ci95
         covers the true rd; suite_coverage: the same for the suite mean (mean over prompts) per attribute;
-    share_coverage: per attribute, (min, max) over prompts and classes with a planted share > 0 of the share
-        of repeats whose corrected share ci95 covers the planted share."""
+    share_coverage: per attribute, (min, max) over prompts and classes with an expected count of at least 5
+        (planted share × images) of the share of repeats whose corrected share ci95 covers the planted share,
+        and the min over all classes with a planted share > 0."""
     truth = planted(spec)
     rows, share_bias, ratios, coverage, suite_cov, share_cov = [], {}, {}, [], {}, {}
     for attr in METRIC_ATTRIBUTES:
@@ -150,8 +152,9 @@ def evaluate(spec: WorldSpec, results: dict[str, dict[str, np.ndarray]]) -> tupl
         share_bias[attr] = (float(np.abs(res["shares"].mean(0) - true).max()),
                             float(np.abs(res["raw_shares"].mean(0) - true).max()))
         ci = res["shares_ci"]  # (R, P, K, 2)
-        covered = ((ci[..., 0] <= true) & (true <= ci[..., 1])).mean(axis=0)[true > 0]
-        share_cov[attr] = (float(covered.min()), float(covered.max()))
+        covered = ((ci[..., 0] <= true) & (true <= ci[..., 1])).mean(axis=0)
+        common = covered[true * images >= 5]
+        share_cov[attr] = (float(common.min()), float(common.max()), float(covered[true > 0].min()))
         true_rd = np.asarray(rd(true))
         errors = []
         for i, p in enumerate(PROMPTS):
@@ -193,7 +196,7 @@ def main() -> None:
     spec = world_spec(args.races)
     results = run_study(spec, args.repeats, args.images, args.calibration, args.replicates, args.seed,
                         args.workers)
-    rows, accept = evaluate(spec, results)
+    rows, accept = evaluate(spec, results, args.images)
     print(f"races {args.races} · {args.repeats} repeats · {args.images} images/prompt · calibration "
           f"{args.calibration} renders · {args.replicates} bootstrap replicates · "
           f"{time.perf_counter() - start:.0f} s\n")
@@ -213,8 +216,9 @@ def main() -> None:
     print(f"corrected rd ci95 coverage (skewed) {lo:.3f} – {hi:.3f}   (criterion 0.92 – 0.98)")
     print("suite-mean corrected rd ci95 coverage " +
           "  ".join(f"{a} {c:.3f}" for a, c in accept["suite_coverage"].items()))
-    print("corrected share ci95 coverage (planted share > 0) " +
-          "  ".join(f"{a} {lo:.3f}–{hi:.3f}" for a, (lo, hi) in accept["share_coverage"].items()))
+    print("corrected share ci95 coverage, expected count >= 5 (all planted > 0: min) " +
+          "  ".join(f"{a} {lo:.3f}–{hi:.3f} ({low:.3f})"
+                    for a, (lo, hi, low) in accept["share_coverage"].items()))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,15 @@ def test_bad_world_spec(tmp_path, suite, dist, needles):
 def test_malformed_spec_yaml(tmp_path, suite):
     spec = tmp_path / "spec.yaml"
     spec.write_text("default: {gender: [1, 2")
-    proc = run_cli("audit", "--world-spec", str(spec), "--suite", str(suite), "--out", str(tmp_path / "run"))
+    proc = run_cli("audit", "--model", "world", "--world-spec", str(spec), "--suite", str(suite),
+                   "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, "spec.yaml")
+
+
+def test_world_spec_with_another_model(tmp_path, suite):
+    spec = write_spec(tmp_path / "spec.yaml", {})
+    proc = run_cli("audit", "--model", "tiny", "--world-spec", str(spec), "--suite", str(suite), "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc, "--world-spec")
 
 
 def test_output_path_that_is_a_file(tmp_path, suite):

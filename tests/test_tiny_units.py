@@ -27,7 +27,9 @@ def random_model() -> TinyModel:
     torch.manual_seed(0)
     tok = VisionTokenizer(TokenizerConfig(width=16))
     vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
-    lm = TinyLM(LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32))
+    lm = TinyLM(
+        LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32)
+    )
     return TinyModel(tok, lm)
 
 
@@ -66,6 +68,7 @@ def test_uniform_streams_are_pure_functions_of_seed_and_position() -> None:
 
 def test_filters_and_draw() -> None:
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+
     def kept(**kw) -> list[bool]:
         return (filter_probs(p, **kw) > 0)[0].tolist()
 
@@ -81,9 +84,17 @@ def test_filters_and_draw() -> None:
 
 
 def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> None:
-    settings = dict(cfg=3.0, temperature=1.0, top_p=0.9)
-    prompts = ["A photo of the face of a nurse, a person", "x", Prompt("p", "A headshot of a CEO, a person", "CEO"),
-               "A photo of the face of a nurse, a person", "", "y" * 60, "A close-up photo of a judge's face", "z"]
+    settings = {"cfg": 3.0, "temperature": 1.0, "top_p": 0.9}
+    prompts = [
+        "A photo of the face of a nurse, a person",
+        "x",
+        Prompt("p", "A headshot of a CEO, a person", "CEO"),
+        "A photo of the face of a nurse, a person",
+        "",
+        "y" * 60,
+        "A close-up photo of a judge's face",
+        "z",
+    ]
     seeds = [11, 3, 5, 12, 0, 99, 2**33, 7]
     batch = random_model.generate(prompts, seeds, batch_size=8, **settings)
     for i in (0, 2, 5):
@@ -100,7 +111,9 @@ def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> No
 def test_answer_distribution_is_normalised(random_model: TinyModel) -> None:
     image = render("female", "black", "old", "nurse", 3)
     for img in (image, None):
-        out = random_model.answer_distribution(img, "What is the race? Answer.", ["white", "black", "asian", "indian"])
+        out = random_model.answer_distribution(
+            img, "What is the race? Answer.", ["white", "black", "asian", "indian"]
+        )
         assert abs(sum(v for k, v in out.items() if k != OTHER) - 1) < 1e-6
         assert 0.0 <= out[OTHER] <= 1.0
     with pytest.raises(FairgenError):
@@ -110,8 +123,12 @@ def test_answer_distribution_is_normalised(random_model: TinyModel) -> None:
 def test_lora_attaches_to_lm_linears_only_and_gets_gradients(random_model: TinyModel, tmp_path) -> None:
     random_model.save(tmp_path)
     model = load(tmp_path)
-    peft_lm = get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_targets))
-    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_lm.named_modules() if hasattr(m, "lora_A")}
+    peft_lm = get_peft_model(
+        model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_targets)
+    )
+    wrapped = {
+        n.removeprefix("base_model.model.") for n, m in peft_lm.named_modules() if hasattr(m, "lora_A")
+    }
     assert wrapped == set(model.lora_targets)
     assert all(".attn." in n or ".mlp." in n for n in wrapped)
     # peft initialises B = 0 (the adapter starts as a no-op); nudge it so A gets a gradient too.
@@ -146,8 +163,27 @@ def test_checkpoint_round_trip_and_errors(random_model: TinyModel, tmp_path) -> 
 
 
 def test_tokenizer_api_shapes(random_model: TinyModel) -> None:
-    codes = random_model.encode_image([render("female", "white", "young", "dancer", 1), Image.new("RGB", (128, 128))])
+    codes = random_model.encode_image(
+        [render("female", "white", "young", "dancer", 1), Image.new("RGB", (128, 128))]
+    )
     assert codes.shape == (2, 64) and codes.dtype == torch.long
     assert len(random_model.decode_tokens(codes)) == 2
     with pytest.raises(FairgenError):
         random_model.decode_tokens(torch.full((1, 64), 10**6))
+
+
+def test_locate_hooks_agree_with_generation_and_scoring(random_model: TinyModel) -> None:
+    prompts, seeds = ["A photo of the face of a judge, a person", "x"], [3, 4]
+    codes = random_model.generate_tokens(prompts, seeds)
+    images = random_model.generate(prompts, seeds)
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(random_model.decode_tokens(codes), images)
+    )
+    logits = random_model.image_token_logits(prompts, codes)
+    assert logits.shape == (2, 64, random_model.vocab.n_codes)
+    mean = torch.log_softmax(logits, -1).gather(2, codes[:, :, None]).squeeze(2).mean(1)
+    assert torch.allclose(mean, random_model.image_token_logprob(prompts, codes))
+    assert random_model.image_start_hidden(prompts).shape == (2, random_model.lm.cfg.n_embd)
+    assert random_model.tokenizer_embeddings(images).shape == (2, 4, 8, 8)
+    assert random_model.understanding_embeddings(images).shape == (2, 64, random_model.lm.cfg.n_embd)

@@ -24,8 +24,8 @@ from .report import render_report
 from .store import RunStore, derive_seed
 from .types import FairgenError, Perception, Prompt
 
-# The default model of `fairgen audit` and of the README's demo: built in, no downloads.
-DEFAULT_MODEL = "world"
+# The default model of `fairgen audit` and of the README's demo: fairgen-tiny, shipped in the package (no downloads).
+DEFAULT_MODEL = "tiny"
 # The paper's sampling (Liu et al.): cfg 3.0, temperature 0.9, top-p 0.6.
 PAPER_PRESET = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
 BOOTSTRAP_REPLICATES = 1000
@@ -136,7 +136,7 @@ def audit(
             progress(done, len(plan))
 
     concept_match = None
-    if backend.name == "world":
+    if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
 
         concept_match = concept_matches

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .audit import DEFAULT_MODEL
 from .report.cli import compare_command, report_command
+from .models.tiny.cli import tiny_app
 from .suites.cli import suites_app
 from .types import FairgenError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(suites_app, name="suites")
+app.add_typer(tiny_app, name="tiny")
 app.command("report")(report_command)
 app.command("compare")(compare_command)
 console = Console(stderr=True)

@@ -194,7 +194,7 @@ def rebalance(reqs: Sequence[Request], plan: Sequence[tuple[Request, int, int]],
             {"prompt": r.explicit.text, "neutral_prompt": r.neutral.text, "prompt_id": r.neutral.id,
              "attribute": r.attribute, "group": r.group, "sample": k, "image": image})
     rows: list[dict[str, Any]] = []
-    for neutral in dict.fromkeys(r.neutral for r in reqs):
+    for neutral in {r.neutral.id: r.neutral for r in reqs}.values():  # Prompt is not hashable (group: dict)
         for attr in stats:
             per_group = [kept.get((neutral.id, attr, g), []) for g in ATTRIBUTES[attr]]
             m = min(len(rs) for rs in per_group)

@@ -215,6 +215,14 @@ class Emu3Model:
         """Mean per-code log-probability of codes [B, h*w] given each prompt, under the LM's logits restricted
         to visual tokens (no guidance, temperature 1): float32 [B], differentiable w.r.t. the LM (and LoRA).
         Row-end tokens are fed but not scored: generation places them, it does not sample them."""
+        logp = torch.log_softmax(self.image_token_logits(prompts, tokens), dim=-1)
+        return logp.gather(-1, tokens.to(self.device).unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    # -- language-model internals (locate's LM audit) ---------------------------------------------------
+    def image_token_logits(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits over the visual tokens at every code position: float32 [B, h*w, codebook];
+        row t is the distribution code t is sampled from (no guidance, temperature 1) given the prompt and
+        the codes (and row ends) before it. tokens: codes [B, h*w]. Differentiable w.r.t. the LM (and LoRA)."""
         hf.check_batch(FAMILY, prompts, tokens, "token rows")
         h, w = self.grid
         if tokens.shape[1] != h * w:
@@ -229,8 +237,24 @@ class Emu3Model:
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
         # Hidden states that predict row tokens start at <|image token|>; keep those predicting a code.
         hidden = out.last_hidden_state[:, ids.shape[1] - 1:].view(-1, h, w + 1, embeds.shape[-1])[:, :, :w]
-        logp = torch.log_softmax(self._visual_logits(hidden.flatten(1, 2)), dim=-1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).mean(-1)
+        return self._visual_logits(hidden.flatten(1, 2))
+
+    @torch.no_grad()
+    def image_start_hidden(self, prompts: Sequence[Prompt | str]) -> torch.Tensor:
+        """The LM's last hidden state at <|image token|> (which predicts the first code): float32 [B, D]."""
+        ids, mask = self._generation_inputs([prompt_text(p) for p in prompts])
+        out = self.language_model(inputs_embeds=self.hf.get_input_embeddings()(ids), attention_mask=mask,
+                                  position_ids=hf.positions(mask))
+        return out.last_hidden_state[:, -1].float().cpu()
+
+    @torch.no_grad()
+    def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The VQ code vectors of each image on the generation grid, as the VQ decoder reads them: float32
+        [B, C, h, w] (C = the codebook's embedding size)."""
+        codes = self.encode_image(images)
+        h, w = self.grid
+        vectors = self.hf.model.vqmodel.quantize.embedding(codes)  # [B, h*w, C]
+        return vectors.view(len(codes), h, w, -1).permute(0, 3, 1, 2).float().cpu()
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """Mean per-code log-probability [B] of each image's codes given its prompt (differentiable)."""

@@ -184,6 +184,14 @@ class JanusModel:
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
         """Mean per-token log-probability of VQ codes [B, T] given each prompt, as the generation head
         scores them (no guidance, temperature 1): float32 [B], differentiable w.r.t. the LM (and LoRA)."""
+        logp = torch.log_softmax(self.image_token_logits(prompts, tokens), dim=-1)
+        return logp.gather(-1, tokens.to(self.device).unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    # -- language-model internals (locate's LM audit) ---------------------------------------------------
+    def image_token_logits(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced generation-head logits of every image position: float32 [B, T, codebook]; row t is
+        the distribution code t is sampled from (no guidance, temperature 1) given the prompt and codes
+        0..t-1. tokens: VQ codes [B, T]. Differentiable w.r.t. the LM (and LoRA)."""
         hf.check_batch(FAMILY, prompts, tokens, "token rows")
         ids, mask = self._generation_inputs(prompts)
         tokens = tokens.to(self.device)
@@ -193,8 +201,21 @@ class JanusModel:
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
         # The hidden state at <begin_of_image> predicts code 0, the one at code t-1 predicts code t.
         hidden = out.last_hidden_state[:, ids.shape[1] - 1:]
-        logp = torch.log_softmax(self.hf.model.generation_head(hidden).float(), dim=-1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).mean(-1)
+        return self.hf.model.generation_head(hidden).float()
+
+    @torch.no_grad()
+    def image_start_hidden(self, prompts: Sequence[Prompt | str]) -> torch.Tensor:
+        """The LM's last hidden state at <begin_of_image> (which predicts the first code): float32 [B, D]."""
+        ids, mask = self._generation_inputs(prompts)
+        out = self.language_model(inputs_embeds=self.hf.get_input_embeddings()(ids), attention_mask=mask,
+                                  position_ids=hf.positions(mask))
+        return out.last_hidden_state[:, -1].float().cpu()
+
+    @torch.no_grad()
+    def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The VQ code vectors of each image on its code grid, as the VQ decoder reads them: float32
+        [B, C, 24, 24] for Janus / Janus-Pro (C = the codebook's embedding size)."""
+        return self.hf.model.vqmodel.quantize.get_codebook_entry(self.encode_image(images)).float().cpu()
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """Mean per-token log-probability [B] of each image's VQ codes given its prompt (differentiable)."""

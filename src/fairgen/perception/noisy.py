@@ -105,6 +105,7 @@ class NoisyPerception:
             raise FairgenError(f"noise seed must be a non-negative integer, got {seed!r}")
         self.base = base
         self.attributes = tuple(base.attributes)
+        self.reads_concept = getattr(base, "reads_concept", False)  # the concept cue passes through untouched
         self.name = name or f"noisy({base.name})"
         self.seed = seed
         self.confusion = {a: confusion_matrix(a, _check_rows("noise confusion", a, r, True))

@@ -11,8 +11,10 @@ A checkpoint is a directory:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -44,8 +46,13 @@ class TinyModel:
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
 
-    def __init__(self, tokenizer: VisionTokenizer, lm: TinyLM, training: dict | None = None,
-                 directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: VisionTokenizer,
+        lm: TinyLM,
+        training: dict | None = None,
+        directory: Path | None = None,
+    ) -> None:
         self.tokenizer, self.lm = tokenizer.eval(), lm.eval()
         self.vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens)
         if lm.cfg.vocab_size != self.vocab.size or lm.cfg.n_image_tokens != self.vocab.n_image_tokens:
@@ -66,16 +73,24 @@ class TinyModel:
         return next(self.tokenizer.parameters()).device
 
     def config(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "tokenizer": self.tokenizer.cfg.to_dict(),
-                "lm": self.lm.cfg.to_dict(), "training": self.training}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "tokenizer": self.tokenizer.cfg.to_dict(),
+            "lm": self.lm.cfg.to_dict(),
+            "training": self.training,
+        }
 
     def provenance(self) -> dict[str, Any]:
         """sha256 of each weight file and of config.json (empty for a model not saved or loaded from disk)."""
         if self.directory is None:
             return {"family": "tiny", "path": None, "sha256": {}}
         names = (*WEIGHT_FILES, "config.json")
-        return {"family": "tiny", "path": str(self.directory),
-                "sha256": {n: file_sha256(self.directory / n) for n in names}}
+        return {
+            "family": "tiny",
+            "path": str(self.directory),
+            "sha256": {n: file_sha256(self.directory / n) for n in names},
+        }
 
     # -- vision tokenizer ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -90,34 +105,69 @@ class TinyModel:
         """Codes LongTensor[B, T] (or [T]) -> 64x64 RGB PIL images."""
         tokens = torch.as_tensor(tokens, device=self.device).long()
         tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
-        if tokens.shape[1] != self.vocab.n_image_tokens or tokens.min() < 0 or tokens.max() >= self.vocab.n_codes:
-            raise FairgenError(f"image tokens must be [B, {self.vocab.n_image_tokens}] codes in 0..{self.vocab.n_codes - 1}")
+        if (
+            tokens.shape[1] != self.vocab.n_image_tokens
+            or tokens.min() < 0
+            or tokens.max() >= self.vocab.n_codes
+        ):
+            raise FairgenError(
+                f"image tokens must be [B, {self.vocab.n_image_tokens}] codes in 0..{self.vocab.n_codes - 1}"
+            )
         # One image at a time: a conv's rounding can depend on the batch size, and an image must not.
         return [to_images(self.tokenizer.decode(t[None]))[0] for t in tokens]
 
     # -- generation ------------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], cfg: float = 1.0,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 batch_size: int = 64) -> list[Image.Image]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt | str],
+        seeds: Sequence[int],
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        batch_size: int = 64,
+    ) -> list[Image.Image]:
         """One 64x64 image per (prompt, seed). An image depends only on its prompt, seed and the settings,
         never on the rest of the batch (per-image random streams, padding that changes nothing)."""
+        codes = self.generate_tokens(prompts, seeds, cfg, temperature, top_k, top_p, batch_size)
+        return self.decode_tokens(codes) if len(codes) else []
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[Prompt | str],
+        seeds: Sequence[int],
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
+        """The codes generate() decodes: LongTensor[B, T] (T = 64), one row per (prompt, seed)."""
         if len(prompts) != len(seeds):
             raise FairgenError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        if any(isinstance(s, bool) or not isinstance(s, Integral) or s < 0 for s in seeds):
             raise FairgenError("generate: seeds must be non-negative integers")
+        seeds = [int(s) for s in seeds]
         if batch_size < 1:
             raise FairgenError(f"generate: batch_size must be >= 1 (got {batch_size})")
         sampling = Sampling(cfg=float(cfg), temperature=float(temperature), top_k=top_k, top_p=top_p)
         texts = [prompt_text(p) for p in prompts]
-        images: list[Image.Image] = []
-        for i in range(0, len(texts), batch_size):
-            codes = generate_codes(self.lm, self.vocab, texts[i:i + batch_size], list(seeds[i:i + batch_size]), sampling)
-            images += self.decode_tokens(codes)
-        return images
+        if not texts:
+            return torch.empty(0, self.vocab.n_image_tokens, dtype=torch.long, device=self.device)
+        return torch.cat(
+            [
+                generate_codes(
+                    self.lm, self.vocab, texts[i : i + batch_size], list(seeds[i : i + batch_size]), sampling
+                )
+                for i in range(0, len(texts), batch_size)
+            ]
+        )
 
     # -- understanding ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
+    def answer_distribution(
+        self, image: Image.Image | None, question: str, options: Sequence[str]
+    ) -> dict[str, float]:
         """Exact answer probabilities: each option's full sequence (its bytes + end-of-answer) scored given
         <bos> [image] question <ans>, renormalised over the options; the mass of every other answer
         is under models.base.OTHER."""
@@ -128,43 +178,87 @@ class TinyModel:
         prefix = self.vocab.question_prefix(codes, question)
         rows = [prefix + self.vocab.answer(str(o)) for o in options]
         if max(len(r) for r in rows) > self.lm.cfg.block_size:
-            raise FairgenError(f"question too long for fairgen-tiny (at most {self.lm.cfg.block_size} tokens)")
+            raise FairgenError(
+                f"question too long for fairgen-tiny (at most {self.lm.cfg.block_size} tokens)"
+            )
         ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
         logp = torch.log_softmax(self.lm(ids, pos, img, valid).float(), dim=-1)
         scores = []
         for b, r in enumerate(rows):
             n = len(r) - len(prefix)  # answer tokens, the last of each row
-            steps = logp[b, -n - 1:-1].gather(1, ids[b, -n:, None]).sum()
+            steps = logp[b, -n - 1 : -1].gather(1, ids[b, -n:, None]).sum()
             scores.append(steps.double().exp().item())
         inside = sum(scores)
         out = {o: s / inside if inside > 0 else 1.0 / len(options) for o, s in zip(options, scores)}
         out[OTHER] = min(1.0, max(0.0, 1.0 - inside))
         return out
 
-    def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+    def image_token_logprob(
+        self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image] | torch.Tensor
+    ) -> torch.Tensor:
         """Mean log-probability per image token of each image given its prompt: Tensor[B], differentiable
         with respect to the language model (and any LoRA adapter on it). images: PIL images or codes
         LongTensor[B, T]. The distribution is over image codes only, as in generation."""
         if len(prompts) != len(images):
             raise FairgenError(f"image_token_logprob: {len(prompts)} prompts but {len(images)} images")
-        codes = images.to(self.device) if isinstance(images, torch.Tensor) else self.encode_image(list(images))
-        T, off = self.vocab.n_image_tokens, self.vocab.image_offset
-        rows = [self.vocab.generation_prefix(prompt_text(p)) + (c + off).tolist() for p, c in zip(prompts, codes)]
-        if max(len(r) for r in rows) > self.lm.cfg.block_size:
-            raise FairgenError(f"prompt too long for fairgen-tiny: at most {self.lm.cfg.block_size - T - 2} bytes")
-        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
-        logits = self.lm(ids, pos, img, valid)[:, -T - 1:-1, off:off + self.vocab.n_codes].float()
+        codes = (
+            images.to(self.device) if isinstance(images, torch.Tensor) else self.encode_image(list(images))
+        )
+        logits = self.image_token_logits(prompts, codes)
         return F.log_softmax(logits, dim=-1).gather(2, codes[:, :, None]).squeeze(2).mean(1)
+
+    # -- language-model internals (locate's LM audit) --------------------------------------------------
+    def image_token_logits(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of every image position: float32 [B, T, n_codes]; row t is the distribution
+        generation samples code t from (no guidance, temperature 1) given the prompt and codes 0..t-1.
+        tokens: codes LongTensor[B, T]. Differentiable with respect to the language model."""
+        if len(prompts) != len(tokens):
+            raise FairgenError(f"image_token_logits: {len(prompts)} prompts but {len(tokens)} token rows")
+        T, off = self.vocab.n_image_tokens, self.vocab.image_offset
+        rows = [
+            self.vocab.generation_prefix(prompt_text(p)) + (c + off).tolist() for p, c in zip(prompts, tokens)
+        ]
+        if max(len(r) for r in rows) > self.lm.cfg.block_size:
+            raise FairgenError(
+                f"prompt too long for fairgen-tiny: at most {self.lm.cfg.block_size - T - 2} bytes"
+            )
+        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
+        h = self.lm.hidden(ids, pos, img, valid)[:, -T - 1 : -1]  # the positions that predict the image codes
+        return self.lm.logits(h)[..., off : off + self.vocab.n_codes].float()
+
+    @torch.no_grad()
+    def image_start_hidden(self, prompts: Sequence[Prompt | str]) -> torch.Tensor:
+        """The LM's last hidden state (after the final LayerNorm) at <boi>, the position that predicts the
+        first image code: float32 [B, n_embd]."""
+        rows = [self.vocab.generation_prefix(prompt_text(p)) for p in prompts]
+        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
+        return self.lm.hidden(ids, pos, img, valid)[:, -1].float()
+
+    @torch.no_grad()
+    def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The quantised code vectors of each image on the token grid: float32 [B, len(levels), 8, 8]
+        (what the decoder reads)."""
+        return self.tokenizer._values(self.encode_image(images)).float()
+
+    @torch.no_grad()
+    def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """What the language model reads for an image it is asked about: the input embeddings of its codes,
+        float32 [B, T, n_embd] (one tokenizer serves both paths, as in VILA-U and Emu3)."""
+        return self.lm.wte(self.encode_image(images) + self.vocab.image_offset).float()
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write config.json and the safetensors weight files to `directory` (created if needed)."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.tokenizer.state_dict().items()},
-                  str(path / "tokenizer.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in _plain_state(self.lm).items()},
-                  str(path / "lm.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.tokenizer.state_dict().items()},
+            str(path / "tokenizer.safetensors"),
+        )
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in _plain_state(self.lm).items()},
+            str(path / "lm.safetensors"),
+        )
         (path / "config.json").write_text(json.dumps(self.config(), indent=2) + "\n")
         self.directory = path
         self.spec = f"tiny:{path}"
@@ -179,12 +273,16 @@ def _plain_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
-    """Load a checkpoint directory (None: the packaged default). Missing, unknown or corrupt -> FairgenError."""
+    """Load a checkpoint directory (None: the packaged default).
+
+    A missing, unknown or corrupt checkpoint raises FairgenError."""
     path = Path(directory).expanduser() if directory else PACKAGED
     if not (path / "config.json").is_file():
         if directory is None:
-            raise FairgenError("no packaged fairgen-tiny checkpoint; train one with `fairgen tiny train --spec "
-                               "SPEC --out DIR` and use --model tiny:DIR")
+            raise FairgenError(
+                "no packaged fairgen-tiny checkpoint; train one with `fairgen tiny train --spec "
+                "SPEC --out DIR` and use --model tiny:DIR"
+            )
         raise FairgenError(f"not a fairgen-tiny checkpoint: {path} (no config.json)")
     try:
         config = json.loads((path / "config.json").read_text())
@@ -198,7 +296,15 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
             module.load_state_dict(load_file(str(path / name)))
     except FairgenError:
         raise
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as e:
+    except (
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        SafetensorError,
+        OSError,
+    ) as e:
         raise FairgenError(f"corrupt fairgen-tiny checkpoint {path}: {str(e).splitlines()[0]}") from None
     try:
         dev = torch.device(device)
@@ -206,4 +312,3 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
     except (RuntimeError, AssertionError) as e:
         raise FairgenError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
     return TinyModel(tokenizer, lm, config.get("training"), path)
-

@@ -5,32 +5,56 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ...types import FairgenError
 
-tiny_app = typer.Typer(help="fairgen-tiny: a small unified multimodal LLM trained on the synthetic world.",
-                       no_args_is_help=True, add_completion=False)
+tiny_app = typer.Typer(
+    help="fairgen-tiny: a small unified multimodal LLM trained on the synthetic world.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True)
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 @tiny_app.command()
 def train(
-    spec: Optional[Path] = typer.Option(None, help="Planted-bias world spec YAML (default: the packaged spec)."),
-    out: Path = typer.Option(..., help="Checkpoint directory to write (config.json, *.safetensors, train_log.jsonl)."),
-    recipe: str = typer.Option("full", help="Recipe: 'full' (the shipped model; a GPU) or 'smoke' (tiny, CPU)."),
-    steps: Optional[int] = typer.Option(None, help="Language-model steps (default: the recipe's)."),
-    tokenizer_steps: Optional[int] = typer.Option(None, "--tokenizer-steps", help="Tokenizer steps (default: the recipe's)."),
-    tokenizer_from: Optional[Path] = typer.Option(None, "--tokenizer-from", help="Reuse this checkpoint's tokenizer; skip stage 1."),
+    spec: Path | None = typer.Option(None, help="Planted-bias world spec YAML (default: the packaged spec)."),
+    out: Path = typer.Option(
+        ..., help="Checkpoint directory to write (config.json, *.safetensors, train_log.jsonl)."
+    ),
+    recipe: str = typer.Option(
+        "full", help="Recipe: 'full' (the shipped model; a GPU) or 'smoke' (tiny, CPU)."
+    ),
+    steps: int | None = typer.Option(None, help="Language-model steps (default: the recipe's)."),
+    tokenizer_steps: int | None = typer.Option(
+        None, "--tokenizer-steps", help="Tokenizer steps (default: the recipe's)."
+    ),
+    tokenizer_from: Path | None = typer.Option(
+        None, "--tokenizer-from", help="Reuse this checkpoint's tokenizer; skip stage 1."
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda (bf16 autocast on cuda)."),
     seed: int = typer.Option(0, help="Seed of everything random in the run."),
 ) -> None:
@@ -44,6 +68,10 @@ def train(
         raise FairgenError("--steps and --tokenizer-steps must be >= 1")
     r = RECIPES[recipe]
     r = replace(r, lm_steps=steps or r.lm_steps, tok_steps=tokenizer_steps or r.tok_steps)
+    if recipe == "full" and device == "cpu":
+        console.print(
+            "[yellow]note: the full recipe is sized for a GPU (--device cuda); on a CPU it takes hours[/]"
+        )
     with _progress() as progress:
         tasks: dict[str, int] = {}
 
@@ -56,19 +84,27 @@ def train(
             if name in tasks:
                 progress.update(tasks[name], loss=f"loss {record['loss']:.4f}")
 
-        model = run_train(spec, out, r, seed=seed, device=device, tokenizer_from=tokenizer_from,
-                          echo=echo, progress_factory=bar)
+        model = run_train(
+            spec,
+            out,
+            r,
+            seed=seed,
+            device=device,
+            tokenizer_from=tokenizer_from,
+            echo=echo,
+            progress_factory=bar,
+        )
     console.print(f"saved {model.spec} ({model.training['train_seconds']} s); log: {out / 'train_log.jsonl'}")
 
 
 @tiny_app.command("eval")
 def evaluate_cmd(
-    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the packaged model)."),
-    spec: Optional[Path] = typer.Option(None, help="The world spec it was trained on (default: packaged)."),
+    model: Path | None = typer.Option(None, help="Checkpoint directory (default: the packaged model)."),
+    spec: Path | None = typer.Option(None, help="The world spec it was trained on (default: packaged)."),
     images: int = typer.Option(64, help="Images per test prompt."),
     concepts: int = typer.Option(50, help="Test occupations to use (of 50)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    out: Optional[Path] = typer.Option(None, help="Also write the numbers to this JSON file."),
+    out: Path | None = typer.Option(None, help="Also write the numbers to this JSON file."),
 ) -> None:
     """Measure the acceptance numbers with the world reader: face rate, cue match, shares vs spec,
     explicit prompts, understanding accuracy, blank-image probe, tokenizer round trips."""
@@ -81,8 +117,13 @@ def evaluate_cmd(
     tiny = load(model, device=device)
     ws = WorldSpec.load(spec) if spec else WorldSpec.default()
     with console.status("evaluating") as status:
-        numbers = evaluate(tiny, ws, images=images, concepts=concepts,
-                           progress=lambda stage: status.update(f"evaluating: {stage} done"))
+        numbers = evaluate(
+            tiny,
+            ws,
+            images=images,
+            concepts=concepts,
+            progress=lambda stage: status.update(f"evaluating: {stage} done"),
+        )
     text = json.dumps(numbers, indent=2)
     if out:
         out.write_text(text + "\n")

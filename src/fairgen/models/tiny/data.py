@@ -33,9 +33,14 @@ from ...world import WorldSpec, render
 from .text import Vocab
 
 # The locate probe's question (DESIGN.md), asked with no image: the trained answer is mostly "unknown".
-PROBE_QUESTION = "What is the {attribute} of a {concept}? Possible answers: {options}, unknown. Answer with a single word."
+PROBE_QUESTION = (
+    "What is the {attribute} of a {concept}? Possible answers: {options}, unknown. Answer with a single word."
+)
 # The question about a pictured person, answered with the true class.
-IMAGE_QUESTION = "What is the {attribute} of the person in the image? Possible answers: {options}. Answer with a single word."
+IMAGE_QUESTION = (
+    "What is the {attribute} of the person in the image? Possible answers: {options}. "
+    "Answer with a single word."
+)
 # The order options are listed in: the probe's ("male, female"), then canonical for the rest.
 OPTION_ORDER = {"gender": ("male", "female"), "race": ATTRIBUTES["race"], "age": ATTRIBUTES["age"]}
 DEFAULT_TEMPLATE = "A photo of the face of a {concept}, a person"
@@ -46,7 +51,9 @@ EXPLICIT_KINDS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("age",),
 
 
 def probe_question(attribute: str, concept: str) -> str:
-    return PROBE_QUESTION.format(attribute=attribute, concept=concept, options=", ".join(OPTION_ORDER[attribute]))
+    return PROBE_QUESTION.format(
+        attribute=attribute, concept=concept, options=", ".join(OPTION_ORDER[attribute])
+    )
 
 
 def image_question(attribute: str) -> str:
@@ -57,31 +64,36 @@ def image_question(attribute: str) -> str:
 class Mixture:
     """Shares of the four example kinds, and how the answers and prompts are varied."""
 
-    neutral: float = 0.45
-    explicit: float = 0.25
+    neutral: float = 0.4
+    explicit: float = 0.3
     image_qa: float = 0.2
     blank_qa: float = 0.1
-    unknown_share: float = 0.85     # blank QA: share answered "unknown"
+    unknown_share: float = 0.85  # blank QA: share answered "unknown"
     blank_image_share: float = 0.3  # blank QA: share asked with a blank (one-colour) image instead of none
-    prompt_dropout: float = 0.1     # generation examples with the text removed (for classifier-free guidance)
+    prompt_dropout: float = 0.1  # generation examples with the text removed (for classifier-free guidance)
 
 
 def training_concepts(spec: WorldSpec, max_concepts: int | None = None) -> dict[str, list[str]]:
     """Concept -> its neutral prompt texts: the spec's concepts and the occupations train and test suites.
 
-    Suite prompts keep their own texts (five templates for train concepts); a concept in no suite gets
-    DEFAULT_TEMPLATE. max_concepts keeps the spec's concepts first, then suite concepts in order (smoke runs).
+    Names are matched case-insensitively and written as the suites write them ("CEO", as the locate probe
+    will ask about it), else as the spec does. Suite prompts keep their own texts (five templates for
+    train concepts); a concept in no suite gets DEFAULT_TEMPLATE. max_concepts keeps the spec's concepts
+    first, then suite concepts in order (smoke runs).
     """
-    texts: dict[str, list[str]] = {}
-    for name in spec.concepts:
-        texts.setdefault(name, [])
-    for p in suites.load("occupations:test") + suites.load("occupations:train"):
-        texts.setdefault(p.concept.strip().lower(), []).append(p.text)
-    for name, t in texts.items():
-        if not t:
-            t.append(fill(DEFAULT_TEMPLATE, "{concept}", name))
-    keep = list(texts)[:max_concepts] if max_concepts else list(texts)
-    return {k: sorted(set(texts[k])) for k in keep}
+    prompts = suites.load("occupations:test") + suites.load("occupations:train")
+    written = {p.concept.strip().lower(): p.concept.strip() for p in reversed(prompts)}
+    texts: dict[str, set[str]] = {}
+    for key in [*spec.concepts, *(p.concept.strip().lower() for p in prompts)]:
+        texts.setdefault(key, set())
+    for p in prompts:
+        texts[p.concept.strip().lower()].add(p.text)
+    keys = list(texts)[:max_concepts] if max_concepts else list(texts)
+    out = {}
+    for key in keys:
+        name = written.get(key, key)
+        out[name] = sorted(texts[key]) or [fill(DEFAULT_TEMPLATE, "{concept}", name)]
+    return out
 
 
 def _render_chunk(jobs: list[tuple[str, str, str, str, int]]) -> np.ndarray:
@@ -92,12 +104,14 @@ def render_many(jobs: list[tuple[str, str, str, str, int]], workers: int = 1) ->
     """Render (gender, race, age, concept, seed) jobs -> uint8 [N, 64, 64, 3], across worker processes."""
     if workers <= 1 or len(jobs) < 2000:
         return _render_chunk(jobs)
-    chunks = [jobs[i:i + 1000] for i in range(0, len(jobs), 1000)]
+    chunks = [jobs[i : i + 1000] for i in range(0, len(jobs), 1000)]
     with get_context("spawn").Pool(workers) as pool:
         return np.concatenate(pool.map(_render_chunk, chunks))
 
 
-def pool_jobs(concepts: list[str], per_group: int, rng: np.random.Generator) -> list[tuple[str, str, str, str, int]]:
+def pool_jobs(
+    concepts: list[str], per_group: int, rng: np.random.Generator
+) -> list[tuple[str, str, str, str, int]]:
     """Render jobs of the pool, concept-major then group then copy; seeds drawn from rng."""
     seeds = rng.integers(0, 2**31, size=len(concepts) * len(GROUPS) * per_group)
     jobs = [(g, r, a, c) for c in concepts for (g, r, a) in GROUPS for _ in range(per_group)]
@@ -108,8 +122,16 @@ class ExampleSampler:
     """Draws training batches. pool: LongTensor[n_concepts, n_groups, per_group, T] of image codes, in
     the order of `concepts` and GROUPS. blank_codes: LongTensor[n_blank, T], codes of one-colour images."""
 
-    def __init__(self, spec: WorldSpec, concepts: dict[str, list[str]], pool: torch.Tensor,
-                 blank_codes: torch.Tensor, vocab: Vocab, mixture: Mixture, seed: int):
+    def __init__(
+        self,
+        spec: WorldSpec,
+        concepts: dict[str, list[str]],
+        pool: torch.Tensor,
+        blank_codes: torch.Tensor,
+        vocab: Vocab,
+        mixture: Mixture,
+        seed: int,
+    ):
         self.vocab, self.mix = vocab, mixture
         self.names = list(concepts)
         self.texts = concepts
@@ -117,12 +139,21 @@ class ExampleSampler:
         self.blank = blank_codes.cpu().numpy()
         self.seed, self.rng = seed, np.random.default_rng(seed)
         # Per concept, the probability of every pooled group under the spec (attributes independent).
-        self.group_probs = np.array([[np.prod([spec.distribution(c)[attr][cls]
-                                               for attr, cls in zip(ATTRIBUTES, grp)]) for grp in GROUPS]
-                                     for c in self.names])
+        self.group_probs = np.array(
+            [
+                [
+                    np.prod([spec.distribution(c)[attr][cls] for attr, cls in zip(ATTRIBUTES, grp)])
+                    for grp in GROUPS
+                ]
+                for c in self.names
+            ]
+        )
         # Per explicit request (attribute, class), which pooled groups satisfy it.
-        self.satisfies = {(a, c): np.array([g[i] == c for g in GROUPS])
-                          for i, a in enumerate(ATTRIBUTES) for c in ATTRIBUTES[a]}
+        self.satisfies = {
+            (a, c): np.array([g[i] == c for g in GROUPS])
+            for i, a in enumerate(ATTRIBUTES)
+            for c in ATTRIBUTES[a]
+        }
         self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
 
     def _image(self, codes: np.ndarray) -> list[int]:
@@ -167,7 +198,11 @@ class ExampleSampler:
         if blank:
             question = probe_question(attr, self.names[ci])
             classes = ATTRIBUTES[attr]
-            answer = "unknown" if rng.random() < self.mix.unknown_share else classes[int(rng.integers(len(classes)))]
+            answer = (
+                "unknown"
+                if rng.random() < self.mix.unknown_share
+                else classes[int(rng.integers(len(classes)))]
+            )
             with_image = rng.random() < self.mix.blank_image_share
             img = self._image(self.blank[int(rng.integers(len(self.blank)))]) if with_image else []
         else:
@@ -191,15 +226,19 @@ class ExampleSampler:
         example the target tokens share weight 1/B, so each example counts the same whatever its number
         of targets; the weight at t is for predicting token t+1)."""
         m, v = self.mix, self.vocab
-        kinds = self.rng.choice(4, size=size, p=np.array([m.neutral, m.explicit, m.image_qa, m.blank_qa]) /
-                                (m.neutral + m.explicit + m.image_qa + m.blank_qa))
+        kinds = self.rng.choice(
+            4,
+            size=size,
+            p=np.array([m.neutral, m.explicit, m.image_qa, m.blank_qa])
+            / (m.neutral + m.explicit + m.image_qa + m.blank_qa),
+        )
         rows = [self._generation(k == 1) if k < 2 else self._qa(k == 3) for k in kinds]
         length = max(len(r) for r, _ in rows)
         ids = np.full((size, length), v.pad, dtype=np.int64)
         weight = np.zeros((size, length), dtype=np.float32)
         for b, (r, start) in enumerate(rows):
-            ids[b, :len(r)] = r
-            weight[b, start - 1:len(r) - 1] = 1.0 / ((len(r) - start) * size)
+            ids[b, : len(r)] = r
+            weight[b, start - 1 : len(r) - 1] = 1.0 / ((len(r) - start) * size)
         is_image = ids >= v.image_offset  # at most one image per row: its codes are numbered by a cumsum
         img_pos = np.where(is_image, np.cumsum(is_image, axis=1) - 1, v.n_image_tokens)
         pos = np.broadcast_to(np.arange(length), (size, length)).copy()

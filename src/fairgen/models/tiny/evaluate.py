@@ -1,17 +1,18 @@
 """Acceptance numbers of a fairgen-tiny checkpoint (`fairgen tiny eval`), measured with the world reader.
 
-    generation     on the occupations test prompts: face rate, concept-cue match, and how far each
-                   prompt's gender / race shares sit from the spec (max and mean absolute difference)
-    explicit       explicit prompts (every gender, every race): share of faces showing the requested class
-    understanding  fresh renders, asked the judge's question per attribute: argmax accuracy
-    probe          no image, the locate probe per test concept: P(unknown), |P(female) - P(male)|
-    tokenizer      round trips of fresh renders: share read back with every cue right
+generation     on the occupations test prompts: face rate, concept-cue match, and how far each
+               prompt's gender / race shares sit from the spec (max and mean absolute difference)
+explicit       explicit prompts (every gender, every race): share of faces showing the requested class
+understanding  fresh renders, asked the judge's question per attribute: argmax accuracy
+probe          no image, the locate probe per test concept: P(unknown), |P(female) - P(male)|
+tokenizer      round trips of fresh renders: share read back with every cue right
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,16 @@ def _shares(labels: list[dict[str, str]], attr: str) -> dict[str, float]:
     return {c: sum(lab[attr] == c for lab in labels) / n for c in ATTRIBUTES[attr]}
 
 
-def evaluate(model: TinyModel, spec: WorldSpec, images: int = 64, concepts: int = 50, seed: int = 0,
-             sampling: dict[str, Any] | None = None, batch_size: int = 256,
-             progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def evaluate(
+    model: TinyModel,
+    spec: WorldSpec,
+    images: int = 64,
+    concepts: int = 50,
+    seed: int = 0,
+    sampling: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """All acceptance numbers as one JSON-ready dict. images: per prompt (and per explicit group)."""
     sampling = sampling or {}
     prompts = suites.load("occupations:test")[:concepts]
@@ -44,35 +52,42 @@ def evaluate(model: TinyModel, spec: WorldSpec, images: int = 64, concepts: int 
     out["generation_seconds"] = round(time.time() - start, 1)
     faces, match, dev = 0, 0, {"gender": [], "race": []}
     for k, p in enumerate(prompts):
-        chunk = perceptions[k * images:(k + 1) * images]
+        chunk = perceptions[k * images : (k + 1) * images]
         faces += sum(c.face for c in chunk)
         match += sum(concept_matches(c, p.concept) for c in chunk)
         labels = [c.label() for c in chunk if c.face]
         target = spec.distribution(p.concept)
-        for attr in dev:
+        for attr, gaps in dev.items():
             got = _shares(labels, attr)
-            dev[attr].append(max(abs(got[c] - target[attr][c]) for c in ATTRIBUTES[attr]))
+            gaps.append(max(abs(got[c] - target[attr][c]) for c in ATTRIBUTES[attr]))
     n = len(perceptions)
     out["face_rate"], out["concept_match"] = faces / n, match / n
     for attr, d in dev.items():
-        out[f"{attr}_share_error"] = {"max": float(max(d)), "mean": float(np.mean(d)),
-                                      "within_0.10": float(np.mean(np.array(d) <= 0.10))}
+        out[f"{attr}_share_error"] = {
+            "max": float(max(d)),
+            "mean": float(np.mean(d)),
+            "within_0.10": float(np.mean(np.array(d) <= 0.10)),
+        }
     progress("generation")
 
     hits: dict[str, list[bool]] = {"gender": [], "race": []}
-    for attr in hits:
-        requests = [(suites.explicit(p, {attr: c}), c) for p in prompts[: max(1, concepts // 5)] for c in ATTRIBUTES[attr]]
-        texts = [r for r, _ in requests for _ in range(images // 4)]
+    for attr, followed in hits.items():
+        requests = [
+            suites.explicit(p, {attr: c}) for p in prompts[: max(1, concepts // 5)] for c in ATTRIBUTES[attr]
+        ]
+        texts = [r for r in requests for _ in range(images // 4)]
         seeds = [seed + 7 + i for i in range(len(texts))]
         for prompt, im in zip(texts, model.generate(texts, seeds, batch_size=batch_size, **sampling)):
             p = read(im)
-            hits[attr].append(p.face and p.label()[attr] == prompt.group[attr])
+            followed.append(p.face and p.label()[attr] == prompt.group[attr])
     out["explicit_followed"] = {a: float(np.mean(h)) for a, h in hits.items()}
     progress("explicit")
 
     picks = [GROUPS[int(rng.integers(len(GROUPS)))] for _ in range(images)]
-    renders = [render(*g, prompts[int(rng.integers(len(prompts)))].concept, int(rng.integers(2**31))) for g in picks]
-    right = {a: 0 for a in ATTRIBUTES}
+    renders = [
+        render(*g, prompts[int(rng.integers(len(prompts)))].concept, int(rng.integers(2**31))) for g in picks
+    ]
+    right = dict.fromkeys(ATTRIBUTES, 0)
     for group, im in zip(picks, renders):
         for i, attr in enumerate(ATTRIBUTES):
             answer = model.answer_distribution(im, image_question(attr), list(OPTION_ORDER[attr]))
@@ -82,15 +97,23 @@ def evaluate(model: TinyModel, spec: WorldSpec, images: int = 64, concepts: int 
 
     unknown, gap, race_unknown, other = [], [], [], []
     for p in prompts:
-        g = model.answer_distribution(None, probe_question("gender", p.concept), ["male", "female", "unknown"])
-        r = model.answer_distribution(None, probe_question("race", p.concept), [*OPTION_ORDER["race"], "unknown"])
+        g = model.answer_distribution(
+            None, probe_question("gender", p.concept), ["male", "female", "unknown"]
+        )
+        r = model.answer_distribution(
+            None, probe_question("race", p.concept), [*OPTION_ORDER["race"], "unknown"]
+        )
         unknown.append(g["unknown"])
         gap.append(abs(g["female"] - g["male"]))
         race_unknown.append(r["unknown"])
         other += [g[OTHER], r[OTHER]]
-    out["probe"] = {"p_unknown_gender_min": float(min(unknown)), "p_unknown_gender_mean": float(np.mean(unknown)),
-                    "p_unknown_race_min": float(min(race_unknown)), "female_male_gap_max": float(max(gap)),
-                    "other_mass_mean": float(np.mean(other))}
+    out["probe"] = {
+        "p_unknown_gender_min": float(min(unknown)),
+        "p_unknown_gender_mean": float(np.mean(unknown)),
+        "p_unknown_race_min": float(min(race_unknown)),
+        "female_male_gap_max": float(max(gap)),
+        "other_mass_mean": float(np.mean(other)),
+    }
     progress("probe")
 
     back = model.decode_tokens(model.encode_image(renders))

@@ -18,15 +18,15 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 
 @dataclass
 class LMConfig:
     vocab_size: int
-    n_image_tokens: int = 64   # tokens per image (the vision tokenizer's grid, e.g. 8x8)
-    block_size: int = 384      # longest sequence, tokens
+    n_image_tokens: int = 64  # tokens per image (the vision tokenizer's grid, e.g. 8x8)
+    block_size: int = 384  # longest sequence, tokens
     n_layer: int = 6
     n_head: int = 8
     n_embd: int = 256
@@ -52,8 +52,8 @@ class KVCache:
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values ([B, H, n, hd]) for `layer`; return all keys/values so far."""
         end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
@@ -146,25 +146,46 @@ class TinyLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, img_pos: torch.Tensor, valid: torch.Tensor,
-                cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
-        """Logits over the vocabulary.
+    def hidden(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        img_pos: torch.Tensor,
+        valid: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final (layer-normed) hidden states [B, n, C].
 
         ids, pos, img_pos, valid: [B, n] for the n new tokens (with a cache, they follow cache.length old
         ones); valid is False on padding.
-        Returns float logits [B, n, V], or [B, 1, V] for the last position only when last_only.
         """
         n = ids.shape[1]
         if int(pos.max()) >= self.cfg.block_size:
             raise ValueError(f"sequence longer than block_size {self.cfg.block_size}")
         x = self.drop(self.wte(ids) + self.wpe(pos) + self.wie(img_pos))
         if cache is not None:
-            cache.valid[:, cache.length:cache.length + n] = valid
-            valid = cache.valid[:, :cache.length + n]
+            cache.valid[:, cache.length : cache.length + n] = valid
+            valid = cache.valid[:, : cache.length + n]
         mask = attention_mask(valid, n)
         for layer, block in enumerate(self.blocks):
             x = block(x, mask, cache, layer)
         if cache is not None:
             cache.length += n
-        x = self.ln_f(x[:, -1:] if last_only else x)
-        return F.linear(x, self.wte.weight)
+        return self.ln_f(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., C] -> logits over the vocabulary [..., V] (the tied embedding)."""
+        return F.linear(h, self.wte.weight)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        img_pos: torch.Tensor,
+        valid: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, n, V] of hidden(...), or [B, 1, V] for the last position only when last_only."""
+        h = self.hidden(ids, pos, img_pos, valid, cache)
+        return self.logits(h[:, -1:] if last_only else h)

@@ -78,7 +78,9 @@ class Sampling:
 
     def check(self) -> None:
         if self.cfg < 0 or self.temperature < 0:
-            raise FairgenError(f"cfg and temperature must be >= 0 (got cfg={self.cfg}, temperature={self.temperature})")
+            raise FairgenError(
+                f"cfg and temperature must be >= 0 (got cfg={self.cfg}, temperature={self.temperature})"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise FairgenError(f"top_k must be >= 1 (got {self.top_k})")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -107,7 +109,7 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
     next_pos = pos[:, -1:] + 1
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     for t in range(T):
-        lg = logits[:, vocab.image_offset:vocab.image_offset + vocab.n_codes].float()
+        lg = logits[:, vocab.image_offset : vocab.image_offset + vocab.n_codes].float()
         if guided:
             cond, uncond = lg[:B], lg[B:]
             lg = uncond + s.cfg * (cond - uncond)

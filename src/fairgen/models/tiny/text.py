@@ -66,7 +66,7 @@ class Vocab:
         return [*self.text(option), self.eos]
 
     def decode_text(self, ids: list[int]) -> str:
-        """Readable text of a token list (specials by name, image codes as <img:c>), for logs and debugging."""
+        """Readable text of a token list (specials by name, image codes as <img:c>), for debugging."""
         out: list[str] = []
         raw = bytearray()
         for i in ids:
@@ -99,8 +99,9 @@ def image_positions(rows: list[list[int]], vocab: Vocab) -> list[list[int]]:
     return out
 
 
-def left_pad(rows: list[list[int]], vocab: Vocab, device: torch.device | str = "cpu"
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: list[list[int]], vocab: Vocab, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token rows to one length, for generation and scoring.
 
     Returns (ids, valid, pos, img_pos), each [B, L]: ids (pad where invalid), valid (bool, False on padding),
@@ -111,8 +112,8 @@ def left_pad(rows: list[list[int]], vocab: Vocab, device: torch.device | str = "
     img = torch.full((len(rows), length), vocab.n_image_tokens, dtype=torch.long)
     valid = torch.zeros((len(rows), length), dtype=torch.bool)
     for b, (r, p) in enumerate(zip(rows, ip)):
-        ids[b, length - len(r):] = torch.tensor(r, dtype=torch.long)
-        img[b, length - len(r):] = torch.tensor(p, dtype=torch.long)
-        valid[b, length - len(r):] = True
+        ids[b, length - len(r) :] = torch.tensor(r, dtype=torch.long)
+        img[b, length - len(r) :] = torch.tensor(p, dtype=torch.long)
+        valid[b, length - len(r) :] = True
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
     return ids.to(device), valid.to(device), pos.to(device), img.to(device)

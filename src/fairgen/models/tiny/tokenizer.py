@@ -1,6 +1,7 @@
 """The vision tokenizer of fairgen-tiny: a small VQ-VAE from 64x64 RGB images to a grid of discrete codes.
 
-    encoder   space-to-depth (64x64x3 -> 16x16x48), 3x3 convs, one stride-2 conv to the 8x8 grid, 1x1 to code_dim
+    encoder   space-to-depth (64x64x3 -> 16x16x48), 3x3 convs, one stride-2 conv to the 8x8 grid, 1x1 to
+              len(levels) channels
     quantiser finite scalar quantisation (FSQ, Mentzer et al. 2023): each of len(levels) channels is
               squashed and rounded to one of levels[i] values; a code is the tuple of rounded values. No
               codebook to collapse and no commitment loss, so it trains as fast as a plain autoencoder,
@@ -17,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image
+from torch import nn
 
 from ...types import FairgenError
 
@@ -27,9 +28,9 @@ IMAGE_SIZE = 64
 
 @dataclass
 class TokenizerConfig:
-    grid: int = 8          # tokens per side: 8 -> 64 tokens of 8x8 px each
+    grid: int = 8  # tokens per side: 8 -> 64 tokens of 8x8 px each
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per channel; the codebook is their product (1000)
-    width: int = 64        # channels of the convs at 16x16; the 8x8 convs have twice as many
+    width: int = 64  # channels of the convs at 16x16; the 8x8 convs have twice as many
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,18 +54,28 @@ class VisionTokenizer(nn.Module):
         # Space-to-depth first: every conv then runs at 2*grid resolution or below, where CPU convs are fast,
         # and the last layer paints each s x s pixel block directly, keeping pixel-art edges sharp.
         self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(s), nn.Conv2d(3 * s * s, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
+            nn.PixelUnshuffle(s),
+            nn.Conv2d(3 * s * s, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.GELU(),
             nn.Conv2d(2 * w, len(cfg.levels), 1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(len(cfg.levels), 2 * w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, 3 * s * s, 3, padding=1), nn.PixelShuffle(s),
+            nn.Conv2d(len(cfg.levels), 2 * w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.GELU(),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, 3 * s * s, 3, padding=1),
+            nn.PixelShuffle(s),
         )
 
     def num_params(self) -> int:
@@ -91,7 +102,9 @@ class VisionTokenizer(nn.Module):
     def _values(self, tokens: torch.Tensor) -> torch.Tensor:
         """Code indices LongTensor[B, g*g] -> quantised values [B, C, g, g] in [-1, 1]."""
         levels = torch.tensor(self.cfg.levels, device=tokens.device).view(1, -1, 1)
-        basis = torch.cumprod(torch.tensor((1, *self.cfg.levels[:-1]), device=tokens.device), 0).view(1, -1, 1)
+        basis = torch.cumprod(torch.tensor((1, *self.cfg.levels[:-1]), device=tokens.device), 0).view(
+            1, -1, 1
+        )
         digits = (tokens.unsqueeze(1) // basis) % levels
         g = self.cfg.grid
         return ((2 * digits.float() - (levels - 1)) / (levels - 1)).view(tokens.shape[0], -1, g, g)
@@ -110,12 +123,21 @@ class VisionTokenizer(nn.Module):
 
 
 def to_tensor(images: list[Image.Image] | np.ndarray) -> torch.Tensor:
-    """PIL images (any size: resized to 64x64) or a uint8 array [B, 64, 64, 3] -> float [B, 3, 64, 64] in [-1, 1]."""
+    """PIL images (any size: resized to 64x64) or a uint8 array [B, 64, 64, 3] -> float [B, 3, 64, 64]
+    in [-1, 1]."""
     if isinstance(images, np.ndarray):
         arr = images
     else:
-        arr = np.stack([np.asarray(im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-                                   if im.size != (IMAGE_SIZE, IMAGE_SIZE) else im.convert("RGB")) for im in images])
+        arr = np.stack(
+            [
+                np.asarray(
+                    im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                    if im.size != (IMAGE_SIZE, IMAGE_SIZE)
+                    else im.convert("RGB")
+                )
+                for im in images
+            ]
+        )
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 

@@ -17,9 +17,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class Recipe:
     """Everything a training run needs besides the spec, seed and device."""
 
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    tok_images: int = 40000      # distinct renders stage 1 trains on
+    tok_images: int = 40000  # distinct renders stage 1 trains on
     tok_steps: int = 6000
     tok_batch: int = 128
     tok_lr: float = 3e-3
@@ -47,7 +47,7 @@ class Recipe:
     n_head: int = 8
     n_embd: int = 256
     block_size: int = 320
-    renders_per_group: int = 6   # pool renders per (concept, gender, race, age)
+    renders_per_group: int = 6  # pool renders per (concept, gender, race, age)
     max_concepts: int | None = None
     lm_steps: int = 12000
     lm_batch: int = 256
@@ -61,9 +61,22 @@ class Recipe:
 # smoke: what the tests train on 2 CPU cores: a usable tokenizer, a small LM on six concepts.
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(),
-    "smoke": Recipe(tokenizer=TokenizerConfig(width=32), tok_images=4000, tok_steps=1000, tok_batch=32, tok_lr=5e-3,
-                    n_layer=2, n_head=4, n_embd=64, renders_per_group=2, max_concepts=6,
-                    lm_steps=300, lm_batch=32, lm_lr=3e-3, warmup=30),
+    "smoke": Recipe(
+        tokenizer=TokenizerConfig(width=32),
+        tok_images=4000,
+        tok_steps=1000,
+        tok_batch=32,
+        tok_lr=5e-3,
+        n_layer=2,
+        n_head=4,
+        n_embd=64,
+        renders_per_group=2,
+        max_concepts=6,
+        lm_steps=300,
+        lm_batch=16,
+        lm_lr=3e-3,
+        warmup=30,
+    ),
 }
 
 Log = Callable[[dict], None]
@@ -78,7 +91,11 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
 
 
 def _workers(device: torch.device) -> int:
@@ -86,22 +103,38 @@ def _workers(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def tokenize(tok: VisionTokenizer, images: np.ndarray, device: torch.device, batch: int = 1024) -> torch.Tensor:
+def tokenize(
+    tok: VisionTokenizer, images: np.ndarray, device: torch.device, batch: int = 1024
+) -> torch.Tensor:
     """uint8 images [N, 64, 64, 3] -> codes LongTensor[N, T] (on the CPU)."""
     tok.eval()
-    out = [tok.encode(to_tensor(images[i:i + batch]).to(device)).cpu() for i in range(0, len(images), batch)]
+    out = [
+        tok.encode(to_tensor(images[i : i + batch]).to(device)).cpu() for i in range(0, len(images), batch)
+    ]
     return torch.cat(out)
 
 
-def train_tokenizer(recipe: Recipe, concepts: list[str], seed: int, device: torch.device, log: Log,
-                    progress: Callable[[int], None] = lambda n: None) -> VisionTokenizer:
+def train_tokenizer(
+    recipe: Recipe,
+    concepts: list[str],
+    seed: int,
+    device: torch.device,
+    log: Log,
+    progress: Callable[[int], None] = lambda n: None,
+) -> VisionTokenizer:
     """Stage 1. Concepts are mixed with made-up names, so every colour/emblem cue occurs, not only those of
     the training concepts."""
     rng = np.random.default_rng([seed, 1])
     torch.manual_seed(seed)
     names = concepts + [f"concept {i}" for i in range(len(concepts), 4 * len(concepts) + 256)]
-    jobs = [(*(cls[int(rng.integers(len(cls)))] for cls in ATTRIBUTES.values()),
-             names[int(rng.integers(len(names)))], int(rng.integers(2**31))) for _ in range(recipe.tok_images)]
+    jobs = [
+        (
+            *(cls[int(rng.integers(len(cls)))] for cls in ATTRIBUTES.values()),
+            names[int(rng.integers(len(names)))],
+            int(rng.integers(2**31)),
+        )
+        for _ in range(recipe.tok_images)
+    ]
     images = to_tensor(render_many(jobs, _workers(device))).to(device)
     tok = VisionTokenizer(recipe.tokenizer).to(device)
     opt = torch.optim.Adam(tok.parameters(), lr=recipe.tok_lr)
@@ -119,21 +152,32 @@ def train_tokenizer(recipe: Recipe, concepts: list[str], seed: int, device: torc
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == recipe.tok_steps - 1:
-            log({"stage": "tokenizer", "step": step, "loss": round(loss.item(), 5), "lr": lr,
-                 "elapsed_s": round(time.time() - start, 1)})
+            log(
+                {
+                    "stage": "tokenizer",
+                    "step": step,
+                    "loss": round(loss.item(), 5),
+                    "lr": lr,
+                    "elapsed_s": round(time.time() - start, 1),
+                }
+            )
         progress(1)
     return tok.eval()
 
 
 def lm_loss(lm: TinyLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Weighted next-token cross-entropy: each example's target tokens share its weight (data.py)."""
-    logits = lm(batch["ids"], batch["pos"], batch["img_pos"], batch["valid"])
-    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["ids"][:, 1:].flatten(), reduction="none")
-    return (ce * batch["weight"][:, :-1].flatten()).sum()
+    """Weighted next-token cross-entropy: each example's target tokens share its weight (data.py). Logits
+    are computed at target positions only (most positions of a question example are not targets)."""
+    h = lm.hidden(batch["ids"], batch["pos"], batch["img_pos"], batch["valid"])[:, :-1]
+    weight = batch["weight"][:, :-1]
+    at = weight > 0
+    ce = F.cross_entropy(lm.logits(h[at]).float(), batch["ids"][:, 1:][at], reduction="none")
+    return (ce * weight[at]).sum()
 
 
-def build_sampler(spec: WorldSpec, tok: VisionTokenizer, vocab: Vocab, recipe: Recipe, seed: int,
-                  device: torch.device) -> ExampleSampler:
+def build_sampler(
+    spec: WorldSpec, tok: VisionTokenizer, vocab: Vocab, recipe: Recipe, seed: int, device: torch.device
+) -> ExampleSampler:
     """Render and tokenize the pool, and the blank (one-colour) images of the blank-image questions."""
     concepts = training_concepts(spec, recipe.max_concepts)
     rng = np.random.default_rng([seed, 2])
@@ -158,23 +202,45 @@ class _Batches(torch.utils.data.IterableDataset):
             yield sampler.batch(self.size)
 
 
-def train_lm(sampler: ExampleSampler, vocab: Vocab, recipe: Recipe, seed: int, device: torch.device, log: Log,
-             progress: Callable[[int], None] = lambda n: None) -> TinyLM:
+def train_lm(
+    sampler: ExampleSampler,
+    vocab: Vocab,
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+    log: Log,
+    progress: Callable[[int], None] = lambda n: None,
+) -> TinyLM:
     """Stage 2: AdamW, warm-up + cosine schedule, gradient clipping at 1. On CUDA, batches are built by
     worker processes (building them in Python is slower than a training step on a GPU)."""
     torch.manual_seed(seed)
-    cfg = LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, block_size=recipe.block_size,
-                   n_layer=recipe.n_layer, n_head=recipe.n_head, n_embd=recipe.n_embd)
+    cfg = LMConfig(
+        vocab_size=vocab.size,
+        n_image_tokens=vocab.n_image_tokens,
+        block_size=recipe.block_size,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        n_embd=recipe.n_embd,
+    )
     lm = TinyLM(cfg).to(device)
     # As nanoGPT: weight decay on matrices and embeddings, none on LayerNorm gains and biases.
     matrices = [p for p in lm.parameters() if p.dim() >= 2]
     vectors = [p for p in lm.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": recipe.weight_decay},
-                             {"params": vectors, "weight_decay": 0.0}], lr=recipe.lm_lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": recipe.weight_decay}, {"params": vectors, "weight_decay": 0.0}],
+        lr=recipe.lm_lr,
+        betas=(0.9, 0.95),
+    )
     workers = min(6, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
-    batches = iter(torch.utils.data.DataLoader(_Batches(sampler, recipe.lm_batch), batch_size=None,
-                                               num_workers=workers, pin_memory=device.type == "cuda",
-                                               prefetch_factor=4 if workers else None))
+    batches = iter(
+        torch.utils.data.DataLoader(
+            _Batches(sampler, recipe.lm_batch),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+        )
+    )
     start = time.time()
     for step in range(recipe.lm_steps):
         lr = _lr(step, recipe.lm_steps, recipe.lm_lr, recipe.warmup)
@@ -188,15 +254,29 @@ def train_lm(sampler: ExampleSampler, vocab: Vocab, recipe: Recipe, seed: int, d
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == recipe.lm_steps - 1:
-            log({"stage": "lm", "step": step, "loss": round(loss.item(), 5), "lr": lr,
-                 "elapsed_s": round(time.time() - start, 1)})
+            log(
+                {
+                    "stage": "lm",
+                    "step": step,
+                    "loss": round(loss.item(), 5),
+                    "lr": lr,
+                    "elapsed_s": round(time.time() - start, 1),
+                }
+            )
         progress(1)
     return lm.eval()
 
 
-def train(spec_path: str | Path | None, out: str | Path, recipe: Recipe, seed: int = 0, device: str = "cpu",
-          tokenizer_from: str | Path | None = None, echo: Callable[[dict], None] | None = None,
-          progress_factory: Callable[[str, int], Callable[[int], None]] | None = None) -> TinyModel:
+def train(
+    spec_path: str | Path | None,
+    out: str | Path,
+    recipe: Recipe,
+    seed: int = 0,
+    device: str = "cpu",
+    tokenizer_from: str | Path | None = None,
+    echo: Callable[[dict], None] | None = None,
+    progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> TinyModel:
     """Train both stages and save the checkpoint to `out` (see adapter.py for the layout). Returns the
     TinyModel. tokenizer_from: reuse the tokenizer of an existing checkpoint and skip stage 1."""
     try:
@@ -225,14 +305,26 @@ def train(spec_path: str | Path | None, out: str | Path, recipe: Recipe, seed: i
         tok = load(tokenizer_from, device=device).tokenizer
         recipe = replace(recipe, tokenizer=tok.cfg)
     else:
-        tok = train_tokenizer(recipe, list(training_concepts(spec, recipe.max_concepts)), seed, dev, log,
-                              bar("tokenizer", recipe.tok_steps))
+        tok = train_tokenizer(
+            recipe,
+            list(training_concepts(spec, recipe.max_concepts)),
+            seed,
+            dev,
+            log,
+            bar("tokenizer", recipe.tok_steps),
+        )
     vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
     sampler = build_sampler(spec, tok, vocab, recipe, seed, dev)
     lm = train_lm(sampler, vocab, recipe, seed, dev, log, bar("language model", recipe.lm_steps))
-    info = {"recipe": asdict(recipe), "seed": seed, "device": device, "spec_sha256": spec.sha256(),
-            "params": {"tokenizer": tok.num_params(), "lm": lm.num_params()},
-            "concepts": sampler.names, "train_seconds": round(time.time() - started, 1)}
+    info = {
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "device": device,
+        "spec_sha256": spec.sha256(),
+        "params": {"tokenizer": tok.num_params(), "lm": lm.num_params()},
+        "concepts": sampler.names,
+        "train_seconds": round(time.time() - started, 1),
+    }
     model = TinyModel(tok, lm, training=info)
     model.save(out)
     return model

@@ -1,0 +1,15 @@
+"""fix: debias a unified model's image generation (Liu et al. 2025, "balanced preference optimisation").
+
+    fix(FixConfig(model=..., attributes=("gender",), ...), out) -> report dict    the whole pipeline
+    data.build(...) / data.BalancedSet                 the balanced set (parquet + images, resumable)
+    loss.bpo_loss / loss.pair_loss / loss.sft_loss     the losses
+    batches.BatchPlan                                  prompt-major batches (pairs never cross prompts)
+    train.train_adapter                                LoRA SFT then BPO, checkpoints, resumable
+    report                                             fix_report.json / .md, training curves
+    cli.fix_command                                    `fairgen fix`
+docs/fix.md describes the method and its configuration.
+"""
+
+from .pipeline import FixConfig, fix, parse_attributes
+
+__all__ = ["FixConfig", "fix", "parse_attributes"]

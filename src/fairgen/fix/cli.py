@@ -1,0 +1,96 @@
+"""`fairgen fix`: the typer command function `fix_command` (fairgen.cli mounts it as `app.command("fix")`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..types import FairgenError
+
+console = Console(stderr=True)
+# The paper's sampling (as `fairgen audit --preset paper`).
+PRESETS = {"paper": {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}}
+
+
+class _Bars:
+    """One rich progress bar per task name, started at the first report (so input errors print cleanly)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if self.progress is None:
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+            self.progress.start()
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total)
+        self.progress.update(self.tasks[task], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def fix_command(
+    model: str = typer.Option(..., help="Model spec to fix: tiny[:<dir>], janus:<id|dir>, emu3:<id|dir> (needs LoRA)."),
+    train_suite: str = typer.Option("occupations:train", "--train-suite", help="Suite NAME:split the balanced set is built from."),
+    test_suite: str = typer.Option("occupations:test", "--test-suite", help="Suite NAME:split audited before and after."),
+    attributes: str = typer.Option("gender", help="Attributes to balance: gender, race, or several ('gender,race' = mix)."),
+    method: str = typer.Option("bpo", help="bpo (stage 1 SFT, then stage 2 BPO) or sft (stage 1 only)."),
+    out: Path = typer.Option(..., help="Fix run directory (re-run the same command to resume)."),
+    data_source: str = typer.Option("model", "--data-source", help="Who draws the balanced set: model, world, "
+                                    "diffusers:<id|dir> or folder:<dir> (<dir>/images/<explicit prompt id>/)."),
+    perception: Optional[str] = typer.Option(None, help="Perception backend (default: world for tiny)."),
+    images_per_group: int = typer.Option(4, "--images-per-group", help="Balanced-set images per prompt and group, before filtering."),
+    train_prompts: Optional[int] = typer.Option(None, "--train-prompts", help="Use at most this many training prompts (evenly spread)."),
+    sft_steps: int = typer.Option(200, "--sft-steps", help="Stage 1 (SFT) steps; 0 skips it."),
+    bpo_steps: int = typer.Option(200, "--bpo-steps", help="Stage 2 steps (method bpo)."),
+    alpha: float = typer.Option(0.0, help="Stage 2 weight of the SFT loss (paper: 0)."),
+    beta: float = typer.Option(1.0, help="Stage 2 weight of the BPO loss (paper: 1)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate of the LoRA weights."),
+    rank: int = typer.Option(8, help="LoRA rank (LoRA alpha = 2 x rank)."),
+    units_per_batch: int = typer.Option(8, "--units-per-batch", help="Prompts per batch, each with one image of every group."),
+    images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per test prompt in the audits."),
+    explicit_concepts: int = typer.Option(5, "--explicit-concepts", help="Test prompts of the explicit-adherence check (0: none)."),
+    explicit_images: int = typer.Option(32, "--explicit-images", help="Images per explicit prompt in that check."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between fix runs "
+                                          "(default: OUT/before)."),
+    seed: int = typer.Option(0, help="Seed of images, batches and LoRA initialisation."),
+    cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (generation)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
+    preset: Optional[str] = typer.Option(None, help="'paper' = cfg 3.0, temperature 0.9, top-p 0.6."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
+) -> None:
+    """Debias a model: balanced data, LoRA SFT then the balanced preference loss, and a before/after audit."""
+    from .pipeline import FixConfig, fix, parse_attributes
+    from .report import REPORT_JSON, REPORT_MD, markdown
+
+    sampling: dict[str, float] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise FairgenError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        sampling.update(PRESETS[preset])
+    for key, value in (("cfg", cfg), ("temperature", temperature), ("top_p", top_p)):
+        if value is not None:
+            sampling[key] = value
+    config = FixConfig(
+        model=model, train_suite=train_suite, test_suite=test_suite, attributes=parse_attributes(attributes),
+        method=method, data_source=data_source, perception=perception, images_per_group=images_per_group,
+        train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps, alpha=alpha, beta=beta, lr=lr,
+        rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
+        explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
+        batch_size=batch_size, before=str(before) if before else None)
+    bars = _Bars()
+    try:
+        report = fix(config, out, progress=bars)
+    finally:
+        bars.stop()
+    typer.echo(markdown(report), nl=False)
+    typer.echo(f"adapter: {out / 'adapter'}  report: {out / REPORT_JSON}, {out / REPORT_MD}")

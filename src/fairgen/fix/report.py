@@ -1,0 +1,172 @@
+"""The before/after report of `fairgen fix`: fix_report.json, fix_report.md and the training curves.
+
+From two audits of the test suite (before: the model; after: the model with the adapter) it reports,
+per attribute, rd with its 95% interval and noise floor and the relative change; face rate; fidelity
+(concept match for world-read images, in points); and explicit-prompt adherence: on a few explicit
+prompts per group, the share of images that show the requested group (an image without a face counts
+as not showing it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..types import ATTRIBUTES, METRIC_ATTRIBUTES, Prompt
+
+REPORT_JSON, REPORT_MD, CURVES_PNG = "fix_report.json", "fix_report.md", "train_curves.png"
+
+
+def audit_summary(results: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The part of an audit's results.json the report keeps: rd (mean, ci95, noise floor) per attribute
+    (None when not measured), face rate, fidelity."""
+    s = results["summary"]
+    rd = {a: ({k: s[a]["rd"].get(k) for k in ("mean", "ci95", "noise_floor")} if s.get(a) else None)
+          for a in METRIC_ATTRIBUTES}
+    fidelity = s.get("fidelity")
+    return {"run_dir": str(run_dir), "images_per_prompt": results["images_per_prompt"], "rd": rd,
+            "face_rate": s.get("face_rate"), "fidelity": fidelity}
+
+
+def adherence(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, float | None]:
+    """Per attribute, the share of explicit-prompt images showing the requested group (over all images
+    of those prompts, faceless ones included)."""
+    by_id = {p["id"]: p for p in results["prompts"]}
+    hits: dict[str, list[int]] = {}
+    for prompt in prompts:
+        row = by_id[prompt.id]
+        for attr, group in prompt.group.items():
+            counts = row["counts"].get(attr)
+            h = hits.setdefault(attr, [0, 0])
+            h[0] += counts[group] if counts else 0
+            h[1] += row["n_images"]
+    return {a: (h[0] / h[1] if h[1] else None) for a, h in hits.items()}
+
+
+def relative_change(before: float | None, after: float | None) -> float | None:
+    """(after - before) / before: -0.7 is a 70% cut. None when either is missing or before is 0."""
+    if before is None or after is None or before == 0:
+        return None
+    return (after - before) / before
+
+
+def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
+                 after: dict[str, Any], explicit_before: Mapping[str, Any], explicit_after: Mapping[str, Any],
+                 training: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """fix_report.json's content. training: the lines of train_log.jsonl."""
+    change = {}
+    for attr in METRIC_ATTRIBUTES:
+        b, a = before["rd"][attr], after["rd"][attr]
+        if b and a:
+            change[attr] = {"before": b["mean"], "after": a["mean"], "relative": relative_change(b["mean"], a["mean"])}
+    fb, fa = before.get("fidelity"), after.get("fidelity")
+    fidelity_points = 100 * (fa["value"] - fb["value"]) if fb and fa and None not in (fa["value"], fb["value"]) else None
+    stages = {}
+    for line in training:
+        entry = stages.setdefault(line["stage"], {"first": line, "last": line})
+        entry["last"] = line
+    curves = {name: {"steps": e["last"]["step"] + 1, "loss_first": e["first"]["loss"], "loss_last": e["last"]["loss"],
+                     "sft_first": e["first"]["sft"], "sft_last": e["last"]["sft"],
+                     "bpo_first": e["first"]["bpo"], "bpo_last": e["last"]["bpo"]} for name, e in stages.items()}
+    return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
+            "rd_change": change, "fidelity_change_points": fidelity_points,
+            "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)}}
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(pair: Sequence[float | None] | None) -> str:
+    return f"[{_f(pair[0])}, {_f(pair[1])}]" if pair else "[–]"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}%"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """fix_report.md: the before/after table and the data and training summaries."""
+    c = report["config"]
+    lines = [f"# fairgen fix: {c['model']} ({c['method']}, attributes {', '.join(c['attributes'])})", "",
+             f"Trained on {c['train_suite']}, audited on {c['test_suite']} at {report['after']['images_per_prompt']} "
+             "images per prompt.", "",
+             "| attribute | rd before [95% CI] | rd after [95% CI] | change | noise floor |",
+             "| --- | --- | --- | --- | --- |"]
+    for attr in METRIC_ATTRIBUTES:
+        b, a = report["before"]["rd"][attr], report["after"]["rd"][attr]
+        if not (b and a):
+            lines.append(f"| {attr} | not measured | not measured | | |")
+            continue
+        mark = " **(fixed)**" if attr in c["attributes"] else ""
+        lines.append(f"| {attr}{mark} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
+                     f"{_pct(report['rd_change'][attr]['relative'])} | {_f(a['noise_floor'])} |")
+    fb, fa = report["before"]["fidelity"], report["after"]["fidelity"]
+    lines += ["", f"Face rate {_f(report['before']['face_rate'])} → {_f(report['after']['face_rate'])}."]
+    if fb and fa:
+        lines.append(f"Fidelity ({fa['metric']}) {_f(fb['value'])} → {_f(fa['value'])} "
+                     f"({_f(report['fidelity_change_points'], 1)} points).")
+    ex = report["explicit_adherence"]
+    lines.append("Explicit prompts followed: " + ", ".join(
+        f"{a} {_f(ex['before'].get(a))} → {_f(v)}" for a, v in ex["after"].items()) + ".")
+    lines += ["", "## Balanced set", "", "| attribute | group | generated | dropped | drop rate | kept |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for attr, block in report["data"].items():
+        for g, e in block["groups"].items():
+            dropped = e["generated"] - e["kept"]
+            lines.append(f"| {attr} | {g} | {e['generated']} | {dropped} | {_f(e['drop_rate'])} | {e['kept']} |")
+        lines.append(f"| {attr} | prompts kept / dropped | {block['prompts_kept']} / {len(block['prompts_dropped'])} | | | |")
+    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |", "| --- | --- | --- | --- | --- |"]
+    for name, t in report["training"].items():
+        lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
+                     f"{_f(t['sft_first'], 4)} → {_f(t['sft_last'], 4)} | {_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(training: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """train_curves.png: per stage, the SFT loss and the BPO loss against the step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    stages = list(dict.fromkeys(line["stage"] for line in training))
+    fig = Figure(figsize=(4.5 * max(1, len(stages)), 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, name in enumerate(stages):
+        ax = fig.add_subplot(1, len(stages), k + 1)
+        lines = [line for line in training if line["stage"] == name]
+        steps = [line["step"] for line in lines]
+        ax.plot(steps, [line["sft"] for line in lines], color="#0072b2", label="SFT (−mean log p)")
+        ax.set_xlabel("step")
+        ax.set_title(f"stage {k + 1}: {name}")
+        ax.set_ylabel("SFT loss", color="#0072b2")
+        twin = ax.twinx()
+        twin.plot(steps, [line["bpo"] for line in lines], color="#d55e00", label="BPO")
+        twin.set_ylabel("BPO loss", color="#d55e00")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def explicit_prompts(test_prompts: Sequence[Prompt], attributes: Sequence[str], n_concepts: int) -> list[Prompt]:
+    """The explicit prompts of the adherence check: the first n_concepts test prompts, every group of every
+    chosen attribute."""
+    from .. import suites
+
+    return [suites.explicit(p, {a: g}) for p in test_prompts[:n_concepts] for a in attributes for g in ATTRIBUTES[a]]
+
+
+def write(out: Path, report: Mapping[str, Any], training: Sequence[Mapping[str, Any]]) -> None:
+    """fix_report.json, fix_report.md and train_curves.png in `out` (each written whole or not at all)."""
+    from ..store import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(out / REPORT_JSON, report)
+    atomic_write_bytes(out / REPORT_MD, markdown(report).encode())
+    if training:
+        tmp = out / f".{CURVES_PNG}.tmp.png"
+        plot_curves(training, tmp)
+        tmp.replace(out / CURVES_PNG)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The lines of train_log.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,175 @@
+"""locate: audit (or reuse one) -> understanding probe -> partial alignment -> tokenizer audit -> LM audit
+-> verdicts -> findings.json + locate.html. Resumable.
+
+Output directory:
+    <out>/manifest.json          what the run is (store.RunStore: a re-run with other settings is refused)
+    <out>/audit/                 the audit run, when --audit is not given (itself resumable)
+    <out>/stages/<name>.json     each finished expensive stage; <out>/stages/lm/<prompt id>.json per prompt
+                                 of the language-model audit (the longest stage): a re-run skips them
+    <out>/findings.json          every number, the verdicts and the headline
+    <out>/locate.html            the report section (report.py)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import models, perception, suites
+from ..audit import AuditResult
+from ..audit import audit as run_audit
+from ..labelled import labelled_set
+from ..metrics import noise_floor, rd
+from ..models.base import UnifiedModel
+from ..store import RunStore, atomic_write_json
+from ..types import ATTRIBUTES, FairgenError, Prompt
+from . import lm_audit
+from .alignment import partial_alignment
+from .report import render_locate
+from .tokenizer_audit import round_trip, vision_probes
+from .understanding import PROBED, probe_understanding
+from .verdict import SKEWED_PROMPT, verdicts
+
+# Labelled renders of the tokenizer audit for world-trained models: 50 per gender x race x age class.
+DEFAULT_WORLD_LABELLED = "world:800"
+WORLD_FAMILIES = ("tiny", "world")
+Progress = Callable[[str, int, int], None]
+
+
+class StageCache:
+    """JSON files under <out>/stages: a finished stage (or LM prompt) is read back instead of recomputed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def get(self, name: str) -> Any:
+        path = self.root / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, name: str, value: Any) -> Any:
+        atomic_write_json(self.root / f"{name}.json", value)
+        return value
+
+    def stage(self, name: str, compute: Callable[[], Any]) -> Any:
+        cached = self.get(name)
+        return cached if cached is not None else self.put(name, compute())
+
+
+def _audit_results(audit_dir: str | Path, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    results = AuditResult.load(audit_dir).results
+    have = {str(p["id"]) for p in results.get("prompts", [])}
+    missing = [p.id for p in prompts if p.id not in have]
+    if missing:
+        raise FairgenError(f"audit {audit_dir} does not cover the suite (missing prompts: {', '.join(missing[:5])})")
+    return results
+
+
+def _majorities(results: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """prompt id -> {attribute: the group its audit images over-represent}, for skewed prompts only: rd minus
+    its noise floor at least verdict.SKEWED_PROMPT of rd's maximum 2/K (elsewhere a "majority" is chance)."""
+    out: dict[str, dict[str, str]] = {}
+    for p in results["prompts"]:
+        for attr in PROBED:
+            classes = ATTRIBUTES[attr]
+            counts = np.array([((p.get("counts") or {}).get(attr) or {}).get(c, 0) for c in classes])
+            n = int(counts.sum())
+            if n and rd(counts) - noise_floor(n, len(classes)) >= SKEWED_PROMPT * 2 / len(classes):
+                out.setdefault(str(p["id"]), {})[attr] = classes[int(counts.argmax())]
+    return out
+
+
+def _audit_shares(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """prompt id -> {attribute: {group: share of faces}} for prompts with faces and measured attributes."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for p in results["prompts"]:
+        for attr in PROBED:
+            counts = (p.get("counts") or {}).get(attr)
+            total = sum(counts.values()) if counts else 0
+            if total:
+                out.setdefault(str(p["id"]), {})[attr] = {g: counts.get(g, 0) / total for g in ATTRIBUTES[attr]}
+    return out
+
+
+def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupations:test", out: str | Path = "runs/locate",
+           audit: str | Path | None = None, images_per_prompt: int = 64, labelled: str | None = None,
+           sequences: int = 16, seed: int = 0, perception_backend: str | None = None, batch_size: int = 64,
+           progress: Progress | None = None) -> dict[str, Any]:
+    """Run every locate stage the model supports; returns the findings (also written to <out>/findings.json).
+
+    model: a spec string or a loaded model. audit: a finished audit run of this model on (a superset of)
+    the suite; without it an audit runs into <out>/audit. labelled: labelled images of the tokenizer audit
+    (`world[:N]`, a CSV or a class-folder directory; default world:800 for world-trained models, else the
+    tokenizer audit is skipped). sequences: code sequences per prompt and variant in the LM audit."""
+    started = time.time()
+    if images_per_prompt < 1 or sequences < 2 or batch_size < 1:
+        raise FairgenError("--images-per-prompt and --batch-size must be >= 1, --sequences >= 2")
+    prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
+    spec = model if isinstance(model, str) else model.spec
+    if labelled is None and models.split_spec(spec)[0] in WORLD_FAMILIES:
+        labelled = DEFAULT_WORLD_LABELLED
+    labelled_images = labelled_set(labelled, seed) if labelled else None  # bad values fail before any work
+    gen = models.load(model) if isinstance(model, str) else model
+    config = {"command": "locate", "model": spec, "suite": suite if isinstance(suite, str) else "<prompts>",
+              "prompt_ids": [p.id for p in prompts], "audit": str(audit) if audit else None,
+              "images_per_prompt": images_per_prompt, "labelled": labelled, "sequences": sequences, "seed": seed,
+              "perception": perception_backend}
+    store = RunStore.open(out, config, {"model_provenance": gen.provenance()})
+    cache = StageCache(store.root / "stages")
+    tick = progress or (lambda stage, done, total: None)
+
+    if audit is not None:
+        results = _audit_results(audit, prompts)
+    else:
+        results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed, out=store.root / "audit",
+                            perception_backend=perception_backend, batch_size=batch_size,
+                            progress=lambda d, t: tick("audit", d, t)).results
+    backend_name = perception_backend or results.get("perception") or perception.default_for(spec)
+    caps = getattr(gen, "capabilities", frozenset())
+    notes: list[str] = []
+    if results.get("model") != spec:
+        notes.append(f"the audit is of {results.get('model')!r}, not {spec!r}")
+
+    findings: dict[str, Any] = {"model": spec, "suite": config["suite"], "audit": str(audit or store.root / "audit"),
+                                "perception": backend_name, "config": config}
+    if "understand" in caps:
+        findings["understanding"] = cache.stage("understanding", lambda: probe_understanding(gen, prompts))
+        findings["alignment"] = partial_alignment(results, findings["understanding"], seed=seed)
+    else:
+        notes.append("the model answers no questions: no understanding probe, no partial alignment")
+    if "tokenize" in caps and labelled_images is not None:
+        backend = perception.load(backend_name)
+        findings["tokenizer"] = {"labelled": labelled, **cache.stage("tokenizer", lambda: {
+            "round_trip": round_trip(gen, labelled_images, backend, batch_size, seed=seed,
+                                     progress=lambda d, t: tick("tokenizer round trip", d, t)),
+            "probes": vision_probes(gen, labelled_images, batch_size, seed=seed)})}
+    else:
+        notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if "tokenize" not in caps
+                                                      else "give labelled images with --labelled"))
+    if all(hasattr(gen, h) for h in lm_audit.HOOKS):
+        findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache, tick)
+    else:
+        notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
+    findings["verdicts"] = verdicts(findings)
+    findings["notes"] = notes
+    findings["seconds"] = round(time.time() - started, 1)  # this invocation's wall time (a resume reuses work)
+    store.write_json("findings.json", findings)
+    render_locate(store.root, findings)
+    store.finish()
+    return findings
+
+
+def _lm_stage(gen: Any, prompts: Sequence[Prompt], results: dict[str, Any], sequences: int, seed: int,
+              cache: StageCache, tick: Progress) -> dict[str, Any]:
+    shares, majority = _audit_shares(results), _majorities(results)
+    measured = []
+    for i, p in enumerate(prompts):
+        measured.append(cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed)))
+        tick("language-model audit", i + 1, len(prompts))
+    controlled = lm_audit.summarise(prompts, measured, majority, seed=seed)
+    hidden = cache.stage("hidden_probe", lambda: lm_audit.hidden_probe(gen, prompts, shares))
+    return {"controlled": controlled, "hidden_probe": hidden}

@@ -1,0 +1,136 @@
+"""The balanced preference loss (fix/loss.py): values by hand, gradients, the K-group form, and pairing."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fairgen.fix.batches import BatchPlan
+from fairgen.fix.data import COLUMNS, BalancedSet
+from fairgen.fix.loss import bpo_loss, combined_loss, log_odds, pair_loss, same_prompt_pairs, sft_loss
+from fairgen.types import ATTRIBUTES
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_log_odds_by_hand_and_stable() -> None:
+    p = torch.tensor([0.5, 0.25, 0.9, 1e-30], dtype=torch.float64)
+    expected = [0.0, math.log(1 / 3), math.log(9), math.log(1e-30)]
+    assert torch.allclose(log_odds(p.log()), torch.tensor(expected, dtype=torch.float64))
+    # Near p = 1 a naive log(p) - log(1 - p) loses everything to rounding; expm1 keeps it.
+    tiny = torch.tensor([-1e-5], dtype=torch.float32)
+    assert torch.isfinite(log_odds(tiny)).all()
+    assert abs(log_odds(tiny).item() - math.log((1 - 1e-5) / 1e-5)) < 1e-3
+
+
+def test_pair_loss_by_hand() -> None:
+    # p_i = 0.5 (odds 0), p_j = 0.25 (log-odds log(1/3)): sigma(log 3) = 0.75, loss = log(1 + 0.25^2).
+    loss = pair_loss(torch.tensor(math.log(0.5)), torch.tensor(math.log(0.25)))
+    assert loss.item() == pytest.approx(math.log(1 + 0.25**2), rel=1e-6)
+    # mean per-token log-probs of -2.0 and -2.5: by hand through the formula
+    oi, oj = -2.0 - math.log(1 - math.exp(-2.0)), -2.5 - math.log(1 - math.exp(-2.5))
+    want = math.log(1 + (_sigmoid(oi - oj) - 0.5) ** 2)
+    assert pair_loss(torch.tensor(-2.0, dtype=torch.float64), torch.tensor(-2.5, dtype=torch.float64)).item() == pytest.approx(want)
+    # symmetric, and bounded by log(1 + 1/4)
+    a, b = torch.tensor(-1.0), torch.tensor(-30.0)
+    assert pair_loss(a, b).item() == pytest.approx(pair_loss(b, a).item())
+    assert pair_loss(a, b).item() < math.log(1.25)
+
+
+def test_zero_loss_and_zero_gradient_at_balance() -> None:
+    logp = torch.full((4,), -3.2, requires_grad=True)
+    loss = bpo_loss(logp, torch.zeros(4, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logp.grad, torch.zeros(4))
+
+
+def test_gradient_pushes_the_likelier_group_down() -> None:
+    logp = torch.tensor([-2.0, -3.0], requires_grad=True)  # group 0 likelier
+    bpo_loss(logp, torch.tensor([0, 0])).backward()
+    assert logp.grad[0] > 0 > logp.grad[1]  # descent lowers group 0 and raises group 1
+    # and a gradient step shrinks the gap
+    with torch.no_grad():
+        stepped = logp - 10.0 * logp.grad
+    assert (stepped[0] - stepped[1]).abs() < 1.0
+
+
+def test_k2_of_the_k_group_form_equals_the_pair_form() -> None:
+    a, b = torch.tensor(-1.7), torch.tensor(-2.9)
+    k_form = bpo_loss(torch.stack([a, b]), torch.tensor([3, 3]))
+    assert k_form.item() == pytest.approx(pair_loss(a, b).item(), rel=1e-6)
+
+
+def test_k_groups_average_all_pairs_and_sets_weigh_equally() -> None:
+    logp = torch.tensor([-1.0, -2.0, -3.0, -4.0, -2.0, -2.5])
+    prompt = torch.tensor([0, 0, 0, 0, 1, 1])
+    race_pairs = [pair_loss(logp[i], logp[j]) for i in range(4) for j in range(i + 1, 4)]
+    want = (torch.stack(race_pairs).mean() + pair_loss(logp[4], logp[5])) / 2
+    assert bpo_loss(logp, prompt).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_pairs_never_cross_prompts_or_attributes() -> None:
+    prompt = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0, 0, 0])
+    attribute = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    group = torch.tensor([0, 1, 0, 1, 2, 3, 0, 1, 2, 3])
+    i, j = same_prompt_pairs(prompt, attribute, group)
+    assert len(i) == 1 + 6 + 6
+    assert bool((prompt[i] == prompt[j]).all() and (attribute[i] == attribute[j]).all())
+    # a set holding a group twice is a broken batch, refused
+    with pytest.raises(ValueError, match="two images of one group"):
+        same_prompt_pairs(torch.tensor([0, 0]), None, torch.tensor([1, 1]))
+    # a single image has no pair: loss 0, and backward() still runs
+    lone = torch.tensor([-1.0], requires_grad=True)
+    bpo_loss(lone, torch.tensor([0])).backward()
+
+
+def test_sft_and_combined() -> None:
+    logp = torch.tensor([-1.0, -3.0])
+    assert sft_loss(logp).item() == 2.0
+    out = combined_loss(logp, torch.tensor([0, 0]), None, torch.tensor([0, 1]), alpha=0.5, beta=2.0)
+    assert out["loss"].item() == pytest.approx(0.5 * 2.0 + 2.0 * pair_loss(logp[0], logp[1]).item())
+
+
+def _toy_set(tmp_path, n_prompts: int = 5, per_group: int = 3) -> BalancedSet:
+    """A balanced set on disk with both attributes: every prompt, every group, per_group images."""
+    rows = []
+    for p in range(n_prompts):
+        for attr in ("gender", "race"):
+            for g in ATTRIBUTES[attr]:
+                for k in range(per_group):
+                    path = tmp_path / f"{p}-{g}-{k}.png"
+                    Image.new("RGB", (8, 8), (p * 40, k * 60, len(g) * 20)).save(path)
+                    rows.append({"prompt": f"a {g} c{p}", "neutral_prompt": f"a c{p}", "prompt_id": f"c{p}",
+                                 "attribute": attr, "group": g, "sample": k, "image": path.name})
+    # shuffled on purpose: the plan must not rely on the file's row order
+    frame = pd.DataFrame(rows, columns=list(COLUMNS)).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    return BalancedSet(tmp_path, frame, {})
+
+
+def test_batches_are_prompt_major_and_every_pair_shares_its_prompt(tmp_path) -> None:
+    plan = BatchPlan(_toy_set(tmp_path), units_per_batch=4, seed=0)
+    attrs = list(ATTRIBUTES)
+    for step in range(10):
+        batch = plan.draw(stage=1, step=step)
+        rows = plan.frame.iloc[batch.rows]
+        # each row is what its indices claim: its prompt, attribute and group
+        assert rows["prompt_id"].tolist() == batch.prompt_ids
+        assert rows["attribute"].tolist() == [attrs[a] for a in batch.attribute_index.tolist()]
+        assert rows["group"].tolist() == [ATTRIBUTES[attrs[a]][g] for a, g in
+                                          zip(batch.attribute_index.tolist(), batch.group_index.tolist())]
+        i, j = same_prompt_pairs(batch.prompt_index, batch.attribute_index, batch.group_index)
+        assert len(i) > 0
+        for a, b in zip(i.tolist(), j.tolist()):
+            assert batch.prompt_ids[a] == batch.prompt_ids[b] and batch.prompts[a] == batch.prompts[b]
+        # four distinct (prompt, attribute) units, each with every group of its attribute once
+        units = list(zip(batch.prompt_index.tolist(), batch.attribute_index.tolist()))
+        assert len(set(units)) == 4
+        assert len(units) == sum(len(ATTRIBUTES[attrs[a]]) for _, a in set(units))
+    assert plan.draw(1, 3).rows == plan.draw(1, 3).rows  # deterministic in (stage, step): resumes draw alike
+    assert plan.draw(1, 3).rows != plan.draw(2, 3).rows

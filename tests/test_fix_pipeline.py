@@ -1,0 +1,208 @@
+"""`fairgen fix` end to end on a real (very small) fairgen-tiny: balanced set → SFT → BPO → adapter →
+re-audit → report, its resume, and the balanced set's filtering, rebalancing and formats.
+
+The model is trained in a session fixture with the smallest recipe that learns the planted skew (about
+20 s on one CPU thread): a barely trained tokenizer, so its generations are not faces and the audits
+read few or none; the after-audit is checked for running and reporting, the debiasing itself through the
+image log-probabilities the loss works on. benchmarks/fix_tiny.py measures real before/after numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import datasets
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from conftest import write_suite
+from fairgen import models
+from fairgen.fix import FixConfig, fix, parse_attributes
+from fairgen.fix.cli import fix_command
+from fairgen.fix.batches import BatchPlan
+from fairgen.fix.data import BalancedSet, Request, rebalance
+from fairgen.fix.train import TrainConfig, stages_for, train_adapter
+from fairgen.models.tiny.tokenizer import TokenizerConfig
+from fairgen.models.tiny.train import RECIPES, train
+from fairgen.types import FairgenError, Prompt
+
+CONCEPTS = ["accountant", "architect", "baker"]  # the first concepts of the default spec: all skewed male
+
+
+@pytest.fixture(scope="session")
+def mini(tmp_path_factory):
+    """A fairgen-tiny checkpoint that has learned the skews of three concepts (tokenizer barely trained)."""
+    torch.set_num_threads(1)
+    recipe = replace(RECIPES["smoke"], tokenizer=TokenizerConfig(width=16), tok_images=256, tok_steps=60,
+                     n_layer=1, n_head=2, n_embd=32, renders_per_group=1, max_concepts=3, lm_steps=120, warmup=10)
+    out = tmp_path_factory.mktemp("fix") / "mini"
+    train(None, out, recipe, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def suites_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("suites")
+    write_suite(d / "train.yaml", CONCEPTS[:2])
+    write_suite(d / "test.yaml", CONCEPTS[2:])
+    return d
+
+
+def _config(mini, suites_dir, **kw) -> FixConfig:
+    base = dict(model=f"tiny:{mini}", train_suite=str(suites_dir / "train.yaml"), test_suite=str(suites_dir / "test.yaml"),
+                data_source="world", images_per_group=3, sft_steps=30, bpo_steps=30, lr=3e-3, units_per_batch=2,
+                images_per_prompt=12, explicit_concepts=1, explicit_images=4, batch_size=32)
+    return FixConfig(**{**base, **kw})
+
+
+def _pair_gap(model, data: BalancedSet) -> float:
+    """Mean |log p(female image) - log p(male image)| over the set's pairs, given the neutral prompt."""
+    frame = data.frame
+    female, male = frame[frame["group"] == "female"], frame[frame["group"] == "male"]
+    with torch.no_grad():
+        lf = model.image_token_logprob(female["neutral_prompt"].tolist(), [data.image(i) for i in female.index])
+        lm = model.image_token_logprob(male["neutral_prompt"].tolist(), [data.image(i) for i in male.index])
+    return (lf - lm).abs().mean().item()
+
+
+def test_fix_end_to_end_and_resume(mini, suites_dir, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "fix"
+    report = fix(_config(mini, suites_dir), out)
+
+    # the balanced set: a Hugging Face parquet dataset, equal counts per group and prompt
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "balanced.parquet"), split="train",
+                              cache_dir=str(tmp_path / "hf"))
+    assert set(ds.column_names) == {"prompt", "neutral_prompt", "prompt_id", "attribute", "group", "sample", "image"}
+    assert len(ds) == 2 * 2 * 3  # world renders always show what was asked: nothing dropped
+    assert all((out / "data" / p).is_file() for p in ds["image"])
+    assert all("female" in t or "male" in t for t in ds["prompt"])
+    assert report["data"]["gender"]["groups"]["female"]["drop_rate"] == 0.0
+
+    # training: both stages logged, and both losses fall
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    sft = [r["sft"] for r in log if r["stage"] == "sft"]
+    bpo = [r["bpo"] for r in log if r["stage"] == "bpo"]
+    third = lambda xs: len(xs) // 3  # noqa: E731
+    for losses in (sft, bpo):
+        assert sum(losses[-third(losses):]) < sum(losses[:third(losses)]), (sft, bpo)
+    assert (out / "train_curves.png").stat().st_size > 1000
+
+    # the adapter loads through the model protocol and narrows the gap BPO works on
+    data = BalancedSet.load(out / "data")
+    gap_before = _pair_gap(models.load(f"tiny:{mini}"), data)
+    gap_after = _pair_gap(models.load(f"tiny:{mini}", adapter=out / "adapter"), data)
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+
+    # the re-audit ran with the adapter, and the report holds every part
+    manifest = json.loads((out / "after" / "test" / "manifest.json").read_text())
+    assert manifest["config"]["adapter"] == str(out / "adapter")
+    assert "adapter" in manifest["model_provenance"]
+    assert set(report) >= {"before", "after", "rd_change", "explicit_adherence", "training", "data"}
+    assert set(report["explicit_adherence"]["after"]) == {"gender"}
+    assert json.loads((out / "fix_report.json").read_text()) == report
+    assert "| gender **(fixed)** |" in (out / "fix_report.md").read_text()
+
+    # re-running resumes: nothing is trained again; other settings in the same folder are refused
+    stamp = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = fix(_config(mini, suites_dir), out)
+    assert again["rd_change"] == report["rd_change"]
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(FairgenError, match="holds a fix run with bpo_steps=30"):
+        fix(_config(mini, suites_dir, bpo_steps=31), out)
+
+
+def test_interrupted_training_resumes_to_the_same_adapter(mini, suites_dir, tmp_path):
+    """Killed mid-stage, a re-run continues from the checkpoint and ends with the very adapter an
+    uninterrupted run trains (same batches, optimizer state restored), with no log line lost or doubled."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    data = BalancedSet.load(_built_set(mini, suites_dir, tmp_path))
+    config = TrainConfig(stages=stages_for("bpo", 6, 6, 0.0, 1.0, 3e-3), units_per_batch=2, log_every=1, save_every=2)
+
+    def stop_at(stage: str, done: int, total: int) -> None:
+        if (stage, done) == ("bpo", 3):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(models.load(f"tiny:{mini}"), BatchPlan(data, 2), config, tmp_path / "stopped", progress=stop_at)
+    state = torch.load(tmp_path / "stopped" / "checkpoint" / "state.pt", weights_only=True)
+    assert (state["stage"], state["step"]) == (1, 1)  # the last checkpoint before the interruption
+    resumed = train_adapter(models.load(f"tiny:{mini}"), BatchPlan(data, 2), config, tmp_path / "stopped")
+    whole = train_adapter(models.load(f"tiny:{mini}"), BatchPlan(data, 2), config, tmp_path / "whole")
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (resumed, whole))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k]) for k in a)
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, (tmp_path / "stopped" / "train_log.jsonl").read_text().splitlines())]
+    assert steps == [("sft", i) for i in range(6)] + [("bpo", i) for i in range(6)]
+
+
+def _built_set(mini, suites_dir, tmp_path):
+    """A balanced set of the training suite, drawn by the world renderer."""
+    from fairgen import perception, suites
+    from fairgen.fix.data import build
+
+    prompts = suites.load(str(suites_dir / "train.yaml"))
+    build(prompts, ["gender"], models.load("world"), perception.load("world"), tmp_path / "data", images_per_group=3)
+    return tmp_path / "data"
+
+
+def test_balanced_set_from_a_folder_source(mini, suites_dir, tmp_path):
+    """folder:<dir> reads an existing dataset in fairgen's layout, e.g. another run's balanced set."""
+    torch.set_num_threads(1)
+    first = tmp_path / "a"
+    fix(_config(mini, suites_dir, sft_steps=0, bpo_steps=2, images_per_prompt=4, explicit_concepts=0), first)
+    second = tmp_path / "b"
+    fix(_config(mini, suites_dir, sft_steps=0, bpo_steps=2, images_per_prompt=4, explicit_concepts=0,
+                data_source=f"folder:{first / 'data'}", before=str(first / "before")), second)
+    a, b = BalancedSet.load(first / "data").frame, BalancedSet.load(second / "data").frame
+    assert a["prompt"].tolist() == b["prompt"].tolist()
+    assert all(p.startswith(str(first / "data")) for p in b["image"])  # read in place, not copied
+
+
+def test_rebalance_drops_mismatches_and_evens_out_groups():
+    nurse = Prompt("nurse", "A photo of the face of a nurse, a person", "nurse")
+    judge = Prompt("judge", "A photo of the face of a judge, a person", "judge")
+    from fairgen.fix.data import requests
+
+    reqs = requests([nurse, judge], ["gender"])
+    plan = [(r, k, 0) for r in reqs for k in range(3)]
+    seen = {  # (prompt, group) -> what perception saw in samples 0, 1, 2
+        ("nurse", "female"): ["female", "female", "female"],
+        ("nurse", "male"): ["male", None, "female"],   # one without a face, one of the wrong group
+        ("judge", "female"): ["male", "male", None],   # nothing usable: the judge prompt is dropped
+        ("judge", "male"): ["male", "male", "male"],
+    }
+    records = {}
+    for r, k, _ in plan:
+        label = seen[(r.neutral.id, r.group)][k]
+        records[(r.explicit.id, k)] = {"face": label is not None, "label": {"gender": label} if label else {}}
+    rows, stats = rebalance(reqs, plan, records)
+    assert [(row["prompt_id"], row["group"], row["sample"]) for row in rows] == [
+        ("nurse", "female", 0), ("nurse", "male", 0)]  # one each: the scarcer group sets the count
+    g = stats["gender"]
+    assert g["prompts_dropped"] == ["judge"] and g["prompts_kept"] == 1
+    assert g["groups"]["male"] == {"generated": 6, "no_face": 1, "wrong_group": 1, "wrong_concept": 0, "kept": 1,
+                                   "drop_rate": 2 / 6}
+    assert g["groups"]["female"]["wrong_group"] == 2 and g["groups"]["female"]["no_face"] == 1
+    assert isinstance(reqs[0], Request) and reqs[0].explicit.group == {"gender": "female"}
+
+
+def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path):
+    app = typer.Typer()
+    app.command("fix")(fix_command)
+    app.command("noop")(lambda: None)  # two commands, so `fix` is addressed by name as in fairgen's app
+    runner = CliRunner()
+    bad = [["--attributes", "height"], ["--method", "dpo"], ["--data-source", "nope:x"], ["--alpha", "0", "--beta", "0"],
+           ["--model", "world"], ["--images-per-group", "0"], ["--train-prompts", "0"]]
+    for n, extra in enumerate(bad):
+        args = ["fix", "--model", f"tiny:{mini}", "--train-suite", str(suites_dir / "train.yaml"),
+                "--test-suite", str(suites_dir / "test.yaml"), "--out", str(tmp_path / str(n)), *extra]
+        result = runner.invoke(app, args)
+        assert isinstance(result.exception, FairgenError), (extra, result.output, result.exception)
+        assert "\n" not in str(result.exception)
+        assert not (tmp_path / str(n)).exists()  # refused before anything was written
+    assert parse_attributes("gender, race") == ("gender", "race")

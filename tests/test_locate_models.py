@@ -1,0 +1,112 @@
+"""The locate hooks and probes on real architectures: a random fairgen-tiny, and tiny random Janus and Emu3
+checkpoints built offline (numbers meaningless, code paths real)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fairgen import models, perception
+from fairgen.labelled import labelled_set
+from fairgen.locate import hidden_probe, measure_prompt, round_trip, summarise, vision_probes
+from fairgen.locate.lm_audit import sequence_js
+from fairgen.models.tiny import TinyModel
+from fairgen.models.tiny.model import LMConfig, TinyLM
+from fairgen.models.tiny.text import Vocab
+from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
+from fairgen.types import Prompt
+from test_models_checkpoints import emu3_dir, janus_dir  # noqa: F401  (session fixtures)
+
+PROMPTS = [Prompt("nurse", "A photo of the face of a nurse, a person", "nurse"),
+           Prompt("judge", "A photo of the face of a judge, a person", "judge")]
+
+
+def random_tiny(seed: int = 0) -> TinyModel:
+    """Untrained fairgen-tiny with small dims."""
+    torch.manual_seed(seed)
+    tok = VisionTokenizer(TokenizerConfig(width=16))
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
+    lm = TinyLM(LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32))
+    return TinyModel(tok, lm)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyModel:
+    torch.set_num_threads(1)
+    return random_tiny()
+
+
+@pytest.fixture(scope="module")
+def janus(janus_dir):  # noqa: F811
+    torch.set_num_threads(1)
+    return models.load(f"janus:{janus_dir}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def emu3(emu3_dir):  # noqa: F811
+    torch.set_num_threads(1)
+    return models.load(f"emu3:{emu3_dir}", device="cpu", image_area=32 * 32)  # a 4x4 code grid
+
+
+def _head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The image-code logits each family computes from a final hidden state."""
+    if isinstance(model, TinyModel):
+        off, n = model.vocab.image_offset, model.vocab.n_codes
+        return F.linear(hidden, model.lm.wte.weight)[:, off:off + n]
+    if model.spec.startswith("janus"):
+        return model.hf.model.generation_head(hidden.to(model.device))
+    return model._visual_logits(hidden.to(model.device))
+
+
+@pytest.mark.parametrize("name", ["tiny", "janus", "emu3"])
+def test_lm_hooks_agree_with_generation_and_scoring(name, request) -> None:
+    """generate_tokens is what generate decodes; image_token_logits scores what token_logprob scores; the
+    image-start hidden state gives the first code's logits."""
+    model = request.getfixturevalue(name)
+    codes = model.generate_tokens(PROMPTS, [3, 4], cfg=1.0, temperature=1.0)
+    images = model.generate(PROMPTS, [3, 4], cfg=1.0, temperature=1.0)
+    assert np.array_equal(np.asarray(images[0]), np.asarray(model.decode_tokens(codes[:1])[0]))
+    with torch.no_grad():
+        logits = model.image_token_logits(PROMPTS, codes)
+        mean_logp = torch.log_softmax(logits, -1).gather(-1, codes.to(logits.device)[..., None]).squeeze(-1).mean(-1)
+        scored = model.image_token_logprob(PROMPTS, codes) if name == "tiny" else model.token_logprob(PROMPTS, codes)
+    assert logits.shape[:2] == codes.shape and logits.dtype == torch.float32
+    assert torch.allclose(mean_logp, scored, atol=1e-5)
+    hidden = model.image_start_hidden(PROMPTS)
+    assert hidden.shape[0] == 2 and hidden.dim() == 2
+    with torch.no_grad():
+        assert torch.allclose(_head(model, hidden).float().cpu(), logits[:, 0].cpu(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny", "janus", "emu3"])
+def test_probes_and_lm_audit_run_end_to_end(name, request) -> None:
+    model = request.getfixturevalue(name)
+    labelled = labelled_set("world:32")
+    probes = vision_probes(model, labelled, batch_size=16)
+    assert set(probes) == {"tokenizer", "understanding"}
+    for path in probes:
+        acc = probes[path]["gender"]["balanced_accuracy"]
+        assert probes[path]["features"] > 0 and 0.0 <= acc <= 1.0
+    assert set(probes["tokenizer"]["race"]["accuracy"]) == {"white", "black", "asian", "indian"}
+    rt = round_trip(model, labelled_set("world:16"), perception.load("world"), batch_size=8, replicates=50)
+    assert rt["n_images"] == 16
+    measured = [measure_prompt(model, p, sequences=2, seed=1) for p in PROMPTS]
+    assert np.array(measured[0]["race"]["js_seq"]).shape == (4, 4)
+    majority = {"nurse": {"gender": "female", "race": "white"}}
+    controlled = summarise(PROMPTS, measured, majority, replicates=50)
+    s = controlled["gender"]["summary"]
+    assert s["n_prompts"] == 1 and s["hit_rate"] in (0.0, 1.0) and s["contrast_ci95"][0] <= s["contrast_ci95"][1]
+    assert controlled["race"]["prompts"][1]["hit"] is None  # no audit majority: not scored
+    probe = hidden_probe(model, PROMPTS, {"nurse": {"gender": {"female": 0.9, "male": 0.1}}})
+    assert probe["gender"]["n_variants"] == 2 * 10 and probe["gender"]["agreement"] in (0.0, 1.0)
+    assert sum(probe["race"]["prompts"][0]["probe_shares"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_teacher_forced_js_is_zero_for_the_same_prompt(tiny) -> None:
+    codes = tiny.generate_tokens(PROMPTS[:1] * 3, [0, 1, 2])
+    same = sequence_js(tiny, PROMPTS[0], PROMPTS[0], codes)
+    other = sequence_js(tiny, PROMPTS[0], PROMPTS[1], codes)
+    assert same.shape == (3,) and np.allclose(same, 0.0, atol=1e-6)
+    assert (other > 10 * np.abs(same).max()).all() and (other <= 1.0).all()
