@@ -3,8 +3,9 @@
     python benchmarks/fix_tiny.py --out runs/fix_tiny                       # the packaged `tiny` model
     python benchmarks/fix_tiny.py --out runs/fix_tiny --train-checkpoint    # a reduced CPU checkpoint (below)
 
-Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (alpha 0,
-beta 1), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
+Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (beta 1,
+alpha 1 by default: with the paper's alpha 0 the reduced checkpoint's generation collapsed), a balanced
+set drawn by the world renderer, LoRA on the language model. The before audits are
 shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
 race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
 prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
@@ -68,37 +69,44 @@ def train_checkpoint(out: Path, train_prompts: int, tokenizer_from: str | None) 
 
 
 def run(model: str, out: Path, images_per_prompt: int, train_prompts: int | None, settings: list[str],
-        steps: tuple[int, int]) -> dict:
+        steps: tuple[int, int], alpha: float, lr: float) -> dict:
     """Every setting's fix run; returns {setting: fix_report}."""
     reports = {}
     for name in settings:
         config = FixConfig(model=model, attributes=SETTINGS[name], method="bpo", data_source="world",
                            images_per_group=4, train_prompts=train_prompts, sft_steps=steps[0], bpo_steps=steps[1],
-                           images_per_prompt=images_per_prompt, before=str(out / "before"))
+                           alpha=alpha, beta=1.0, lr=lr, images_per_prompt=images_per_prompt,
+                           before=str(out / "before"))
         started = time.time()
         reports[name] = fix(config, out / name)
         print(f"{name}: {time.time() - started:.0f} s")
     return reports
 
 
+def _f(x: float | None, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
 def table(reports: dict) -> tuple[str, dict]:
     """The markdown table and the pass/fail verdicts."""
-    lines = ["| setting | attribute | rd before | rd after | change | target | fidelity Δ (pts) | explicit after | pass |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | attribute | rd before | rd after | change | target | face rate | fidelity Δ (pts) "
+             "| explicit before → after | pass |", "| --- " * 10 + "|"]
     verdicts = {}
     for name, rep in reports.items():
         fid = rep["fidelity_change_points"]
-        explicit = rep["explicit_adherence"]["after"]
+        explicit = rep["explicit_adherence"]
+        faces = f"{_f(rep['before']['face_rate'])} → {_f(rep['after']['face_rate'])}"
         for attr in SETTINGS[name]:
-            ch = rep["rd_change"][attr]
+            ch = rep["rd_change"].get(attr, {"before": None, "after": None, "relative": None})
             target = TARGETS[(name, attr)]
             ok = (ch["relative"] is not None and -ch["relative"] >= target
                   and (fid is None or fid >= -MAX_FIDELITY_DROP_POINTS)
-                  and all(v is not None and v >= MIN_EXPLICIT for v in explicit.values()))
+                  and all(v is not None and v >= MIN_EXPLICIT for v in explicit["after"].values()))
             verdicts[f"{name}/{attr}"] = ok
-            lines.append(f"| {name} | {attr} | {ch['before']:.3f} | {ch['after']:.3f} | {100 * ch['relative']:+.1f}% | "
-                         f"-{100 * target:.0f}% | {fid:+.1f} | "
-                         + ", ".join(f"{a} {v:.3f}" for a, v in explicit.items()) + f" | {'yes' if ok else 'NO'} |")
+            adherence = ", ".join(f"{a} {_f(explicit['before'].get(a))} → {_f(v)}" for a, v in explicit["after"].items())
+            change = "–" if ch["relative"] is None else f"{100 * ch['relative']:+.1f}%"
+            lines.append(f"| {name} | {attr} | {_f(ch['before'])} | {_f(ch['after'])} | {change} | -{100 * target:.0f}% "
+                         f"| {faces} | {_f(fid, '+.1f')} | {adherence} | {'yes' if ok else 'NO'} |")
     return "\n".join(lines) + "\n", verdicts
 
 
@@ -110,8 +118,10 @@ def main() -> None:
     parser.add_argument("--tokenizer-from", default=None, help="with --train-checkpoint: reuse this checkpoint's tokenizer")
     parser.add_argument("--images-per-prompt", type=int, default=160)
     parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: all; 100 with --train-checkpoint)")
-    parser.add_argument("--sft-steps", type=int, default=200)
-    parser.add_argument("--bpo-steps", type=int, default=200)
+    parser.add_argument("--sft-steps", type=int, default=100)
+    parser.add_argument("--bpo-steps", type=int, default=100)
+    parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--settings", default="gender,race,mix")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
@@ -122,7 +132,7 @@ def main() -> None:
         train_prompts = train_prompts or 100
         model = train_checkpoint(args.out, train_prompts, args.tokenizer_from)
     reports = run(model, args.out, args.images_per_prompt, train_prompts, args.settings.split(","),
-                  (args.sft_steps, args.bpo_steps))
+                  (args.sft_steps, args.bpo_steps), args.alpha, args.lr)
     text, verdicts = table(reports)
     header = f"fairgen fix on {model}, occupations:test at {args.images_per_prompt} images per prompt\n\n"
     print(header + text)

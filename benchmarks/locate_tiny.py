@@ -69,7 +69,7 @@ def main() -> None:
         prompts = suites.load("occupations:test")[:6]
         for name, checkpoint in zip(("lm-biased", "tokenizer-biased"), pair):
             start = time.time()
-            findings = locate(f"tiny:{checkpoint}", prompts, args.out / name, images_per_prompt=32,
+            findings = locate(f"tiny:{checkpoint}", prompts, args.out / name, images_per_prompt=64,
                               labelled="world:400", sequences=16)
             rows.append(summarise(f"{name}, 6 occupations", findings, time.time() - start))
     (args.out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")

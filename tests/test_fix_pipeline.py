@@ -23,7 +23,7 @@ from fairgen import models
 from fairgen.fix import FixConfig, fix, parse_attributes
 from fairgen.fix.cli import fix_command
 from fairgen.fix.batches import BatchPlan
-from fairgen.fix.data import BalancedSet, Request, rebalance
+from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
 from fairgen.models.tiny.tokenizer import TokenizerConfig
 from fairgen.models.tiny.train import RECIPES, train
@@ -189,6 +189,12 @@ def test_rebalance_drops_mismatches_and_evens_out_groups():
                                    "drop_rate": 2 / 6}
     assert g["groups"]["female"]["wrong_group"] == 2 and g["groups"]["female"]["no_face"] == 1
     assert isinstance(reqs[0], Request) and reqs[0].explicit.group == {"gender": "female"}
+    # the concept cue is checked only on request (a model may draw the group right and the cue wrong)
+    from fairgen.world import concept_code
+
+    wrong = {"face": True, "label": {"gender": "female"}, "concept_read": concept_code("judge")}
+    assert mismatch(wrong, reqs[0]) is None and mismatch(wrong, reqs[0], check_concept=True) == "wrong_concept"
+    assert mismatch({**wrong, "concept_read": concept_code("nurse")}, reqs[0], check_concept=True) is None
 
 
 def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path):

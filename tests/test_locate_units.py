@@ -117,12 +117,12 @@ def test_verdict_rules_at_their_thresholds() -> None:
     assert (v["understanding"]["verdict"], v["tokenizer"]["verdict"], v["language_model"]["verdict"]) == \
         (NOT_BIASED, NOT_BIASED, BIASED)
     assert v["culprits"] == ["language_model"] and v["headline"].startswith("Bias located in: language model")
-    v = verdicts(_findings(0.10, [0.05, 0.2], [0.02, 0.049]))
+    v = verdicts(_findings(0.10, [0.05, 0.2], [0.02, 0.09]))
     assert (v["understanding"]["verdict"], v["tokenizer"]["verdict"], v["language_model"]["verdict"]) == \
         (BIASED, BIASED, NOT_BIASED)
-    v = verdicts(_findings(0.07, [0.03, 0.2], [0.03, 0.2], other=0.0))
+    v = verdicts(_findings(0.07, [0.03, 0.2], [0.05, 0.2], other=0.0))
     assert {v[c]["verdict"] for c in ("understanding", "tokenizer", "language_model")} == {INCONCLUSIVE}
-    assert verdicts(_findings(0.3, [0.0, 0.0], [0.0, 0.0], other=0.9))["understanding"]["verdict"] == INCONCLUSIVE
+    assert verdicts(_findings(0.3, [0.0, 0.0], [0.0, 0.0], other=0.3))["understanding"]["verdict"] == INCONCLUSIVE
     empty = verdicts({})
     assert empty["tokenizer"]["verdict"] == NOT_MEASURED and empty["headline"] == "No component found biased."
 
@@ -136,10 +136,12 @@ def test_a_tokenizer_that_loses_everyone_is_not_cleared() -> None:
 def test_only_prompts_skewed_beyond_chance_get_a_majority() -> None:
     from fairgen.locate.pipeline import _majorities
 
-    results = {"prompts": [
-        {"id": "skewed", "counts": {"gender": {"female": 150, "male": 10},
-                                    "race": {"white": 40, "black": 40, "asian": 40, "indian": 40}}},
-        {"id": "chance", "counts": {"gender": {"female": 86, "male": 74}}},  # rd 0.075, about its noise floor
-        {"id": "empty", "counts": {"gender": {"female": 0, "male": 0}}},
-    ]}
-    assert _majorities(results) == {"skewed": {"gender": "female"}}
+    def prompt(pid: str, female: int, male: int, low: float) -> dict:
+        return {"id": pid, "counts": {"gender": {"female": female, "male": male}}, "rd_ci95": {"gender": [low, 1.0]}}
+
+    skewed, chance = prompt("skewed", 150, 10, 0.8), prompt("chance", 86, 74, 0.0)  # rd 0.075: about its floor
+    wide = prompt("wide", 150, 10, 0.01)  # skewed point estimate, interval reaching the floor
+    empty = {"id": "empty", "counts": {"gender": {"female": 0, "male": 0}}}
+    assert _majorities({"prompts": [skewed, chance, wide, empty]}) == {"skewed": {"gender": "female"}}
+    # a suite whose images are not skewed on the whole has no majority anywhere
+    assert _majorities({"prompts": [prompt("s", 100, 60, 0.1)] + [prompt(f"c{i}", 80, 80, 0.0) for i in range(5)]}) == {}

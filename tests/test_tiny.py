@@ -4,6 +4,7 @@ on CPU, then the acceptance checks of issue 4 on it."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -18,9 +19,28 @@ from fairgen.models.tiny.train import RECIPES, train
 from fairgen.world import read, render
 
 
+@contextmanager
+def _one_thread():
+    """On a busy 2-core machine, two OpenMP threads waiting on each other made training and generation
+    5-10x slower (measured); one thread is at most 2x slower on an idle machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory) -> TinyModel:
-    return train(None, tmp_path_factory.mktemp("tiny") / "smoke", RECIPES["smoke"], seed=0)
+    with _one_thread():
+        return train(None, tmp_path_factory.mktemp("tiny") / "smoke", RECIPES["smoke"], seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with _one_thread():
+        yield
 
 
 def _losses(model: TinyModel, stage: str) -> list[float]:

@@ -21,6 +21,15 @@ from fairgen.types import FairgenError, Prompt
 from fairgen.world import render
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One thread, as in test_tiny.py: two OpenMP threads on a busy 2-core machine are far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def random_model() -> TinyModel:
     """Untrained, tiny dims: enough to test plumbing, padding and determinism."""

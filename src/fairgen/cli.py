@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .audit import DEFAULT_MODEL
 from .report.cli import compare_command, report_command
+from .fix.cli import fix_command
+from .locate.cli import locate_command
 from .models.tiny.cli import tiny_app
 from .suites.cli import suites_app
 from .types import FairgenError
@@ -26,6 +28,8 @@ app.add_typer(suites_app, name="suites")
 app.add_typer(tiny_app, name="tiny")
 app.command("report")(report_command)
 app.command("compare")(compare_command)
+app.command("locate")(locate_command)
+app.command("fix")(fix_command)
 console = Console(stderr=True)
 
 

@@ -24,8 +24,9 @@ class Batch:
     """N images of a batch, prompt-major: for each unit drawn, its groups in canonical order.
 
     rows: the rows of the set's frame; prompts: the neutral prompt texts (what the image log-probability
-    is conditioned on); prompt_ids their ids; images the PIL images; prompt_index / attribute_index / group_index: LongTensor[N], index
-    of the neutral prompt in the set, of the attribute in types.ATTRIBUTES, of the group in its attribute.
+    is conditioned on); prompt_ids their ids; images the PIL images; prompt_index, attribute_index,
+    group_index: LongTensor[N], index of the neutral prompt in the set, of the attribute in
+    types.ATTRIBUTES, of the group in its attribute.
     """
 
     rows: list[int]
@@ -53,7 +54,8 @@ class BatchPlan:
         for (pid, attr), part in frame.groupby(["prompt_id", "attribute"], sort=False):
             per_group = [part.index[part["group"] == g].to_numpy() for g in ATTRIBUTES[attr]]
             m = min(len(rows) for rows in per_group)  # equal after rebalancing; min keeps it safe anyway
-            self.units.append((self.prompt_number[pid], attrs.index(attr), np.stack([r[:m] for r in per_group])))
+            grid = np.stack([rows[:m] for rows in per_group])
+            self.units.append((self.prompt_number[pid], attrs.index(attr), grid))
         self.frame = frame
         self.units_per_batch = min(units_per_batch, len(self.units))
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from ..types import FairgenError
 
@@ -38,29 +39,36 @@ class _Bars:
 
 
 def fix_command(
-    model: str = typer.Option(..., help="Model spec to fix: tiny[:<dir>], janus:<id|dir>, emu3:<id|dir> (needs LoRA)."),
-    train_suite: str = typer.Option("occupations:train", "--train-suite", help="Suite NAME:split the balanced set is built from."),
+    model: str = typer.Option(..., help="Model spec to fix (needs LoRA): tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>."),
+    train_suite: str = typer.Option("occupations:train", "--train-suite",
+                                    help="Suite NAME:split the balanced set is built from."),
     test_suite: str = typer.Option("occupations:test", "--test-suite", help="Suite NAME:split audited before and after."),
-    attributes: str = typer.Option("gender", help="Attributes to balance: gender, race, or several ('gender,race' = mix)."),
+    attributes: str = typer.Option("gender", help="Attributes to balance: gender, race, or 'gender,race' (mix)."),
     method: str = typer.Option("bpo", help="bpo (stage 1 SFT, then stage 2 BPO) or sft (stage 1 only)."),
     out: Path = typer.Option(..., help="Fix run directory (re-run the same command to resume)."),
     data_source: str = typer.Option("model", "--data-source", help="Who draws the balanced set: model, world, "
                                     "diffusers:<id|dir> or folder:<dir> (<dir>/images/<explicit prompt id>/)."),
     perception: Optional[str] = typer.Option(None, help="Perception backend (default: world for tiny)."),
-    images_per_group: int = typer.Option(4, "--images-per-group", help="Balanced-set images per prompt and group, before filtering."),
-    train_prompts: Optional[int] = typer.Option(None, "--train-prompts", help="Use at most this many training prompts (evenly spread)."),
-    sft_steps: int = typer.Option(200, "--sft-steps", help="Stage 1 (SFT) steps; 0 skips it."),
-    bpo_steps: int = typer.Option(200, "--bpo-steps", help="Stage 2 steps (method bpo)."),
+    images_per_group: int = typer.Option(4, "--images-per-group",
+                                         help="Balanced-set images per prompt and group, before filtering."),
+    check_concept: bool = typer.Option(False, "--check-concept", help="Also drop balanced-set images whose "
+                                       "concept cue is not the prompt's (perception that reads one: world)."),
+    train_prompts: Optional[int] = typer.Option(None, "--train-prompts",
+                                                help="Use at most this many training prompts (evenly spread)."),
+    sft_steps: int = typer.Option(100, "--sft-steps", help="Stage 1 (SFT) steps; 0 skips it."),
+    bpo_steps: int = typer.Option(100, "--bpo-steps", help="Stage 2 steps (method bpo)."),
     alpha: float = typer.Option(0.0, help="Stage 2 weight of the SFT loss (paper: 0)."),
     beta: float = typer.Option(1.0, help="Stage 2 weight of the BPO loss (paper: 1)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate of the LoRA weights."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate of the LoRA weights."),
     rank: int = typer.Option(8, help="LoRA rank (LoRA alpha = 2 x rank)."),
-    units_per_batch: int = typer.Option(8, "--units-per-batch", help="Prompts per batch, each with one image of every group."),
+    units_per_batch: int = typer.Option(8, "--units-per-batch",
+                                        help="Prompts per batch, each with one image of every group."),
     images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per test prompt in the audits."),
-    explicit_concepts: int = typer.Option(5, "--explicit-concepts", help="Test prompts of the explicit-adherence check (0: none)."),
+    explicit_concepts: int = typer.Option(5, "--explicit-concepts",
+                                          help="Test prompts of the explicit-adherence check (0: none)."),
     explicit_images: int = typer.Option(32, "--explicit-images", help="Images per explicit prompt in that check."),
-    before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between fix runs "
-                                          "(default: OUT/before)."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between "
+                                          "fix runs (default: OUT/before)."),
     seed: int = typer.Option(0, help="Seed of images, batches and LoRA initialisation."),
     cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (generation)."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
@@ -83,8 +91,8 @@ def fix_command(
     config = FixConfig(
         model=model, train_suite=train_suite, test_suite=test_suite, attributes=parse_attributes(attributes),
         method=method, data_source=data_source, perception=perception, images_per_group=images_per_group,
-        train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps, alpha=alpha, beta=beta, lr=lr,
-        rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
+        check_concept=check_concept, train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps,
+        alpha=alpha, beta=beta, lr=lr, rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
         explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
         batch_size=batch_size, before=str(before) if before else None)
     bars = _Bars()

@@ -7,10 +7,10 @@ own, never their cross product), each group g of a gets `images_per_group` image
     model          the model being fixed
     world          the world renderer: the prompt's concept, the group as asked, the rest sampled
     diffusers:<id> a text-to-image pipeline;   folder:<dir>  images on disk (<dir>/images/<explicit id>/)
-Every image is perceived; one is dropped when no face is found, its label for a is not g, or (backends
-that read a concept cue) the cue is not x's concept. Then each (x, a) is rebalanced: every group keeps
-as many images as its scarcest group has left, so no group is over-represented; an (x, a) with a group
-left empty is dropped whole.
+Every image is perceived; one is dropped when no face is found, its label for a is not g, or (with
+check_concept, for backends that read a concept cue) the cue is not x's concept. Then each (x, a) is
+rebalanced: every group keeps as many images as its scarcest group has left, so no group is
+over-represented; an (x, a) with a group left empty is dropped whole.
 
 On disk (<dir> = the fix run's data/ folder; a run directory of store.py, so an interrupted build resumes
 and never redoes an image):
@@ -61,7 +61,8 @@ def requests(prompts: Sequence[Prompt], attributes: Sequence[str]) -> list[Reque
     for attr in attributes:
         if attr not in ATTRIBUTES:
             raise FairgenError(f"unknown attribute {attr!r} (known: {', '.join(ATTRIBUTES)})")
-    return [Request(p, a, g, suites.explicit(p, {a: g})) for p in prompts for a in attributes for g in ATTRIBUTES[a]]
+    return [Request(p, a, g, suites.explicit(p, {a: g}))
+            for p in prompts for a in attributes for g in ATTRIBUTES[a]]
 
 
 def spread(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
@@ -73,14 +74,15 @@ def spread(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
     return [prompts[int(i)] for i in np.linspace(0, len(prompts) - 1, limit).round()]
 
 
-def mismatch(seen: dict[str, Any], request: Request) -> str | None:
-    """Why a perceived image does not show what was asked (one of REASONS), or None when it does."""
+def mismatch(seen: dict[str, Any], request: Request, check_concept: bool = False) -> str | None:
+    """Why a perceived image does not show what was asked (one of REASONS), or None when it does.
+    check_concept: also require the concept cue, where the backend reads one, to be the prompt's."""
     if not seen["face"]:
         return "no_face"
     if seen["label"].get(request.attribute) != request.group:
         return "wrong_group"
     read = seen.get("concept_read")
-    if read is not None:
+    if check_concept and read is not None:
         from ..world import concept_matches
 
         if not concept_matches(read, request.neutral.concept):
@@ -123,7 +125,7 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
 
 def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedModel, backend: PerceptionBackend,
           out: str | Path, images_per_group: int = 4, seed: int = 0, sampling: dict[str, Any] | None = None,
-          batch_size: int = 64, progress: Progress | None = None) -> "BalancedSet":
+          batch_size: int = 64, check_concept: bool = False, progress: Progress | None = None) -> "BalancedSet":
     """Make (or finish, or reuse) the balanced set in `out`; see the module docstring. Returns it loaded."""
     if images_per_group < 1:
         raise FairgenError(f"--images-per-group must be >= 1 (got {images_per_group})")
@@ -141,7 +143,8 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
     if hasattr(source, "bind"):  # images on disk: match the folder to the explicit prompts
         source.bind([r.explicit for r in reqs])
     records = store.load_records()
-    plan = [(r, k, derive_seed(seed, r.explicit.id, k)) for r in reqs for k in range(_count(source, r, images_per_group))]
+    plan = [(r, k, derive_seed(seed, r.explicit.id, k))
+            for r in reqs for k in range(_count(source, r, images_per_group))]
     todo = [item for item in plan if (item[0].explicit.id, item[1]) not in records]
     done = len(plan) - len(todo)
     for start in range(0, len(todo), batch_size):
@@ -155,7 +158,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
         done += len(batch)
         if progress:
             progress(done, len(plan))
-    rows, stats = rebalance(reqs, plan, records)
+    rows, stats = rebalance(reqs, plan, records, check_concept)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     tmp = store.root / f".{PARQUET}.tmp"
     frame.to_parquet(tmp, index=False)
@@ -172,7 +175,8 @@ def _count(source: UnifiedModel, request: Request, wanted: int) -> int:
 
 
 def rebalance(reqs: Sequence[Request], plan: Sequence[tuple[Request, int, int]],
-              records: dict[tuple[str, int], dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              records: dict[tuple[str, int], dict[str, Any]], check_concept: bool = False
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Drop mismatches, then keep per (prompt, attribute) the same number of images for every group.
 
     Returns (rows of balanced.parquet, stats). stats: per attribute and group, images generated, dropped
@@ -185,7 +189,7 @@ def rebalance(reqs: Sequence[Request], plan: Sequence[tuple[Request, int, int]],
         rec = records[(r.explicit.id, k)]
         entry = stats[r.attribute]["groups"][r.group]
         entry["generated"] += 1
-        why = mismatch(rec, r)
+        why = mismatch(rec, r, check_concept)
         if why:
             entry[why] += 1
             continue

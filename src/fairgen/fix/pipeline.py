@@ -39,7 +39,8 @@ class FixConfig:
 
     attributes: the attributes to balance ("mix" when several); data_source: `model`, `world`, or a model
     spec (`diffusers:<id>`, `folder:<dir>`); perception: backend name (None: the model's default);
-    images_per_group: balanced-set images per (prompt, group) before filtering; train_prompts: use at most
+    images_per_group: balanced-set images per (prompt, group) before filtering; check_concept: also drop
+    images whose concept cue (world perception) is not the prompt's; train_prompts: use at most
     this many training prompts (evenly spread); steps, lr, rank, units_per_batch: training (train.py);
     alpha, beta: stage 2's weights of SFT and BPO; images_per_prompt: test-suite audits; explicit_concepts
     / explicit_images: the adherence check (test prompts, images per explicit prompt); before: folder of
@@ -53,12 +54,13 @@ class FixConfig:
     data_source: str = "model"
     perception: str | None = None
     images_per_group: int = 4
+    check_concept: bool = False
     train_prompts: int | None = None
-    sft_steps: int = 200
-    bpo_steps: int = 200
+    sft_steps: int = 100
+    bpo_steps: int = 100
     alpha: float = 0.0
     beta: float = 1.0
-    lr: float = 1e-3
+    lr: float = 3e-4
     rank: int = 8
     units_per_batch: int = 8
     images_per_prompt: int = 160
@@ -86,7 +88,8 @@ def parse_attributes(text: str) -> tuple[str, ...]:
 
 def _check(config: FixConfig, out: Path) -> None:
     """Refuse a configuration that cannot run, or that differs from the one already in `out`."""
-    for name in ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size"):
+    positive = ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size")
+    for name in positive:
         if getattr(config, name) < 1:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
     if config.explicit_concepts < 0:
@@ -133,7 +136,8 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
     tell = progress or (lambda task, done, total: None)
 
     data = balanced.build(train_prompts, config.attributes, source, backend, out / "data", config.images_per_group,
-                          config.seed, config.sampling, config.batch_size, lambda d, t: tell("balanced set", d, t))
+                          config.seed, config.sampling, config.batch_size, config.check_concept,
+                          lambda d, t: tell("balanced set", d, t))
     if data.frame.empty:
         raise FairgenError("the balanced set is empty: perception rejected every group of every prompt")
     explicit = fix_report.explicit_prompts(test_prompts, config.attributes, config.explicit_concepts)
@@ -146,15 +150,16 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
                      progress=lambda d, t: tell(name, d, t))
 
     before = run_audit("audit before", model, config.test_suite, config.images_per_prompt, before_dir / "test")
-    explicit_before = (run_audit("explicit before", model, explicit, config.explicit_images, before_dir / explicit_name)
-                       if explicit else None)
+    explicit_before = (run_audit("explicit before", model, explicit, config.explicit_images,
+                                 before_dir / explicit_name) if explicit else None)
 
     plan = BatchPlan(data, config.units_per_batch, config.seed)
-    adapter = train_adapter(model, plan, config.train_config(), out, progress=lambda s, d, t: tell(f"train {s}", d, t))
+    adapter = train_adapter(model, plan, config.train_config(), out,
+                            progress=lambda s, d, t: tell(f"train {s}", d, t))
     del model, source  # the after audits load the model afresh, with the adapter from disk
 
-    after = run_audit("audit after", config.model, config.test_suite, config.images_per_prompt, out / "after" / "test",
-                      adapter)
+    after = run_audit("audit after", config.model, config.test_suite, config.images_per_prompt,
+                      out / "after" / "test", adapter)
     explicit_after = (run_audit("explicit after", config.model, explicit, config.explicit_images,
                                 out / "after" / explicit_name, adapter) if explicit else None)
     training = fix_report.read_log(out / LOG)
@@ -162,7 +167,8 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
         {**_jsonable(config), "perception": backend.name, "train_prompts_used": len(train_prompts),
          "balanced_images": len(data.frame), "adapter": str(adapter)},
         data.stats,
-        fix_report.audit_summary(before.results, before.run_dir), fix_report.audit_summary(after.results, after.run_dir),
+        fix_report.audit_summary(before.results, before.run_dir),
+        fix_report.audit_summary(after.results, after.run_dir),
         fix_report.adherence(explicit_before.results, explicit) if explicit_before else {},
         fix_report.adherence(explicit_after.results, explicit) if explicit_after else {},
         training)

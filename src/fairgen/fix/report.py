@@ -59,16 +59,18 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     for attr in METRIC_ATTRIBUTES:
         b, a = before["rd"][attr], after["rd"][attr]
         if b and a:
-            change[attr] = {"before": b["mean"], "after": a["mean"], "relative": relative_change(b["mean"], a["mean"])}
+            change[attr] = {"before": b["mean"], "after": a["mean"],
+                            "relative": relative_change(b["mean"], a["mean"])}
     fb, fa = before.get("fidelity"), after.get("fidelity")
-    fidelity_points = 100 * (fa["value"] - fb["value"]) if fb and fa and None not in (fa["value"], fb["value"]) else None
+    measured = fb and fa and None not in (fa["value"], fb["value"])
+    fidelity_points = 100 * (fa["value"] - fb["value"]) if measured else None
     stages = {}
     for line in training:
         entry = stages.setdefault(line["stage"], {"first": line, "last": line})
         entry["last"] = line
-    curves = {name: {"steps": e["last"]["step"] + 1, "loss_first": e["first"]["loss"], "loss_last": e["last"]["loss"],
-                     "sft_first": e["first"]["sft"], "sft_last": e["last"]["sft"],
-                     "bpo_first": e["first"]["bpo"], "bpo_last": e["last"]["bpo"]} for name, e in stages.items()}
+    curves = {name: {"steps": e["last"]["step"] + 1,
+                     **{f"{k}_first": e["first"][k] for k in ("loss", "sft", "bpo")},
+                     **{f"{k}_last": e["last"][k] for k in ("loss", "sft", "bpo")}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
             "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)}}
@@ -90,8 +92,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     """fix_report.md: the before/after table and the data and training summaries."""
     c = report["config"]
     lines = [f"# fairgen fix: {c['model']} ({c['method']}, attributes {', '.join(c['attributes'])})", "",
-             f"Trained on {c['train_suite']}, audited on {c['test_suite']} at {report['after']['images_per_prompt']} "
-             "images per prompt.", "",
+             f"Trained on {c['train_suite']}, audited on {c['test_suite']} at "
+             f"{report['after']['images_per_prompt']} images per prompt.", "",
              "| attribute | rd before [95% CI] | rd after [95% CI] | change | noise floor |",
              "| --- | --- | --- | --- | --- |"]
     for attr in METRIC_ATTRIBUTES:
@@ -116,11 +118,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         for g, e in block["groups"].items():
             dropped = e["generated"] - e["kept"]
             lines.append(f"| {attr} | {g} | {e['generated']} | {dropped} | {_f(e['drop_rate'])} | {e['kept']} |")
-        lines.append(f"| {attr} | prompts kept / dropped | {block['prompts_kept']} / {len(block['prompts_dropped'])} | | | |")
-    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |", "| --- | --- | --- | --- | --- |"]
+        kept, dropped = block["prompts_kept"], len(block["prompts_dropped"])
+        lines.append(f"| {attr} | prompts kept / dropped | {kept} / {dropped} | | | |")
+    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |",
+              "| --- | --- | --- | --- | --- |"]
     for name, t in report["training"].items():
         lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
-                     f"{_f(t['sft_first'], 4)} → {_f(t['sft_last'], 4)} | {_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |")
+                     f"{_f(t['sft_first'], 4)} → {_f(t['sft_last'], 4)} | "
+                     f"{_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +157,8 @@ def explicit_prompts(test_prompts: Sequence[Prompt], attributes: Sequence[str], 
     chosen attribute."""
     from .. import suites
 
-    return [suites.explicit(p, {a: g}) for p in test_prompts[:n_concepts] for a in attributes for g in ATTRIBUTES[a]]
+    return [suites.explicit(p, {a: g})
+            for p in test_prompts[:n_concepts] for a in attributes for g in ATTRIBUTES[a]]
 
 
 def write(out: Path, report: Mapping[str, Any], training: Sequence[Mapping[str, Any]]) -> None:

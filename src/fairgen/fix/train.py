@@ -65,11 +65,13 @@ class TrainConfig:
         return asdict(self)
 
 
-def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float, lr: float) -> tuple[Stage, ...]:
+def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float,
+               lr: float) -> tuple[Stage, ...]:
     """The stages of a method: `sft` (stage 1 only: the paper's "FT text-to-image") or `bpo` (1 then 2)."""
     if method not in ("sft", "bpo"):
         raise FairgenError(f"unknown --method {method!r}; known: sft, bpo")
-    if sft_steps < 0 or bpo_steps < 0 or (method == "bpo" and bpo_steps == 0) or (method == "sft" and sft_steps == 0):
+    last = bpo_steps if method == "bpo" else sft_steps
+    if sft_steps < 0 or bpo_steps < 0 or last == 0:
         raise FairgenError("--sft-steps and --bpo-steps must be >= 0, and the method's last stage > 0")
     if alpha < 0 or beta < 0 or alpha + beta == 0:
         raise FairgenError(f"--alpha and --beta must be >= 0 and not both 0 (got {alpha}, {beta})")

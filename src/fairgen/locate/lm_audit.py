@@ -49,8 +49,9 @@ from ..types import ATTRIBUTES, FairgenError, Prompt
 from .probes import fit_probe, per_class_accuracy
 from .understanding import PROBED
 
-# Sequences are sampled from the LM's own conditional distributions: no guidance, temperature 1.
-LM_SAMPLING = {"cfg": 1.0, "temperature": 1.0}
+# Sequences are sampled from the LM's own conditional distributions: no guidance, temperature 1, no nucleus
+# (a family's default top-k, e.g. Emu3's 2048, still applies: its sampling settings cannot switch it off).
+LM_SAMPLING = {"cfg": 1.0, "temperature": 1.0, "top_p": 1.0}
 HOOKS = ("generate_tokens", "image_token_logits", "image_start_hidden")
 REPLICATES = 1000
 # Code sequences generated per call: bounds the KV cache of large models (64 rows of Janus-Pro-7B's 576

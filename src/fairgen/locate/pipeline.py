@@ -70,16 +70,30 @@ def _audit_results(audit_dir: str | Path, prompts: Sequence[Prompt]) -> dict[str
 
 
 def _majorities(results: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """prompt id -> {attribute: the group its audit images over-represent}, for skewed prompts only: rd minus
-    its noise floor at least verdict.SKEWED_PROMPT of rd's maximum 2/K (elsewhere a "majority" is chance)."""
+    """prompt id -> {attribute: the group its audit images over-represent}, for skewed prompts only.
+
+    A prompt is skewed when its rd minus noise floor is at least verdict.SKEWED_PROMPT of rd's maximum 2/K
+    and the lower bound of its rd interval lies above the floor; an attribute counts at all only when the
+    suite mean of rd minus floor passes the same bar. Elsewhere a "majority" is chance, and a chance
+    majority would let group-word effects read as bias."""
     out: dict[str, dict[str, str]] = {}
-    for p in results["prompts"]:
-        for attr in PROBED:
-            classes = ATTRIBUTES[attr]
+    for attr in PROBED:
+        classes = ATTRIBUTES[attr]
+        bar = SKEWED_PROMPT * 2 / len(classes)
+        net, skewed = [], {}
+        for p in results["prompts"]:
             counts = np.array([((p.get("counts") or {}).get(attr) or {}).get(c, 0) for c in classes])
             n = int(counts.sum())
-            if n and rd(counts) - noise_floor(n, len(classes)) >= SKEWED_PROMPT * 2 / len(classes):
-                out.setdefault(str(p["id"]), {})[attr] = classes[int(counts.argmax())]
+            if not n:
+                continue
+            floor = noise_floor(n, len(classes))
+            net.append(rd(counts) - floor)
+            low = ((p.get("rd_ci95") or {}).get(attr) or [None])[0]
+            if net[-1] >= bar and low is not None and low > floor:
+                skewed[str(p["id"])] = classes[int(counts.argmax())]
+        if net and np.mean(net) >= bar:
+            for pid, group in skewed.items():
+                out.setdefault(pid, {})[attr] = group
     return out
 
 
