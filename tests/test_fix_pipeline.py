@@ -15,13 +15,12 @@ from dataclasses import replace
 import datasets
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from conftest import write_suite
 from fairgen import models
 from fairgen.fix import FixConfig, fix, parse_attributes
-from fairgen.fix.cli import fix_command
+from fairgen.cli import app
 from fairgen.fix.batches import BatchPlan
 from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
@@ -197,10 +196,7 @@ def test_rebalance_drops_mismatches_and_evens_out_groups():
     assert mismatch({**wrong, "concept_read": concept_code("nurse")}, reqs[0], check_concept=True) is None
 
 
-def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path):
-    app = typer.Typer()
-    app.command("fix")(fix_command)
-    app.command("noop")(lambda: None)  # two commands, so `fix` is addressed by name as in fairgen's app
+def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path, cli):
     runner = CliRunner()
     bad = [["--attributes", "height"], ["--method", "dpo"], ["--data-source", "nope:x"], ["--alpha", "0", "--beta", "0"],
            ["--model", "world"], ["--images-per-group", "0"], ["--train-prompts", "0"]]
@@ -212,3 +208,5 @@ def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path):
         assert "\n" not in str(result.exception)
         assert not (tmp_path / str(n)).exists()  # refused before anything was written
     assert parse_attributes("gender, race") == ("gender", "race")
+    done = cli("fix", "--model", f"tiny:{mini}", "--attributes", "gender,gender", "--out", str(tmp_path / "cli"))
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "--attributes" in done.stderr

@@ -21,7 +21,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,9 +61,6 @@ class TrainConfig:
     save_every: int = 50
     seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float,
                lr: float) -> tuple[Stage, ...]:
@@ -101,7 +98,8 @@ def _lora_state(peft_model: Any) -> dict[str, torch.Tensor]:
 def _save_checkpoint(out: Path, peft_model: Any, opt: torch.optim.Optimizer, stage: int, step: int) -> None:
     """Write checkpoint/ whole: a temporary folder renamed over the old one."""
     tmp, final, old = out / f".{CHECKPOINT}.tmp", out / CHECKPOINT, out / f".{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in (tmp, old):  # of a run killed mid-save; `final` (or else `old`) was whole
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     save_file(_lora_state(peft_model), str(tmp / "lora.safetensors"))
     torch.save({"optimizer": opt.state_dict(), "stage": stage, "step": step}, tmp / "state.pt")
@@ -129,9 +127,9 @@ def _trim_log(path: Path, stage: int, step: int) -> None:
     """Drop log lines written after the checkpoint (stage, step): a resumed run writes them again."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and (json.loads(line)["stage_index"], json.loads(line)["step"]) <= (stage, step)]
-    path.write_text("".join(line + "\n" for line in keep))
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in records if (r["stage_index"], r["step"]) <= (stage, step)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out: str | Path,
@@ -185,8 +183,8 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
                 group["lr"] = lr
             batch = plan.draw(s, step)
             logp = model.image_token_logprob(batch.prompts, batch.images)
-            losses = combined_loss(logp, batch.prompt_index.to(logp.device), batch.attribute_index.to(logp.device),
-                                   batch.group_index.to(logp.device), stage.alpha, stage.beta)
+            index = [t.to(logp.device) for t in (batch.prompt_index, batch.attribute_index, batch.group_index)]
+            losses = combined_loss(logp, *index, stage.alpha, stage.beta)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             losses["loss"] = losses["loss"].detach()
@@ -202,5 +200,4 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
                 _save_checkpoint(out, peft_model, opt, s, step)
             if progress:
                 progress(stage.name, step + 1, stage.steps)
-        # The next stage starts from step 0 with a fresh optimizer; the checkpoint says where we are.
-        state = None
+        state = None  # only the stage the checkpoint was in restores its optimizer; later ones start afresh
