@@ -1,4 +1,4 @@
-"""Validation on known truth (slow: trains two fairgen-tiny checkpoints on CPU, about 20 minutes on 2 idle
+"""Validation on known truth (slow: trains two fairgen-tiny checkpoints on CPU, about 12 minutes on 2
 cores; set FAIRGEN_LOCATE_VALIDATION=DIR to keep the pair in DIR and reuse it on the next run): locate names
 the language model for a model whose LM learned a skewed spec, and the vision tokenizer for a model whose LM
 learned balanced data but whose decoder turns young women into men."""

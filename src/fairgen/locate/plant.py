@@ -40,8 +40,8 @@ from ..types import ATTRIBUTES, FairgenError
 # A balanced world spec (every concept drawn from the uniform default): the LM data of a tokenizer-only bias.
 BALANCED_SPEC = {"default": {a: {c: 1 / len(cs) for c in cs} for a, cs in ATTRIBUTES.items()}, "concepts": {}}
 # The validation pair's recipe: the smoke recipe with a tokenizer good enough that its round trips keep every
-# group (else it would be biased by accident) and an LM trained long enough to follow prompts; on 2 CPU cores
-# about 7 minutes for the tokenizer and 6 per language model.
+# group (else it would be biased by accident) and an LM trained long enough to follow prompts. On 2 CPU cores:
+# about 8 minutes for the tokenizer and the skewed LM, 3 for the balanced LM, 20 s for the planting.
 VALIDATION_RECIPE = replace(RECIPES["smoke"], tok_images=6000, tok_steps=2500, lm_steps=1500, lm_batch=32)
 
 
