@@ -21,7 +21,7 @@ from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
 from .perception.base import PerceptionBackend
 from .report import render_report
-from .store import RunStore, derive_seed
+from .store import RunStore, derive_seed, perception_record
 from .types import FairgenError, Perception, Prompt
 
 # The default model of `fairgen audit` and of the README's demo: the synthetic world (no downloads). It becomes
@@ -127,7 +127,8 @@ def audit(
         loaded = _images_for(gen, store, batch, sampling)
         seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
         new = [
-            _record(p, k, s, next(seen) if im is not None else Perception(face=False, error=err), src)
+            perception_record(p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err),
+                              src)
             for (p, k, s), (im, err, src) in zip(batch, loaded)
         ]
         store.append_records(new)
@@ -196,23 +197,3 @@ def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[tup
             store.save_image(im, p.id, k)
             out[i] = (im.convert("RGB"), None, None)
     return out
-
-
-def _record(prompt: Prompt, sample: int, seed: int, seen: Perception, source: str | None) -> dict[str, Any]:
-    """One perception.jsonl line (DESIGN.md); `source` is the image file of folder models."""
-    rec: dict[str, Any] = {
-        "prompt_id": prompt.id,
-        "sample": sample,
-        "seed": seed,
-        "face": bool(seen.face),
-        "box": list(seen.box) if seen.box else None,
-        "probs": seen.probs,
-        "label": seen.label(),
-    }
-    if seen.concept_read is not None:
-        rec["concept_read"] = seen.concept_read
-    if seen.error:
-        rec["error"] = seen.error
-    if source is not None:
-        rec["source"] = source
-    return rec

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from PIL import Image
 
-from .types import FairgenError
+from .types import FairgenError, Perception
 
 RECORDS = "perception.jsonl"
 MANIFEST = "manifest.json"
@@ -82,6 +82,27 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def perception_record(prompt_id: str, sample: int, seed: int, seen: Perception,
+                      source: str | None = None) -> dict[str, Any]:
+    """One perception.jsonl line (DESIGN.md); `source` is the image file when images are read in place."""
+    rec: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "sample": sample,
+        "seed": seed,
+        "face": bool(seen.face),
+        "box": list(seen.box) if seen.box else None,
+        "probs": seen.probs,
+        "label": seen.label(),
+    }
+    if seen.concept_read is not None:
+        rec["concept_read"] = seen.concept_read
+    if seen.error:
+        rec["error"] = seen.error
+    if source is not None:
+        rec["source"] = source
+    return rec
 
 
 def now() -> str:

@@ -35,7 +35,7 @@ from PIL import Image
 from .. import suites
 from ..models.base import UnifiedModel
 from ..perception.base import PerceptionBackend
-from ..store import RunStore, derive_seed
+from ..store import RunStore, derive_seed, perception_record
 from ..types import ATTRIBUTES, FairgenError, Perception, Prompt
 
 PARQUET, STATS = "balanced.parquet", "stats.json"
@@ -90,18 +90,6 @@ def mismatch(seen: dict[str, Any], request: Request, check_concept: bool = False
     return None
 
 
-def _record(request: Request, sample: int, seed: int, seen: Perception, source: str | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"prompt_id": request.explicit.id, "sample": sample, "seed": seed,
-                           "face": bool(seen.face), "label": seen.label()}
-    if seen.concept_read is not None:
-        rec["concept_read"] = seen.concept_read
-    if seen.error:
-        rec["error"] = seen.error
-    if source is not None:
-        rec["source"] = source
-    return rec
-
-
 def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, int, int]],
               sampling: dict[str, Any]) -> list[tuple[Image.Image | None, str | None, str | None]]:
     """(image, error, source file) for each planned item: from a folder source's files, from the store
@@ -151,7 +139,8 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
         batch = todo[start:start + batch_size]
         loaded = _generate(store, source, batch, sampling)
         seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
-        new = [_record(r, k, s, next(seen) if im is not None else Perception(face=False, error=err), src)
+        new = [perception_record(r.explicit.id, k, s,
+                                 next(seen) if im is not None else Perception(face=False, error=err), src)
                for (r, k, s), (im, err, src) in zip(batch, loaded)]
         store.append_records(new)
         records.update({(rec["prompt_id"], rec["sample"]): rec for rec in new})
