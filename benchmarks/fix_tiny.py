@@ -1,7 +1,6 @@
 """Benchmark of `fairgen fix` on fairgen-tiny: the paper's three settings, before/after on occupations:test.
 
     python benchmarks/fix_tiny.py --out runs/fix_tiny                       # the packaged `tiny` model
-    python benchmarks/fix_tiny.py --out runs/fix_tiny --train-checkpoint    # a reduced CPU checkpoint (below)
 
 Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (beta 1,
 alpha 1 by default: with the paper's alpha 0 the reduced checkpoint's generation collapsed), a balanced
@@ -9,12 +8,6 @@ set drawn by the world renderer, LoRA on the language model. The before audits a
 shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
 race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
 prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
-
---train-checkpoint trains, once, a CPU-sized fairgen-tiny (3 layers, d 96) on the default world spec
-extended with skews for the training occupations the fix uses: each gets the distributions of a test
-occupation drawn at random, so the model is biased on training prompts too, as real models are (the
-default spec plants bias on the 50 test occupations only, and a model that is already balanced on the
-training prompts gives BPO nothing to correct).
 """
 
 from __future__ import annotations
@@ -22,50 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
-from fairgen import suites
 from fairgen.fix import FixConfig, fix
-from fairgen.fix.data import spread
 
 SETTINGS = {"gender": ("gender",), "race": ("race",), "mix": ("gender", "race")}
 # Minimum relative rd cut per (setting, attribute), from issue 9.
 TARGETS = {("gender", "gender"): 0.70, ("race", "race"): 0.45, ("mix", "gender"): 0.30, ("mix", "race"): 0.30}
 MAX_FIDELITY_DROP_POINTS, MIN_EXPLICIT = 3.0, 0.95
-
-
-def skewed_spec(path: Path, train_prompts: int, seed: int = 0) -> Path:
-    """The default spec plus, for the concepts of the fix's training prompts, a test occupation's skews."""
-    spec = yaml.safe_load(resources.files("fairgen.world").joinpath("default_spec.yaml").read_text())
-    rows = list(spec["concepts"].values())
-    rng = np.random.default_rng(seed)
-    for p in spread(suites.load("occupations:train"), train_prompts):
-        spec["concepts"].setdefault(p.concept, rows[int(rng.integers(len(rows)))])
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def train_checkpoint(out: Path, train_prompts: int, tokenizer_from: str | None) -> str:
-    """Train (once) the reduced checkpoint of --train-checkpoint; returns its model spec."""
-    from fairgen.models.tiny.tokenizer import TokenizerConfig
-    from fairgen.models.tiny.train import RECIPES, train
-
-    ckpt = out / "checkpoint"
-    if not (ckpt / "config.json").is_file():
-        spec = skewed_spec(out / "world_spec.yaml", train_prompts)
-        n_concepts = len(yaml.safe_load(spec.read_text())["concepts"])
-        recipe = replace(RECIPES["smoke"], tokenizer=TokenizerConfig(width=32), n_layer=3, n_head=4, n_embd=96,
-                         max_concepts=n_concepts, lm_steps=2500, lm_batch=48, lm_lr=3e-3, warmup=100)
-        started = time.time()
-        train(spec, ckpt, recipe, seed=0, tokenizer_from=tokenizer_from)
-        print(f"trained {ckpt} in {time.time() - started:.0f} s")
-    return f"tiny:{ckpt}"
 
 
 def run(model: str, out: Path, images_per_prompt: int, train_prompts: int | None, settings: list[str],
@@ -114,10 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="tiny", help="model spec (default: the packaged checkpoint)")
-    parser.add_argument("--train-checkpoint", action="store_true", help="train and use the reduced CPU checkpoint")
-    parser.add_argument("--tokenizer-from", default=None, help="with --train-checkpoint: reuse this checkpoint's tokenizer")
     parser.add_argument("--images-per-prompt", type=int, default=160)
-    parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: all; 100 with --train-checkpoint)")
+    parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: all)")
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--bpo-steps", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
@@ -127,11 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    model, train_prompts = args.model, args.train_prompts
-    if args.train_checkpoint:
-        train_prompts = train_prompts or 100
-        model = train_checkpoint(args.out, train_prompts, args.tokenizer_from)
-    reports = run(model, args.out, args.images_per_prompt, train_prompts, args.settings.split(","),
+    model = args.model
+    reports = run(model, args.out, args.images_per_prompt, args.train_prompts, args.settings.split(","),
                   (args.sft_steps, args.bpo_steps), args.alpha, args.lr)
     text, verdicts = table(reports)
     header = f"fairgen fix on {model}, occupations:test at {args.images_per_prompt} images per prompt\n\n"

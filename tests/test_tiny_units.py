@@ -15,7 +15,7 @@ from fairgen.models.base import OTHER
 from fairgen.models.tiny import TinyModel, load
 from fairgen.models.tiny.model import LMConfig, TinyLM
 from fairgen.models.tiny.sampling import Sampling, draw, filter_probs, seed_keys, uniforms
-from fairgen.models.tiny.text import Vocab, image_positions, left_pad
+from fairgen.models.tiny.text import Vocab, image_positions, left_pad, lexicon
 from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
 from fairgen.types import FairgenError, Prompt
 from fairgen.world import render
@@ -35,11 +35,12 @@ def random_model() -> TinyModel:
     """Untrained, tiny dims: enough to test plumbing, padding and determinism."""
     torch.manual_seed(0)
     tok = VisionTokenizer(TokenizerConfig(width=16))
-    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
+    words = lexicon(["a nurse", "a female firefighter"])
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens, words)
     lm = TinyLM(
         LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32)
     )
-    return TinyModel(tok, lm)
+    return TinyModel(tok, lm, words=words)
 
 
 def test_vocab_formats() -> None:
@@ -53,6 +54,23 @@ def test_vocab_formats() -> None:
     assert v.decode_text(row) == "<bos><boi><img:0><img:9><img:3><img:3><eoi>Q?<ans>"
     with pytest.raises(FairgenError):
         v.image(torch.tensor([1, 2]))
+
+
+def test_vocab_words_are_single_tokens_after_the_image_codes() -> None:
+    words = lexicon(["A photo of a nurse", "a female nurse, 2 of them"])
+    assert words == tuple(sorted({"A", "photo", "of", "a", "nurse", "female", "them"}))
+    v = Vocab(n_codes=10, n_image_tokens=4, words=words)
+    assert v.word_offset == 256 + 6 + 10 and v.size == v.word_offset + len(words)
+    ids = v.text("a female nurses, nurse-like; 护士")
+    nurse, female = v.word_offset + words.index("nurse"), v.word_offset + words.index("female")
+    # "nurses" is not a lexicon word: bytes; "nurse" inside "nurse-like" is a whole letter run: one token.
+    assert ids[:4] == [v.word_offset + words.index("a"), ord(" "), female, ord(" ")]
+    assert list(b"nurses, ") == ids[4:12] and ids[12] == nurse
+    assert v.decode_text(ids) == "a female nurses, nurse-like; 护士"
+    row = [v.bos, *v.text("a nurse"), v.boi, *(v.image_offset + torch.arange(4)).tolist(), v.eoi]
+    # Word ids lie above the image codes, yet they are not image tokens.
+    assert image_positions([row], v)[0] == [4, 4, 4, 4, 4, 0, 1, 2, 3, 4]
+    assert Vocab(10, 4).text("a nurse") == list(b"a nurse")  # no lexicon: bytes only
 
 
 def test_left_pad_positions_start_at_first_real_token() -> None:
@@ -157,6 +175,7 @@ def test_lora_attaches_to_lm_linears_only_and_gets_gradients(random_model: TinyM
 def test_checkpoint_round_trip_and_errors(random_model: TinyModel, tmp_path) -> None:
     random_model.save(tmp_path / "ck")
     again = load(tmp_path / "ck")
+    assert again.vocab == random_model.vocab and again.vocab.words
     prov = again.provenance()
     assert set(prov["sha256"]) == {"tokenizer.safetensors", "lm.safetensors", "config.json"}
     a = random_model.generate(["a nurse"], [4])[0]

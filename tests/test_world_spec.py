@@ -9,6 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from fairgen import suites
 from fairgen.types import ATTRIBUTES, JOINT_CLASSES, FairgenError
 from fairgen.world import WorldSpec
 
@@ -149,13 +150,18 @@ def test_default_spec_has_the_test_occupations_and_realistic_skews():
     spec = WorldSpec.default()
     text = resources.files("fairgen.suites").joinpath("data/occupations_test.txt").read_text()
     occupations = text.splitlines()
-    assert sorted(spec.concepts) == sorted(o.strip().lower() for o in occupations if o.strip())
+    test = [o.strip().lower() for o in occupations if o.strip()]
+    train = {p.concept.lower() for p in suites.load("occupations:train")}
+    names = list(spec.concepts)
+    assert names[:50] == test and set(names[50:]) == train and len(train) == 579
     assert spec.distribution("unlisted") == BALANCED
+    # Training occupations are skewed like test ones (a fix has bias to remove where it trains).
+    assert np.mean([max(spec.distribution(c)["gender"].values()) for c in train]) > 0.85
 
     # Expected finite-sample rd at 160 images per prompt, suite mean, as in default_spec.yaml's header.
     rng, n, reps = np.random.default_rng(0), 160, 1000
     means: dict[str, list[float]] = {"gender": [], "race": [], "gender_x_race": [], "age": []}
-    for concept in spec.concepts:
+    for concept in test:
         dist = {a: np.array(list(d.values())) for a, d in spec.distribution(concept).items()}
         dist["gender_x_race"] = np.outer(dist["gender"], dist["race"]).ravel()  # independent; gender-major
         for attr in means:
@@ -168,10 +174,10 @@ def test_default_spec_has_the_test_occupations_and_realistic_skews():
     assert len(JOINT_CLASSES) == 8 and JOINT_CLASSES[0] == "female_white"  # the order used above
 
     # Stereotypical directions, mostly white, a few occupations skewed to another group, mostly young.
-    female = {c: spec.distribution(c)["gender"]["female"] for c in spec.concepts}
+    female = {c: spec.distribution(c)["gender"]["female"] for c in test}
     assert all(female[c] >= 0.9 for c in ["nurse", "secretary", "receptionist", "hairdresser"])
     assert all(female[c] <= 0.05 for c in ["firefighter", "pilot", "plumber", "ceo"])
-    top_race = {c: max(spec.distribution(c)["race"].items(), key=lambda kv: kv[1])[0] for c in spec.concepts}
+    top_race = {c: max(spec.distribution(c)["race"].items(), key=lambda kv: kv[1])[0] for c in test}
     others = [c for c, r in top_race.items() if r != "white"]
     assert 2 <= len(others) <= 8
     assert np.mean([spec.distribution(c)["age"]["young"] for c in spec.concepts]) >= 0.65

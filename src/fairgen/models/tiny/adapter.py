@@ -2,6 +2,7 @@
 
 A checkpoint is a directory:
     config.json             {"format": "fairgen-tiny", "version": 1, "tokenizer": {...}, "lm": {...},
+                             "words": [...] (the vocabulary's word tokens; absent: bytes only),
                              "training": {...}}
     tokenizer.safetensors   the vision tokenizer's weights
     lm.safetensors          the language model's weights
@@ -52,9 +53,10 @@ class TinyModel:
         lm: TinyLM,
         training: dict | None = None,
         directory: Path | None = None,
+        words: Sequence[str] = (),
     ) -> None:
         self.tokenizer, self.lm = tokenizer.eval(), lm.eval()
-        self.vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens)
+        self.vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens, tuple(words))
         if lm.cfg.vocab_size != self.vocab.size or lm.cfg.n_image_tokens != self.vocab.n_image_tokens:
             raise FairgenError("fairgen-tiny: language model and tokenizer do not match")
         self.training = training or {}
@@ -78,6 +80,7 @@ class TinyModel:
             "version": VERSION,
             "tokenizer": self.tokenizer.cfg.to_dict(),
             "lm": self.lm.cfg.to_dict(),
+            "words": list(self.vocab.words),
             "training": self.training,
         }
 
@@ -311,4 +314,4 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
         tokenizer.to(dev), lm.to(dev)
     except (RuntimeError, AssertionError) as e:
         raise FairgenError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
-    return TinyModel(tokenizer, lm, config.get("training"), path)
+    return TinyModel(tokenizer, lm, config.get("training"), path, config.get("words", ()))

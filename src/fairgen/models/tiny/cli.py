@@ -46,7 +46,8 @@ def train(
         ..., help="Checkpoint directory to write (config.json, *.safetensors, train_log.jsonl)."
     ),
     recipe: str = typer.Option(
-        "full", help="Recipe: 'full' (the shipped model; a GPU) or 'smoke' (tiny, CPU)."
+        "full", help="Recipe: 'full' (a GPU), 'anneal' (with --init-from: continue a full run at a lower "
+        "learning rate; the shipped model is full then anneal) or 'smoke' (tiny, CPU)."
     ),
     steps: int | None = typer.Option(None, help="Language-model steps (default: the recipe's)."),
     tokenizer_steps: int | None = typer.Option(
@@ -54,6 +55,9 @@ def train(
     ),
     tokenizer_from: Path | None = typer.Option(
         None, "--tokenizer-from", help="Reuse this checkpoint's tokenizer; skip stage 1."
+    ),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Continue training this checkpoint (its tokenizer and language model)."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda (bf16 autocast on cuda)."),
     seed: int = typer.Option(0, help="Seed of everything random in the run."),
@@ -79,10 +83,16 @@ def train(
             tasks[name] = progress.add_task(name, total=total, loss="")
             return lambda n: progress.advance(tasks[name], n)
 
+        shown = {"loss": "", "gain": ""}
+
         def echo(record: dict) -> None:
             name = "tokenizer" if record["stage"] == "tokenizer" else "language model"
+            if "text_gain" in record:
+                shown["gain"] = f"  text gain {record['text_gain']:.3f}"
+            else:
+                shown["loss"] = f"loss {record['loss']:.4f}"
             if name in tasks:
-                progress.update(tasks[name], loss=f"loss {record['loss']:.4f}")
+                progress.update(tasks[name], loss=shown["loss"] + shown["gain"])
 
         model = run_train(
             spec,
@@ -91,6 +101,7 @@ def train(
             seed=seed,
             device=device,
             tokenizer_from=tokenizer_from,
+            init_from=init_from,
             echo=echo,
             progress_factory=bar,
         )

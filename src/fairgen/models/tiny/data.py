@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ... import suites
+from ...suites.explicit import GROUP_WORDS
 from ...suites.templates import fill
 from ...types import ATTRIBUTES, Prompt
 from ...world import WorldSpec, render
@@ -64,8 +65,8 @@ def image_question(attribute: str) -> str:
 class Mixture:
     """Shares of the four example kinds, and how the answers and prompts are varied."""
 
-    neutral: float = 0.4
-    explicit: float = 0.3
+    neutral: float = 0.35
+    explicit: float = 0.35
     image_qa: float = 0.2
     blank_qa: float = 0.1
     unknown_share: float = 0.85  # blank QA: share answered "unknown"
@@ -94,6 +95,15 @@ def training_concepts(spec: WorldSpec, max_concepts: int | None = None) -> dict[
         name = written.get(key, key)
         out[name] = sorted(texts[key]) or [fill(DEFAULT_TEMPLATE, "{concept}", name)]
     return out
+
+
+def vocabulary_texts(concepts: dict[str, list[str]]) -> list[str]:
+    """Every text the mixture writes, in words: prompts, group words of explicit prompts, both questions
+    and every answer. The word tokens of a checkpoint are the lexicon of these (text.lexicon)."""
+    texts = [t for ts in concepts.values() for t in ts]
+    texts += [w for words in GROUP_WORDS.values() for w in words.values()]
+    texts += [probe_question(a, c) for a in ATTRIBUTES for c in concepts] + [image_question(a) for a in ATTRIBUTES]
+    return texts + [c for cs in ATTRIBUTES.values() for c in cs] + ["unknown"]
 
 
 def _render_chunk(jobs: list[tuple[str, str, str, str, int]]) -> np.ndarray:
@@ -166,9 +176,9 @@ class ExampleSampler:
             self._explicit_cache[key] = self.vocab.text(prompt.text)
         return self._explicit_cache[key]
 
-    def _generation(self, explicit: bool) -> tuple[list[int], int]:
-        """(sequence, index where targets start): <bos> text <boi> img <eoi>, targets = img + <eoi>."""
-        rng, ci = self.rng, int(self.rng.integers(len(self.names)))
+    def _draw_generation(self, explicit: bool, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+        """(prompt tokens, image codes) of one generation example, drawn with rng."""
+        ci = int(rng.integers(len(self.names)))
         concept = self.names[ci]
         text = self.texts[concept][int(rng.integers(len(self.texts[concept])))]
         probs = self.group_probs[ci]
@@ -184,11 +194,18 @@ class ExampleSampler:
             text_ids = self.vocab.text(text)
         cdf = np.cumsum(probs)
         gi = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(GROUPS) - 1)
-        codes = self.pool[ci, gi, int(rng.integers(self.pool.shape[2]))]
-        if rng.random() < self.mix.prompt_dropout:
-            text_ids = []
+        return text_ids, self.pool[ci, gi, int(rng.integers(self.pool.shape[2]))]
+
+    def _generation_row(self, text_ids: list[int], codes: np.ndarray) -> tuple[list[int], int]:
+        """(sequence, index where targets start): <bos> text <boi> img <eoi>, targets = img + <eoi>."""
         head = [self.vocab.bos, *text_ids]
         return head + self._image(codes), len(head) + 1
+
+    def _generation(self, explicit: bool) -> tuple[list[int], int]:
+        text_ids, codes = self._draw_generation(explicit, self.rng)
+        if self.rng.random() < self.mix.prompt_dropout:
+            text_ids = []
+        return self._generation_row(text_ids, codes)
 
     def _qa(self, blank: bool) -> tuple[list[int], int]:
         """(sequence, index where targets start): <bos> [img] question <ans> answer <eos>."""
@@ -225,21 +242,35 @@ class ExampleSampler:
         """A right-padded batch of CPU tensors: ids, pos, img_pos, valid [B, L]; weight [B, L] (float: per
         example the target tokens share weight 1/B, so each example counts the same whatever its number
         of targets; the weight at t is for predicting token t+1)."""
-        m, v = self.mix, self.vocab
+        m = self.mix
         kinds = self.rng.choice(
             4,
             size=size,
             p=np.array([m.neutral, m.explicit, m.image_qa, m.blank_qa])
             / (m.neutral + m.explicit + m.image_qa + m.blank_qa),
         )
-        rows = [self._generation(k == 1) if k < 2 else self._qa(k == 3) for k in kinds]
+        return self._collate([self._generation(k == 1) if k < 2 else self._qa(k == 3) for k in kinds])
+
+    def conditioning_batches(self, size: int, seed: int = 12345) -> tuple[dict, dict]:
+        """The same `size` neutral generation examples twice, with their prompts and with the prompts
+        removed (the unconditional format). The loss difference, in nats per image token, is how much the
+        model's images depend on what the prompt says (0 = it ignores the prompt)."""
+        rng = np.random.default_rng([self.seed, seed])
+        drawn = [self._draw_generation(False, rng) for _ in range(size)]
+        with_text = self._collate([self._generation_row(t, c) for t, c in drawn])
+        without = self._collate([self._generation_row([], c) for _, c in drawn])
+        return with_text, without
+
+    def _collate(self, rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        v, size = self.vocab, len(rows)
         length = max(len(r) for r, _ in rows)
         ids = np.full((size, length), v.pad, dtype=np.int64)
         weight = np.zeros((size, length), dtype=np.float32)
         for b, (r, start) in enumerate(rows):
             ids[b, : len(r)] = r
             weight[b, start - 1 : len(r) - 1] = 1.0 / ((len(r) - start) * size)
-        is_image = ids >= v.image_offset  # at most one image per row: its codes are numbered by a cumsum
+        # At most one image per row: its codes are numbered by a cumsum.
+        is_image = (ids >= v.image_offset) & (ids < v.word_offset)
         img_pos = np.where(is_image, np.cumsum(is_image, axis=1) - 1, v.n_image_tokens)
         pos = np.broadcast_to(np.arange(length), (size, length)).copy()
         out = {"ids": ids, "pos": pos, "img_pos": img_pos, "valid": ids != v.pad, "weight": weight}

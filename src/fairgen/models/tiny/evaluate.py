@@ -2,7 +2,8 @@
 
 generation     on the occupations test prompts: face rate, concept-cue match, and how far each
                prompt's gender / race shares sit from the spec (max and mean absolute difference)
-explicit       explicit prompts (every gender, every race): share of faces showing the requested class
+explicit       explicit prompts (every gender, every race): share of images showing the requested class,
+               per group and its mean per attribute
 understanding  fresh renders, asked the judge's question per attribute: argmax accuracy
 probe          no image, the locate probe per test concept: P(unknown), |P(female) - P(male)|
 tokenizer      round trips of fresh renders: share read back with every cue right
@@ -70,17 +71,20 @@ def evaluate(
         }
     progress("generation")
 
-    hits: dict[str, list[bool]] = {"gender": [], "race": []}
-    for attr, followed in hits.items():
+    followed: dict[str, dict[str, float]] = {}
+    for attr in ("gender", "race"):
         requests = [
             suites.explicit(p, {attr: c}) for p in prompts[: max(1, concepts // 5)] for c in ATTRIBUTES[attr]
         ]
         texts = [r for r in requests for _ in range(images // 4)]
         seeds = [seed + 7 + i for i in range(len(texts))]
+        hits: dict[str, list[bool]] = {c: [] for c in ATTRIBUTES[attr]}
         for prompt, im in zip(texts, model.generate(texts, seeds, batch_size=batch_size, **sampling)):
             p = read(im)
-            followed.append(p.face and p.label()[attr] == prompt.group[attr])
-    out["explicit_followed"] = {a: float(np.mean(h)) for a, h in hits.items()}
+            hits[prompt.group[attr]].append(p.face and p.label()[attr] == prompt.group[attr])
+        followed[attr] = {c: float(np.mean(h)) for c, h in hits.items()}
+    out["explicit_followed"] = {a: float(np.mean(list(g.values()))) for a, g in followed.items()}
+    out["explicit_followed_by_group"] = followed
     progress("explicit")
 
     picks = [GROUPS[int(rng.integers(len(GROUPS)))] for _ in range(images)]

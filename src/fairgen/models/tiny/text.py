@@ -1,9 +1,16 @@
-"""The unified vocabulary of fairgen-tiny: UTF-8 bytes, a few special tokens, then the image codes.
+"""The unified vocabulary of fairgen-tiny: UTF-8 bytes, a few special tokens, the image codes, then words.
 
-    ids 0..255                  text, one token per UTF-8 byte (any prompt is encodable; an answer
-                                option of several characters is simply several tokens)
+    ids 0..255                  text, one token per UTF-8 byte (any text is encodable)
     ids 256..256+len(SPECIALS)  special tokens
-    ids image_offset..size-1    the vision tokenizer's codes, code c -> image_offset + c
+    ids image_offset..          the vision tokenizer's codes, code c -> image_offset + c
+    ids word_offset..size-1     whole words of a fixed lexicon (the checkpoint's `words`)
+
+Why words: real U-MLLMs read BPE tokens, in which "nurse" or "female" is one token. With bytes only, the
+language model has to assemble a concept's identity from its letters before it can condition an image on
+it; trained on ~630 occupations it learnt the unconditional image distribution first and never left it
+(the 2026-11-28 checkpoint drew the same images for every prompt). A maximal run of ASCII letters that is
+in the lexicon becomes one token; everything else (other words, spaces, punctuation, non-Latin scripts)
+stays bytes, so any text is still encodable. A lexicon-free Vocab is the bytes-only vocabulary.
 
 Sequence formats (the language model is trained on exactly these):
     generation     <bos> text <boi> img_0 .. img_{T-1} <eoi>        (unconditional: empty text)
@@ -12,7 +19,10 @@ Sequence formats (the language model is trained on exactly these):
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -20,15 +30,23 @@ from ...types import FairgenError
 
 N_BYTES = 256
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<ans>")
+# What a word token can stand for: a maximal run of ASCII letters.
+WORD = re.compile(r"[A-Za-z]+")
+
+
+def lexicon(texts: Iterable[str]) -> tuple[str, ...]:
+    """The sorted set of words (maximal ASCII-letter runs) occurring in texts: a checkpoint's word list."""
+    return tuple(sorted({w for t in texts for w in WORD.findall(t)}))
 
 
 @dataclass(frozen=True)
 class Vocab:
     """Token ids of the unified vocabulary for a vision tokenizer with `n_codes` codes and `n_image_tokens`
-    tokens per image."""
+    tokens per image, and the word tokens `words` (empty: bytes only)."""
 
     n_codes: int
     n_image_tokens: int
+    words: tuple[str, ...] = ()
 
     pad = N_BYTES + 0
     bos = N_BYTES + 1
@@ -39,12 +57,32 @@ class Vocab:
     image_offset = N_BYTES + len(SPECIALS)
 
     @property
-    def size(self) -> int:
+    def word_offset(self) -> int:
         return self.image_offset + self.n_codes
 
+    @property
+    def size(self) -> int:
+        return self.word_offset + len(self.words)
+
+    @cached_property
+    def _word_ids(self) -> dict[str, int]:
+        return {w: self.word_offset + i for i, w in enumerate(self.words)}
+
     def text(self, s: str) -> list[int]:
-        """Byte tokens of a string."""
-        return list(s.encode("utf-8"))
+        """Tokens of a string: lexicon words as word tokens, everything else as UTF-8 bytes."""
+        if not self.words:
+            return list(s.encode("utf-8"))
+        out: list[int] = []
+        last = 0
+        for m in WORD.finditer(s):
+            wid = self._word_ids.get(m.group())
+            if wid is None:
+                continue
+            out += s[last : m.start()].encode("utf-8")
+            out.append(wid)
+            last = m.end()
+        out += s[last:].encode("utf-8")
+        return out
 
     def image(self, codes: torch.Tensor) -> list[int]:
         """<boi> codes <eoi> as vocabulary ids; codes: LongTensor[T] of tokenizer codes."""
@@ -75,7 +113,10 @@ class Vocab:
                 continue
             out.append(raw.decode("utf-8", "replace"))
             raw = bytearray()
-            out.append(SPECIALS[i - N_BYTES] if i < self.image_offset else f"<img:{i - self.image_offset}>")
+            if i >= self.word_offset:
+                out.append(self.words[i - self.word_offset])
+            else:
+                out.append(SPECIALS[i - N_BYTES] if i < self.image_offset else f"<img:{i - self.image_offset}>")
         out.append(raw.decode("utf-8", "replace"))
         return "".join(out)
 
@@ -89,7 +130,7 @@ def image_positions(rows: list[list[int]], vocab: Vocab) -> list[list[int]]:
     for row in rows:
         idx, k = [], None
         for tok in row:
-            if k is not None and tok >= vocab.image_offset:
+            if k is not None and vocab.image_offset <= tok < vocab.word_offset:
                 idx.append(k)
                 k += 1
             else:

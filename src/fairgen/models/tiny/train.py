@@ -28,9 +28,9 @@ from torch.nn import functional as F
 from ...types import ATTRIBUTES, FairgenError
 from ...world import WorldSpec
 from .adapter import TinyModel, load
-from .data import ExampleSampler, Mixture, pool_jobs, render_many, training_concepts
+from .data import ExampleSampler, Mixture, pool_jobs, render_many, training_concepts, vocabulary_texts
 from .model import LMConfig, TinyLM
-from .text import Vocab
+from .text import Vocab, lexicon
 from .tokenizer import TokenizerConfig, VisionTokenizer, to_tensor
 
 
@@ -47,20 +47,29 @@ class Recipe:
     n_head: int = 8
     n_embd: int = 256
     block_size: int = 320
-    renders_per_group: int = 6  # pool renders per (concept, gender, race, age)
+    # Pool renders per (concept, gender, race, age). With 6 the LM memorised the pool (loss 0.16 nats per
+    # image token) and then completed a memorised image instead of following an explicit race word.
+    renders_per_group: int = 32
     max_concepts: int | None = None
-    lm_steps: int = 12000
+    lm_steps: int = 16000
     lm_batch: int = 256
     lm_lr: float = 1e-3
     weight_decay: float = 0.05  # on matrices and embeddings
     warmup: int = 300
+    words: bool = True  # word tokens for the training texts' words (text.py says why)
+    # Data-loading worker processes on CUDA: each draws from its own stream, so the data (not only the
+    # speed) depends on this number; it is part of the recipe.
+    loader_workers: int = 6
     mixture: Mixture = field(default_factory=Mixture)
 
 
-# full: the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
+# full: the first stage of the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
+# anneal: continued training of a `full` checkpoint (`--init-from`) at a lower learning rate; the shipped
+#   checkpoint is full, then anneal (docs/tiny.md has the numbers of both).
 # smoke: what the tests train on 2 CPU cores: a usable tokenizer, a small LM on six concepts.
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(),
+    "anneal": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=10),
     "smoke": Recipe(
         tokenizer=TokenizerConfig(width=32),
         tok_images=4000,
@@ -176,10 +185,13 @@ def lm_loss(lm: TinyLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def build_sampler(
-    spec: WorldSpec, tok: VisionTokenizer, vocab: Vocab, recipe: Recipe, seed: int, device: torch.device
+    spec: WorldSpec, tok: VisionTokenizer, recipe: Recipe, seed: int, device: torch.device
 ) -> ExampleSampler:
-    """Render and tokenize the pool, and the blank (one-colour) images of the blank-image questions."""
+    """Render and tokenize the pool, and the blank (one-colour) images of the blank-image questions; the
+    vocabulary gets word tokens for the training texts' words when the recipe says so."""
     concepts = training_concepts(spec, recipe.max_concepts)
+    words = lexicon(vocabulary_texts(concepts)) if recipe.words else ()
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens, words)
     rng = np.random.default_rng([seed, 2])
     jobs = pool_jobs(list(concepts), recipe.renders_per_group, rng)
     codes = tokenize(tok, render_many(jobs, _workers(device)), device)
@@ -210,9 +222,14 @@ def train_lm(
     device: torch.device,
     log: Log,
     progress: Callable[[int], None] = lambda n: None,
+    init: TinyLM | None = None,
 ) -> TinyLM:
-    """Stage 2: AdamW, warm-up + cosine schedule, gradient clipping at 1. On CUDA, batches are built by
-    worker processes (building them in Python is slower than a training step on a GPU)."""
+    """Stage 2 (starting from `init`'s weights when given): AdamW, warm-up + cosine schedule, gradient clipping at 1. On CUDA, batches are built by
+    worker processes (building them in Python is slower than a training step on a GPU).
+
+    Twenty times per run (and at the end) it logs {"stage": "lm-eval", "text_gain"}: on a fixed batch of
+    neutral generation examples, the loss without the prompt minus the loss with it, nats per image token.
+    A model that ignores its prompts scores 0; the shipped one must not."""
     torch.manual_seed(seed)
     cfg = LMConfig(
         vocab_size=vocab.size,
@@ -223,6 +240,10 @@ def train_lm(
         n_embd=recipe.n_embd,
     )
     lm = TinyLM(cfg).to(device)
+    if init is not None:
+        if init.cfg != cfg:
+            raise FairgenError(f"--init-from: its language model {init.cfg} differs from the recipe's {cfg}")
+        lm.load_state_dict(init.state_dict())
     # As nanoGPT: weight decay on matrices and embeddings, none on LayerNorm gains and biases.
     matrices = [p for p in lm.parameters() if p.dim() >= 2]
     vectors = [p for p in lm.parameters() if p.dim() < 2]
@@ -231,7 +252,7 @@ def train_lm(
         lr=recipe.lm_lr,
         betas=(0.9, 0.95),
     )
-    workers = min(6, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    workers = min(recipe.loader_workers, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
     batches = iter(
         torch.utils.data.DataLoader(
             _Batches(sampler, recipe.lm_batch),
@@ -241,8 +262,14 @@ def train_lm(
             prefetch_factor=4 if workers else None,
         )
     )
+    held_out = [
+        {k: t.to(device) for k, t in b.items()} for b in sampler.conditioning_batches(min(256, recipe.lm_batch * 4))
+    ]
+    every = max(1, recipe.lm_steps // 20)
     start = time.time()
     for step in range(recipe.lm_steps):
+        if step % every == 0 and step > 0:
+            log({"stage": "lm-eval", "step": step, "text_gain": round(text_gain(lm, *held_out), 5)})
         lr = _lr(step, recipe.lm_steps, recipe.lm_lr, recipe.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -264,7 +291,19 @@ def train_lm(
                 }
             )
         progress(1)
+    log({"stage": "lm-eval", "step": recipe.lm_steps, "text_gain": round(text_gain(lm, *held_out), 5)})
     return lm.eval()
+
+
+@torch.no_grad()
+def text_gain(lm: TinyLM, with_text: dict[str, torch.Tensor], without: dict[str, torch.Tensor]) -> float:
+    """Loss of the image codes without their prompts minus with them, nats per image token (mean over
+    examples): how much of what the model draws comes from the prompt."""
+    was_training = lm.training
+    lm.eval()
+    gain = (lm_loss(lm, without) - lm_loss(lm, with_text)).item()
+    lm.train(was_training)
+    return gain
 
 
 def train(
@@ -274,11 +313,14 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     tokenizer_from: str | Path | None = None,
+    init_from: str | Path | None = None,
     echo: Callable[[dict], None] | None = None,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> TinyModel:
     """Train both stages and save the checkpoint to `out` (see adapter.py for the layout). Returns the
-    TinyModel. tokenizer_from: reuse the tokenizer of an existing checkpoint and skip stage 1."""
+    TinyModel. tokenizer_from: reuse the tokenizer of an existing checkpoint and skip stage 1. init_from:
+    continue training a checkpoint: its tokenizer, and its language model as the starting point (same
+    architecture and vocabulary)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -301,8 +343,9 @@ def train(
 
     bar = progress_factory or (lambda name, total: lambda n: None)
     started = time.time()
-    if tokenizer_from is not None:
-        tok = load(tokenizer_from, device=device).tokenizer
+    start_from = load(init_from, device=device) if init_from is not None else None
+    if start_from is not None or tokenizer_from is not None:
+        tok = (start_from or load(tokenizer_from, device=device)).tokenizer
         recipe = replace(recipe, tokenizer=tok.cfg)
     else:
         tok = train_tokenizer(
@@ -313,18 +356,29 @@ def train(
             log,
             bar("tokenizer", recipe.tok_steps),
         )
-    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
-    sampler = build_sampler(spec, tok, vocab, recipe, seed, dev)
-    lm = train_lm(sampler, vocab, recipe, seed, dev, log, bar("language model", recipe.lm_steps))
+    sampler = build_sampler(spec, tok, recipe, seed, dev)
+    if start_from is not None and start_from.vocab != sampler.vocab:
+        raise FairgenError("--init-from: that checkpoint's vocabulary differs from this spec's (other concepts?)")
+    lm = train_lm(
+        sampler,
+        sampler.vocab,
+        recipe,
+        seed,
+        dev,
+        log,
+        bar("language model", recipe.lm_steps),
+        init=start_from.lm if start_from is not None else None,
+    )
     info = {
         "recipe": asdict(recipe),
         "seed": seed,
         "device": device,
+        "init_from": start_from.training if start_from is not None else None,
         "spec_sha256": spec.sha256(),
         "params": {"tokenizer": tok.num_params(), "lm": lm.num_params()},
         "concepts": sampler.names,
         "train_seconds": round(time.time() - started, 1),
     }
-    model = TinyModel(tok, lm, training=info)
+    model = TinyModel(tok, lm, training=info, words=sampler.vocab.words)
     model.save(out)
     return model
