@@ -3,6 +3,10 @@
 Every image has a seed derived from (run seed, prompt id, sample index), is written atomically, and is
 perceived once; a re-run of the same command skips what is on disk, so a run killed at any moment loses
 nothing and finishes with the same results as an uninterrupted one.
+
+Started as several processes (`accelerate launch`, `torchrun`; docs/distributed.md), each takes every
+world-th image of what is left and writes its own records; the main process (rank 0) then merges them and
+measures, so the run directory is the one a single process writes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import pandas as pd
 from PIL import Image
 
 from . import models, perception, suites
-from .calibrate import add_corrected, load_calibration
+from .calibrate import Calibration, add_corrected, load_calibration
+from .distributed import processes
 from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
 from .perception.base import PerceptionBackend
@@ -81,68 +86,104 @@ def audit(
     calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
         holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
     """
-    if images_per_prompt < 1:
-        raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
-    if batch_size < 1:
-        raise FairgenError(f"batch size must be positive (got {batch_size})")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise FairgenError(f"output path {out} exists and is not a directory")
-    suite_name = suite if isinstance(suite, str) else "<prompts>"
-    prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
-    model_spec = model if isinstance(model, str) else model.spec
-    gen = models.load(model, world_spec=world_spec, adapter=adapter) if isinstance(model, str) else model
-    backend_name = perception_backend if isinstance(perception_backend, str) else None
-    if perception_backend is None:
-        backend_name = perception.default_for(model_spec)
-    backend = perception.load(backend_name) if backend_name else perception_backend
-    cal = load_calibration(calibration) if calibration is not None else None
-    if cal is not None:  # checked before any work, so a wrong file fails at once
-        cal.check_for(backend, f"calibration {calibration}")
-    sampling = dict(sampling or {})
-    if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
-        gen.bind(prompts)
+    with processes() as procs:
+        with procs.step():  # every process: inputs, model, perception; the main one: the run directory
+            if images_per_prompt < 1:
+                raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
+            if batch_size < 1:
+                raise FairgenError(f"batch size must be positive (got {batch_size})")
+            if Path(out).exists() and not Path(out).is_dir():
+                raise FairgenError(f"output path {out} exists and is not a directory")
+            suite_name = suite if isinstance(suite, str) else "<prompts>"
+            prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
+            model_spec = model if isinstance(model, str) else model.spec
+            gen = (models.load(model, world_spec=world_spec, adapter=adapter) if isinstance(model, str)
+                   else model)
+            backend_name = perception_backend if isinstance(perception_backend, str) else None
+            if perception_backend is None:
+                backend_name = perception.default_for(model_spec)
+            backend = perception.load(backend_name) if backend_name else perception_backend
+            cal = load_calibration(calibration) if calibration is not None else None
+            if cal is not None:  # checked before any work, so a wrong file fails at once
+                cal.check_for(backend, f"calibration {calibration}")
+            sampling = dict(sampling or {})
+            if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
+                gen.bind(prompts)
+            plan = list(_plan(gen, prompts, images_per_prompt, seed))
+            order = [(p.id, k) for p, k, _ in plan]
+            if procs.main:
+                config = {
+                    "model": model_spec,
+                    "suite": suite_name,
+                    "prompt_ids": [p.id for p in prompts],
+                    "images_per_prompt": images_per_prompt,
+                    "seed": seed,
+                    "perception": backend.name,
+                    "sampling": sampling,
+                    "world_spec": str(world_spec) if world_spec else None,
+                    "adapter": str(adapter) if adapter else None,
+                }
+                provenance = {"model_provenance": gen.provenance(),
+                              "perception_provenance": backend.provenance()}
+                # an earlier distributed session's shards go into perception.jsonl before anyone reads it
+                RunStore.open(out, config, provenance).settle_records(order)
 
-    config = {
-        "model": model_spec,
-        "suite": suite_name,
-        "prompt_ids": [p.id for p in prompts],
-        "images_per_prompt": images_per_prompt,
-        "seed": seed,
-        "perception": backend.name,
-        "sampling": sampling,
-        "world_spec": str(world_spec) if world_spec else None,
-        "adapter": str(adapter) if adapter else None,
-    }
-    provenance = {"model_provenance": gen.provenance(), "perception_provenance": backend.provenance()}
-    store = RunStore.open(out, config, provenance)
+        store = RunStore(Path(out))
+        records = store.load_records()
+        todo = [item for item in plan if (item[0].id, item[1]) not in records]
+        done = len(plan) - len(todo)
+        shard = None if procs.world == 1 else procs.rank  # several processes: each its own records file
+        bar = progress if procs.main else None  # one progress bar: the main process's
+        if bar:
+            bar(done, len(plan))
+        with procs.step():  # every process: every world-th image of what is left
+            mine = todo[procs.rank :: procs.world]
+            for start in range(0, len(mine), batch_size):
+                batch = mine[start : start + batch_size]
+                loaded = _images_for(gen, store, batch, sampling)
+                seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
+                new = [
+                    perception_record(
+                        p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err), src
+                    )
+                    for (p, k, s), (im, err, src) in zip(batch, loaded)
+                ]
+                store.append_records(new, shard=shard)
+                if bar:  # with shards: what all processes have recorded so far
+                    recorded = start + len(batch) if shard is None else store.shard_record_count()
+                    bar(done + recorded, len(plan))
 
-    records = store.load_records()
-    plan = list(_plan(gen, prompts, images_per_prompt, seed))
-    todo = [item for item in plan if (item[0].id, item[1]) not in records]
-    done = len(plan) - len(todo)
-    if progress:
-        progress(done, len(plan))
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        loaded = _images_for(gen, store, batch, sampling)
-        seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
-        new = [
-            perception_record(p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err),
-                              src)
-            for (p, k, s), (im, err, src) in zip(batch, loaded)
-        ]
-        store.append_records(new)
-        records.update({(r["prompt_id"], r["sample"]): r for r in new})
-        done += len(batch)
-        if progress:
-            progress(done, len(plan))
+        with procs.step():  # the main process merges, measures and reports; the others wait for it
+            if procs.main:
+                if bar:
+                    bar(len(plan), len(plan))
+                store.settle_records(order)
+                result = _measure(store, prompts, store.load_records(), order, backend, model_spec,
+                                  suite_name, images_per_prompt, seed, sampling, cal)
+        return result if procs.main else AuditResult.load(out)
 
+
+def _measure(
+    store: RunStore,
+    prompts: Sequence[Prompt],
+    records: Mapping[tuple[str, int], Mapping[str, Any]],
+    order: Sequence[tuple[str, int]],
+    backend: PerceptionBackend,
+    model_spec: str,
+    suite_name: str,
+    images_per_prompt: int,
+    seed: int,
+    sampling: Mapping[str, Any],
+    cal: Calibration | None,
+) -> AuditResult:
+    """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
+    the manifest finished."""
     concept_match = None
     if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
 
         concept_match = concept_matches
-    planned = {(p.id, k) for p, k, _ in plan}
+    planned = set(order)
     frame = MetricFrame.from_records(
         prompts, (r for key, r in records.items() if key in planned), backend.attributes, concept_match
     )
@@ -152,7 +193,7 @@ def audit(
         "images_per_prompt": images_per_prompt,
         "seed": seed,
         "perception": backend.name,
-        "sampling": sampling,
+        "sampling": dict(sampling),
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
         **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
     }

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .audit import DEFAULT_MODEL
+from .distributed import SharedError, launch_rank
 from .report.cli import compare_command, report_command
 from .fix.cli import fix_command
 from .locate.cli import locate_command
@@ -99,8 +100,9 @@ def audit(
             perception_backend=perception, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
             progress=progress, calibration=calibration, adapter=adapter,
         )
-    _print_summary(result.results)
-    typer.echo(f"results: {out / 'results.json'}  table: {out / 'results.csv'}  report: {out / 'report.html'}")
+    if launch_rank() == 0:  # launched as several processes (docs/distributed.md): the main one speaks
+        _print_summary(result.results)
+        typer.echo(f"results: {out / 'results.json'}  table: {out / 'results.csv'}  report: {out / 'report.html'}")
 
 
 def _print_summary(results: dict) -> None:
@@ -192,9 +194,11 @@ def list_models() -> None:
     Console().print(table)
 
 
-def _fail(message: str) -> None:
-    """One line on stderr (never wrapped by a console), exit code 2."""
-    print("error: " + " ".join(message.split()), file=sys.stderr)
+def _fail(message: str, shared: bool = False) -> None:
+    """One line on stderr (never wrapped by a console), exit code 2. A `shared` error, one that every
+    process of a launch stops with (docs/distributed.md), is printed by rank 0 alone."""
+    if not shared or launch_rank() == 0:
+        print("error: " + " ".join(message.split()), file=sys.stderr)
     sys.exit(2)
 
 
@@ -204,12 +208,13 @@ def main() -> None:
     try:
         code = command.main(args=sys.argv[1:], prog_name="fairgen", standalone_mode=False)
     except FairgenError as e:
-        _fail(str(e))
+        _fail(str(e), shared=isinstance(e, SharedError))
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type ...
-        _fail(e.format_message() if hasattr(e, "format_message") else str(e))
+        # shared: every launched process has the same arguments
+        _fail(e.format_message() if hasattr(e, "format_message") else str(e), shared=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

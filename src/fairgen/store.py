@@ -7,6 +7,10 @@ Layout:
 Crash safety: files are written to a temporary name in the same directory and renamed into place, so a
 file is either complete or absent. perception.jsonl is appended one whole batch per write(); a process
 killed mid-write can leave a partial last line, which the next open cuts off (that record is then redone).
+
+Several processes (docs/distributed.md): process r of a distributed audit appends its records to its own
+shard <out>/perception-<r>.jsonl, under the same rules; the main process merges the shards into
+perception.jsonl (settle_records), which leaves the run directory as one process would have written it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 
 from .types import FairgenError, Perception
 
 RECORDS = "perception.jsonl"
+SHARD_GLOB = "perception-*.jsonl"  # process r's records: perception-<r>.jsonl
 MANIFEST = "manifest.json"
 
 
@@ -194,15 +199,60 @@ class RunStore:
                 f.truncate(good_end)
         return records
 
-    def append_records(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Append records as JSON lines in one write, flushed to disk."""
+    def shard_path(self, rank: int) -> Path:
+        """The records file of process `rank` of a distributed audit."""
+        return self.root / f"perception-{rank}.jsonl"
+
+    def append_records(self, records: Iterable[Mapping[str, Any]], shard: int | None = None) -> None:
+        """Append records as JSON lines in one write, flushed to disk: to perception.jsonl, or with `shard`
+        to that process's shard file."""
         blob = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
         if not blob:
             return
-        with open(self.root / RECORDS, "ab") as f:
+        with open(self.root / RECORDS if shard is None else self.shard_path(shard), "ab") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+
+    def shards(self) -> list[Path]:
+        """The shard files present, by rank."""
+        ranked = ((p.stem.rpartition("-")[2], p) for p in self.root.glob(SHARD_GLOB))
+        return [p for _, p in sorted((int(r), p) for r, p in ranked if r.isdigit())]
+
+    def shard_record_count(self) -> int:
+        """Complete records in the shard files now (read while processes append: for progress only)."""
+        return sum(path.read_bytes().count(b"\n") for path in self.shards())
+
+    def settle_records(self, order: Sequence[tuple[str, int]]) -> None:
+        """Make perception.jsonl the canonical records file: fold in the shard files (then removed), keep one
+        record per key, the keys of `order` (the plan) in that order and then any others as found. That is
+        what one uninterrupted process writes, so the file does not depend on how the run was split into
+        processes and sessions. A file already canonical, with no shards, is left untouched.
+
+        Records keep their bytes; the first copy of a key wins (perception.jsonl's, then the lowest rank's).
+        The file is replaced atomically before the shards go, so a crash in between loses nothing.
+        """
+        shards = self.shards()
+        lines: dict[tuple[str, int], bytes] = {}
+        in_file: list[tuple[str, int]] = []  # perception.jsonl's keys as they stand, duplicates included
+        for path in [self.root / RECORDS, *shards]:
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            for line in data[: data.rfind(b"\n") + 1].splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    key = (rec["prompt_id"], int(rec["sample"]))
+                    lines.setdefault(key, line + b"\n")
+                    if path.name == RECORDS:
+                        in_file.append(key)
+        position = {key: i for i, key in enumerate(order)}
+        canonical = sorted(lines, key=lambda key: position.get(key, len(position)))  # stable: others as found
+        if not shards and canonical == in_file:
+            return
+        atomic_write_bytes(self.root / RECORDS, b"".join(lines[key] for key in canonical))
+        for path in shards:
+            path.unlink()
 
     # --- other files -------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
