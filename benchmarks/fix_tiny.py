@@ -28,13 +28,13 @@ MAX_FIDELITY_DROP_POINTS, MIN_EXPLICIT = 3.0, 0.95
 
 
 def run(model: str, out: Path, images_per_prompt: int, train_prompts: int | None, settings: list[str],
-        steps: tuple[int, int], alpha: float, lr: float) -> dict:
+        steps: tuple[int, int], alpha: float, anchor: float, lr: float) -> dict:
     """Every setting's fix run; returns {setting: fix_report}."""
     reports = {}
     for name in settings:
         config = FixConfig(model=model, attributes=SETTINGS[name], method="bpo", data_source="world",
                            images_per_group=4, train_prompts=train_prompts, sft_steps=steps[0], bpo_steps=steps[1],
-                           alpha=alpha, beta=1.0, lr=lr, images_per_prompt=images_per_prompt,
+                           alpha=alpha, beta=1.0, anchor=anchor, lr=lr, images_per_prompt=images_per_prompt,
                            before=str(out / "before"))
         started = time.time()
         reports[name] = fix(config, out / name)
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--bpo-steps", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
+    parser.add_argument("--anchor", type=float, default=0.0, help="explicit-prompt SFT weight (paper: 0)")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--settings", default="gender,race,mix")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -86,7 +87,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model
     reports = run(model, args.out, args.images_per_prompt, args.train_prompts, args.settings.split(","),
-                  (args.sft_steps, args.bpo_steps), args.alpha, args.lr)
+                  (args.sft_steps, args.bpo_steps), args.alpha, args.anchor, args.lr)
     text, verdicts = table(reports)
     header = f"fairgen fix on {model}, occupations:test at {args.images_per_prompt} images per prompt\n\n"
     print(header + text)

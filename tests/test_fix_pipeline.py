@@ -139,6 +139,28 @@ def test_interrupted_training_resumes_to_the_same_adapter(mini, suites_dir, tmp_
     assert steps == [("sft", i) for i in range(6)] + [("bpo", i) for i in range(6)]
 
 
+def test_explicit_anchor_is_the_sft_loss_of_the_explicit_prompts(mini, suites_dir, tmp_path):
+    """With anchor w, each logged loss is alpha*SFT + beta*BPO + w*anchor, and the anchor is the mean
+    negative image log-probability under the explicit prompts the images were made from."""
+    torch.set_num_threads(1)
+    data = BalancedSet.load(_built_set(mini, suites_dir, tmp_path))
+    plan = BatchPlan(data, 2)
+    config = TrainConfig(stages=stages_for("bpo", 1, 1, 0.5, 1.0, 1e-9), units_per_batch=2, log_every=1, anchor=2.0)
+    model = models.load(f"tiny:{mini}")
+    batch = plan.draw(0, 0)
+    assert all(e != n and "male" in e for e, n in zip(batch.explicit_prompts, batch.prompts))  # "male" or "female"
+    with torch.no_grad():
+        expected = -model.image_token_logprob(batch.explicit_prompts, batch.images).mean().item()
+    train_adapter(model, plan, config, tmp_path / "anchored")
+    log = [json.loads(line) for line in (tmp_path / "anchored" / "train_log.jsonl").read_text().splitlines()]
+    # lr 1e-9: the first step's loss is that of the untrained adapter (LoRA B starts at zero).
+    assert log[0]["anchor"] == pytest.approx(expected, abs=1e-4)
+    for r in log:
+        alpha = 1.0 if r["stage"] == "sft" else 0.5
+        beta = 0.0 if r["stage"] == "sft" else 1.0
+        assert r["loss"] == pytest.approx(alpha * r["sft"] + beta * r["bpo"] + 2.0 * r["anchor"], abs=1e-4)
+
+
 def _built_set(mini, suites_dir, tmp_path):
     """A balanced set of the training suite, drawn by the world renderer."""
     from fairgen import perception, suites

@@ -115,6 +115,8 @@ def test_cli_train_reuses_tokenizer_and_logs(smoke: TinyModel, tmp_path) -> None
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["stage"] == "lm"] == [0, 2]
+    # The text-gain check runs on every 1/20 of the run, and at the end.
+    assert [r["step"] for r in records if r["stage"] == "lm-eval"] == [1, 2, 3]
     model = load(out)
     assert torch.equal(
         model.encode_image([render("male", "white", "old", "judge", 1)]),
@@ -122,3 +124,13 @@ def test_cli_train_reuses_tokenizer_and_logs(smoke: TinyModel, tmp_path) -> None
     )
     bad = CliRunner().invoke(tiny_app, ["train", "--recipe", "nope", "--out", str(out)])
     assert bad.exit_code != 0
+
+    # --init-from continues the smoke model: its first loss is the trained model's, far below a fresh LM's.
+    cont = tmp_path / "cont"
+    args = ["train", "--recipe", "smoke", "--steps", "1", "--out", str(cont), "--seed", "1"]
+    result = CliRunner().invoke(tiny_app, [*args, "--init-from", str(smoke.directory)])
+    assert result.exit_code == 0, result.output
+    first = [json.loads(line) for line in (cont / "train_log.jsonl").read_text().splitlines()][0]
+    fresh = [r for r in records if r["stage"] == "lm"][0]
+    assert first["stage"] == "lm" and first["loss"] < 0.7 * fresh["loss"]
+    assert load(cont).training["init_from"]["seed"] == 0

@@ -14,7 +14,7 @@ from .audit import DEFAULT_MODEL
 from .distributed import SharedError, launch_rank
 from .report.cli import compare_command, report_command
 from .fix.cli import fix_command
-from .locate.cli import locate_command
+from .locate.cli import locate_command, plant_command
 from .models.tiny.cli import tiny_app
 from .suites.cli import suites_app
 from .types import FairgenError
@@ -26,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(suites_app, name="suites")
+tiny_app.command("plant-tokenizer-bias")(plant_command)
 app.add_typer(tiny_app, name="tiny")
 app.command("report")(report_command)
 app.command("compare")(compare_command)

@@ -24,13 +24,15 @@ class Batch:
     """N images of a batch, prompt-major: for each unit drawn, its groups in canonical order.
 
     rows: the rows of the set's frame; prompts: the neutral prompt texts (what the image log-probability
-    is conditioned on); prompt_ids their ids; images the PIL images; prompt_index, attribute_index,
-    group_index: LongTensor[N], index of the neutral prompt in the set, of the attribute in
+    is conditioned on); explicit_prompts: the prompts the images were made from ("... a female nurse
+    ..."; the explicit anchor is conditioned on them); prompt_ids the neutral prompts' ids; images the
+    PIL images; prompt_index, attribute_index, group_index: LongTensor[N], index of the neutral prompt in the set, of the attribute in
     types.ATTRIBUTES, of the group in its attribute.
     """
 
     rows: list[int]
     prompts: list[str]
+    explicit_prompts: list[str]
     prompt_ids: list[str]
     images: list[Image.Image]
     prompt_index: torch.Tensor
@@ -76,6 +78,7 @@ class BatchPlan:
             attribute_index += [a] * grid.shape[0]
             group_index += list(range(grid.shape[0]))
         return Batch(rows=rows, prompts=self.frame["neutral_prompt"].iloc[rows].tolist(),
+                     explicit_prompts=self.frame["prompt"].iloc[rows].tolist(),
                      prompt_ids=self.frame["prompt_id"].iloc[rows].tolist(),
                      images=[self.data.image(r) for r in rows],
                      prompt_index=torch.tensor(prompt_index), attribute_index=torch.tensor(attribute_index),

@@ -60,6 +60,8 @@ def fix_command(
     alpha: float = typer.Option(0.0, help="Stage 2 weight of the SFT loss (paper: 0)."),
     beta: float = typer.Option(1.0, help="Stage 2 weight of the BPO loss (paper: 1)."),
     lr: float = typer.Option(3e-4, help="Peak learning rate of the LoRA weights."),
+    anchor: float = typer.Option(0.0, help="Weight of an SFT term on the explicit prompts the balanced images "
+                                 "were made from, in every stage: keeps explicit prompts followed (0: off, the paper)."),
     rank: int = typer.Option(8, help="LoRA rank (LoRA alpha = 2 x rank)."),
     units_per_batch: int = typer.Option(8, "--units-per-batch",
                                         help="Prompts per batch, each with one image of every group."),
@@ -92,7 +94,7 @@ def fix_command(
         model=model, train_suite=train_suite, test_suite=test_suite, attributes=parse_attributes(attributes),
         method=method, data_source=data_source, perception=perception, images_per_group=images_per_group,
         check_concept=check_concept, train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps,
-        alpha=alpha, beta=beta, lr=lr, rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
+        alpha=alpha, beta=beta, anchor=anchor, lr=lr, rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
         explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
         batch_size=batch_size, before=str(before) if before else None)
     bars = _Bars()

@@ -42,7 +42,8 @@ class FixConfig:
     images_per_group: balanced-set images per (prompt, group) before filtering; check_concept: also drop
     images whose concept cue (world perception) is not the prompt's; train_prompts: use at most
     this many training prompts (evenly spread); steps, lr, rank, units_per_batch: training (train.py);
-    alpha, beta: stage 2's weights of SFT and BPO; images_per_prompt: test-suite audits; explicit_concepts
+    alpha, beta: stage 2's weights of SFT and BPO; anchor: weight of the explicit-prompt SFT term
+    (train.py); images_per_prompt: test-suite audits; explicit_concepts
     / explicit_images: the adherence check (test prompts, images per explicit prompt); before: folder of
     the before audits (None: <out>/before)."""
 
@@ -60,6 +61,7 @@ class FixConfig:
     bpo_steps: int = 100
     alpha: float = 0.0
     beta: float = 1.0
+    anchor: float = 0.0
     lr: float = 3e-4
     rank: int = 8
     units_per_batch: int = 8
@@ -73,8 +75,10 @@ class FixConfig:
 
     def train_config(self) -> TrainConfig:
         stages = stages_for(self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr)
+        if self.anchor < 0:
+            raise FairgenError(f"--anchor must be >= 0 (got {self.anchor})")
         return TrainConfig(stages=stages, rank=self.rank, lora_alpha=2.0 * self.rank,
-                           units_per_batch=self.units_per_batch, seed=self.seed)
+                           units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor)
 
 
 def parse_attributes(text: str) -> tuple[str, ...]:

@@ -68,9 +68,10 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     for line in training:
         entry = stages.setdefault(line["stage"], {"first": line, "last": line})
         entry["last"] = line
+    terms = ("loss", "sft", "bpo", "anchor")  # anchor: only with --anchor
     curves = {name: {"steps": e["last"]["step"] + 1,
-                     **{f"{k}_first": e["first"][k] for k in ("loss", "sft", "bpo")},
-                     **{f"{k}_last": e["last"][k] for k in ("loss", "sft", "bpo")}} for name, e in stages.items()}
+                     **{f"{k}_first": e["first"][k] for k in terms if k in e["first"]},
+                     **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
             "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)}}
@@ -120,12 +121,14 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {attr} | {g} | {e['generated']} | {dropped} | {_f(e['drop_rate'])} | {e['kept']} |")
         kept, dropped = block["prompts_kept"], len(block["prompts_dropped"])
         lines.append(f"| {attr} | prompts kept / dropped | {kept} / {dropped} | | | |")
-    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |",
-              "| --- | --- | --- | --- | --- |"]
+    anchored = any("anchor_first" in t for t in report["training"].values())
+    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |" + (" anchor |" if anchored else ""),
+              "| --- " * (6 if anchored else 5) + "|"]
     for name, t in report["training"].items():
         lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
                      f"{_f(t['sft_first'], 4)} → {_f(t['sft_last'], 4)} | "
-                     f"{_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |")
+                     f"{_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |"
+                     + (f" {_f(t.get('anchor_first'), 4)} → {_f(t.get('anchor_last'), 4)} |" if anchored else ""))
     return "\n".join(lines) + "\n"
 
 

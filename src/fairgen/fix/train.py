@@ -2,13 +2,17 @@
 
     stage 1 (sft)  maximise image_token_logprob(neutral prompt, balanced image): alpha 1, beta 0
     stage 2 (bpo)  alpha * SFT + beta * BPO (the paper: alpha 0, beta 1)
+    both, optional anchor * SFT on the explicit prompts the images were made from ("... a female nurse
+                   ..." -> its image): keeps explicit prompts followed while neutral ones are balanced
+                   (not in the paper; 0 turns it off)
 A fresh AdamW per stage, linear warm-up then cosine decay to a tenth, gradient clipping at 1.
 
 The adapter is peft's LoRA (`LoraConfig(target_modules=model.lora_targets)`) injected in place into
 `model.lora_root`, so every method of the model (image_token_logprob here) runs through it.
 
 On disk, under the fix run's directory:
-    train_log.jsonl   one line per logged step: {"stage", "step", "loss", "sft", "bpo", "lr", "elapsed_s"}
+    train_log.jsonl   one line per logged step: {"stage", "step", "loss", "sft", "bpo", ["anchor",] "lr",
+                      "elapsed_s"}
     checkpoint/       the latest state: lora.safetensors, state.pt (optimizer, stage, step), written whole
                       or not at all (a temporary folder renamed into place)
     adapter/          the trained adapter (peft save_pretrained), written when both stages are done
@@ -32,7 +36,7 @@ from ..models.adapters import ADAPTER_FILES
 from ..models.base import UnifiedModel
 from ..types import FairgenError
 from .batches import BatchPlan
-from .loss import combined_loss
+from .loss import combined_loss, sft_loss
 
 LOG, CHECKPOINT, ADAPTER = "train_log.jsonl", "checkpoint", "adapter"
 
@@ -50,7 +54,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """LoRA shape, batch size, stages. units_per_batch: sets (one image per group) per batch."""
+    """LoRA shape, batch size, stages. units_per_batch: sets (one image per group) per batch; anchor: weight
+    of the explicit-prompt SFT term added in every stage (0: none, as in the paper)."""
 
     stages: tuple[Stage, ...]
     rank: int = 8
@@ -60,6 +65,7 @@ class TrainConfig:
     log_every: int = 5
     save_every: int = 50
     seed: int = 0
+    anchor: float = 0.0
 
 
 def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float,
@@ -185,6 +191,10 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
             logp = model.image_token_logprob(batch.prompts, batch.images)
             index = [t.to(logp.device) for t in (batch.prompt_index, batch.attribute_index, batch.group_index)]
             losses = combined_loss(logp, *index, stage.alpha, stage.beta)
+            if config.anchor:
+                anchor = sft_loss(model.image_token_logprob(batch.explicit_prompts, batch.images))
+                losses["loss"] = losses["loss"] + config.anchor * anchor
+                losses["anchor"] = anchor.detach()
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             losses["loss"] = losses["loss"].detach()
