@@ -52,8 +52,8 @@ def test_concept_of(model):
     assert model.concept_of("two plumbers and a tree") == "plumber"  # plural
     assert model.concept_of("a photo of a nursery") == "a photo of a nursery"  # whole words only
     assert model.concept_of(Prompt("p", "text about a pilot", "nurse")) == "nurse"  # Prompt.concept wins
-    image = model.generate(["an astronaut"], [0])[0]
-    assert read(image).concept_read == concept_code("an astronaut")  # unknown: the whole text is the concept
+    image = model.generate(["a zorblax tamer"], [0])[0]  # in no spec: the whole text is the concept
+    assert read(image).concept_read == concept_code("a zorblax tamer")
 
 
 def test_requested_group(model):
