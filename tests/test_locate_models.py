@@ -14,7 +14,7 @@ from fairgen.locate import hidden_probe, measure_prompt, round_trip, summarise, 
 from fairgen.locate.lm_audit import sequence_js
 from fairgen.models.tiny import TinyModel
 from fairgen.models.tiny.model import LMConfig, TinyLM
-from fairgen.models.tiny.text import Vocab
+from fairgen.models.tiny.text import Vocab, lexicon
 from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
 from fairgen.types import Prompt
 from test_models_checkpoints import emu3_dir, janus_dir  # noqa: F401  (session fixtures)
@@ -24,12 +24,13 @@ PROMPTS = [Prompt("nurse", "A photo of the face of a nurse, a person", "nurse"),
 
 
 def random_tiny(seed: int = 0) -> TinyModel:
-    """Untrained fairgen-tiny with small dims."""
+    """Untrained fairgen-tiny with small dims, and word tokens as the shipped checkpoint has."""
     torch.manual_seed(seed)
     tok = VisionTokenizer(TokenizerConfig(width=16))
-    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens)
+    words = lexicon(["A photo of the face of a nurse, a person", "female male White Black Asian Indian judge"])
+    vocab = Vocab(tok.cfg.n_codes, tok.cfg.n_tokens, words)
     lm = TinyLM(LMConfig(vocab_size=vocab.size, n_image_tokens=vocab.n_image_tokens, n_layer=2, n_head=2, n_embd=32))
-    return TinyModel(tok, lm)
+    return TinyModel(tok, lm, words=words)
 
 
 @pytest.fixture(scope="module")

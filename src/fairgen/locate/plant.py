@@ -102,7 +102,8 @@ def plant_tokenizer_bias(checkpoint: str | Path | TinyModel, out: str | Path, at
                             "steps": steps, "seed": seed, "final_loss": round(loss.item(), 5),
                             "base": str(model.directory) if model.directory else None,
                             "seconds": round(time.time() - started, 1)}
-    planted = TinyModel(tok, model.lm, training={**(model.training or {}), "planted_tokenizer_bias": info})
+    planted = TinyModel(tok, model.lm, training={**(model.training or {}), "planted_tokenizer_bias": info},
+                        words=model.vocab.words)
     planted.save(out)
     return planted
 
