@@ -26,8 +26,8 @@ class Batch:
     rows: the rows of the set's frame; prompts: the neutral prompt texts (what the image log-probability
     is conditioned on); explicit_prompts: the prompts the images were made from ("... a female nurse
     ..."; the explicit anchor is conditioned on them); prompt_ids the neutral prompts' ids; images the
-    PIL images; prompt_index, attribute_index, group_index: LongTensor[N], index of the neutral prompt in the set, of the attribute in
-    types.ATTRIBUTES, of the group in its attribute.
+    PIL images; prompt_index, attribute_index, group_index: LongTensor[N], index of the neutral prompt
+    in the set, of the attribute in types.ATTRIBUTES, of the group in its attribute.
     """
 
     rows: list[int]

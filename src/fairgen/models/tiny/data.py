@@ -270,7 +270,7 @@ class ExampleSampler:
             ids[b, : len(r)] = r
             weight[b, start - 1 : len(r) - 1] = 1.0 / ((len(r) - start) * size)
         # At most one image per row: its codes are numbered by a cumsum.
-        is_image = (ids >= v.image_offset) & (ids < v.word_offset)
+        is_image = v.is_image(ids)
         img_pos = np.where(is_image, np.cumsum(is_image, axis=1) - 1, v.n_image_tokens)
         pos = np.broadcast_to(np.arange(length), (size, length)).copy()
         out = {"ids": ids, "pos": pos, "img_pos": img_pos, "valid": ids != v.pad, "weight": weight}

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -63,6 +64,10 @@ class Vocab:
     @property
     def size(self) -> int:
         return self.word_offset + len(self.words)
+
+    def is_image(self, ids: Any) -> Any:
+        """Whether ids are image codes: a bool for an int, elementwise for a numpy array or tensor."""
+        return (ids >= self.image_offset) & (ids < self.word_offset)
 
     @cached_property
     def _word_ids(self) -> dict[str, int]:
@@ -130,7 +135,7 @@ def image_positions(rows: list[list[int]], vocab: Vocab) -> list[list[int]]:
     for row in rows:
         idx, k = [], None
         for tok in row:
-            if k is not None and vocab.image_offset <= tok < vocab.word_offset:
+            if k is not None and vocab.is_image(tok):
                 idx.append(k)
                 k += 1
             else:

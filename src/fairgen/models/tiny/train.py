@@ -111,6 +111,12 @@ def _workers(device: torch.device) -> int:
     return min(16, os.cpu_count() or 1) if device.type == "cuda" else 1
 
 
+def _step_record(stage: str, step: int, loss: torch.Tensor, lr: float, start: float) -> dict:
+    """A train_log.jsonl line of a training step (elapsed_s: seconds since the stage began)."""
+    return {"stage": stage, "step": step, "loss": round(loss.item(), 5), "lr": lr,
+            "elapsed_s": round(time.time() - start, 1)}
+
+
 @torch.no_grad()
 def tokenize(
     tok: VisionTokenizer, images: np.ndarray, device: torch.device, batch: int = 1024
@@ -161,15 +167,7 @@ def train_tokenizer(
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == recipe.tok_steps - 1:
-            log(
-                {
-                    "stage": "tokenizer",
-                    "step": step,
-                    "loss": round(loss.item(), 5),
-                    "lr": lr,
-                    "elapsed_s": round(time.time() - start, 1),
-                }
-            )
+            log(_step_record("tokenizer", step, loss, lr, start))
         progress(1)
     return tok.eval()
 
@@ -281,15 +279,7 @@ def train_lm(
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == recipe.lm_steps - 1:
-            log(
-                {
-                    "stage": "lm",
-                    "step": step,
-                    "loss": round(loss.item(), 5),
-                    "lr": lr,
-                    "elapsed_s": round(time.time() - start, 1),
-                }
-            )
+            log(_step_record("lm", step, loss, lr, start))
         progress(1)
     log({"stage": "lm-eval", "step": recipe.lm_steps, "text_gain": round(text_gain(lm, *held_out), 5)})
     return lm.eval()
