@@ -43,3 +43,34 @@ def write_spec(path: Path, concepts: dict[str, dict]) -> Path:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+FIX_CONCEPTS = ["accountant", "architect", "baker"]  # the first concepts of the default spec: all skewed male
+
+
+@pytest.fixture(scope="session")
+def mini(tmp_path_factory):
+    """A fairgen-tiny checkpoint that has learned the skews of FIX_CONCEPTS (tokenizer barely trained; about
+    8 s on one CPU thread): the fix tests' model."""
+    from dataclasses import replace
+
+    import torch
+
+    from fairgen.models.tiny.tokenizer import TokenizerConfig
+    from fairgen.models.tiny.train import RECIPES, train
+
+    torch.set_num_threads(1)
+    recipe = replace(RECIPES["smoke"], tokenizer=TokenizerConfig(width=16), tok_images=256, tok_steps=60,
+                     n_layer=1, n_head=2, n_embd=32, renders_per_group=1, max_concepts=3, lm_steps=120, warmup=10)
+    out = tmp_path_factory.mktemp("fix") / "mini"
+    train(None, out, recipe, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def suites_dir(tmp_path_factory):
+    """train.yaml (the first two FIX_CONCEPTS) and test.yaml (the third), one prompt per concept."""
+    d = tmp_path_factory.mktemp("suites")
+    write_suite(d / "train.yaml", FIX_CONCEPTS[:2])
+    write_suite(d / "test.yaml", FIX_CONCEPTS[2:])
+    return d

@@ -1,8 +1,8 @@
 """`fairgen fix` end to end on a real (very small) fairgen-tiny: balanced set → SFT → BPO → adapter →
 re-audit → report, its resume, and the balanced set's filtering, rebalancing and formats.
 
-The model is trained in a session fixture with the smallest recipe that learns the planted skew (about
-20 s on one CPU thread): a barely trained tokenizer, so its generations are not faces and the audits
+The model is trained in a session fixture (conftest.py `mini`) with the smallest recipe that learns the
+planted skew (about 8 s on one CPU thread): a barely trained tokenizer, so its generations are not faces and the audits
 read few or none; the after-audit is checked for running and reporting, the debiasing itself through the
 image log-probabilities the loss works on. benchmarks/fix_tiny.py measures real before/after numbers.
 """
@@ -10,50 +10,25 @@ image log-probabilities the loss works on. benchmarks/fix_tiny.py measures real 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import datasets
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_suite
 from fairgen import models
 from fairgen.fix import FixConfig, fix, parse_attributes
 from fairgen.cli import app
 from fairgen.fix.batches import BatchPlan
 from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
-from fairgen.models.tiny.tokenizer import TokenizerConfig
-from fairgen.models.tiny.train import RECIPES, train
 from fairgen.types import FairgenError, Prompt
-
-CONCEPTS = ["accountant", "architect", "baker"]  # the first concepts of the default spec: all skewed male
-
-
-@pytest.fixture(scope="session")
-def mini(tmp_path_factory):
-    """A fairgen-tiny checkpoint that has learned the skews of three concepts (tokenizer barely trained)."""
-    torch.set_num_threads(1)
-    recipe = replace(RECIPES["smoke"], tokenizer=TokenizerConfig(width=16), tok_images=256, tok_steps=60,
-                     n_layer=1, n_head=2, n_embd=32, renders_per_group=1, max_concepts=3, lm_steps=120, warmup=10)
-    out = tmp_path_factory.mktemp("fix") / "mini"
-    train(None, out, recipe, seed=0)
-    return out
-
-
-@pytest.fixture(scope="session")
-def suites_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("suites")
-    write_suite(d / "train.yaml", CONCEPTS[:2])
-    write_suite(d / "test.yaml", CONCEPTS[2:])
-    return d
-
 
 def _config(mini, suites_dir, **kw) -> FixConfig:
     base = dict(model=f"tiny:{mini}", train_suite=str(suites_dir / "train.yaml"), test_suite=str(suites_dir / "test.yaml"),
                 data_source="world", images_per_group=3, sft_steps=30, bpo_steps=30, lr=3e-3, units_per_batch=2,
-                images_per_prompt=12, explicit_concepts=1, explicit_images=4, batch_size=32)
+                images_per_prompt=12, explicit_concepts=1, explicit_images=4, batch_size=32, check_suites=(),
+                understanding_images=0)
     return FixConfig(**{**base, **kw})
 
 

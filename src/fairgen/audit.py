@@ -82,7 +82,8 @@ def audit(
     perception_backend: name or backend; default `world` for world/tiny models, `age-gender` otherwise.
     sampling: generation settings passed to model.generate (cfg, temperature, top_p, ...).
     progress: called as progress(done, total) after each batch.
-    adapter: a peft LoRA adapter directory applied to the model (e.g. the output of `fairgen fix`).
+    adapter: a peft LoRA adapter directory applied to the model (e.g. the output of `fairgen fix`); a loaded
+        model with an adapter applied (models.load(..., adapter=DIR)) records its own in the manifest.
     calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
         holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
     """
@@ -121,7 +122,7 @@ def audit(
                     "perception": backend.name,
                     "sampling": sampling,
                     "world_spec": str(world_spec) if world_spec else None,
-                    "adapter": str(adapter) if adapter else None,
+                    "adapter": str(adapter) if adapter else _adapter_of(gen),
                 }
                 provenance = {"model_provenance": gen.provenance(),
                               "perception_provenance": backend.provenance()}
@@ -205,6 +206,12 @@ def _measure(
     store.finish()
     render_report(store.root)
     return result
+
+
+def _adapter_of(gen: UnifiedModel) -> str | None:
+    """The adapter directory applied to a loaded model (models.adapters.AdaptedModel), or None."""
+    path = getattr(gen, "adapter_dir", None)
+    return str(path) if path is not None else None
 
 
 def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> Iterator[tuple[Prompt, int, int]]:

@@ -1,12 +1,13 @@
-"""The processes of one distributed audit: which rank this process is, how many there are, and barriers.
+"""The processes of one distributed audit or fix: which rank this process is, how many there are,
+barriers, and (for data-parallel training) sums across processes.
 
 A launcher says it started several processes through the environment: `RANK` / `WORLD_SIZE` /
 `LOCAL_RANK` (torchrun, `accelerate launch --multi_gpu`), or the variables of mpirun (what
 `accelerate launch --cpu --mpirun_hostfile ...` starts: Open MPI's `OMPI_COMM_WORLD_*`, MPICH / Intel MPI's
 `PMI_*`, MVAPICH's `MV2_COMM_WORLD_*`). With none of them set there is one process and torch.distributed is
-never touched. torch.distributed serves only as a barrier that also carries input errors, so every process
+never touched. torch.distributed serves as a barrier that also carries input errors, so every process
 stops with the same one-line message; the work itself is shared through the run directory
-(docs/distributed.md).
+(docs/distributed.md). `fairgen fix` also sums its LoRA gradients across processes (Processes.sum).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .types import FairgenError
+
+if TYPE_CHECKING:
+    import torch
 
 # Each name's alternatives, in the order they are looked up: torchrun's first, then the MPI flavours'.
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
@@ -56,7 +60,8 @@ class SharedError(FairgenError):
 
 @dataclass(frozen=True)
 class Processes:
-    """The processes sharing one audit: this one's `rank` among `world` of them (rank 0 is the main one)."""
+    """The processes sharing one audit or fix: this one's `rank` among `world` of them (rank 0 is the main
+    one)."""
 
     rank: int = 0
     world: int = 1
@@ -89,6 +94,19 @@ class Processes:
         failed = [e for e in errors if e is not None]
         if failed:
             raise SharedError(failed[0])
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of `tensor` (any shape, the same on every process) over all processes, on
+        tensor's device and in its dtype; reduced in float32 on the CPU (gloo), so it runs beside any
+        device. With one process: the tensor itself."""
+        if self.world == 1:
+            return tensor
+        import torch
+        import torch.distributed as dist
+
+        buffer = tensor.detach().to("cpu", torch.float32).contiguous()
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        return buffer.to(tensor.device, tensor.dtype)
 
 
 @contextmanager

@@ -4,8 +4,12 @@
     data.build(...) / data.BalancedSet                 the balanced set (parquet + images, resumable)
     loss.bpo_loss / loss.pair_loss / loss.sft_loss     the losses
     batches.BatchPlan                                  prompt-major batches (pairs never cross prompts)
-    train.train_adapter                                LoRA SFT then BPO, checkpoints, resumable
+    train.train_adapter                                LoRA SFT then BPO (or one stage), checkpoints, resumable,
+                                                       data parallel across processes
+    caption.caption_logprob                            image -> text log-probabilities (understanding-sft)
+    checks                                             prompt suffix, understanding accuracy, check suites
     report                                             fix_report.json / .md, training curves
+    table                                              --method all: fix_table.json / .md (the paper's Table 1)
     cli.fix_command                                    `fairgen fix`
 docs/fix.md describes the method and its configuration.
 """

@@ -5,6 +5,9 @@ A unit is one (neutral prompt, attribute) of the set with m images per group (th
 copy c of a unit is its c-th image of every group. A batch draws distinct units, each with one copy, so
 no (prompt, attribute) appears twice in a batch. What a step draws depends only on (seed, stage, step),
 which is what makes a resumed run draw the same batches as an uninterrupted one.
+
+Data parallel (several processes): every process draws the same global batch and trains on its share
+of the units, `Batch.shard(rank, world)` (units rank, rank + world, ...), so a set is never split.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ class Batch:
     is conditioned on); explicit_prompts: the prompts the images were made from ("... a female nurse
     ..."; the explicit anchor is conditioned on them); prompt_ids the neutral prompts' ids; images the
     PIL images; prompt_index, attribute_index, group_index: LongTensor[N], index of the neutral prompt
-    in the set, of the attribute in types.ATTRIBUTES, of the group in its attribute.
+    in the set, of the attribute in types.ATTRIBUTES, of the group in its attribute; unit_rows: the
+    number of rows of each unit, in order (a unit's rows are consecutive).
     """
 
     rows: list[int]
@@ -38,6 +42,18 @@ class Batch:
     prompt_index: torch.Tensor
     attribute_index: torch.Tensor
     group_index: torch.Tensor
+    unit_rows: list[int]
+
+    def shard(self, rank: int, world: int) -> "Batch":
+        """The units of process `rank` of `world`: units rank, rank + world, ... with all their rows."""
+        starts = np.cumsum([0, *self.unit_rows])
+        keep = [r for u in range(rank, len(self.unit_rows), world) for r in range(starts[u], starts[u + 1])]
+        index = torch.tensor(keep, dtype=torch.long)
+        return Batch(rows=[self.rows[i] for i in keep], prompts=[self.prompts[i] for i in keep],
+                     explicit_prompts=[self.explicit_prompts[i] for i in keep],
+                     prompt_ids=[self.prompt_ids[i] for i in keep], images=[self.images[i] for i in keep],
+                     prompt_index=self.prompt_index[index], attribute_index=self.attribute_index[index],
+                     group_index=self.group_index[index], unit_rows=self.unit_rows[rank::world])
 
 
 class BatchPlan:
@@ -69,7 +85,7 @@ class BatchPlan:
         """The batch of step `step` of stage `stage` (deterministic in seed, stage and step)."""
         rng = np.random.default_rng([self.seed, stage, step])
         chosen = rng.choice(len(self.units), size=self.units_per_batch, replace=False)
-        rows, prompt_index, attribute_index, group_index = [], [], [], []
+        rows, prompt_index, attribute_index, group_index, unit_rows = [], [], [], [], []
         for u in chosen:
             p, a, grid = self.units[int(u)]
             copy = int(rng.integers(grid.shape[1]))
@@ -77,9 +93,10 @@ class BatchPlan:
             prompt_index += [p] * grid.shape[0]
             attribute_index += [a] * grid.shape[0]
             group_index += list(range(grid.shape[0]))
+            unit_rows.append(grid.shape[0])
         return Batch(rows=rows, prompts=self.frame["neutral_prompt"].iloc[rows].tolist(),
                      explicit_prompts=self.frame["prompt"].iloc[rows].tolist(),
                      prompt_ids=self.frame["prompt_id"].iloc[rows].tolist(),
                      images=[self.data.image(r) for r in rows],
                      prompt_index=torch.tensor(prompt_index), attribute_index=torch.tensor(attribute_index),
-                     group_index=torch.tensor(group_index))
+                     group_index=torch.tensor(group_index), unit_rows=unit_rows)

@@ -11,6 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from ..types import FairgenError
+from .checks import DEFAULT_CHECK_SUITES
 
 console = Console(stderr=True)
 # The paper's sampling (as `fairgen audit --preset paper`).
@@ -44,7 +45,9 @@ def fix_command(
                                     help="Suite NAME:split the balanced set is built from."),
     test_suite: str = typer.Option("occupations:test", "--test-suite", help="Suite NAME:split audited before and after."),
     attributes: str = typer.Option("gender", help="Attributes to balance: gender, race, or 'gender,race' (mix)."),
-    method: str = typer.Option("bpo", help="bpo (stage 1 SFT, then stage 2 BPO) or sft (stage 1 only)."),
+    method: str = typer.Option("bpo", help="bpo (stage 1 SFT, then stage 2 BPO), sft (text -> image SFT only), "
+                               "understanding-sft (image -> text: captions), prompt (', any gender' appended; no "
+                               "training) or all (the four, one table)."),
     out: Path = typer.Option(..., help="Fix run directory (re-run the same command to resume)."),
     data_source: str = typer.Option("model", "--data-source", help="Who draws the balanced set: model, world, "
                                     "diffusers:<id|dir> or folder:<dir> (<dir>/images/<explicit prompt id>/)."),
@@ -69,8 +72,23 @@ def fix_command(
     explicit_concepts: int = typer.Option(5, "--explicit-concepts",
                                           help="Test prompts of the explicit-adherence check (0: none)."),
     explicit_images: int = typer.Option(32, "--explicit-images", help="Images per explicit prompt in that check."),
+    check_suites: str = typer.Option(",".join(DEFAULT_CHECK_SUITES), "--check-suites",
+                                     help="Other suites audited before and after, comma-separated ('none': no check)."),
+    check_images: int = typer.Option(16, "--check-images", help="Images per prompt of the check suites."),
+    check_prompts: Optional[int] = typer.Option(50, "--check-prompts",
+                                                help="At most this many prompts per check suite (evenly spread)."),
+    understanding_images: int = typer.Option(64, "--understanding-images", help="Labelled world images of the "
+                                             "understanding-accuracy check (0: none)."),
     before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between "
                                           "fix runs (default: OUT/before)."),
+    device: Optional[str] = typer.Option(None, help="Device of the model: cpu, cuda, cuda:1 (default: the "
+                                         "model's: tiny cpu, janus / emu3 cuda when present)."),
+    dtype: Optional[str] = typer.Option(None, help="Weights of janus / emu3: bf16, fp16, fp32 (default bf16 on "
+                                        "GPU, fp32 on CPU)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="KEY=VALUE option of the "
+                                                     "model's family, repeatable (emu3: image_area=65536)."),
+    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Recompute decoder layers in backward (janus / emu3)."),
     seed: int = typer.Option(0, help="Seed of images, batches and LoRA initialisation."),
     cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (generation)."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
@@ -79,6 +97,8 @@ def fix_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
 ) -> None:
     """Debias a model: balanced data, LoRA SFT then the balanced preference loss, and a before/after audit."""
+    from ..distributed import launch_rank
+    from . import table as fix_table
     from .pipeline import FixConfig, fix, parse_attributes
     from .report import REPORT_JSON, REPORT_MD, markdown
 
@@ -96,11 +116,45 @@ def fix_command(
         check_concept=check_concept, train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps,
         alpha=alpha, beta=beta, anchor=anchor, lr=lr, rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
         explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
-        batch_size=batch_size, before=str(before) if before else None)
+        batch_size=batch_size, before=str(before) if before else None, check_suites=_suites(check_suites),
+        check_images=check_images, check_prompts=check_prompts, understanding_images=understanding_images,
+        device=device, dtype=dtype, model_options=_options(model_option or []),
+        gradient_checkpointing=gradient_checkpointing)
     bars = _Bars()
     try:
         report = fix(config, out, progress=bars)
     finally:
         bars.stop()
+    if launch_rank() != 0:  # launched as several processes: the main one speaks
+        return
+    if method == "all":
+        typer.echo(fix_table.markdown(report), nl=False)
+        typer.echo(f"table: {out / fix_table.TABLE_JSON}, {out / fix_table.TABLE_MD}; each method in {out}/<method>/")
+        return
     typer.echo(markdown(report), nl=False)
-    typer.echo(f"adapter: {out / 'adapter'}  report: {out / REPORT_JSON}, {out / REPORT_MD}")
+    adapter = f"adapter: {out / 'adapter'}  " if method != "prompt" else ""
+    typer.echo(f"{adapter}report: {out / REPORT_JSON}, {out / REPORT_MD}")
+
+
+def _options(pairs: list[str]) -> dict[str, int | float | str]:
+    """['image_area=65536', 'device_map=auto'] -> {'image_area': 65536, 'device_map': 'auto'} (numbers parsed)."""
+    out: dict[str, int | float | str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FairgenError(f"--model-option expects KEY=VALUE (got {pair!r})")
+        for kind in (int, float):
+            try:
+                out[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _suites(text: str) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b'); 'none' or '' -> ()."""
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    return () if names in ((), ("none",)) else names

@@ -1,13 +1,24 @@
-"""`fairgen fix` end to end: balanced set → audit before → SFT → BPO → adapter → audit after → report.
+"""`fairgen fix` end to end: balanced set → audit before → train → adapter → audit after → report.
+
+Methods (--method), all on the same balanced set, steps and learning rate (the paper's Table 1):
+    prompt              no training: every prompt gets ", any gender" / ", any race" appended
+    understanding-sft   LoRA on image -> text: the balanced images captioned with their neutral prompt
+    sft                 LoRA on text -> image: the neutral prompt -> its balanced images (stage 1 alone)
+    bpo                 stage 1 SFT, then stage 2 BPO
+    all                 the four, sharing the balanced set and the before audits; writes fix_table.*
 
 The fix run's directory:
     fix_manifest.json           the configuration (a re-run must match it, and then resumes)
     data/                       the balanced set (data.py)
-    before/test, before/explicit-<attrs>   audits of the model (shareable between fix runs: `before`)
+    before/test, before/explicit-<attrs>, before/checks/<suite>, before/understanding.json
+                                measurements of the model (shareable between fix runs: `before`)
     train_log.jsonl, checkpoint/, adapter/, train_curves.png   training (train.py, report.py)
-    after/test, after/explicit-<attrs>     audits of the model with the adapter
+    after/...                   the same measurements with the adapter (or the prompt suffix)
     fix_report.json, fix_report.md
-Every step is resumable, so re-running the same command after an interruption finishes the run.
+With --method all, each method's training, after/ and report lie in <out>/<method>/, and the table in
+<out>/fix_table.json and .md. Every step is resumable, so re-running the same command after an
+interruption finishes the run. Launched as several processes (accelerate launch, torchrun), the audits
+share their images and the training its batches (data parallel); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -17,18 +28,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .. import models, perception, suites
-from ..audit import audit
+from ..audit import AuditResult, audit
+from ..distributed import Processes, processes
+from ..models.adapters import apply_adapter
 from ..store import atomic_write_json
-from ..types import ATTRIBUTES, FairgenError
+from ..types import ATTRIBUTES, FairgenError, Prompt
+from . import checks
 from . import data as balanced
 from . import report as fix_report
+from . import table as fix_table
 from .batches import BatchPlan
-from .train import LOG, TrainConfig, stages_for, train_adapter
+from .train import LOG, TRAINED, TrainConfig, check_trainable, stages_for, train_adapter
 
 MANIFEST = "fix_manifest.json"
-# Settings that only change the audits, which resume on their own: a re-run may change these.
-AUDIT_ONLY = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before")
+# Table 1's order: the baselines first.
+METHODS = ("prompt", "understanding-sft", "sft", "bpo")
+# Settings a re-run may change: they only change the audits and checks (which resume on their own) or
+# where and how fast the same numbers are computed.
+MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
+              "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images")
 
 Progress = Callable[[str, int, int], None]
 
@@ -37,15 +58,21 @@ Progress = Callable[[str, int, int], None]
 class FixConfig:
     """Everything a fix run depends on (CLI options of the same names).
 
-    attributes: the attributes to balance ("mix" when several); data_source: `model`, `world`, or a model
-    spec (`diffusers:<id>`, `folder:<dir>`); perception: backend name (None: the model's default);
-    images_per_group: balanced-set images per (prompt, group) before filtering; check_concept: also drop
-    images whose concept cue (world perception) is not the prompt's; train_prompts: use at most
-    this many training prompts (evenly spread); steps, lr, rank, units_per_batch: training (train.py);
+    attributes: the attributes to balance ("mix" when several); method: one of METHODS or "all";
+    data_source: `model`, `world`, or a model spec (`diffusers:<id>`, `folder:<dir>`); perception: backend
+    name (None: the model's default); images_per_group: balanced-set images per (prompt, group) before
+    filtering; check_concept: also drop images whose concept cue (world perception) is not the prompt's;
+    train_prompts: use at most this many training prompts (evenly spread); steps, lr, rank,
+    units_per_batch: training (train.py; sft and understanding-sft train sft_steps + bpo_steps steps);
     alpha, beta: stage 2's weights of SFT and BPO; anchor: weight of the explicit-prompt SFT term
-    (train.py); images_per_prompt: test-suite audits; explicit_concepts
-    / explicit_images: the adherence check (test prompts, images per explicit prompt); before: folder of
-    the before audits (None: <out>/before)."""
+    (train.py); images_per_prompt: test-suite audits; explicit_concepts / explicit_images: the adherence
+    check (test prompts, images per explicit prompt); check_suites / check_images / check_prompts: the
+    other suites audited before and after (images per prompt, at most this many prompts each);
+    understanding_images: labelled world renders of the understanding check (0: none); device: where the
+    model runs (None: the model's default; "cuda", "cuda:1", "cpu"); dtype: weights of transformers models
+    ("bf16", "fp16", "fp32"; None: bf16 on GPU, fp32 on CPU); model_options: other options of the
+    model's family (models.load; e.g. emu3's image_area in pixels); gradient_checkpointing: for
+    transformers models; before: folder of the before measurements (None: <out>/before)."""
 
     model: str
     train_suite: str = "occupations:train"
@@ -68,17 +95,32 @@ class FixConfig:
     images_per_prompt: int = 160
     explicit_concepts: int = 5
     explicit_images: int = 32
+    check_suites: tuple[str, ...] = checks.DEFAULT_CHECK_SUITES
+    check_images: int = 16
+    check_prompts: int | None = 50
+    understanding_images: int = 64
     seed: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
+    device: str | None = None
+    dtype: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = True
     before: str | None = None
 
-    def train_config(self) -> TrainConfig:
-        stages = stages_for(self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr)
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this run trains and measures, in Table 1's order."""
+        return METHODS if self.method == "all" else (self.method,)
+
+    def train_config(self, method: str | None = None) -> TrainConfig:
+        """The training of `method` (default: the run's); validates steps, alpha, beta, lr, anchor."""
+        stages = stages_for(method or self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr)
         if self.anchor < 0:
             raise FairgenError(f"--anchor must be >= 0 (got {self.anchor})")
         return TrainConfig(stages=stages, rank=self.rank, lora_alpha=2.0 * self.rank,
-                           units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor)
+                           units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor,
+                           gradient_checkpointing=self.gradient_checkpointing)
 
 
 def parse_attributes(text: str) -> tuple[str, ...]:
@@ -92,13 +134,22 @@ def parse_attributes(text: str) -> tuple[str, ...]:
 
 def _check(config: FixConfig, out: Path) -> None:
     """Refuse a configuration that cannot run, or that differs from the one already in `out`."""
-    positive = ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size")
+    positive = ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size",
+                "check_images")
     for name in positive:
         if getattr(config, name) < 1:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
-    if config.explicit_concepts < 0:
-        raise FairgenError(f"--explicit-concepts must be >= 0 (got {config.explicit_concepts})")
-    config.train_config()  # validates method, steps, alpha, beta, lr
+    for name in ("explicit_concepts", "understanding_images"):
+        if getattr(config, name) < 0:
+            raise FairgenError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")
+    if config.check_prompts is not None and config.check_prompts < 1:
+        raise FairgenError(f"--check-prompts must be >= 1 (got {config.check_prompts})")
+    if config.method not in (*METHODS, "all"):
+        raise FairgenError(f"unknown --method {config.method!r}; known: {', '.join(METHODS)}, all")
+    for method in config.methods:
+        if method in TRAINED:
+            config.train_config(method)  # validates steps, alpha, beta, lr, anchor
+    _check_device(config.device)
     if out.exists() and not out.is_dir():
         raise FairgenError(f"--out {out} exists and is not a directory")
     path = out / MANIFEST
@@ -106,78 +157,160 @@ def _check(config: FixConfig, out: Path) -> None:
         old = json.loads(path.read_text())["config"]
         new = _jsonable(config)
         for key in sorted(set(old) | set(new)):
-            if key not in AUDIT_ONLY and old.get(key) != new.get(key):
+            if key not in MAY_CHANGE and old.get(key) != new.get(key):
                 raise FairgenError(f"{out} holds a fix run with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                                    "use another --out or the same settings to resume")
     elif out.exists() and any(out.iterdir()):
         raise FairgenError(f"--out {out} is not empty and holds no fix run")
 
 
+def _check_device(device: str | None) -> None:
+    """Raise FairgenError for a device torch does not know or this machine does not have."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FairgenError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FairgenError(f"--device {device}: no CUDA device on this machine")
+
+
 def _jsonable(config: FixConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
+class _Run:
+    """What every method of one fix run shares: configuration, processes, perception, prompts, model."""
+
+    def __init__(self, config: FixConfig, out: Path, procs: Processes, tell: Progress) -> None:
+        self.config, self.out, self.procs, self.tell = config, out, procs, tell
+        self.train_prompts = balanced.spread(suites.load(config.train_suite), config.train_prompts)
+        self.test_prompts = suites.load(config.test_suite)
+        self.check_suites = {checks.suite_dir_name(s): checks.check_prompts(s, config.check_prompts)
+                             for s in config.check_suites}
+        self.backend_name = config.perception or perception.default_for(config.model)
+        self.backend = perception.load(self.backend_name)
+        missing = [a for a in config.attributes if a not in self.backend.attributes]
+        if missing:
+            raise FairgenError(f"perception {self.backend.name} does not measure {', '.join(missing)}; choose "
+                               "another --perception")
+        options = {**config.model_options, **({"dtype": config.dtype} if config.dtype else {})}
+        self.model = models.load(config.model, device=config.device, **options)
+        for method in config.methods:
+            if method in TRAINED:
+                check_trainable(self.model, config.train_config(method))
+        self.explicit = fix_report.explicit_prompts(self.test_prompts, config.attributes, config.explicit_concepts)
+        self.explicit_name = "explicit-" + "-".join(config.attributes)
+
+    def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path) -> AuditResult:
+        c = self.config
+        return audit(model, prompts, n, seed=c.seed, out=run_dir, perception_backend=self.backend_name,
+                     sampling=c.sampling, batch_size=c.batch_size, progress=lambda d, t: self.tell(task, d, t))
+
+    def measure(self, label: str, model: Any, where: Path, suffix: str = "",
+                understanding: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The test-suite audit, the explicit check, the check suites and (unless given) the understanding
+        accuracy of `model`, with `suffix` appended to every prompt, in `where`."""
+        c = self.config
+        test = self.audit(f"{label}: test suite", model, checks.with_suffix(self.test_prompts, suffix),
+                          c.images_per_prompt, where / "test")
+        explicit = (self.audit(f"{label}: explicit prompts", model, checks.with_suffix(self.explicit, suffix),
+                               c.explicit_images, where / self.explicit_name) if self.explicit else None)
+        suite_runs = {name: self.audit(f"{label}: {name}", model, checks.with_suffix(prompts, suffix), c.check_images,
+                                       where / "checks" / name) for name, prompts in self.check_suites.items()}
+        if understanding is None and c.understanding_images and "understand" in model.capabilities:
+            understanding = self._understanding(label, model, where / "understanding.json")
+        return {"test": test, "explicit": explicit, "suites": suite_runs, "understanding": understanding}
+
+    def _understanding(self, label: str, model: Any, path: Path) -> dict[str, Any]:
+        with self.procs.step():
+            if self.procs.main and not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                result = checks.understanding_accuracy(model, self.config.understanding_images, self.config.seed,
+                                                       lambda d, t: self.tell(f"{label}: understanding", d, t))
+                atomic_write_json(path, result)
+        return json.loads(path.read_text())
+
+
 def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Run (or resume) a fix; returns fix_report.json's content. See the module docstring for `out`."""
+    """Run (or resume) a fix; returns fix_report.json's content (--method all: fix_table.json's). See the
+    module docstring for `out`."""
     out = Path(out)
-    if config.model.partition(":")[0].strip().lower() == "world":
-        raise FairgenError("the world model has no weights to fix; use tiny or a unified model")
-    _check(config, out)
-    train_prompts = balanced.spread(suites.load(config.train_suite), config.train_prompts)
-    test_prompts = suites.load(config.test_suite)
-    backend_name = config.perception or perception.default_for(config.model)
-    backend = perception.load(backend_name)
-    missing = [a for a in config.attributes if a not in backend.attributes]
-    if missing:
-        raise FairgenError(f"perception {backend.name} does not measure {', '.join(missing)}; choose another "
-                           "--perception")
-    model = models.load(config.model)
-    if not {"lora", "image_logprob"} <= set(model.capabilities):
-        raise FairgenError(f"model {model.spec} cannot be fixed: it needs LoRA and image log-probabilities")
-    source = model if config.data_source == "model" else models.load(config.data_source)
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves nothing behind
-    atomic_write_json(out / MANIFEST, {"config": _jsonable(config)})
     tell = progress or (lambda task, done, total: None)
+    with processes() as procs:
+        with procs.step():  # every process checks the input and loads the model; rank 0 opens `out`
+            if config.model.partition(":")[0].strip().lower() == "world":
+                raise FairgenError("the world model has no weights to fix; use tiny or a unified model")
+            _check(config, out)
+            run = _Run(config, out, procs, tell if procs.main else (lambda task, done, total: None))
+            source = (run.model if config.data_source == "model"  # another source: its own default dtype
+                      else models.load(config.data_source, device=config.device))
+            if procs.main:
+                out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves nothing behind
+                atomic_write_json(out / MANIFEST, {"config": _jsonable(config)})
+        with procs.step():  # the balanced set: rank 0 makes it, the others read it
+            if procs.main:
+                balanced.build(run.train_prompts, config.attributes, source, run.backend, out / "data",
+                               config.images_per_group, config.seed, config.sampling, config.batch_size,
+                               config.check_concept, lambda d, t: run.tell("balanced set", d, t))
+        data = balanced.BalancedSet.load(out / "data")
+        if data.frame.empty:
+            raise FairgenError("the balanced set is empty: perception rejected every group of every prompt")
+        del source
+        before = run.measure("before", run.model, Path(config.before) if config.before else out / "before")
+        plan = BatchPlan(data, config.units_per_batch, config.seed)
+        reports = {m: _method(run, m, plan, data, before) for m in config.methods}
+        if config.method != "all":
+            return reports[config.method]
+        table = fix_table.build_table(reports)
+        with procs.step():
+            if procs.main:
+                fix_table.write(out, table)
+        return table
 
-    data = balanced.build(train_prompts, config.attributes, source, backend, out / "data", config.images_per_group,
-                          config.seed, config.sampling, config.batch_size, config.check_concept,
-                          lambda d, t: tell("balanced set", d, t))
-    if data.frame.empty:
-        raise FairgenError("the balanced set is empty: perception rejected every group of every prompt")
-    explicit = fix_report.explicit_prompts(test_prompts, config.attributes, config.explicit_concepts)
-    before_dir = Path(config.before) if config.before else out / "before"
-    explicit_name = "explicit-" + "-".join(config.attributes)
 
-    def run_audit(name: str, model_or_spec: Any, prompts: Any, n: int, run_dir: Path, adapter: Path | None = None):
-        return audit(model_or_spec, prompts, n, seed=config.seed, out=run_dir, perception_backend=backend_name,
-                     sampling=config.sampling, batch_size=config.batch_size, adapter=adapter,
-                     progress=lambda d, t: tell(name, d, t))
-
-    before = run_audit("audit before", model, config.test_suite, config.images_per_prompt, before_dir / "test")
-    explicit_before = (run_audit("explicit before", model, explicit, config.explicit_images,
-                                 before_dir / explicit_name) if explicit else None)
-
-    plan = BatchPlan(data, config.units_per_batch, config.seed)
-    adapter = train_adapter(model, plan, config.train_config(), out,
-                            progress=lambda s, d, t: tell(f"train {s}", d, t))
-    del model, source  # the after audits load the model afresh, with the adapter from disk
-
-    after = run_audit("audit after", config.model, config.test_suite, config.images_per_prompt,
-                      out / "after" / "test", adapter)
-    explicit_after = (run_audit("explicit after", config.model, explicit, config.explicit_images,
-                                out / "after" / explicit_name, adapter) if explicit else None)
-    training = fix_report.read_log(out / LOG)
+def _method(run: _Run, method: str, plan: BatchPlan, data: balanced.BalancedSet,
+            before: dict[str, Any]) -> dict[str, Any]:
+    """Train (or not) and measure one method; writes and returns its fix report."""
+    config, procs = run.config, run.procs
+    where = run.out if config.method != "all" else run.out / method
+    label = method if config.method == "all" else "after"
+    adapter = None
+    if method == "prompt":
+        suffix = checks.prompt_suffix(config.attributes)
+        after = run.measure(label, run.model, where / "after", suffix, understanding=before["understanding"])
+    else:
+        suffix = ""
+        adapter = train_adapter(run.model, plan, config.train_config(method), where,
+                                progress=lambda s, d, t: run.tell(f"{label}: train {s}", d, t), procs=procs)
+        adapted = apply_adapter(run.model, adapter)
+        try:
+            after = run.measure(label, adapted, where / "after")
+        finally:
+            adapted.peft_model.unload()  # the model as it was, for the next method
+    training = fix_report.read_log(where / LOG) if adapter else []
     report = fix_report.build_report(
-        {**_jsonable(config), "perception": backend.name, "train_prompts_used": len(train_prompts),
-         "balanced_images": len(data.frame), "adapter": str(adapter)},
+        {**_jsonable(config), "method": method, "perception": run.backend.name, "prompt_suffix": suffix,
+         "train_prompts_used": len(run.train_prompts), "balanced_images": len(data.frame),
+         "adapter": str(adapter) if adapter else None},
         data.stats,
-        fix_report.audit_summary(before.results, before.run_dir),
-        fix_report.audit_summary(after.results, after.run_dir),
-        fix_report.adherence(explicit_before.results, explicit) if explicit_before else {},
-        fix_report.adherence(explicit_after.results, explicit) if explicit_after else {},
-        training)
-    fix_report.write(out, report, training)
+        _summary(before["test"]),
+        _summary(after["test"]),
+        fix_report.adherence(before["explicit"].results, run.explicit) if before["explicit"] else {},
+        fix_report.adherence(after["explicit"].results, run.explicit) if after["explicit"] else {},
+        training,
+        {"understanding": {"before": before["understanding"], "after": after["understanding"]},
+         "suites": {name: {"before": _summary(before["suites"][name]), "after": _summary(r)}
+                    for name, r in after["suites"].items()}})
+    with procs.step():
+        if procs.main:
+            fix_report.write(where, report, training)
     return report
 
 
-__all__ = ["FixConfig", "fix", "parse_attributes"]
+def _summary(result: AuditResult) -> dict[str, Any]:
+    return fix_report.audit_summary(result.results, result.run_dir)
+
+
+__all__ = ["METHODS", "FixConfig", "fix", "parse_attributes"]

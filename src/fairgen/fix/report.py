@@ -4,7 +4,8 @@ From two audits of the test suite (before: the model; after: the model with the 
 per attribute, rd with its 95% interval and noise floor and the relative change; face rate; fidelity
 (concept match for world-read images, in points); and explicit-prompt adherence: on a few explicit
 prompts per group, the share of images that show the requested group (an image without a face counts
-as not showing it).
+as not showing it). The after-fix checks (checks.py) add understanding accuracy on labelled images and rd
+on other suites, before and after.
 """
 
 from __future__ import annotations
@@ -51,16 +52,24 @@ def relative_change(before: float | None, after: float | None) -> float | None:
     return (after - before) / before
 
 
-def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
-                 after: dict[str, Any], explicit_before: Mapping[str, Any], explicit_after: Mapping[str, Any],
-                 training: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """fix_report.json's content. training: the lines of train_log.jsonl."""
+def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per attribute measured in both audit summaries: rd before, after, and the relative change."""
     change = {}
     for attr in METRIC_ATTRIBUTES:
         b, a = before["rd"][attr], after["rd"][attr]
         if b and a:
             change[attr] = {"before": b["mean"], "after": a["mean"],
                             "relative": relative_change(b["mean"], a["mean"])}
+    return change
+
+
+def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
+                 after: dict[str, Any], explicit_before: Mapping[str, Any], explicit_after: Mapping[str, Any],
+                 training: Sequence[Mapping[str, Any]], checks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """fix_report.json's content. training: the lines of train_log.jsonl. checks: {"understanding":
+    {"before", "after"}: understanding_accuracy results or None, "suites": {name: {"before", "after"}: audit
+    summaries}}; each suite gets its rd_change."""
+    change = rd_changes(before, after)
     fb, fa = before.get("fidelity"), after.get("fidelity")
     measured = fb and fa and None not in (fa["value"], fb["value"])
     fidelity_points = 100 * (fa["value"] - fb["value"]) if measured else None
@@ -68,13 +77,20 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     for line in training:
         entry = stages.setdefault(line["stage"], {"first": line, "last": line})
         entry["last"] = line
-    terms = ("loss", "sft", "bpo", "anchor")  # anchor: only with --anchor
+    terms = ("loss", "sft", "bpo", "anchor", "caption")  # anchor: only with --anchor; caption: understanding
     curves = {name: {"steps": e["last"]["step"] + 1,
                      **{f"{k}_first": e["first"][k] for k in terms if k in e["first"]},
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
-            "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)}}
+            "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)},
+            "checks": _checks(checks or {})}
+
+
+def _checks(checks: Mapping[str, Any]) -> dict[str, Any]:
+    suites = {name: {**pair, "rd_change": rd_changes(pair["before"], pair["after"])}
+              for name, pair in checks.get("suites", {}).items()}
+    return {"understanding": dict(checks.get("understanding") or {"before": None, "after": None}), "suites": suites}
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -121,19 +137,45 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {attr} | {g} | {e['generated']} | {dropped} | {_f(e['drop_rate'])} | {e['kept']} |")
         kept, dropped = block["prompts_kept"], len(block["prompts_dropped"])
         lines.append(f"| {attr} | prompts kept / dropped | {kept} / {dropped} | | | |")
-    anchored = any("anchor_first" in t for t in report["training"].values())
-    lines += ["", "## Training", "", "| stage | steps | loss first → last | SFT | BPO |" + (" anchor |" if anchored else ""),
-              "| --- " * (6 if anchored else 5) + "|"]
-    for name, t in report["training"].items():
-        lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
-                     f"{_f(t['sft_first'], 4)} → {_f(t['sft_last'], 4)} | "
-                     f"{_f(t['bpo_first'], 5)} → {_f(t['bpo_last'], 5)} |"
-                     + (f" {_f(t.get('anchor_first'), 4)} → {_f(t.get('anchor_last'), 4)} |" if anchored else ""))
+    lines += _checks_markdown(report.get("checks", {}), c["attributes"])
+    if report["training"]:
+        terms = [k for k in ("sft", "bpo", "anchor", "caption")
+                 if any(f"{k}_first" in t for t in report["training"].values())]
+        lines += ["", "## Training", "", "| stage | steps | loss first → last | " + " | ".join(terms) + " |",
+                  "| --- " * (3 + len(terms)) + "|"]
+        for name, t in report["training"].items():
+            cells = [f"{_f(t.get(f'{k}_first'), 5)} → {_f(t.get(f'{k}_last'), 5)}" for k in terms]
+            lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _checks_markdown(checks: Mapping[str, Any], attributes: Sequence[str]) -> list[str]:
+    """The after-fix checks: understanding accuracy and the check suites' rd, before → after."""
+    lines: list[str] = []
+    und = checks.get("understanding") or {}
+    if und.get("before") and und.get("after"):
+        b, a = und["before"]["accuracy"], und["after"]["accuracy"]
+        lines += ["", f"Understanding accuracy on {und['after']['images']} labelled world images: " + ", ".join(
+            f"{attr} {_f(b[attr])} → {_f(a[attr])}" for attr in a) + "."]
+    if checks.get("suites"):
+        lines += ["", "## Other suites (rd before → after)", "",
+                  "| suite | images per prompt | " + " | ".join(attributes) + " | face rate |",
+                  "| --- " * (3 + len(attributes)) + "|"]
+        for name, pair in checks["suites"].items():
+            cells = []
+            for attr in attributes:
+                ch = pair["rd_change"].get(attr)
+                cells.append(f"{_f(ch['before'])} → {_f(ch['after'])} ({_pct(ch['relative'])})" if ch
+                             else "not measured")
+            lines.append(f"| {name} | {pair['after']['images_per_prompt']} | " + " | ".join(cells)
+                         + f" | {_f(pair['before']['face_rate'])} → {_f(pair['after']['face_rate'])} |")
+    return lines
+
+
 def plot_curves(training: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """train_curves.png: per stage, the SFT loss and the BPO loss against the step."""
+    """train_curves.png: per stage, the SFT loss and the BPO loss against the step (the understanding
+    stage: its caption loss)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -144,9 +186,13 @@ def plot_curves(training: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax = fig.add_subplot(1, len(stages), k + 1)
         lines = [line for line in training if line["stage"] == name]
         steps = [line["step"] for line in lines]
-        ax.plot(steps, [line["sft"] for line in lines], color="#0072b2", label="SFT (−mean log p)")
         ax.set_xlabel("step")
         ax.set_title(f"stage {k + 1}: {name}")
+        if "caption" in lines[0]:
+            ax.plot(steps, [line["caption"] for line in lines], color="#009e73")
+            ax.set_ylabel("caption loss (−mean log p)", color="#009e73")
+            continue
+        ax.plot(steps, [line["sft"] for line in lines], color="#0072b2", label="SFT (−mean log p)")
         ax.set_ylabel("SFT loss", color="#0072b2")
         twin = ax.twinx()
         twin.plot(steps, [line["bpo"] for line in lines], color="#d55e00", label="BPO")

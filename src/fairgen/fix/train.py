@@ -5,7 +5,18 @@
     both, optional anchor * SFT on the explicit prompts the images were made from ("... a female nurse
                    ..." -> its image): keeps explicit prompts followed while neutral ones are balanced
                    (not in the paper; 0 turns it off)
+    understanding  the image -> text baseline: maximise caption_logprob(balanced image, neutral prompt)
+                   (caption.py); no anchor (it would train the text -> image direction)
+Methods: bpo = sft then bpo; sft = one sft stage, understanding-sft = one understanding stage, each of
+sft_steps + bpo_steps steps, so every method gets the same data, learning rate and number of steps.
 A fresh AdamW per stage, linear warm-up then cosine decay to a tenth, gradient clipping at 1.
+
+Data parallel: started as several processes (distributed.Processes), every process draws the same global
+batch, computes the loss of its share of the units (weighted by its share of the images and of the sets, so
+the summed gradient is the one-process gradient), and the LoRA gradients are summed across processes before
+the identical optimizer step on each. Rank 0 alone writes the log, checkpoints and the adapter.
+
+Transformers models (janus, emu3) train with gradient checkpointing of their decoder layers by default.
 
 The adapter is peft's LoRA (`LoraConfig(target_modules=model.lora_targets)`) injected in place into
 `model.lora_root`, so every method of the model (image_token_logprob here) runs through it.
@@ -25,20 +36,26 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..distributed import Processes
 from ..models.adapters import ADAPTER_FILES
 from ..models.base import UnifiedModel
 from ..types import FairgenError
-from .batches import BatchPlan
+from .batches import Batch, BatchPlan
+from .caption import caption_logprob, can_caption
 from .loss import combined_loss, sft_loss
 
 LOG, CHECKPOINT, ADAPTER = "train_log.jsonl", "checkpoint", "adapter"
+# The methods that train an adapter (`prompt` trains nothing), and the name of each one-stage method's stage.
+TRAINED = ("sft", "understanding-sft", "bpo")
+UNDERSTANDING = "understanding"
 
 
 @dataclass(frozen=True)
@@ -66,24 +83,27 @@ class TrainConfig:
     save_every: int = 50
     seed: int = 0
     anchor: float = 0.0
+    gradient_checkpointing: bool = True
 
 
 def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float,
                lr: float) -> tuple[Stage, ...]:
-    """The stages of a method: `sft` (stage 1 only: the paper's "FT text-to-image") or `bpo` (1 then 2)."""
-    if method not in ("sft", "bpo"):
-        raise FairgenError(f"unknown --method {method!r}; known: sft, bpo")
-    last = bpo_steps if method == "bpo" else sft_steps
-    if sft_steps < 0 or bpo_steps < 0 or last == 0:
+    """The stages of a trained method (module docstring): `bpo` (sft then bpo), `sft` (the paper's "FT
+    text->image") or `understanding-sft` ("FT image->text"), the last two one stage of sft_steps + bpo_steps."""
+    if method not in TRAINED:
+        raise FairgenError(f"unknown training method {method!r}; known: {', '.join(TRAINED)}")
+    if sft_steps < 0 or bpo_steps < 0 or (bpo_steps if method == "bpo" else sft_steps + bpo_steps) == 0:
         raise FairgenError("--sft-steps and --bpo-steps must be >= 0, and the method's last stage > 0")
     if alpha < 0 or beta < 0 or alpha + beta == 0:
         raise FairgenError(f"--alpha and --beta must be >= 0 and not both 0 (got {alpha}, {beta})")
     if not lr > 0:
         raise FairgenError(f"--lr must be > 0 (got {lr})")
+    if method == "sft":
+        return (Stage("sft", sft_steps + bpo_steps, 1.0, 0.0, lr),)
+    if method == "understanding-sft":
+        return (Stage(UNDERSTANDING, sft_steps + bpo_steps, 1.0, 0.0, lr),)
     stages = [Stage("sft", sft_steps, 1.0, 0.0, lr)] if sft_steps else []
-    if method == "bpo":
-        stages.append(Stage("bpo", bpo_steps, alpha, beta, lr))
-    return tuple(stages)
+    return (*stages, Stage("bpo", bpo_steps, alpha, beta, lr))
 
 
 def _lr(step: int, stage: Stage, warmup: int) -> float:
@@ -138,43 +158,139 @@ def _trim_log(path: Path, stage: int, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
+def check_trainable(model: UnifiedModel, config: TrainConfig) -> None:
+    """Raise FairgenError unless the model can train config's stages: LoRA, and image log-probabilities
+    (generation stages) or caption log-probabilities (the understanding stage)."""
+    if "lora" not in model.capabilities:
+        raise FairgenError(f"model {model.spec} cannot be fixed: it has no LoRA support")
+    names = {stage.name for stage in config.stages}
+    if names - {UNDERSTANDING} and "image_logprob" not in model.capabilities:
+        raise FairgenError(f"model {model.spec} cannot be fixed: it has no image log-probabilities")
+    if UNDERSTANDING in names and not can_caption(model):
+        raise FairgenError(f"model {model.spec} cannot be trained image -> text: it has no "
+                           "caption_logprob(images, texts)")
+
+
 def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out: str | Path,
-                  progress: Callable[[str, int, int], None] | None = None) -> Path:
+                  progress: Callable[[str, int, int], None] | None = None,
+                  procs: Processes = Processes()) -> Path:
     """Train the LoRA adapter through config.stages and save it to <out>/adapter; returns that path.
 
-    model: a protocol model with the "lora" and "image_logprob" capabilities; its lora_root is wrapped in
-    place and unwrapped again on return. A finished adapter in <out>/adapter is returned as it is.
-    progress(stage name, steps done, steps of the stage) is called after each step."""
+    model: a protocol model that passes check_trainable; its lora_root is wrapped in place and unwrapped
+    again on return. A finished adapter in <out>/adapter is returned as it is. progress(stage name, steps
+    done, steps of the stage) is called after each step. procs: the processes training together (data
+    parallel; every one calls this, rank 0 writes, and all return once the adapter is on disk)."""
     from peft import LoraConfig, get_peft_model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     adapter = out / ADAPTER
+    with procs.step():
+        check_trainable(model, config)
+        if plan.units_per_batch < procs.world:
+            raise FairgenError(f"{plan.units_per_batch} units per batch cannot be shared by {procs.world} "
+                               "processes; raise --units-per-batch")
+        if procs.main:
+            out.mkdir(parents=True, exist_ok=True)
     if all((adapter / f).is_file() for f in ADAPTER_FILES):
         return adapter
-    if not {"lora", "image_logprob"} <= set(model.capabilities):
-        raise FairgenError(f"model {model.spec} cannot be fixed: it needs LoRA and image log-probabilities")
     torch.manual_seed(config.seed)
     lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules=list(model.lora_targets))
     peft_model = get_peft_model(model.lora_root, lora)
     try:
-        _run_stages(model, peft_model, plan, config, out, progress)
-        tmp = out / f".{ADAPTER}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(tmp)
-        tmp.rename(adapter)
+        with procs.step(), _checkpointing(model, config.gradient_checkpointing):
+            _run_stages(model, peft_model, plan, config, out, progress, procs)
+            if procs.main:
+                tmp = out / f".{ADAPTER}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                peft_model.save_pretrained(tmp)
+                tmp.rename(adapter)
     finally:
         peft_model.unload()  # the model as it was: later stages load the adapter from disk
     return adapter
 
 
+@contextmanager
+def _checkpointing(model: UnifiedModel, enabled: bool) -> Iterator[None]:
+    """Gradient checkpointing of a transformers model's decoder layers that hold LoRA targets, for the
+    time of the block (non-reentrant; only those layers are put in training mode, which checkpointing
+    needs, and they have no dropout; the KV cache, useless in training, is off). Models without
+    transformers' checkpointing: a plain block."""
+    root = model.lora_root
+    if not enabled or not getattr(root, "supports_gradient_checkpointing", False):
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for name, m in root.named_modules() if isinstance(m, GradientCheckpointingLayer)
+              and any(t.startswith(name + ".") for t in model.lora_targets)]
+    configs = {id(m.config): m.config for m in root.modules() if hasattr(getattr(m, "config", None), "use_cache")}
+    cached = {key: c.use_cache for key, c in configs.items()}
+    kwargs = {"use_reentrant": False}
+    if hasattr(root, "activation_checkpointing_enable"):  # transformers >= 5.25; the older name warns there
+        root.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        disable = root.activation_checkpointing_disable
+    else:
+        root.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        disable = root.gradient_checkpointing_disable
+    for layer in layers:
+        layer.train()
+    for c in configs.values():
+        c.use_cache = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.eval()
+        for key, c in configs.items():
+            c.use_cache = cached[key]
+        disable()
+
+
+def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float, procs: Processes
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This process's loss on its share of the batch, and the terms it adds to the batch's mean terms.
+
+    Every term is a mean over the whole batch: over its images (sft, anchor, caption) or over its sets
+    (bpo). A process holding a share w of them contributes w times its own mean, so the terms, and the
+    gradients, summed over processes are those of one process training on the whole batch."""
+    mine = batch.shard(procs.rank, procs.world)
+    w_images = len(mine.rows) / len(batch.rows)
+    w_sets = len(mine.unit_rows) / len(batch.unit_rows)
+    if stage.name == UNDERSTANDING:
+        caption = -caption_logprob(model, mine.images, mine.prompts).mean()
+        return w_images * caption, {"caption": w_images * caption.detach()}
+    logp = model.image_token_logprob(mine.prompts, mine.images)
+    index = [t.to(logp.device) for t in (mine.prompt_index, mine.attribute_index, mine.group_index)]
+    losses = combined_loss(logp, *index, stage.alpha * w_images, stage.beta * w_sets)
+    loss = losses["loss"]
+    terms = {"sft": w_images * losses["sft"], "bpo": w_sets * losses["bpo"]}
+    if anchor:
+        explicit = sft_loss(model.image_token_logprob(mine.explicit_prompts, mine.images))
+        loss = loss + anchor * w_images * explicit
+        terms["anchor"] = w_images * explicit.detach()
+    return loss, terms
+
+
+def _sum_gradients(params: list[torch.nn.Parameter], procs: Processes) -> None:
+    """Replace each parameter's gradient by its sum over the processes (one flat all-reduce)."""
+    if procs.world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = procs.sum(torch.cat([g.reshape(-1).float() for g in grads]))
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).to(p.dtype)
+        offset += g.numel()
+
+
 def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: TrainConfig, out: Path,
-                progress: Callable[[str, int, int], None] | None) -> None:
+                progress: Callable[[str, int, int], None] | None, procs: Processes) -> None:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     state = _load_checkpoint(out, peft_model)
     start_stage, start_step = (state["stage"], state["step"] + 1) if state else (0, 0)
-    _trim_log(out / LOG, start_stage, start_step - 1)
+    if procs.main:
+        _trim_log(out / LOG, start_stage, start_step - 1)
     began = time.time()
     for s, stage in enumerate(config.stages):
         if s < start_stage:
@@ -187,26 +303,27 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
             lr = _lr(step, stage, config.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = plan.draw(s, step)
-            logp = model.image_token_logprob(batch.prompts, batch.images)
-            index = [t.to(logp.device) for t in (batch.prompt_index, batch.attribute_index, batch.group_index)]
-            losses = combined_loss(logp, *index, stage.alpha, stage.beta)
-            if config.anchor:
-                anchor = sft_loss(model.image_token_logprob(batch.explicit_prompts, batch.images))
-                losses["loss"] = losses["loss"] + config.anchor * anchor
-                losses["anchor"] = anchor.detach()
+            anchor = config.anchor if stage.name != UNDERSTANDING else 0.0
+            loss, terms = _batch_losses(model, plan.draw(s, step), stage, anchor, procs)
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            losses["loss"] = losses["loss"].detach()
+            loss.backward()
+            _sum_gradients(params, procs)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            if step % config.log_every == 0 or step == stage.steps - 1:
-                record = {"stage": stage.name, "stage_index": s, "step": step,
-                          **{k: round(v.item(), 6) for k, v in losses.items()}, "lr": lr,
+            logged = step % config.log_every == 0 or step == stage.steps - 1
+            if logged:  # every process takes part in the sum; rank 0 writes
+                names = list(terms)
+                values = procs.sum(torch.stack([terms[k].float() for k in names])).tolist()
+                terms = dict(zip(names, values))
+            if logged and procs.main:
+                total = (terms["caption"] if stage.name == UNDERSTANDING else stage.alpha * terms["sft"]
+                         + stage.beta * terms["bpo"] + anchor * terms.get("anchor", 0.0))
+                record = {"stage": stage.name, "stage_index": s, "step": step, "loss": round(total, 6),
+                          **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
                           "elapsed_s": round(time.time() - began, 1)}
                 with open(out / LOG, "a") as f:
                     f.write(json.dumps(record) + "\n")
-            if (step + 1) % config.save_every == 0 or step == stage.steps - 1:
+            if procs.main and ((step + 1) % config.save_every == 0 or step == stage.steps - 1):
                 _save_checkpoint(out, peft_model, opt, s, step)
             if progress:
                 progress(stage.name, step + 1, stage.steps)
