@@ -1,6 +1,8 @@
 """Benchmark of `fairgen fix` on fairgen-tiny: the paper's three settings, before/after on occupations:test.
 
     python benchmarks/fix_tiny.py --out runs/fix_tiny                       # the packaged `tiny` model
+    python benchmarks/fix_tiny.py --out runs/fix_tiny4 --methods all --settings gender --device cuda
+                                                      # the four methods of the paper's Table 1, one table
 
 Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (150 steps
 each, lr 1e-3, beta 1; alpha 1 and an explicit anchor of 2 by default, where the paper has 0 and 0: see
@@ -8,6 +10,10 @@ docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language m
 shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
 race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
 prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
+
+--methods all runs `fairgen fix --method all` per setting instead (prompt engineering, understanding-sft,
+sft, bpo on the same balanced set and budget, plus the after-fix checks) and writes each setting's
+Table-1-layout table to <out>/<setting>/fix_table.md, and all of them to <out>/fix_tiny_methods.md.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from pathlib import Path
 import torch
 
 from fairgen.fix import FixConfig, fix
+from fairgen.fix.checks import DEFAULT_CHECK_SUITES
+from fairgen.fix.table import markdown as table_markdown
 
 SETTINGS = {"gender": ("gender",), "race": ("race",), "mix": ("gender", "race")}
 # Minimum relative rd cut per (setting, attribute), from issue 9.
@@ -27,15 +35,13 @@ TARGETS = {("gender", "gender"): 0.70, ("race", "race"): 0.45, ("mix", "gender")
 MAX_FIDELITY_DROP_POINTS, MIN_EXPLICIT = 3.0, 0.95
 
 
-def run(model: str, out: Path, images_per_prompt: int, train_prompts: int | None, settings: list[str],
-        steps: tuple[int, int], alpha: float, anchor: float, lr: float) -> dict:
-    """Every setting's fix run; returns {setting: fix_report}."""
+def run(model: str, out: Path, settings: list[str], method: str, **options) -> dict:
+    """Every setting's fix run with `method` ("bpo" or "all"); returns {setting: fix report, or with
+    method "all" the fix table}. options: FixConfig fields shared by the settings."""
     reports = {}
     for name in settings:
-        config = FixConfig(model=model, attributes=SETTINGS[name], method="bpo", data_source="world",
-                           images_per_group=4, train_prompts=train_prompts, sft_steps=steps[0], bpo_steps=steps[1],
-                           alpha=alpha, beta=1.0, anchor=anchor, lr=lr, images_per_prompt=images_per_prompt,
-                           before=str(out / "before"))
+        config = FixConfig(model=model, attributes=SETTINGS[name], method=method, data_source="world",
+                           images_per_group=4, beta=1.0, before=str(out / "before"), **options)
         started = time.time()
         reports[name] = fix(config, out / name)
         print(f"{name}: {time.time() - started:.0f} s")
@@ -81,13 +87,39 @@ def main() -> None:
     parser.add_argument("--anchor", type=float, default=2.0, help="explicit-prompt SFT weight (paper: 0)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--settings", default="gender,race,mix")
+    parser.add_argument("--methods", choices=("bpo", "all"), default="bpo",
+                        help="bpo (the targets table) or all (prompt, understanding-sft, sft, bpo: Table 1)")
+    parser.add_argument("--units-per-batch", type=int, default=8)
+    parser.add_argument("--explicit-concepts", type=int, default=5)
+    parser.add_argument("--explicit-images", type=int, default=32)
+    parser.add_argument("--check-suites", default=",".join(DEFAULT_CHECK_SUITES), help="'none': no check suites")
+    parser.add_argument("--check-images", type=int, default=16)
+    parser.add_argument("--check-prompts", type=int, default=50)
+    parser.add_argument("--understanding-images", type=int, default=64)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the model's; tiny: cpu)")
+    parser.add_argument("--dtype", default=None, help="bf16, fp16, fp32: transformers models (--model janus:...)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per generation batch")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model
-    reports = run(model, args.out, args.images_per_prompt, args.train_prompts, args.settings.split(","),
-                  (args.sft_steps, args.bpo_steps), args.alpha, args.anchor, args.lr)
+    checks = tuple(s for s in args.check_suites.split(",") if s.strip() and s.strip() != "none")
+    reports = run(model, args.out, args.settings.split(","), "all" if args.methods == "all" else "bpo",
+                  train_prompts=args.train_prompts, sft_steps=args.sft_steps, bpo_steps=args.bpo_steps,
+                  alpha=args.alpha, anchor=args.anchor, lr=args.lr, units_per_batch=args.units_per_batch,
+                  images_per_prompt=args.images_per_prompt, explicit_concepts=args.explicit_concepts,
+                  explicit_images=args.explicit_images, check_suites=checks, check_images=args.check_images,
+                  check_prompts=args.check_prompts, understanding_images=args.understanding_images,
+                  device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    if args.methods == "all":
+        text = "\n".join(f"## {name} setting\n\n" + table_markdown(t).split("\n", 2)[2]
+                         for name, t in reports.items())
+        print(text)
+        (args.out / "fix_tiny_methods.md").write_text(text)
+        (args.out / "fix_tiny_methods.json").write_text(json.dumps({"model": model, "tables": reports}, indent=1)
+                                                         + "\n")
+        return
     text, verdicts = table(reports)
     header = f"fairgen fix on {model}, occupations:test at {args.images_per_prompt} images per prompt\n\n"
     print(header + text)
