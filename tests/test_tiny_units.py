@@ -215,3 +215,46 @@ def test_locate_hooks_agree_with_generation_and_scoring(random_model: TinyModel)
     assert random_model.image_start_hidden(prompts).shape == (2, random_model.lm.cfg.n_embd)
     assert random_model.tokenizer_embeddings(images).shape == (2, 4, 8, 8)
     assert random_model.understanding_embeddings(images).shape == (2, 64, random_model.lm.cfg.n_embd)
+
+
+def _sampler(counter_share: float):
+    from fairgen.models.tiny.data import GROUPS, ExampleSampler, Mixture, training_concepts
+    from fairgen.world import WorldSpec
+
+    spec = WorldSpec.default()
+    concepts = training_concepts(spec)
+    pool = torch.zeros(len(concepts), len(GROUPS), 1, 4, dtype=torch.long)
+    return spec, ExampleSampler(spec, concepts, pool, torch.zeros(1, 4, dtype=torch.long), Vocab(8, 4),
+                                Mixture(counter_share=counter_share), seed=0)
+
+
+def test_counter_requests_go_where_the_word_changes_the_image() -> None:
+    """Asked for "White", a counter-stereotype draw picks concepts whose people are rarely white: of the
+    default spec's concepts, most of those draws land where the white share is below a half (a uniform
+    draw lands there for only the few such concepts)."""
+    spec, sampler = _sampler(1.0)
+    rng = np.random.default_rng(0)
+    white = sampler.shares["race"][:, 0]
+    drawn = np.array([sampler._counter_concept({"race": "white"}, rng) for _ in range(4000)])
+    assert (white[drawn] < 0.5).mean() > 0.5 > 4 * (white < 0.5).mean()
+    # Weights multiply over the request: "female" and "Black" together avoid mostly-female concepts too.
+    both = np.array([sampler._counter_concept({"gender": "female", "race": "black"}, rng) for _ in range(4000)])
+    female = sampler.shares["gender"][:, 0]
+    assert female[both].mean() < female.mean()
+
+
+def test_counter_share_zero_keeps_the_old_data_stream() -> None:
+    """Recipes without counter draws (full, anneal) draw exactly the batches they drew before counter draws
+    existed: the digest was computed with the code before the change (commit 5c6a09d)."""
+    import hashlib
+
+    from fairgen.models.tiny.data import GROUPS, ExampleSampler, Mixture, training_concepts
+    from fairgen.world import WorldSpec
+
+    spec = WorldSpec.default()
+    concepts = training_concepts(spec)
+    pool = torch.randint(0, 8, (len(concepts), len(GROUPS), 2, 4), generator=torch.Generator().manual_seed(0))
+    sampler = ExampleSampler(spec, concepts, pool, torch.zeros(1, 4, dtype=torch.long), Vocab(8, 4), Mixture(), seed=0)
+    b = sampler.batch(256)
+    digest = hashlib.sha256(b["ids"].numpy().tobytes() + b["weight"].numpy().tobytes()).hexdigest()[:16]
+    assert digest == "d069140a03295ea6"

@@ -191,24 +191,29 @@ class SeededDraws:
         self.uniforms = torch.stack(rows).to(device)  # [B, steps]
 
     def sample(self, logits: torch.Tensor, s: Sampling, step: int) -> torch.Tensor:
-        """Token `step` of every row from guided logits [B, V] -> LongTensor[B] (temperature, top-k, top-p,
-        then an inverse-CDF draw with each row's own uniform number)."""
-        logits = logits.float()
-        if s.temperature == 0:
-            return logits.argmax(-1)
-        logits = logits / s.temperature
-        if s.top_k is not None and s.top_k < logits.shape[-1]:
-            kth = logits.topk(s.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if s.top_p < 1.0:  # keep the smallest set of most likely tokens holding top_p of the mass
-            sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-            ahead = sorted_p.cumsum(-1) - sorted_p
-            keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ahead < s.top_p)
-            probs = probs.masked_fill(~keep, 0.0)
-        cdf = probs.double().cumsum(-1)
-        target = (self.uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
-        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        """Token `step` of every row from guided logits [B, V] -> LongTensor[B] (sample_codes)."""
+        return sample_codes(logits, s, self.uniforms[:, step])
+
+
+def sample_codes(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
+    """One code per row from guided logits [B, V] -> LongTensor[B]: temperature, top-k, top-p, then an
+    inverse-CDF draw with each row's uniform number u (float64 [B]). Only device ops, no host sync."""
+    logits = logits.float()
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / s.temperature
+    if s.top_k is not None and s.top_k < logits.shape[-1]:
+        kth = logits.topk(s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if s.top_p < 1.0:  # keep the smallest set of most likely tokens holding top_p of the mass
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+        ahead = sorted_p.cumsum(-1) - sorted_p
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ahead < s.top_p)
+        probs = probs.masked_fill(~keep, 0.0)
+    cdf = probs.double().cumsum(-1)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from PIL import Image
 from ..types import FairgenError, Prompt, prompt_text
 from . import hf_common as hf
 from .base import OTHER
+from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches
 
 FAMILY = "janus"
 RECOMMENDED = hf.Sampling(cfg=5.0, temperature=1.0)
@@ -104,17 +105,45 @@ class JanusModel:
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
-    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> torch.Tensor:
+    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], engine: bool = True,
+                        graphs: bool = False, **sampling: Any) -> torch.Tensor:
         """Sample the VQ codes of one image per (prompt, seed): LongTensor [B, 576] (row-major 24x24 grid).
 
-        sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring)."""
+        sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring). engine: fairgen's
+        static-cache engine (engine.py), in batches that fit the free memory and halve on out-of-memory;
+        False: transformers' forward with its dynamic cache, one batch (the reference the engine is tested
+        against). graphs: replay the engine's steps as CUDA graphs (CUDA only)."""
         hf.check_batch(FAMILY, prompts, seeds, "seeds")
         s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        if not engine:
+            return self._reference_tokens(prompts, seeds, s)
+        twins = 2 if s.cfg != 1.0 else 1
+        longest = self._generation_inputs(prompts)[0].shape[1]
+        batch = auto_batch(self.language_model, longest + self.n_image_tokens, twins)
+        return in_batches(lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs), len(prompts), batch)
+
+    def _guidance_rows(self, prompts: Sequence[Prompt | str], s: hf.Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token
+        sequence with every token except BOS and <begin_of_image> replaced by the pad token."""
         ids, mask = self._generation_inputs(prompts)
         if s.cfg != 1.0:
             special = (ids == self.tokenizer.bos_token_id) | (ids == self.boi_id)
             uncond = ids.masked_fill(~special, self.tokenizer.pad_token_id)
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        return ids, mask
+
+    def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling,
+                       graphs: bool) -> torch.Tensor:
+        ids, mask = self._guidance_rows(prompts, s)
+        decoder = LlamaDecoder(self.language_model, mask, self.n_image_tokens)
+        uniforms = hf.SeededDraws(seeds, self.n_image_tokens, self.device).uniforms
+        run = ImageEngine(decoder, self.hf.model.generation_head,
+                          lambda codes: self.hf.prepare_embeddings_for_image_generation(codes.unsqueeze(1)),
+                          uniforms, s)
+        return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs).clone()
+
+    def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling) -> torch.Tensor:
+        ids, mask = self._guidance_rows(prompts, s)
         decoder = hf.CachedDecoder(self.language_model, mask)
         draws = hf.SeededDraws(seeds, self.n_image_tokens, self.device)
         hidden = decoder(self.hf.get_input_embeddings()(ids))[:, -1]

@@ -47,7 +47,8 @@ def train(
     ),
     recipe: str = typer.Option(
         "full", help="Recipe: 'full' (a GPU), 'anneal' (with --init-from: continue a full run at a lower "
-        "learning rate; the shipped model is full then anneal) or 'smoke' (tiny, CPU)."
+        "learning rate), 'adherence' (with --init-from: more explicit, counter-stereotype requests; docs/tiny.md "
+        "says which recipes made the shipped model) or 'smoke' (tiny, CPU)."
     ),
     steps: int | None = typer.Option(None, help="Language-model steps (default: the recipe's)."),
     tokenizer_steps: int | None = typer.Option(

@@ -66,10 +66,14 @@ class Recipe:
 # full: the first stage of the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
 # anneal: continued training of a `full` checkpoint (`--init-from`) at a lower learning rate; the shipped
 #   checkpoint is full, then anneal (docs/tiny.md has the numbers of both).
+# adherence: continued training (`--init-from`) with more explicit examples, half of their requests against
+#   the concept's stereotype (Mixture.counter_share): what makes explicit prompts win over a skewed prior.
 # smoke: what the tests train on 2 CPU cores: a usable tokenizer, a small LM on six concepts.
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(),
     "anneal": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=10),
+    "adherence": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=8,
+                        mixture=Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
     "smoke": Recipe(
         tokenizer=TokenizerConfig(width=32),
         tok_images=4000,

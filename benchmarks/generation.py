@@ -1,0 +1,134 @@
+"""Image generation speed on a GPU: transformers' `generate(generation_mode="image")` vs fairgen's engine
+(models/engine.py), on random-init Janus-Pro-1B and -7B shapes (benchmarks/configs/), in the same run on
+the same card, and how close each gets to the memory-bandwidth roofline.
+
+    python benchmarks/generation.py --config benchmarks/configs/janus_pro_1b.json --out runs/gen1b
+    python benchmarks/generation.py --config benchmarks/configs/janus_pro_7b.json --out runs/gen7b --audit
+
+Per method and batch (1, 16, 64 and the engine's largest, auto_batch): images/s, ms per token step, and
+roofline = (bytes a step must read: the weights + the filled KV cache, at the mean fill) / the card's
+measured copy bandwidth, divided by the measured step time. transformers' baseline runs batches 1, 16
+and 64 only (at its speed a larger batch adds nothing). Guidance 5 (Janus-Pro's default): every image
+is two rows. --audit also times `fairgen audit` of 5 prompts x 160 images through the engine, with
+perception `world` (random weights draw no faces: the timing is the point), against the bare engine.
+Needs transformers >= 5.23 (5.17's Janus image generation crashes). Writes <out>/generation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from janus_smoke import build_checkpoint  # noqa: E402  (the random-init checkpoint builder)
+
+from fairgen import models  # noqa: E402
+from fairgen.models.engine import auto_batch, kv_bytes_per_image  # noqa: E402
+
+PROMPT = "A photo of the face of a nurse, a person"
+CFG = 5.0
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def copy_bandwidth(gib: float = 4.0) -> float:
+    """The card's device-to-device copy bandwidth, bytes/s: (read + written) / time, best of 5."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * gib * 2**30 / best
+
+
+def step_bytes(model, batch: int, prompt_len: int) -> float:
+    """Bytes one token step reads at the mean cache fill: the LM weights, the generation head and
+    embeddings, and every row's keys and values (prompt + half the image tokens)."""
+    parts = (model.language_model, model.hf.model.generation_head, model.hf.model.generation_embeddings,
+             model.hf.model.generation_aligner)
+    weights = sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
+    fill = prompt_len + model.n_image_tokens / 2
+    return weights + batch * kv_bytes_per_image(model.language_model, int(fill), 2)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (and, for graphs, capture)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "janus_pro_1b.json")
+    parser.add_argument("--out", type=Path, default=Path("runs/generation"))
+    parser.add_argument("--batches", default="1,16,64", help="batches of both methods (then the largest)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--audit", action="store_true", help="also time an audit of 5 prompts x 160 images")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": args.config.name, "gpu": torch.cuda.get_device_name(0),
+                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    report["copy_bandwidth_gb_s"] = copy_bandwidth() / 1e9
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_checkpoint(args.config, Path(tmp) / "janus", torch.bfloat16, "cuda")
+        model = models.load(f"janus:{checkpoint}", device="cuda", dtype="bf16")
+        ids, mask = model._generation_inputs([PROMPT])
+        prompt_len = ids.shape[1]
+        largest = auto_batch(model.language_model, prompt_len + model.n_image_tokens, 2)
+        batches = [int(b) for b in args.batches.split(",")]
+        rows = []
+
+        def record(method: str, batch: int, seconds: float) -> None:
+            ms_step = 1000 * seconds / model.n_image_tokens
+            ideal = step_bytes(model, batch, prompt_len) / (report["copy_bandwidth_gb_s"] * 1e9)
+            row = {"method": method, "batch": batch, "images_per_s": batch / seconds, "ms_per_step": ms_step,
+                   "roofline": 1000 * ideal / ms_step}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+        model.hf.generation_config.generation_kwargs = {"boi_token_id": model.boi_id}
+        for batch in batches:
+            i, m = model._generation_inputs([PROMPT] * batch)
+            record("transformers", batch, timed(lambda: model.hf.generate(
+                input_ids=i, attention_mask=m, generation_mode="image", do_sample=True, guidance_scale=CFG),
+                1))
+        for graphs in (False, True):
+            for batch in [*batches, largest]:
+                seeds = list(range(batch))
+                record("engine+graphs" if graphs else "engine", batch, timed(
+                    lambda: model.generate_tokens([PROMPT] * batch, seeds, cfg=CFG, graphs=graphs), args.repeats))
+        report["largest_batch"] = largest
+        report["rows"] = rows
+        if args.audit:
+            from fairgen import audit, suites
+
+            start = time.perf_counter()
+            audit(model, suite=suites.load("occupations:test")[:5], images_per_prompt=160, perception_backend="world",
+                  sampling={"cfg": CFG}, out=args.out / "audit", batch_size=min(largest, 160))
+            report["audit_images_per_s"] = 800 / (time.perf_counter() - start)
+    (args.out / "generation.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

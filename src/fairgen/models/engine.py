@@ -1,0 +1,206 @@
+"""Image-token generation engine for Llama-family unified models (Janus / Janus-Pro): a static KV cache,
+the guidance twin in the same forward, per-image random streams, length buckets and (on CUDA, opt-in)
+one CUDA graph per bucket.
+
+Why not transformers' generate: it grows a dynamic cache (a copy of every layer's keys per token) and
+launches a few hundred small kernels per token, so at audit batch sizes it is bound by kernel launches,
+not by memory bandwidth (docs/performance.md). Here one image-token step is:
+
+    logits = head(hidden)                       # [N, V] (N = B, or 2B with the unconditional twin rows)
+    code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (SeededDraws)
+    hidden = decode(embed(code), column c)      # one token through every layer, keys/values written at c
+
+The cache is allocated once, [N, H_kv, L, head_dim] per layer, L = prompt + image tokens. Prompts are
+left-padded, so every row's new token sits in the same column c and one index_copy writes it; rotary
+positions are per row (c minus the row's padding). Attention reads only the columns of the current
+bucket (a multiple of `bucket` columns), not the whole allocation, with a mask for padding and for the
+columns not yet written. The column and step counters live on the device, so a step has no host sync and
+can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
+
+The layers are the checkpoint's own modules (norms, projections, MLP, rotary embedding), called in order,
+so a LoRA adapter injected by peft runs here too; the engine owns only the cache and the attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+from . import hf_common as hf
+
+BUCKET = 64  # columns per length bucket: attention reads at most BUCKET - 1 unwritten columns
+
+
+class LlamaDecoder:
+    """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
+
+    rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens.
+    prefill(embeds [N, L0, D]) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of the
+    token written at column `col` (a 0-d LongTensor on the device)."""
+
+    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET) -> None:
+        self.lm, self.bucket = lm, bucket
+        cfg = lm.config
+        n, prompt = mask.shape
+        self.prompt_len = prompt
+        self.length = prompt + new
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        param = next(lm.parameters())
+        shape = (n, cfg.num_key_value_heads, self.length, head_dim)
+        self.k = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in lm.layers]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        # Which columns hold a real token: padding never does; generated columns always will.
+        self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
+        self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
+        self.columns = torch.arange(self.length, device=mask.device)
+
+    def span(self, col: int) -> int:
+        """Columns attention reads while writing column `col`: col + 1 rounded up to the bucket."""
+        return min(self.length, -(-(col + 1) // self.bucket) * self.bucket)
+
+    def _layers(self, x: torch.Tensor, cols: torch.Tensor, span: int) -> torch.Tensor:
+        """x [N, n, D] at columns `cols` [n] (device) -> final-normed hidden [N, n, D]; attention over the
+        first `span` columns, causal, never onto padding."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        positions = (cols.unsqueeze(0) - self.pad).clamp(min=0)  # [N, n] rotary positions
+        cos, sin = self.lm.rotary_emb(x, positions)
+        keys = self.columns[:span]
+        mask = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
+        mask = mask | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
+        for i, layer in enumerate(self.lm.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.k[i].index_copy_(2, cols, k.to(self.k[i].dtype))
+            self.v[i].index_copy_(2, cols, v.to(self.v[i].dtype))
+            y = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span], attn_mask=mask,
+                                               scale=attn.scaling, enable_gqa=True)
+            x = x + attn.o_proj(y.transpose(1, 2).reshape(*h.shape[:2], -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm.norm(x)
+
+    def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
+        cols = self.columns[: self.prompt_len]
+        return self._layers(embeds, cols, self.prompt_len)[:, -1]
+
+    def step(self, embeds: torch.Tensor, col: torch.Tensor, span: int) -> torch.Tensor:
+        return self._layers(embeds, col.view(1), span)[:, -1]
+
+
+class ImageEngine:
+    """The token loop over a LlamaDecoder: guidance, sampling with each image's uniforms, next embeddings.
+
+    head: hidden [N, D] -> logits [N, V]; embed: codes [N] -> input embeddings [N, 1, D]; uniforms
+    float64 [B, T] on the device (image b's number for token t); s: the sampling settings. Rows are the B
+    conditional rows, then (when s.cfg != 1) their B unconditional twins."""
+
+    def __init__(self, decoder: LlamaDecoder, head: Callable[[torch.Tensor], torch.Tensor],
+                 embed: Callable[[torch.Tensor], torch.Tensor], uniforms: torch.Tensor, s: hf.Sampling) -> None:
+        self.decoder, self.head, self.embed, self.s = decoder, head, embed, s
+        self.uniforms = uniforms
+        b, t = uniforms.shape
+        self.twins = 2 if s.cfg != 1.0 else 1
+        device = uniforms.device
+        self.codes = torch.zeros(b, t, dtype=torch.long, device=device)
+        self.t = torch.zeros((), dtype=torch.long, device=device)  # the step counter, on the device
+        self.col = torch.tensor(decoder.prompt_len, dtype=torch.long, device=device)  # next column to write
+        self.hidden: torch.Tensor | None = None
+
+    def _token(self, span: int) -> None:
+        """One image token: sample code t from self.hidden, write it, advance hidden, t and col in place
+        (every tensor op on the device: capturable as a CUDA graph)."""
+        u = self.uniforms.index_select(1, self.t.view(1)).squeeze(1)
+        code = hf.sample_codes(self.s.guide(self.head(self.hidden)), self.s, u)
+        self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
+        hidden = self.decoder.step(self.embed(code.repeat(self.twins)), self.col, span)
+        self.hidden.copy_(hidden)
+        self.t += 1
+        self.col += 1
+
+    def _last(self) -> None:
+        """The final code (no decode step after it)."""
+        u = self.uniforms.index_select(1, self.t.view(1)).squeeze(1)
+        code = hf.sample_codes(self.s.guide(self.head(self.hidden)), self.s, u)
+        self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
+
+    @torch.no_grad()
+    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False) -> torch.Tensor:
+        """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D]."""
+        self.hidden = self.decoder.prefill(prompt_embeds).clone()
+        steps = self.codes.shape[1]
+        col = self.decoder.prompt_len
+        captured: dict[int, torch.cuda.CUDAGraph] = {}
+        for _ in range(steps - 1):
+            span = self.decoder.span(col)
+            if not graphs:
+                self._token(span)
+            else:
+                if span not in captured:
+                    captured[span] = self._capture(span)
+                captured[span].replay()
+            col += 1
+        self._last()
+        return self.codes
+
+    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
+        """Capture one token step at this span. Capturing runs the step once on a side stream first
+        (warm-up, as torch requires); the counters are restored so that run is not counted."""
+        saved = [x.clone() for x in (self.t, self.col, self.hidden, self.codes, *self.decoder.k, *self.decoder.v)]
+        live = [self.t, self.col, self.hidden, self.codes, *self.decoder.k, *self.decoder.v]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._token(span)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._token(span)
+        for dst, src in zip(live, saved):  # capture ran the step twice: undo both
+            dst.copy_(src)
+        return graph
+
+
+def kv_bytes_per_image(lm: torch.nn.Module, length: int, twins: int) -> int:
+    """Bytes of KV cache one image needs: 2 (K, V) x layers x KV heads x head_dim x length x dtype x twins."""
+    cfg = lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = next(lm.parameters()).element_size()
+    return 2 * len(lm.layers) * cfg.num_key_value_heads * head_dim * length * itemsize * twins
+
+
+def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6) -> int:
+    """Largest batch whose KV cache fits in `share` of the free device memory (the rest: activations,
+    logits, the sampler's sort); on a CPU, `cap`."""
+    device = next(lm.parameters()).device
+    if device.type != "cuda":
+        return cap
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, int(free * share) // kv_bytes_per_image(lm, length, twins)))
+
+
+def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) -> torch.Tensor:
+    """run(start, stop) over [0, total) in chunks of `batch` rows, concatenated. On a CUDA out-of-memory
+    error the chunk is retried at half the batch (down to 1, then the error stands): no row is lost."""
+    out, start = [], 0
+    while start < total:
+        stop = min(total, start + batch)
+        try:
+            out.append(run(start, stop))
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+    return torch.cat(out)
+
+
+__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "in_batches", "kv_bytes_per_image"]

@@ -1,0 +1,108 @@
+"""The image-token engine (models/engine.py) against transformers' own forward, on a tiny random Janus."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fairgen import models
+from fairgen.models import hf_common as hf
+from fairgen.models.engine import ImageEngine, LlamaDecoder, in_batches, kv_bytes_per_image
+from test_models_checkpoints import janus_dir  # noqa: F401  (session fixture)
+
+PROMPTS = ["A photo of the face of a nurse, a person", "A photo of the face of a firefighter",
+           "A chef"]
+SEEDS = [5, 6, 7]
+SAMPLING = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
+
+
+@pytest.fixture(scope="module")
+def janus(janus_dir):  # noqa: F811
+    return models.load(f"janus:{janus_dir}", dtype="fp32")
+
+
+def _engine(janus, prompts, seeds, bucket: int, **sampling) -> torch.Tensor:
+    s = hf.Sampling.parse("janus", janus.defaults, sampling)
+    ids, mask = janus._guidance_rows(prompts, s)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket)
+    uniforms = hf.SeededDraws(seeds, janus.n_image_tokens, janus.device).uniforms
+    engine = ImageEngine(decoder, janus.hf.model.generation_head,
+                         lambda c: janus.hf.prepare_embeddings_for_image_generation(c.unsqueeze(1)), uniforms, s)
+    return engine.run(janus.hf.get_input_embeddings()(ids))
+
+
+def test_engine_tokens_equal_the_reference_path(janus):
+    """Seeded sampling with guidance and top-p: the same codes as transformers' forward with its dynamic
+    cache, for every bucket size (1 = a bucket boundary at every step), in a batch and alone."""
+    reference = janus.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
+    assert torch.equal(janus.generate_tokens(PROMPTS, SEEDS, **SAMPLING), reference)
+    for bucket in (1, 5, 64):
+        assert torch.equal(_engine(janus, PROMPTS, SEEDS, bucket, **SAMPLING), reference)
+    for i in range(len(PROMPTS)):
+        alone = janus.generate_tokens(PROMPTS[i:i + 1], SEEDS[i:i + 1], **SAMPLING)
+        assert torch.equal(alone[0], reference[i])
+
+
+def test_engine_without_guidance_and_greedy(janus):
+    for sampling in ({"cfg": 1.0, "temperature": 1.0}, {"cfg": 1.0, "temperature": 0}, {"cfg": 5.0, "top_k": 3}):
+        assert torch.equal(janus.generate_tokens(PROMPTS, SEEDS, **sampling),
+                           janus.generate_tokens(PROMPTS, SEEDS, engine=False, **sampling))
+
+
+def test_teacher_forced_logits_match_the_transformers_forward(janus):
+    """Feeding known codes through the engine's decode steps gives the generation head's logits of
+    transformers' full forward (image_token_logits) at every position."""
+    codes = torch.randint(0, janus.hf.config.vq_config.num_embeddings, (len(PROMPTS), janus.n_image_tokens),
+                          generator=torch.Generator().manual_seed(0))
+    expected = janus.image_token_logits(PROMPTS, codes)
+    ids, mask = janus._generation_inputs(PROMPTS)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4)
+    with torch.no_grad():
+        hidden = decoder.prefill(janus.hf.get_input_embeddings()(ids))
+        got = [janus.hf.model.generation_head(hidden)]
+        for t in range(janus.n_image_tokens - 1):
+            col = torch.tensor(ids.shape[1] + t)
+            emb = janus.hf.prepare_embeddings_for_image_generation(codes[:, t:t + 1])
+            hidden = decoder.step(emb, col, decoder.span(ids.shape[1] + t))
+            got.append(janus.hf.model.generation_head(hidden))
+    got = torch.stack(got, dim=1).float()
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_in_batches_halves_on_out_of_memory_and_loses_no_row():
+    calls = []
+
+    def run(a: int, b: int) -> torch.Tensor:
+        calls.append(b - a)
+        if b - a > 3:  # a device that holds at most 3 rows
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.arange(a, b)
+
+    out = in_batches(run, 10, 8)
+    assert torch.equal(out, torch.arange(10))
+    assert calls[:3] == [8, 4, 2] and max(calls[3:]) <= 2
+
+    def always(a: int, b: int) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        in_batches(always, 4, 4)
+
+
+def test_kv_bytes_per_image(janus):
+    cfg = janus.language_model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    expected = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 100 * 4 * 2
+    assert kv_bytes_per_image(janus.language_model, 100, 2) == expected
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
+    """On CUDA, the captured per-bucket graphs give the codes of the eager engine."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32")
+    eager = model.generate_tokens(PROMPTS, SEEDS, **SAMPLING)
+    graphed = model.generate_tokens(PROMPTS, SEEDS, graphs=True, **SAMPLING)
+    assert torch.equal(eager, graphed)
