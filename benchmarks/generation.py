@@ -36,12 +36,13 @@ CFG = 5.0
 
 
 def sync() -> None:
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def copy_bandwidth(gib: float = 4.0) -> float:
-    """The card's device-to-device copy bandwidth, bytes/s: (read + written) / time, best of 5."""
-    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+def copy_bandwidth(device: str, gib: float = 4.0) -> float:
+    """The device's copy bandwidth, bytes/s: (read + written) / time of a device-to-device copy, best of 5."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(5):
@@ -81,20 +82,24 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64", help="batches of both methods (then the largest)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--audit", action="store_true", help="also time an audit of 5 prompts x 160 images")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script (fp32, no graphs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"config": args.config.name, "gpu": torch.cuda.get_device_name(0),
+    cuda = args.device == "cuda"
+    dtype = "bf16" if cuda else "fp32"
+    report: dict = {"config": args.config.name, "gpu": torch.cuda.get_device_name(0) if cuda else None,
                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     import transformers
 
     report["transformers"] = transformers.__version__
-    report["copy_bandwidth_gb_s"] = copy_bandwidth() / 1e9
+    report["copy_bandwidth_gb_s"] = copy_bandwidth(args.device, 4.0 if cuda else 0.25) / 1e9
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = build_checkpoint(args.config, Path(tmp) / "janus", torch.bfloat16, "cuda")
-        model = models.load(f"janus:{checkpoint}", device="cuda", dtype="bf16")
+        checkpoint = build_checkpoint(args.config, Path(tmp) / "janus", getattr(torch, {"bf16": "bfloat16"}.get(
+            dtype, "float32")), args.device)
+        model = models.load(f"janus:{checkpoint}", device=args.device, dtype=dtype)
         ids, mask = model._generation_inputs([PROMPT])
         prompt_len = ids.shape[1]
-        largest = auto_batch(model.language_model, prompt_len + model.n_image_tokens, 2)
+        largest = auto_batch(model.language_model, prompt_len + model.n_image_tokens, 2, cap=1024 if cuda else 4)
         batches = [int(b) for b in args.batches.split(",")]
         rows = []
 
@@ -112,7 +117,7 @@ def main() -> None:
             record("transformers", batch, timed(lambda: model.hf.generate(
                 input_ids=i, attention_mask=m, generation_mode="image", do_sample=True, guidance_scale=CFG),
                 1))
-        for graphs in (False, True):
+        for graphs in (False, True) if cuda else (False,):
             for batch in [*batches, largest]:
                 seeds = list(range(batch))
                 record("engine+graphs" if graphs else "engine", batch, timed(

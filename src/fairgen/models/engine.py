@@ -112,22 +112,20 @@ class ImageEngine:
         self.col = torch.tensor(decoder.prompt_len, dtype=torch.long, device=device)  # next column to write
         self.hidden: torch.Tensor | None = None
 
-    def _token(self, span: int) -> None:
-        """One image token: sample code t from self.hidden, write it, advance hidden, t and col in place
-        (every tensor op on the device: capturable as a CUDA graph)."""
+    def _sample(self) -> torch.Tensor:
+        """Code t of every image from self.hidden, written to self.codes: LongTensor [B]."""
         u = self.uniforms.index_select(1, self.t.view(1)).squeeze(1)
         code = hf.sample_codes(self.s.guide(self.head(self.hidden)), self.s, u)
         self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
-        hidden = self.decoder.step(self.embed(code.repeat(self.twins)), self.col, span)
-        self.hidden.copy_(hidden)
+        return code
+
+    def _token(self, span: int) -> None:
+        """One image token: sample code t, then advance hidden, t and col in place (every tensor op on the
+        device: capturable as a CUDA graph)."""
+        code = self._sample()
+        self.hidden.copy_(self.decoder.step(self.embed(code.repeat(self.twins)), self.col, span))
         self.t += 1
         self.col += 1
-
-    def _last(self) -> None:
-        """The final code (no decode step after it)."""
-        u = self.uniforms.index_select(1, self.t.view(1)).squeeze(1)
-        code = hf.sample_codes(self.s.guide(self.head(self.hidden)), self.s, u)
-        self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
 
     @torch.no_grad()
     def run(self, prompt_embeds: torch.Tensor, graphs: bool = False) -> torch.Tensor:
@@ -145,7 +143,7 @@ class ImageEngine:
                     captured[span] = self._capture(span)
                 captured[span].replay()
             col += 1
-        self._last()
+        self._sample()  # the last code: no decode step after it
         return self.codes
 
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
