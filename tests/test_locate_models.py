@@ -68,7 +68,8 @@ def test_lm_hooks_agree_with_generation_and_scoring(name, request) -> None:
     model = request.getfixturevalue(name)
     codes = model.generate_tokens(PROMPTS, [3, 4], cfg=1.0, temperature=1.0)
     images = model.generate(PROMPTS, [3, 4], cfg=1.0, temperature=1.0)
-    assert np.array_equal(np.asarray(images[0]), np.asarray(model.decode_tokens(codes[:1])[0]))
+    # Decoded as the same batch: the VQ decoder's convolutions round differently at another batch size.
+    assert np.array_equal(np.asarray(images[0]), np.asarray(model.decode_tokens(codes)[0]))
     with torch.no_grad():
         logits = model.image_token_logits(PROMPTS, codes)
         mean_logp = torch.log_softmax(logits, -1).gather(-1, codes.to(logits.device)[..., None]).squeeze(-1).mean(-1)
