@@ -82,13 +82,13 @@ def markdown(table: Mapping[str, Any]) -> str:
     if suites or table["before"]["understanding_accuracy"]:
         lines += ["", "After-fix checks: understanding accuracy on labelled world images, and rd of the fixed "
                   "attributes on other suites.", "",
-                  "| method | understanding accuracy | " + " | ".join(f"{s} rd" for s in suites) + " |",
+                  "| " + " | ".join(["method", "understanding accuracy", *(f"{s} rd" for s in suites)]) + " |",
                   "| --- " * (2 + len(suites)) + "|"]
         for label, r in rows:
             acc = r["understanding_accuracy"]
             und = ", ".join(f"{a} {_f(v)}" for a, v in acc.items()) if acc else "–"
             cells = [", ".join(f"{a} {_f(r['suites'][s][a])}" for a in attrs) for s in suites]
-            lines.append(f"| {label} | {und} | " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([label, und, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
