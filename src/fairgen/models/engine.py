@@ -33,6 +33,11 @@ from . import hf_common as hf
 BUCKET = 64  # columns per length bucket: attention reads at most BUCKET - 1 unwritten columns
 
 
+def _head_dim(cfg: object) -> int:
+    """Per-head width of a Llama config (its head_dim, else hidden size / attention heads)."""
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
@@ -46,9 +51,8 @@ class LlamaDecoder:
         n, prompt = mask.shape
         self.prompt_len = prompt
         self.length = prompt + new
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         param = next(lm.parameters())
-        shape = (n, cfg.num_key_value_heads, self.length, head_dim)
+        shape = (n, cfg.num_key_value_heads, self.length, _head_dim(cfg))
         self.k = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in lm.layers]
         self.v = [torch.zeros_like(k) for k in self.k]
         # Which columns hold a real token: padding never does; generated columns always will.
@@ -149,8 +153,8 @@ class ImageEngine:
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
         """Capture one token step at this span. Capturing runs the step once on a side stream first
         (warm-up, as torch requires); the counters are restored so that run is not counted."""
-        saved = [x.clone() for x in (self.t, self.col, self.hidden, self.codes, *self.decoder.k, *self.decoder.v)]
         live = [self.t, self.col, self.hidden, self.codes, *self.decoder.k, *self.decoder.v]
+        saved = [x.clone() for x in live]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -167,9 +171,8 @@ class ImageEngine:
 def kv_bytes_per_image(lm: torch.nn.Module, length: int, twins: int) -> int:
     """Bytes of KV cache one image needs: 2 (K, V) x layers x KV heads x head_dim x length x dtype x twins."""
     cfg = lm.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     itemsize = next(lm.parameters()).element_size()
-    return 2 * len(lm.layers) * cfg.num_key_value_heads * head_dim * length * itemsize * twins
+    return 2 * len(lm.layers) * cfg.num_key_value_heads * _head_dim(cfg) * length * itemsize * twins
 
 
 def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6) -> int:

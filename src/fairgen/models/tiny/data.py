@@ -152,26 +152,22 @@ class ExampleSampler:
         self.pool = pool.cpu().numpy()
         self.blank = blank_codes.cpu().numpy()
         self.seed, self.rng = seed, np.random.default_rng(seed)
+        # Per attribute, the spec's class shares of every concept: float [n_concepts, n_classes].
+        self.shares = {
+            a: np.array([[spec.distribution(c)[a][k] for k in ATTRIBUTES[a]] for c in self.names])
+            for a in ATTRIBUTES
+        }
         # Per concept, the probability of every pooled group under the spec (attributes independent).
-        self.group_probs = np.array(
-            [
-                [
-                    np.prod([spec.distribution(c)[attr][cls] for attr, cls in zip(ATTRIBUTES, grp)])
-                    for grp in GROUPS
-                ]
-                for c in self.names
-            ]
+        self.group_probs = np.stack(
+            [np.prod([self.shares[a][:, ATTRIBUTES[a].index(k)] for a, k in zip(ATTRIBUTES, grp)], axis=0)
+             for grp in GROUPS],
+            axis=1,
         )
         # Per explicit request (attribute, class), which pooled groups satisfy it.
         self.satisfies = {
             (a, c): np.array([g[i] == c for g in GROUPS])
             for i, a in enumerate(ATTRIBUTES)
             for c in ATTRIBUTES[a]
-        }
-        # Per attribute, the spec's class shares of every concept: float [n_concepts, n_classes].
-        self.shares = {
-            a: np.array([[spec.distribution(c)[a][k] for k in ATTRIBUTES[a]] for c in self.names])
-            for a in ATTRIBUTES
         }
         self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
 
