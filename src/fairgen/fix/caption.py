@@ -77,7 +77,7 @@ def _chat(model: Any, images: Sequence[Image.Image], texts: Sequence[str], messa
           template: str | None) -> torch.Tensor:
     """Janus / Emu3: the chat prompt with the image, then each text as the assistant's answer, right-padded
     after the (equal-length) prompts, as models/hf_common.option_logprobs scores options, with gradients."""
-    from ..models.hf_common import continuation_text
+    from ..models.hf_common import continuation_text, pad_continuations
 
     processor, tokenizer = model.processor, model.tokenizer
     asked = messages + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_QUESTION}]}]
@@ -87,14 +87,9 @@ def _chat(model: Any, images: Sequence[Image.Image], texts: Sequence[str], messa
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     answers = [tokenizer(continuation_text(processor, asked, t, template), add_special_tokens=False)["input_ids"]
                + [tokenizer.eos_token_id] for t in texts]
-    longest = max(len(a) for a in answers)
-    ids = inputs["input_ids"]
-    cont = torch.full((len(answers), longest), tokenizer.pad_token_id, dtype=ids.dtype, device=ids.device)
-    valid = torch.zeros((len(answers), longest), dtype=torch.bool, device=ids.device)
-    for i, a in enumerate(answers):
-        cont[i, :len(a)] = torch.tensor(a, dtype=ids.dtype)
-        valid[i, :len(a)] = True
-    inputs["input_ids"] = torch.cat([ids, cont], dim=1)
+    cont, valid = pad_continuations(answers, tokenizer.pad_token_id, inputs["input_ids"])
+    longest = cont.shape[1]
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], dim=1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], valid.long()], dim=1)
     logits = model.hf(**inputs, logits_to_keep=longest + 1).logits[:, :longest]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)

@@ -260,6 +260,19 @@ def continuation_text(processor: Any, messages: list[dict], option: str, chat_te
     return full[len(prefix):]
 
 
+def pad_continuations(continuations: list[list[int]], pad_id: int, like: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows right-padded with pad_id: (ids [K, longest] in like's dtype and device, valid [K, longest]
+    bool, False on padding)."""
+    longest = max(len(c) for c in continuations)
+    cont = torch.full((len(continuations), longest), pad_id, dtype=like.dtype, device=like.device)
+    valid = torch.zeros((len(continuations), longest), dtype=torch.bool, device=like.device)
+    for i, c in enumerate(continuations):
+        cont[i, :len(c)] = torch.tensor(c, dtype=like.dtype)
+        valid[i, :len(c)] = True
+    return cont, valid
+
+
 @torch.no_grad()
 def option_logprobs(model: Any, context: dict[str, torch.Tensor], continuations: list[list[int]],
                     pad_id: int) -> torch.Tensor:
@@ -269,13 +282,9 @@ def option_logprobs(model: Any, context: dict[str, torch.Tensor], continuations:
     on the model's device. Rows are the context followed by a continuation, right-padded, so every row's
     positions are those of an unpadded sequence.
     """
-    k, longest = len(continuations), max(len(c) for c in continuations)
-    ids = context["input_ids"]
-    cont = torch.full((k, longest), pad_id, dtype=ids.dtype, device=ids.device)
-    valid = torch.zeros((k, longest), dtype=torch.bool, device=ids.device)
-    for i, c in enumerate(continuations):
-        cont[i, :len(c)] = torch.tensor(c, dtype=ids.dtype)
-        valid[i, :len(c)] = True
+    k = len(continuations)
+    cont, valid = pad_continuations(continuations, pad_id, context["input_ids"])
+    longest = cont.shape[1]
     inputs = {name: t.repeat(k, *[1] * (t.dim() - 1)) for name, t in context.items() if torch.is_tensor(t)}
     inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], dim=1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], valid.long()], dim=1)
