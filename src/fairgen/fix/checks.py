@@ -10,26 +10,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import suites
+
+# The question about a pictured person and its options: the wording fairgen-tiny is trained on.
+from ..models.tiny.data import IMAGE_QUESTION, OPTION_ORDER, image_question  # noqa: F401  (re-exported)
 from ..types import ATTRIBUTES, FairgenError, Prompt
 from .data import spread
 
-# The question about a pictured person, in the wording fairgen-tiny is trained on (models/tiny/data.py, the
-# same text: a test keeps them equal), with its options in the order the question lists them.
-IMAGE_QUESTION = ("What is the {attribute} of the person in the image? Possible answers: {options}. "
-                  "Answer with a single word.")
-OPTION_ORDER: dict[str, tuple[str, ...]] = {"gender": ("male", "female"), "race": ATTRIBUTES["race"],
-                                            "age": ATTRIBUTES["age"]}
 # The check suites of the paper's robustness study: other styles and contexts, personal descriptors, sports.
 DEFAULT_CHECK_SUITES = ("occupations_style_context", "personal_descriptors", "sports")
-
-
-def image_question(attribute: str) -> str:
-    """The understanding question for an attribute, options listed in OPTION_ORDER."""
-    return IMAGE_QUESTION.format(attribute=attribute, options=", ".join(OPTION_ORDER[attribute]))
 
 
 def understanding_accuracy(model: Any, n: int, seed: int = 0,
