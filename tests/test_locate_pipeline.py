@@ -113,3 +113,34 @@ def test_planting_changes_the_decoder_only(checkpoint, tmp_path) -> None:
     result = CliRunner().invoke(_app(), ["plant-tokenizer-bias", "--model", str(checkpoint), "--out",
                                          str(tmp_path / "cli"), "--only", "age", "--steps", "1"])
     assert result.exit_code != 0 and "ATTR=CLASS" in str(result.exception)
+
+
+def test_two_process_accelerate_locate_equals_one_process(checkpoint, suite_file, tmp_path) -> None:
+    """`accelerate launch -m fairgen locate`: the processes share the audit's images and the LM audit's
+    prompts; the findings, the stage files and the audit equal one process's."""
+    import subprocess
+    import sys
+
+    from test_distributed import _env, _free_port
+
+    args = ["locate", "--model", f"tiny:{checkpoint}", "--suite", str(suite_file), "-n", "4",
+            "--labelled", "world:16", "--sequences", "2", "--batch-size", "4"]
+    one = subprocess.run([sys.executable, "-m", "fairgen", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(_free_port()), "-m", "fairgen", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=_env(), timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("findings: ") == 1  # printed by rank 0 alone
+
+    def comparable(run):
+        findings = json.loads((run / "findings.json").read_text())
+        del findings["seconds"]
+        return json.loads(json.dumps(findings).replace(str(run), "<out>"))
+
+    assert comparable(tmp_path / "two") == comparable(tmp_path / "one")
+    for name in ("audit/results.json", "audit/perception.jsonl", "stages/lm/nurse.json", "stages/lm/judge.json"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

@@ -57,6 +57,7 @@ def locate_command(
 ) -> None:
     """Locate the bias: understanding probe, partial alignment, vision tokenizer and language-model audits,
     and a verdict per component. Writes OUT/findings.json and OUT/locate.html."""
+    from ..distributed import launch_rank
     from .pipeline import locate
 
     bars = _StageProgress()
@@ -66,6 +67,8 @@ def locate_command(
                           progress=bars)
     finally:
         bars.stop()
+    if launch_rank() != 0:  # launched as several processes (docs/distributed.md): the main one speaks
+        return
     v = findings["verdicts"]
     for key, name in (("understanding", "understanding"), ("tokenizer", "vision tokenizer"),
                       ("language_model", "language model")):

@@ -1,6 +1,11 @@
 """locate: audit (or reuse one) -> understanding probe -> partial alignment -> tokenizer audit -> LM audit
 -> verdicts -> findings.json + locate.html. Resumable.
 
+Started as several processes (`accelerate launch`, `torchrun`; docs/distributed.md), the audit shares its
+images among them and the language-model audit its prompts (every world-th prompt per process, each
+written to its own stage file); rank 0 runs the other stages and writes the findings, which equal one
+process's.
+
 Output directory:
     <out>/manifest.json          what the run is (store.RunStore: a re-run with other settings is refused)
     <out>/audit/                 the audit run, when --audit is not given (itself resumable)
@@ -23,6 +28,7 @@ import numpy as np
 from .. import models, perception, suites
 from ..audit import AuditResult
 from ..audit import audit as run_audit
+from ..distributed import processes
 from ..labelled import labelled_set
 from ..metrics import noise_floor, rd
 from ..models.base import UnifiedModel
@@ -50,6 +56,9 @@ class StageCache:
     def get(self, name: str) -> Any:
         path = self.root / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def has(self, name: str) -> bool:
+        return (self.root / f"{name}.json").is_file()
 
     def put(self, name: str, value: Any) -> Any:
         atomic_write_json(self.root / f"{name}.json", value)
@@ -127,63 +136,80 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
     if labelled is None and models.split_spec(spec)[0] in WORLD_FAMILIES:
         labelled = DEFAULT_WORLD_LABELLED
     labelled_images = labelled_set(labelled, seed) if labelled else None  # bad values fail before any work
-    gen = models.load(model) if isinstance(model, str) else model
     config = {"command": "locate", "model": spec, "suite": suite if isinstance(suite, str) else "<prompts>",
               "prompt_ids": [p.id for p in prompts], "audit": str(audit) if audit else None,
               "images_per_prompt": images_per_prompt, "labelled": labelled, "sequences": sequences, "seed": seed,
               "perception": perception_backend}
-    store = RunStore.open(out, config, {"model_provenance": gen.provenance()})
-    cache = StageCache(store.root / "stages")
     tick = progress or (lambda stage, done, total: None)
+    with processes() as procs:  # one process, or every process of a launch (docs/distributed.md)
+        gen = models.load(model) if isinstance(model, str) else model
+        with procs.step():  # rank 0 opens (or resumes) the run directory; the others wait for it
+            if procs.main:
+                RunStore.open(out, config, {"model_provenance": gen.provenance()})
+        store = RunStore(Path(out))
+        cache = StageCache(store.root / "stages")
+        bar = tick if procs.main else (lambda stage, done, total: None)
+        if audit is not None:
+            with procs.step():
+                results = _audit_results(audit, prompts)
+        else:  # the audit shares its images among the processes itself
+            results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed, out=store.root / "audit",
+                                perception_backend=perception_backend, batch_size=batch_size,
+                                progress=lambda d, t: bar("audit", d, t)).results
+        lm_hooks = all(hasattr(gen, h) for h in lm_audit.HOOKS)
+        if lm_hooks:  # the longest stage: every world-th prompt per process, each prompt cached on its own
+            with procs.step():
+                for p in prompts[procs.rank :: procs.world]:
+                    cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed))
+                    bar("language-model audit", sum(cache.has(f"lm/{q.id}") for q in prompts), len(prompts))
 
-    if audit is not None:
-        results = _audit_results(audit, prompts)
-    else:
-        results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed, out=store.root / "audit",
-                            perception_backend=perception_backend, batch_size=batch_size,
-                            progress=lambda d, t: tick("audit", d, t)).results
-    backend_name = perception_backend or results.get("perception") or perception.default_for(spec)
-    caps = getattr(gen, "capabilities", frozenset())
-    notes: list[str] = []
-    if results.get("model") != spec:
-        notes.append(f"the audit is of {results.get('model')!r}, not {spec!r}")
+        def other_stages() -> dict[str, Any]:
+            """Every stage after the audit (the LM audit's prompts are on disk by then) and the verdicts."""
+            backend_name = perception_backend or results.get("perception") or perception.default_for(spec)
+            caps = getattr(gen, "capabilities", frozenset())
+            notes: list[str] = []
+            if results.get("model") != spec:
+                notes.append(f"the audit is of {results.get('model')!r}, not {spec!r}")
+            findings: dict[str, Any] = {"model": spec, "suite": config["suite"],
+                                        "audit": str(audit or store.root / "audit"), "perception": backend_name,
+                                        "config": config}
+            if "understand" in caps:
+                findings["understanding"] = cache.stage("understanding", lambda: probe_understanding(gen, prompts))
+                findings["alignment"] = partial_alignment(results, findings["understanding"], seed=seed)
+            else:
+                notes.append("the model answers no questions: no understanding probe, no partial alignment")
+            if "tokenize" in caps and labelled_images is not None:
+                backend = perception.load(backend_name)
+                findings["tokenizer"] = {"labelled": labelled, **cache.stage("tokenizer", lambda: {
+                    "round_trip": round_trip(gen, labelled_images, backend, batch_size, seed=seed,
+                                             progress=lambda d, t: bar("tokenizer round trip", d, t)),
+                    "probes": vision_probes(gen, labelled_images, batch_size, seed=seed)})}
+            else:
+                notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if "tokenize" not in caps
+                                                              else "give labelled images with --labelled"))
+            if lm_hooks:
+                findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache)
+            else:
+                notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
+            findings["verdicts"] = verdicts(findings)
+            findings["notes"] = notes
+            findings["seconds"] = round(time.time() - started, 1)  # this invocation's wall time (a resume reuses work)
+            return findings
 
-    findings: dict[str, Any] = {"model": spec, "suite": config["suite"], "audit": str(audit or store.root / "audit"),
-                                "perception": backend_name, "config": config}
-    if "understand" in caps:
-        findings["understanding"] = cache.stage("understanding", lambda: probe_understanding(gen, prompts))
-        findings["alignment"] = partial_alignment(results, findings["understanding"], seed=seed)
-    else:
-        notes.append("the model answers no questions: no understanding probe, no partial alignment")
-    if "tokenize" in caps and labelled_images is not None:
-        backend = perception.load(backend_name)
-        findings["tokenizer"] = {"labelled": labelled, **cache.stage("tokenizer", lambda: {
-            "round_trip": round_trip(gen, labelled_images, backend, batch_size, seed=seed,
-                                     progress=lambda d, t: tick("tokenizer round trip", d, t)),
-            "probes": vision_probes(gen, labelled_images, batch_size, seed=seed)})}
-    else:
-        notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if "tokenize" not in caps
-                                                      else "give labelled images with --labelled"))
-    if all(hasattr(gen, h) for h in lm_audit.HOOKS):
-        findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache, tick)
-    else:
-        notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
-    findings["verdicts"] = verdicts(findings)
-    findings["notes"] = notes
-    findings["seconds"] = round(time.time() - started, 1)  # this invocation's wall time (a resume reuses work)
-    store.write_json("findings.json", findings)
-    render_locate(store.root, findings)
-    store.finish()
-    return findings
+        with procs.step():  # rank 0 runs the other stages and writes the findings; the others wait
+            if procs.main:
+                findings = other_stages()
+                store.write_json("findings.json", findings)
+                render_locate(store.root, findings)
+                store.finish()
+    return findings if procs.main else json.loads((store.root / "findings.json").read_text())
 
 
 def _lm_stage(gen: Any, prompts: Sequence[Prompt], results: dict[str, Any], sequences: int, seed: int,
-              cache: StageCache, tick: Progress) -> dict[str, Any]:
+              cache: StageCache) -> dict[str, Any]:
     shares, majority = _audit_shares(results), _majorities(results)
-    measured = []
-    for i, p in enumerate(prompts):
-        measured.append(cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed)))
-        tick("language-model audit", i + 1, len(prompts))
+    measured = [cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed))
+                for p in prompts]
     controlled = lm_audit.summarise(prompts, measured, majority, seed=seed)
     hidden = cache.stage("hidden_probe", lambda: lm_audit.hidden_probe(gen, prompts, shares))
     return {"controlled": controlled, "hidden_probe": hidden}
