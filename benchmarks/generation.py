@@ -102,6 +102,11 @@ def main() -> None:
         largest = auto_batch(model.language_model, prompt_len + model.n_image_tokens, 2, cap=1024 if cuda else 4)
         batches = [int(b) for b in args.batches.split(",")]
         rows = []
+        report["largest_batch"] = largest
+        report["rows"] = rows
+
+        def save() -> None:
+            (args.out / "generation.json").write_text(json.dumps(report, indent=1) + "\n")
 
         def record(method: str, batch: int, seconds: float) -> None:
             ms_step = 1000 * seconds / model.n_image_tokens
@@ -110,6 +115,7 @@ def main() -> None:
                    "roofline": 1000 * ideal / ms_step}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            save()  # after every row: a later crash or timeout keeps what was measured
 
         model.hf.generation_config.generation_kwargs = {"boi_token_id": model.boi_id}
         for batch in batches:
@@ -122,8 +128,6 @@ def main() -> None:
                 seeds = list(range(batch))
                 record("engine+graphs" if graphs else "engine", batch, timed(
                     lambda: model.generate_tokens([PROMPT] * batch, seeds, cfg=CFG, graphs=graphs), args.repeats))
-        report["largest_batch"] = largest
-        report["rows"] = rows
         if args.audit:
             from fairgen import audit, suites
 
@@ -131,7 +135,7 @@ def main() -> None:
             audit(model, suite=suites.load("occupations:test")[:5], images_per_prompt=160, perception_backend="world",
                   sampling={"cfg": CFG}, out=args.out / "audit", batch_size=min(largest, 160))
             report["audit_images_per_s"] = 800 / (time.perf_counter() - start)
-    (args.out / "generation.json").write_text(json.dumps(report, indent=1) + "\n")
+            save()
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
 
 
