@@ -106,3 +106,5 @@ def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
     eager = model.generate_tokens(PROMPTS, SEEDS, **SAMPLING)
     graphed = model.generate_tokens(PROMPTS, SEEDS, graphs=True, **SAMPLING)
     assert torch.equal(eager, graphed)
+    optioned = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32", graphs="true")  # --model-option
+    assert torch.equal(optioned.generate_tokens(PROMPTS, SEEDS, **SAMPLING), eager)

@@ -163,6 +163,10 @@ def test_bad_checkpoints_are_one_line_errors(janus_dir, emu3_dir, tmp_path, monk
         assert "\n" not in str(err.value), name
     with pytest.raises(FairgenError, match="unknown option"):
         models.load(f"janus:{janus_dir}", image_area=64)
+    with pytest.raises(FairgenError, match="graphs takes true or false"):
+        models.load(f"janus:{janus_dir}", graphs="maybe")
+    with pytest.raises(FairgenError, match="needs the model on a CUDA device"):
+        models.load(f"janus:{janus_dir}", device="cpu", graphs="true")
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "5.17.0")

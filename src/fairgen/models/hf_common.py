@@ -322,6 +322,17 @@ def linear_names(root: torch.nn.Module, prefix: str) -> list[str]:
     return [n for n, m in root.named_modules() if n.startswith(prefix) and isinstance(m, torch.nn.Linear)]
 
 
+def parse_flag(family: str, name: str, value: Any) -> bool:
+    """An on/off model option: a bool, or true/false/1/0/yes/no/on/off as a string or int (--model-option)."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    flag = words.get(str(value).strip().lower())
+    if flag is None:
+        raise FairgenError(f"{family}: option {name} takes true or false (got {value!r})")
+    return flag
+
+
 def check_batch(family: str, prompts: Sequence[Any], seeds_or_images: Sequence[Any], what: str) -> None:
     if len(prompts) != len(seeds_or_images):
         raise FairgenError(f"{family}: {len(prompts)} prompts but {len(seeds_or_images)} {what}")

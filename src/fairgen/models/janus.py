@@ -41,13 +41,14 @@ class JanusModel:
 
     checkpoint: a local directory or a hub id. device: "cuda", "cpu", ... (default: CUDA when present).
     dtype: "bf16" | "fp16" | "fp32" (default bf16 on GPU, fp32 on CPU). device_map: accelerate placement
-    (e.g. "auto") for checkpoints larger than one device; `device` is then ignored.
+    (e.g. "auto") for checkpoints larger than one device; `device` is then ignored. graphs: the engine
+    replays its token steps as CUDA graphs (CUDA only; docs/performance.md).
     """
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
-                 device_map: str | dict | None = None) -> None:
+                 device_map: str | dict | None = None, graphs: bool = False) -> None:
         hf.require_transformers(FAMILY)
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
@@ -71,6 +72,9 @@ class JanusModel:
             top_k=gc.top_k,
         )
         self.boi_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
+        if graphs and self.device.type != "cuda":
+            raise FairgenError(f"{FAMILY}: graphs=true needs the model on a CUDA device (it is on {self.device})")
+        self.graphs = graphs
         self.n_image_tokens = self.hf.config.vision_config.num_image_tokens  # 576 = 24x24 for 384 px
 
     # -- the language model and what LoRA may touch -----------------------------------------------------
@@ -106,13 +110,13 @@ class JanusModel:
 
     @torch.no_grad()
     def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], engine: bool = True,
-                        graphs: bool = False, **sampling: Any) -> torch.Tensor:
+                        graphs: bool | None = None, **sampling: Any) -> torch.Tensor:
         """Sample the VQ codes of one image per (prompt, seed): LongTensor [B, 576] (row-major 24x24 grid).
 
         sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring). engine: fairgen's
         static-cache engine (engine.py), in batches that fit the free memory and halve on out-of-memory;
         False: transformers' forward with its dynamic cache, one batch (the reference the engine is tested
-        against). graphs: replay the engine's steps as CUDA graphs (CUDA only)."""
+        against). graphs: replay the engine's steps as CUDA graphs (CUDA only); None: the model's option."""
         hf.check_batch(FAMILY, prompts, seeds, "seeds")
         s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
         if not engine:
@@ -120,6 +124,7 @@ class JanusModel:
         twins = 2 if s.cfg != 1.0 else 1
         longest = self._generation_inputs(prompts)[0].shape[1]
         batch = auto_batch(self.language_model, longest + self.n_image_tokens, twins)
+        graphs = self.graphs if graphs is None else graphs
         return in_batches(lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs), len(prompts), batch)
 
     def _guidance_rows(self, prompts: Sequence[Prompt | str], s: hf.Sampling) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,10 +258,13 @@ class JanusModel:
 
 
 def load(checkpoint: str, device: str | None = None, **options: Any) -> JanusModel:
-    """Build a JanusModel from a spec argument; options: dtype, device_map."""
-    unknown = set(options) - {"dtype", "device_map"}
+    """Build a JanusModel from a spec argument; options: dtype, device_map, graphs (a bool, or "true" /
+    "false" as --model-option gives it)."""
+    unknown = set(options) - {"dtype", "device_map", "graphs"}
     if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, device_map")
+        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, device_map, graphs")
+    if "graphs" in options:
+        options["graphs"] = hf.parse_flag(FAMILY, "graphs", options["graphs"])
     return JanusModel(checkpoint, device=device, **options)
 
 
