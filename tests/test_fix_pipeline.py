@@ -22,7 +22,7 @@ from fairgen.cli import app
 from fairgen.fix.batches import BatchPlan
 from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
-from fairgen.types import FairgenError, Prompt
+from fairgen.types import ATTRIBUTES, FairgenError, Prompt
 
 def _config(mini, suites_dir, **kw) -> FixConfig:
     base = dict(model=f"tiny:{mini}", train_suite=str(suites_dir / "train.yaml"), test_suite=str(suites_dir / "test.yaml"),
@@ -146,6 +146,28 @@ def _built_set(mini, suites_dir, tmp_path):
     return tmp_path / "data"
 
 
+def test_mix_set_copies_name_the_other_attribute_in_turn(suites_dir, tmp_path):
+    """gender + race from the world renderer (which samples unnamed attributes with the spec's skew): each
+    race group's images are half female, half male, and each gender group's images cover the four races,
+    so neither attribute's units teach the other's skew."""
+    from fairgen import perception, suites
+    from fairgen.fix.data import build, requests
+
+    prompts = suites.load(str(suites_dir / "train.yaml"))[:2]
+    data = build(prompts, ["gender", "race"], models.load("world"), perception.load("world"), tmp_path / "data",
+                 images_per_group=4)
+    assert len(data.frame) == 2 * (2 + 4) * 4  # the renderer draws what is asked: nothing dropped
+    records = {(r["prompt_id"], r["sample"]): r["label"] for r in
+               map(json.loads, (tmp_path / "data" / "perception.jsonl").read_text().splitlines())}
+    for r in requests(prompts, ["gender", "race"]):
+        other = "race" if r.attribute == "gender" else "gender"
+        labels = [records[(r.explicit_at(k).id, k)] for k in range(4)]
+        assert all(label[r.attribute] == r.group for label in labels)
+        assert sorted(label[other] for label in labels) == sorted(ATTRIBUTES[other] * (4 // len(ATTRIBUTES[other])))
+        kept = data.frame[(data.frame.prompt_id == r.neutral.id) & (data.frame.group == r.group)]
+        assert sorted(kept.prompt) == sorted(r.explicit_at(k).text for k in range(4))
+
+
 def test_balanced_set_from_a_folder_source(mini, suites_dir, tmp_path):
     """folder:<dir> reads an existing dataset in fairgen's layout, e.g. another run's balanced set."""
     torch.set_num_threads(1)
@@ -189,8 +211,8 @@ def test_rebalance_drops_mismatches_and_evens_out_groups():
     from fairgen.world import concept_code
 
     wrong = {"face": True, "label": {"gender": "female"}, "concept_read": concept_code("judge")}
-    assert mismatch(wrong, reqs[0]) is None and mismatch(wrong, reqs[0], check_concept=True) == "wrong_concept"
-    assert mismatch({**wrong, "concept_read": concept_code("nurse")}, reqs[0], check_concept=True) is None
+    assert mismatch(wrong, reqs[0], 0) is None and mismatch(wrong, reqs[0], 0, check_concept=True) == "wrong_concept"
+    assert mismatch({**wrong, "concept_read": concept_code("nurse")}, reqs[0], 0, check_concept=True) is None
 
 
 def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path, cli):

@@ -167,6 +167,7 @@ def test_bad_checkpoints_are_one_line_errors(janus_dir, emu3_dir, tmp_path, monk
         models.load(f"janus:{janus_dir}", graphs="maybe")
     with pytest.raises(FairgenError, match="needs the model on a CUDA device"):
         models.load(f"janus:{janus_dir}", device="cpu", graphs="true")
+    assert models.load(f"janus:{janus_dir}", device="cpu").graphs is False  # CUDA graphs: a CUDA default
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "5.17.0")

@@ -3,12 +3,16 @@ images of that group, checked by perception and rebalanced.
 
 Per neutral prompt x and attribute a (the paper's "mix" for several attributes: each attribute on its
 own, never their cross product), each group g of a gets `images_per_group` images of the explicit prompt
-`suites.explicit(x, {a: g})` from a source:
+`suites.explicit(x, {a: g})` from a source. With several attributes, copy k of (x, a, g) also names a
+group of each other chosen attribute b, b's groups in turn (ATTRIBUTES[b][(k + index of g) % |b|]):
+otherwise "an Asian nurse" is drawn with the source's own gender skew, and the race units, two thirds
+of a gender-and-race set's images, teach that skew back (docs/fix.md, the mix setting). Folder sources
+keep the one-attribute prompts (their files are named by them). The sources:
     model          the model being fixed
     world          the world renderer: the prompt's concept, the group as asked, the rest sampled
     diffusers:<id> a text-to-image pipeline;   folder:<dir>  images on disk (<dir>/images/<explicit id>/)
-Every image is perceived; one is dropped when no face is found, its label for a is not g, or (with
-check_concept, for backends that read a concept cue) the cue is not x's concept. Then each (x, a) is
+Every image is perceived; one is dropped when no face is found, a group its prompt names is not read
+back, or (with check_concept, for backends that read a concept cue) the cue is not x's concept. Then each (x, a) is
 rebalanced: every group keeps as many images as its scarcest group has left, so no group is
 over-represented; an (x, a) with a group left empty is dropped whole.
 
@@ -48,20 +52,32 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Request:
-    """One explicit prompt of the set: neutral prompt `neutral`, attribute `attribute`, class `group`."""
+    """The images of one group of the set: neutral prompt `neutral`, attribute `attribute`, class `group`;
+    `explicit` names the group alone; `others` are the other chosen attributes that copy k's prompt
+    also names (explicit_at)."""
 
     neutral: Prompt
     attribute: str
     group: str
     explicit: Prompt
+    others: tuple[str, ...] = ()
+
+    def explicit_at(self, k: int) -> Prompt:
+        """The explicit prompt of copy k: `explicit`, plus one group of each of `others`, in turn."""
+        if not self.others:
+            return self.explicit
+        shift = k + ATTRIBUTES[self.attribute].index(self.group)
+        named = {b: ATTRIBUTES[b][shift % len(ATTRIBUTES[b])] for b in self.others}
+        return suites.explicit(self.neutral, {self.attribute: self.group, **named})
 
 
-def requests(prompts: Sequence[Prompt], attributes: Sequence[str]) -> list[Request]:
-    """Every (prompt, attribute, group) in prompt-major order, with its explicit prompt."""
+def requests(prompts: Sequence[Prompt], attributes: Sequence[str], cross: bool = True) -> list[Request]:
+    """Every (prompt, attribute, group) in prompt-major order, with its explicit prompt; cross: copies
+    also name the other chosen attributes' groups (module docstring)."""
     for attr in attributes:
         if attr not in ATTRIBUTES:
             raise FairgenError(f"unknown attribute {attr!r} (known: {', '.join(ATTRIBUTES)})")
-    return [Request(p, a, g, suites.explicit(p, {a: g}))
+    return [Request(p, a, g, suites.explicit(p, {a: g}), tuple(b for b in attributes if b != a) if cross else ())
             for p in prompts for a in attributes for g in ATTRIBUTES[a]]
 
 
@@ -74,12 +90,13 @@ def spread(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
     return [prompts[int(i)] for i in np.linspace(0, len(prompts) - 1, limit).round()]
 
 
-def mismatch(seen: dict[str, Any], request: Request, check_concept: bool = False) -> str | None:
-    """Why a perceived image does not show what was asked (one of REASONS), or None when it does.
-    check_concept: also require the concept cue, where the backend reads one, to be the prompt's."""
+def mismatch(seen: dict[str, Any], request: Request, k: int, check_concept: bool = False) -> str | None:
+    """Why the perceived copy k of a request does not show what was asked (one of REASONS), or None when
+    it does: every group its prompt names must be read back. check_concept: also require the concept cue,
+    where the backend reads one, to be the prompt's."""
     if not seen["face"]:
         return "no_face"
-    if seen["label"].get(request.attribute) != request.group:
+    if any(seen["label"].get(attr) != cls for attr, cls in request.explicit_at(k).group.items()):
         return "wrong_group"
     read = seen.get("concept_read")
     if check_concept and read is not None:
@@ -99,14 +116,15 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
     out: list[tuple[Image.Image | None, str | None, str | None]] = []
     missing = []
     for i, (r, k, _) in enumerate(plan):
-        out.append((store.load_image(r.explicit.id, k), None, None))
+        out.append((store.load_image(r.explicit_at(k).id, k), None, None))
         if out[-1][0] is None:
             missing.append(i)
     if missing:
-        made = source.generate([plan[i][0].explicit for i in missing], [plan[i][2] for i in missing], **sampling)
+        made = source.generate([plan[i][0].explicit_at(plan[i][1]) for i in missing], [plan[i][2] for i in missing],
+                               **sampling)
         for i, image in zip(missing, made):
             r, k, _ = plan[i]
-            store.save_image(image, r.explicit.id, k)
+            store.save_image(image, r.explicit_at(k).id, k)
             out[i] = (image.convert("RGB"), None, None)
     return out
 
@@ -121,25 +139,28 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
     if missing:
         raise FairgenError(f"perception {backend.name} does not measure {', '.join(missing)}: "
                            "it cannot check the balanced set")
-    reqs = requests(prompts, attributes)
+    cross = len(attributes) > 1 and not hasattr(source, "read")
+    reqs = requests(prompts, attributes, cross)
     sampling = dict(sampling or {})
     config = {"stage": "fix-data", "source": source.spec, "prompt_ids": [p.id for p in prompts],
               "attributes": list(attributes), "images_per_group": images_per_group, "seed": seed,
               "perception": backend.name, "sampling": sampling}
+    if cross:  # a set made before copies named the other attributes is refused, not mixed in
+        config["copies_name_other_attributes"] = True
     store = RunStore.open(out, config, {"source_provenance": source.provenance(),
                                         "perception_provenance": backend.provenance()})
     if hasattr(source, "bind"):  # images on disk: match the folder to the explicit prompts
         source.bind([r.explicit for r in reqs])
     records = store.load_records()
-    plan = [(r, k, derive_seed(seed, r.explicit.id, k))
+    plan = [(r, k, derive_seed(seed, r.explicit_at(k).id, k))
             for r in reqs for k in range(_count(source, r, images_per_group))]
-    todo = [item for item in plan if (item[0].explicit.id, item[1]) not in records]
+    todo = [item for item in plan if (item[0].explicit_at(item[1]).id, item[1]) not in records]
     done = len(plan) - len(todo)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         loaded = _generate(store, source, batch, sampling)
         seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
-        new = [perception_record(r.explicit.id, k, s,
+        new = [perception_record(r.explicit_at(k).id, k, s,
                                  next(seen) if im is not None else Perception(face=False, error=err), src)
                for (r, k, s), (im, err, src) in zip(batch, loaded)]
         store.append_records(new)
@@ -175,16 +196,17 @@ def rebalance(reqs: Sequence[Request], plan: Sequence[tuple[Request, int, int]],
                                             for g in ATTRIBUTES[a]}, "prompts_kept": 0, "prompts_dropped": []}
                              for a in dict.fromkeys(r.attribute for r in reqs)}
     for r, k, _ in plan:
-        rec = records[(r.explicit.id, k)]
+        explicit = r.explicit_at(k)
+        rec = records[(explicit.id, k)]
         entry = stats[r.attribute]["groups"][r.group]
         entry["generated"] += 1
-        why = mismatch(rec, r, check_concept)
+        why = mismatch(rec, r, k, check_concept)
         if why:
             entry[why] += 1
             continue
-        image = rec.get("source") or f"images/{r.explicit.id}/{k:05d}.png"
+        image = rec.get("source") or f"images/{explicit.id}/{k:05d}.png"
         kept.setdefault((r.neutral.id, r.attribute, r.group), []).append(
-            {"prompt": r.explicit.text, "neutral_prompt": r.neutral.text, "prompt_id": r.neutral.id,
+            {"prompt": explicit.text, "neutral_prompt": r.neutral.text, "prompt_id": r.neutral.id,
              "attribute": r.attribute, "group": r.group, "sample": k, "image": image})
     rows: list[dict[str, Any]] = []
     for neutral in {r.neutral.id: r.neutral for r in reqs}.values():  # Prompt is not hashable (group: dict)

@@ -42,13 +42,14 @@ class JanusModel:
     checkpoint: a local directory or a hub id. device: "cuda", "cpu", ... (default: CUDA when present).
     dtype: "bf16" | "fp16" | "fp32" (default bf16 on GPU, fp32 on CPU). device_map: accelerate placement
     (e.g. "auto") for checkpoints larger than one device; `device` is then ignored. graphs: the engine
-    replays its token steps as CUDA graphs (CUDA only; docs/performance.md).
+    replays its token steps as CUDA graphs (CUDA only; docs/performance.md); default: on when the model
+    sits on one CUDA device (2.1-3.2x the eager engine on an H200), off otherwise.
     """
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
-                 device_map: str | dict | None = None, graphs: bool = False) -> None:
+                 device_map: str | dict | None = None, graphs: bool | None = None) -> None:
         hf.require_transformers(FAMILY)
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
@@ -74,7 +75,7 @@ class JanusModel:
         self.boi_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
         if graphs and self.device.type != "cuda":
             raise FairgenError(f"{FAMILY}: graphs=true needs the model on a CUDA device (it is on {self.device})")
-        self.graphs = graphs
+        self.graphs = graphs if graphs is not None else self.device.type == "cuda" and device_map is None
         self.n_image_tokens = self.hf.config.vision_config.num_image_tokens  # 576 = 24x24 for 384 px
 
     # -- the language model and what LoRA may touch -----------------------------------------------------
