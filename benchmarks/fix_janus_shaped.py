@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 SHAPES = {"1b": (2048, 24, 5632, 16), "7b": (4096, 30, 11008, 32), "test": (32, 2, 64, 4)}
 
 
-def build(path: Path, shape: str) -> Path:
-    """A Janus checkpoint of the shape, random weights in bf16, with the tests' tokenizer and processor."""
+def build(path: Path, shape: str, device: str) -> Path:
+    """A Janus checkpoint of the shape, random weights in bf16 (initialised on `device`), with the tests'
+    tokenizer and processor."""
     from transformers import (JanusConfig, JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor,
                               JanusVisionConfig, JanusVQVAEConfig, LlamaConfig, PreTrainedTokenizerFast)
 
@@ -62,7 +63,8 @@ def build(path: Path, shape: str) -> Path:
     config = JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                          image_token_id=tokenizer.convert_tokens_to_ids(s["image"]))
     torch.manual_seed(0)
-    model = JanusForConditionalGeneration(config).to(torch.bfloat16)
+    with torch.device(device):  # initialise where it runs: a CPU init of 2B parameters takes minutes
+        model = JanusForConditionalGeneration(config).to(torch.bfloat16)
     model.generation_config.guidance_scale, model.generation_config.temperature = 5.0, 1.0
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = JanusProcessor(JanusImageProcessorPil(size={"height": size, "width": size}), tokenizer,
@@ -95,7 +97,7 @@ def main() -> None:
     checkpoint = args.out / "checkpoint"
     if launch_rank() == 0:
         args.out.mkdir(parents=True, exist_ok=True)
-        build(checkpoint, args.shape)
+        build(checkpoint, args.shape, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     while not (checkpoint / "config.json").is_file():
         time.sleep(2)  # the other processes wait for rank 0's checkpoint
     spans: dict[str, list[float]] = {}
