@@ -43,6 +43,18 @@ def test_engine_tokens_equal_the_reference_path(janus):
         assert torch.equal(alone[0], reference[i])
 
 
+def test_engine_tokens_equal_the_reference_path_without_grouped_heads(tmp_path):
+    """Janus-Pro's decoder has as many key/value heads as query heads; the engine then calls attention
+    without enable_gqa (engine.py says why) and still gives the reference path's codes."""
+    from test_models_checkpoints import build_janus
+
+    mha = models.load(f"janus:{build_janus(tmp_path / 'mha', kv_heads=4)}", dtype="fp32")
+    assert mha.language_model.config.num_key_value_heads == mha.language_model.config.num_attention_heads
+    reference = mha.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
+    assert torch.equal(mha.generate_tokens(PROMPTS, SEEDS, **SAMPLING), reference)
+    assert torch.equal(_engine(mha, PROMPTS, SEEDS, 5, **SAMPLING), reference)
+
+
 def test_engine_without_guidance_and_greedy(janus):
     for sampling in ({"cfg": 1.0, "temperature": 1.0}, {"cfg": 1.0, "temperature": 0}, {"cfg": 5.0, "top_k": 3}):
         assert torch.equal(janus.generate_tokens(PROMPTS, SEEDS, **sampling),

@@ -54,9 +54,10 @@ def byte_level_bpe(specials: list[str], vocab_size: int = 420, bos: str | None =
     return tok
 
 
-def build_janus(path: Path) -> Path:
-    """A Janus checkpoint: 2-layer Llama (hidden 32), 2-layer SigLIP on 32 px (16 patches), VQ with 64 codes
-    decoding a 4x4 grid to 32x32 px; tokenizer, processor (default system prompt on) and chat template."""
+def build_janus(path: Path, kv_heads: int = 2) -> Path:
+    """A Janus checkpoint: 2-layer Llama (hidden 32, 4 query heads, `kv_heads` key/value heads: 2 is grouped
+    query attention, 4 is Janus-Pro's plain multi-head), 2-layer SigLIP on 32 px (16 patches), VQ with 64
+    codes decoding a 4x4 grid to 32x32 px; tokenizer, processor (default system prompt on) and chat template."""
     from transformers import (
         JanusConfig,
         JanusForConditionalGeneration,
@@ -74,7 +75,7 @@ def build_janus(path: Path) -> Path:
         tokenizer_object=byte_level_bpe(specials, bos=s["bos"]), bos_token=s["bos"], eos_token=s["eos"],
         pad_token=s["pad"], extra_special_tokens={"image_token": s["image"], "boi_token": s["boi"], "eoi_token": s["eoi"]})
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
     vision = JanusVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,

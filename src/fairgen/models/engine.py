@@ -1,6 +1,6 @@
 """Image-token generation engine for Llama-family unified models (Janus / Janus-Pro): a static KV cache,
-the guidance twin in the same forward, per-image random streams, length buckets and (on CUDA, opt-in)
-one CUDA graph per bucket.
+the guidance twin in the same forward, per-image random streams, length buckets and (on CUDA) one CUDA
+graph per bucket.
 
 Why not transformers' generate: it grows a dynamic cache (a copy of every layer's keys per token) and
 launches a few hundred small kernels per token, so at audit batch sizes it is bound by kernel launches,
@@ -74,6 +74,10 @@ class LlamaDecoder:
         keys = self.columns[:span]
         mask = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
         mask = mask | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
+        # enable_gqa only where keys have fewer heads than queries: with a mask, CUDA's SDPA runs a GQA call
+        # only in its math kernel; Janus-Pro's decoder has as many KV heads as query heads and so may use the
+        # memory-efficient kernel.
+        gqa = self.lm.config.num_key_value_heads != self.lm.config.num_attention_heads
         for i, layer in enumerate(self.lm.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -84,7 +88,7 @@ class LlamaDecoder:
             self.k[i].index_copy_(2, cols, k.to(self.k[i].dtype))
             self.v[i].index_copy_(2, cols, v.to(self.v[i].dtype))
             y = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span], attn_mask=mask,
-                                               scale=attn.scaling, enable_gqa=True)
+                                               scale=attn.scaling, enable_gqa=gqa)
             x = x + attn.o_proj(y.transpose(1, 2).reshape(*h.shape[:2], -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.lm.norm(x)
