@@ -186,3 +186,22 @@ def test_python_api_audits_a_loaded_model(janus, tmp_path):
     res = fairgen.audit(model=janus, suite=[Prompt("p", PROMPTS[0], "nurse")], images_per_prompt=1,
                         perception_backend="world", out=tmp_path / "run", sampling={"cfg": 2.0})
     assert res.results["prompts"][0]["n_images"] == 1
+
+
+def test_cli_audit_passes_model_options(janus_dir, tmp_path, cli):  # noqa: F811
+    """`fairgen audit --model-option KEY=VALUE` reaches the family's loader: the dtype is the one the
+    manifest records; a bad value, or an option for a family that takes none, is one line and exit 2."""
+    from conftest import write_suite
+
+    suite = write_suite(tmp_path / "one.yaml", ["nurse"])
+    base = ["audit", "--suite", str(suite), "-n", "2", "--perception", "world"]
+    proc = cli(*base, "--model", f"janus:{janus_dir}", "--model-option", "dtype=bf16", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["model_provenance"]["dtype"] == "bfloat16"
+    for model, option, message in ((f"janus:{janus_dir}", "graphs=maybe", "graphs takes true or false"),
+                                   ("world", "dtype=bf16", "takes no options"),
+                                   (f"janus:{janus_dir}", "dtype", "expects KEY=VALUE")):
+        bad = cli(*base, "--model", model, "--model-option", option, "--out", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and message in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1

@@ -73,6 +73,7 @@ def audit(
     progress: Callable[[int, int], None] | None = None,
     calibration: str | Path | None = None,
     adapter: str | Path | None = None,
+    model_options: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
@@ -86,6 +87,8 @@ def audit(
         model with an adapter applied (models.load(..., adapter=DIR)) records its own in the manifest.
     calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
         holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
+    model_options: options of the model's family for models.load (dtype, device_map, graphs, image_area,
+        ...; a spec string only). The loaded model's provenance, in the manifest, records its dtype.
     """
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
@@ -98,8 +101,10 @@ def audit(
             suite_name = suite if isinstance(suite, str) else "<prompts>"
             prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
             model_spec = model if isinstance(model, str) else model.spec
-            gen = (models.load(model, world_spec=world_spec, adapter=adapter) if isinstance(model, str)
-                   else model)
+            if model_options and not isinstance(model, str):
+                raise FairgenError("model options apply to a model spec, not to a loaded model")
+            gen = (models.load(model, world_spec=world_spec, adapter=adapter, **dict(model_options or {}))
+                   if isinstance(model, str) else model)
             backend_name = perception_backend if isinstance(perception_backend, str) else None
             if perception_backend is None:
                 backend_name = perception.default_for(model_spec)

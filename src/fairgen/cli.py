@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from . import models
 from .audit import DEFAULT_MODEL
 from .distributed import SharedError, launch_rank
 from .report.cli import compare_command, report_command
@@ -82,6 +83,9 @@ def audit(
         None, "--calibration", help="CAL.json from `fairgen calibrate` for this perception: adds corrected "
         "estimates."
     ),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="KEY=VALUE option of the "
+                                                     "model's family, repeatable (janus: dtype=fp32, "
+                                                     "device_map=auto, graphs=false; emu3: image_area=65536)."),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
     from .audit import PAPER_PRESET
@@ -100,6 +104,7 @@ def audit(
             model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed, out=out,
             perception_backend=perception, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
             progress=progress, calibration=calibration, adapter=adapter,
+            model_options=models.parse_options(model_option or []),
         )
     if launch_rank() == 0:  # launched as several processes (docs/distributed.md): the main one speaks
         _print_summary(result.results)

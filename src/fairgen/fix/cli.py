@@ -98,6 +98,7 @@ def fix_command(
 ) -> None:
     """Debias a model: balanced data, LoRA SFT then the balanced preference loss, and a before/after audit."""
     from ..distributed import launch_rank
+    from ..models import parse_options
     from . import table as fix_table
     from .pipeline import FixConfig, fix, parse_attributes
     from .report import REPORT_JSON, REPORT_MD, markdown
@@ -118,7 +119,7 @@ def fix_command(
         explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
         batch_size=batch_size, before=str(before) if before else None, check_suites=_suites(check_suites),
         check_images=check_images, check_prompts=check_prompts, understanding_images=understanding_images,
-        device=device, dtype=dtype, model_options=_options(model_option or []),
+        device=device, dtype=dtype, model_options=parse_options(model_option or []),
         gradient_checkpointing=gradient_checkpointing)
     bars = _Bars()
     try:
@@ -134,24 +135,6 @@ def fix_command(
     typer.echo(markdown(report), nl=False)
     adapter = f"adapter: {out / 'adapter'}  " if method != "prompt" else ""
     typer.echo(f"{adapter}report: {out / REPORT_JSON}, {out / REPORT_MD}")
-
-
-def _options(pairs: list[str]) -> dict[str, int | float | str]:
-    """['image_area=65536', 'device_map=auto'] -> {'image_area': 65536, 'device_map': 'auto'} (numbers parsed)."""
-    out: dict[str, int | float | str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise FairgenError(f"--model-option expects KEY=VALUE (got {pair!r})")
-        for kind in (int, float):
-            try:
-                out[key.strip()] = kind(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def _suites(text: str) -> tuple[str, ...]:

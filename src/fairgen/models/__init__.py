@@ -40,6 +40,25 @@ def split_spec(spec: str) -> tuple[str, str]:
     return family.strip().lower(), arg.strip()
 
 
+def parse_options(pairs: list[str]) -> dict[str, int | float | str]:
+    """--model-option values: ['image_area=65536', 'device_map=auto'] -> {'image_area': 65536,
+    'device_map': 'auto'} (numbers parsed; a family parses its own flags, e.g. graphs=false)."""
+    out: dict[str, int | float | str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FairgenError(f"--model-option expects KEY=VALUE (got {pair!r})")
+        for kind in (int, float):
+            try:
+                out[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def load(spec: str, *, world_spec: str | Path | None = None, device: str | None = None,
          adapter: str | Path | None = None, **options: Any) -> UnifiedModel:
     """Build the model a spec string names, with a LoRA adapter applied when `adapter` is a directory.
