@@ -9,9 +9,9 @@ Per method and batch (1, 16, 64 and the engine's largest, auto_batch): images/s,
 roofline = (bytes a step must read: the weights + the filled KV cache, at the mean fill) / the card's
 measured copy bandwidth, divided by the measured step time. transformers' baseline runs batches 1, 16
 and 64 only (at its speed a larger batch adds nothing). Guidance 5 (Janus-Pro's default): every image
-is two rows. --audit also times `fairgen audit` of 5 prompts x 160 images through the engine (the mode, eager or
-graphs, that was faster at the largest batch), with
-perception `world` (random weights draw no faces: the timing is the point), against the bare engine.
+is two rows. --audit also times `fairgen audit` of 5 prompts x 160 images through the engine (the mode,
+eager or graphs, that was faster at the largest batch), with perception `world` (random weights draw no
+faces: the timing is the point), against the bare engine.
 Needs transformers >= 5.23 (5.17's Janus image generation crashes). Writes <out>/generation.json.
 """
 

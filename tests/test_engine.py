@@ -118,5 +118,6 @@ def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
     assert model.graphs
     eager = model.generate_tokens(PROMPTS, SEEDS, graphs=False, **SAMPLING)
     assert torch.equal(model.generate_tokens(PROMPTS, SEEDS, **SAMPLING), eager)
-    optioned = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32", graphs="false")  # --model-option
+    optioned = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32",
+                           graphs="false")  # as --model-option gives it
     assert not optioned.graphs and torch.equal(optioned.generate_tokens(PROMPTS, SEEDS, **SAMPLING), eager)

@@ -22,6 +22,7 @@ from fairgen.cli import app
 from fairgen.fix.batches import BatchPlan
 from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
+from fairgen.suites import explicit
 from fairgen.types import ATTRIBUTES, FairgenError, Prompt
 
 def _config(mini, suites_dir, **kw) -> FixConfig:
@@ -154,8 +155,8 @@ def test_mix_set_copies_name_the_other_attribute_in_turn(suites_dir, tmp_path):
     from fairgen.fix.data import build, requests
 
     prompts = suites.load(str(suites_dir / "train.yaml"))[:2]
-    data = build(prompts, ["gender", "race"], models.load("world"), perception.load("world"), tmp_path / "data",
-                 images_per_group=4)
+    data = build(prompts, ["gender", "race"], models.load("world"), perception.load("world"),
+                 tmp_path / "data", images_per_group=4)
     assert len(data.frame) == 2 * (2 + 4) * 4  # the renderer draws what is asked: nothing dropped
     records = {(r["prompt_id"], r["sample"]): r["label"] for r in
                map(json.loads, (tmp_path / "data" / "perception.jsonl").read_text().splitlines())}
@@ -163,7 +164,8 @@ def test_mix_set_copies_name_the_other_attribute_in_turn(suites_dir, tmp_path):
         other = "race" if r.attribute == "gender" else "gender"
         labels = [records[(r.explicit_at(k).id, k)] for k in range(4)]
         assert all(label[r.attribute] == r.group for label in labels)
-        assert sorted(label[other] for label in labels) == sorted(ATTRIBUTES[other] * (4 // len(ATTRIBUTES[other])))
+        balanced = ATTRIBUTES[other] * (4 // len(ATTRIBUTES[other]))  # each group as often
+        assert sorted(label[other] for label in labels) == sorted(balanced)
         kept = data.frame[(data.frame.prompt_id == r.neutral.id) & (data.frame.group == r.group)]
         assert sorted(kept.prompt) == sorted(r.explicit_at(k).text for k in range(4))
 
@@ -211,8 +213,15 @@ def test_rebalance_drops_mismatches_and_evens_out_groups():
     from fairgen.world import concept_code
 
     wrong = {"face": True, "label": {"gender": "female"}, "concept_read": concept_code("judge")}
-    assert mismatch(wrong, reqs[0], 0) is None and mismatch(wrong, reqs[0], 0, check_concept=True) == "wrong_concept"
-    assert mismatch({**wrong, "concept_read": concept_code("nurse")}, reqs[0], 0, check_concept=True) is None
+    nurse_female = reqs[0].explicit
+    assert mismatch(wrong, nurse_female) is None
+    assert mismatch(wrong, nurse_female, check_concept=True) == "wrong_concept"
+    right = {**wrong, "concept_read": concept_code("nurse")}
+    assert mismatch(right, nurse_female, check_concept=True) is None
+    # a mix copy names two groups: both must be read back
+    two = explicit(nurse, {"gender": "female", "race": "asian"})
+    assert mismatch({"face": True, "label": {"gender": "female", "race": "asian"}}, two) is None
+    assert mismatch({"face": True, "label": {"gender": "female", "race": "white"}}, two) == "wrong_group"
 
 
 def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path, cli):

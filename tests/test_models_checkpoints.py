@@ -57,7 +57,8 @@ def byte_level_bpe(specials: list[str], vocab_size: int = 420, bos: str | None =
 def build_janus(path: Path, kv_heads: int = 2) -> Path:
     """A Janus checkpoint: 2-layer Llama (hidden 32, 4 query heads, `kv_heads` key/value heads: 2 is grouped
     query attention, 4 is Janus-Pro's plain multi-head), 2-layer SigLIP on 32 px (16 patches), VQ with 64
-    codes decoding a 4x4 grid to 32x32 px; tokenizer, processor (default system prompt on) and chat template."""
+    codes decoding a 4x4 grid to 32x32 px; tokenizer, processor (default system prompt on) and chat
+    template."""
     from transformers import (
         JanusConfig,
         JanusForConditionalGeneration,

@@ -195,7 +195,8 @@ def test_cli_audit_passes_model_options(janus_dir, tmp_path, cli):  # noqa: F811
 
     suite = write_suite(tmp_path / "one.yaml", ["nurse"])
     base = ["audit", "--suite", str(suite), "-n", "2", "--perception", "world"]
-    proc = cli(*base, "--model", f"janus:{janus_dir}", "--model-option", "dtype=bf16", "--out", str(tmp_path / "run"))
+    proc = cli(*base, "--model", f"janus:{janus_dir}", "--model-option", "dtype=bf16",
+               "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["model_provenance"]["dtype"] == "bfloat16"

@@ -83,9 +83,9 @@ def audit(
         None, "--calibration", help="CAL.json from `fairgen calibrate` for this perception: adds corrected "
         "estimates."
     ),
-    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="KEY=VALUE option of the "
-                                                     "model's family, repeatable (janus: dtype=fp32, "
-                                                     "device_map=auto, graphs=false; emu3: image_area=65536)."),
+    model_option: Optional[list[str]] = typer.Option(
+        None, "--model-option", help="KEY=VALUE option of the model's family, repeatable (janus: dtype=fp32, "
+        "device_map=auto, graphs=false; emu3: image_area=65536)."),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
     from .audit import PAPER_PRESET

@@ -12,9 +12,9 @@ keep the one-attribute prompts (their files are named by them). The sources:
     world          the world renderer: the prompt's concept, the group as asked, the rest sampled
     diffusers:<id> a text-to-image pipeline;   folder:<dir>  images on disk (<dir>/images/<explicit id>/)
 Every image is perceived; one is dropped when no face is found, a group its prompt names is not read
-back, or (with check_concept, for backends that read a concept cue) the cue is not x's concept. Then each (x, a) is
-rebalanced: every group keeps as many images as its scarcest group has left, so no group is
-over-represented; an (x, a) with a group left empty is dropped whole.
+back, or (with check_concept, for backends that read a concept cue) the cue is not x's concept. Then
+each (x, a) is rebalanced: every group keeps as many images as its scarcest group has left, so no group
+is over-represented; an (x, a) with a group left empty is dropped whole.
 
 On disk (<dir> = the fix run's data/ folder; a run directory of store.py, so an interrupted build resumes
 and never redoes an image):
@@ -77,7 +77,7 @@ def requests(prompts: Sequence[Prompt], attributes: Sequence[str], cross: bool =
     for attr in attributes:
         if attr not in ATTRIBUTES:
             raise FairgenError(f"unknown attribute {attr!r} (known: {', '.join(ATTRIBUTES)})")
-    return [Request(p, a, g, suites.explicit(p, {a: g}), tuple(b for b in attributes if b != a) if cross else ())
+    return [Request(p, a, g, suites.explicit(p, {a: g}), tuple(b for b in attributes if b != a and cross))
             for p in prompts for a in attributes for g in ATTRIBUTES[a]]
 
 
@@ -90,19 +90,19 @@ def spread(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
     return [prompts[int(i)] for i in np.linspace(0, len(prompts) - 1, limit).round()]
 
 
-def mismatch(seen: dict[str, Any], request: Request, k: int, check_concept: bool = False) -> str | None:
-    """Why the perceived copy k of a request does not show what was asked (one of REASONS), or None when
-    it does: every group its prompt names must be read back. check_concept: also require the concept cue,
-    where the backend reads one, to be the prompt's."""
+def mismatch(seen: dict[str, Any], explicit: Prompt, check_concept: bool = False) -> str | None:
+    """Why a perceived image of the explicit prompt does not show what was asked (one of REASONS), or None
+    when it does: every group the prompt names must be read back. check_concept: also require the concept
+    cue, where the backend reads one, to be the prompt's."""
     if not seen["face"]:
         return "no_face"
-    if any(seen["label"].get(attr) != cls for attr, cls in request.explicit_at(k).group.items()):
+    if any(seen["label"].get(attr) != cls for attr, cls in explicit.group.items()):
         return "wrong_group"
     read = seen.get("concept_read")
     if check_concept and read is not None:
         from ..world import concept_matches
 
-        if not concept_matches(read, request.neutral.concept):
+        if not concept_matches(read, explicit.concept):
             return "wrong_concept"
     return None
 
@@ -120,8 +120,8 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
         if out[-1][0] is None:
             missing.append(i)
     if missing:
-        made = source.generate([plan[i][0].explicit_at(plan[i][1]) for i in missing], [plan[i][2] for i in missing],
-                               **sampling)
+        made = source.generate([plan[i][0].explicit_at(plan[i][1]) for i in missing],
+                               [plan[i][2] for i in missing], **sampling)
         for i, image in zip(missing, made):
             r, k, _ = plan[i]
             store.save_image(image, r.explicit_at(k).id, k)
@@ -200,7 +200,7 @@ def rebalance(reqs: Sequence[Request], plan: Sequence[tuple[Request, int, int]],
         rec = records[(explicit.id, k)]
         entry = stats[r.attribute]["groups"][r.group]
         entry["generated"] += 1
-        why = mismatch(rec, r, k, check_concept)
+        why = mismatch(rec, explicit, check_concept)
         if why:
             entry[why] += 1
             continue

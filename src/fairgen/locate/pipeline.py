@@ -153,9 +153,9 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
             with procs.step():
                 results = _audit_results(audit, prompts)
         else:  # the audit shares its images among the processes itself
-            results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed, out=store.root / "audit",
-                                perception_backend=perception_backend, batch_size=batch_size,
-                                progress=lambda d, t: bar("audit", d, t)).results
+            results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed,
+                                out=store.root / "audit", perception_backend=perception_backend,
+                                batch_size=batch_size, progress=lambda d, t: bar("audit", d, t)).results
         lm_hooks = all(hasattr(gen, h) for h in lm_audit.HOOKS)
         if lm_hooks:  # the longest stage: every world-th prompt per process, each prompt cached on its own
             with procs.step():
@@ -170,11 +170,12 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
             notes: list[str] = []
             if results.get("model") != spec:
                 notes.append(f"the audit is of {results.get('model')!r}, not {spec!r}")
-            findings: dict[str, Any] = {"model": spec, "suite": config["suite"],
-                                        "audit": str(audit or store.root / "audit"), "perception": backend_name,
-                                        "config": config}
+            where = str(audit or store.root / "audit")
+            findings: dict[str, Any] = {"model": spec, "suite": config["suite"], "audit": where,
+                                        "perception": backend_name, "config": config}
             if "understand" in caps:
-                findings["understanding"] = cache.stage("understanding", lambda: probe_understanding(gen, prompts))
+                findings["understanding"] = cache.stage("understanding",
+                                                        lambda: probe_understanding(gen, prompts))
                 findings["alignment"] = partial_alignment(results, findings["understanding"], seed=seed)
             else:
                 notes.append("the model answers no questions: no understanding probe, no partial alignment")
@@ -193,7 +194,8 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
                 notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
             findings["verdicts"] = verdicts(findings)
             findings["notes"] = notes
-            findings["seconds"] = round(time.time() - started, 1)  # this invocation's wall time (a resume reuses work)
+            # this invocation's wall time (a resume reuses work)
+            findings["seconds"] = round(time.time() - started, 1)
             return findings
 
         with procs.step():  # rank 0 runs the other stages and writes the findings; the others wait

@@ -326,7 +326,8 @@ def parse_flag(family: str, name: str, value: Any) -> bool:
     """An on/off model option: a bool, or true/false/1/0/yes/no/on/off as a string or int (--model-option)."""
     if isinstance(value, bool):
         return value
-    words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    words = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
     flag = words.get(str(value).strip().lower())
     if flag is None:
         raise FairgenError(f"{family}: option {name} takes true or false (got {value!r})")

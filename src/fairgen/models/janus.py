@@ -74,7 +74,8 @@ class JanusModel:
         )
         self.boi_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
         if graphs and self.device.type != "cuda":
-            raise FairgenError(f"{FAMILY}: graphs=true needs the model on a CUDA device (it is on {self.device})")
+            raise FairgenError(f"{FAMILY}: graphs=true needs the model on a CUDA device "
+                               f"(it is on {self.device})")
         self.graphs = graphs if graphs is not None else self.device.type == "cuda" and device_map is None
         self.n_image_tokens = self.hf.config.vision_config.num_image_tokens  # 576 = 24x24 for 384 px
 
