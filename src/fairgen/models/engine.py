@@ -156,8 +156,11 @@ class ImageEngine:
 
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
         """Capture one token step at this span. Capturing runs the step once on a side stream first
-        (warm-up, as torch requires); the counters are restored so that run is not counted."""
-        live = [self.t, self.col, self.hidden, self.codes, *self.decoder.k, *self.decoder.v]
+        (warm-up, as torch requires; the capture itself only records). That run is undone by restoring the
+        counters and the hidden state. The KV cache is not saved: the run wrote only column `col`, which
+        the replayed step writes again, with the same values, before any query reads it. (A copy of the
+        cache would double its memory at the largest batch.)"""
+        live = [self.t, self.col, self.hidden]
         saved = [x.clone() for x in live]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -167,7 +170,7 @@ class ImageEngine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._token(span)
-        for dst, src in zip(live, saved):  # capture ran the step twice: undo both
+        for dst, src in zip(live, saved):
             dst.copy_(src)
         return graph
 
