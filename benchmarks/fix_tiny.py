@@ -4,9 +4,9 @@
     python benchmarks/fix_tiny.py --out runs/fix_tiny4 --methods all --settings gender --device cuda
                                                       # the four methods of the paper's Table 1, one table
 
-Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (150 steps
-each, lr 1e-3, beta 1; alpha 1 and an explicit anchor of 2 by default, where the paper has 0 and 0: see
-docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
+Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (150 then
+300 steps, lr 1e-3, beta 1; alpha 1 and an explicit anchor of 3 by default, where the paper has 0 and 0:
+see docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
 shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
 race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
 prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
@@ -82,9 +82,9 @@ def main() -> None:
     parser.add_argument("--images-per-prompt", type=int, default=160)
     parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: all)")
     parser.add_argument("--sft-steps", type=int, default=150)
-    parser.add_argument("--bpo-steps", type=int, default=150)
+    parser.add_argument("--bpo-steps", type=int, default=300)
     parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
-    parser.add_argument("--anchor", type=float, default=2.0, help="explicit-prompt SFT weight (paper: 0)")
+    parser.add_argument("--anchor", type=float, default=3.0, help="explicit-prompt SFT weight (paper: 0)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--settings", default="gender,race,mix")
     parser.add_argument("--methods", choices=("bpo", "all"), default="bpo",
