@@ -157,8 +157,9 @@ class ImageEngine:
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
         """Capture one token step at this span. Capturing runs the step once on a side stream first
         (warm-up, as torch requires; the capture itself only records). That run is undone by restoring the
-        counters and the hidden state. The KV cache is not saved: the run wrote only column `col`, which
-        the replayed step writes again, with the same values, before any query reads it. (A copy of the
+        counters and the hidden state. The KV cache and the codes are not saved: the run wrote only cache
+        column `col` and code `t`, which the replayed step writes again, with the same values, before
+        anything reads them. (A copy of the
         cache would double its memory at the largest batch.)"""
         live = [self.t, self.col, self.hidden]
         saved = [x.clone() for x in live]
