@@ -13,10 +13,10 @@ reports each as a fraction of the card's copy bandwidth (K and V bytes read / ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import copy_bandwidth, sync  # noqa: E402
+from generation import copy_bandwidth, timed  # noqa: E402
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -40,28 +40,13 @@ def methods() -> dict[str, Callable[..., torch.Tensor]]:
     """Name -> attention(q, k, v, mask, scale): SDPA as the engine calls it, each backend forced, matmul."""
     def sdpa(backend: SDPBackend | None) -> Callable[..., torch.Tensor]:
         def run(q, k, v, mask, scale):
-            if backend is None:
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-            with sdpa_kernel(backend):
+            with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return run
 
     return {"sdpa (engine)": sdpa(None), "sdpa efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION),
             "sdpa cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "sdpa math": sdpa(SDPBackend.MATH),
             "matmul": matmul_attention}
-
-
-def time_call(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    """Best seconds of `repeats` calls after two warm-up calls."""
-    fn(), fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -80,6 +65,7 @@ def main() -> None:
     report = {"gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
               "copy_bandwidth_gb_s": bandwidth / 1e9, "rows": []}
     gen = torch.Generator(args.device).manual_seed(0)
+    attentions = methods()
     for batch in (int(b) for b in args.batch.split(",")):
         for columns in (int(c) for c in args.columns.split(",")):
             n, h, d = 2 * batch, args.heads, args.head_dim
@@ -90,10 +76,10 @@ def main() -> None:
             scale = 1 / math.sqrt(d)
             reference = matmul_attention(q.float(), k.float(), v.float(), mask, scale)
             kv_bytes = 2 * k.numel() * k.element_size()
-            for name, fn in methods().items():
+            for name, fn in attentions.items():
                 try:
                     y = fn(q, k, v, mask, scale)
-                    seconds = time_call(lambda: fn(q, k, v, mask, scale), args.repeats)
+                    seconds = timed(lambda: fn(q, k, v, mask, scale), args.repeats)  # mean of back-to-back calls
                 except RuntimeError as e:  # a backend that does not take this input (e.g. cuDNN with a mask)
                     row = {"batch": batch, "columns": columns, "method": name, "error": str(e).splitlines()[0]}
                 else:
