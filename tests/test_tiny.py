@@ -4,6 +4,7 @@ on CPU, then the acceptance checks of issue 4 on it."""
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,6 +17,7 @@ from fairgen.models.tiny import TinyModel, load
 from fairgen.models.tiny.cli import tiny_app
 from fairgen.models.tiny.data import GROUPS, probe_question
 from fairgen.models.tiny.train import RECIPES, train
+from fairgen.types import FairgenError, Prompt
 from fairgen.world import read, render
 
 
@@ -124,6 +126,8 @@ def test_cli_train_reuses_tokenizer_and_logs(smoke: TinyModel, tmp_path) -> None
     )
     bad = CliRunner().invoke(tiny_app, ["train", "--recipe", "nope", "--out", str(out)])
     assert bad.exit_code != 0
+    bad = CliRunner().invoke(tiny_app, ["train", "--recipe", "smoke", "--top-p", "1.5", "--out", str(tmp_path / "p")])
+    assert bad.exit_code != 0 and "top_p" in str(bad.exception) and not (tmp_path / "p").exists()
 
     # --init-from continues the smoke model: its first loss is the trained model's, far below a fresh LM's.
     cont = tmp_path / "cont"
@@ -133,4 +137,65 @@ def test_cli_train_reuses_tokenizer_and_logs(smoke: TinyModel, tmp_path) -> None
     first = [json.loads(line) for line in (cont / "train_log.jsonl").read_text().splitlines()][0]
     fresh = [r for r in records if r["stage"] == "lm"][0]
     assert first["stage"] == "lm" and first["loss"] < 0.7 * fresh["loss"]
-    assert load(cont).training["init_from"]["seed"] == 0
+    assert load(cont).training["init_from"]["seed"] == 0 and load(cont).default_sampling == {}
+    # --top-p is recorded as the new checkpoint's default sampling; continuing it keeps it.
+    result = CliRunner().invoke(tiny_app, [*args[:-4], "--out", str(tmp_path / "p"), "--init-from", str(cont), "--top-p", "0.8"])
+    assert result.exit_code == 0, result.output
+    assert load(tmp_path / "p").default_sampling == {"top_p": 0.8}
+    result = CliRunner().invoke(tiny_app, [*args[:-4], "--out", str(tmp_path / "q"), "--init-from", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert load(tmp_path / "q").default_sampling == {"top_p": 0.8}
+
+
+def test_checkpoint_default_sampling(smoke: TinyModel, tmp_path) -> None:
+    """A checkpoint's `sampling` is what generate() uses for arguments not given; arguments given win;
+    run manifests record the defaults; a bad `sampling` is refused with one line."""
+    from fairgen.audit import audit
+    from fairgen.models.tiny.adapter import RAW_SAMPLING
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(smoke.directory, ckpt)  # not smoke.save(): that would move the shared fixture
+    config = json.loads((ckpt / "config.json").read_text())
+    assert "sampling" not in config and smoke.default_sampling == {}
+    (ckpt / "config.json").write_text(json.dumps({**config, "sampling": {"top_p": 0.3}}))
+    model = load(ckpt)
+    assert model.default_sampling == {"top_p": 0.3} and model.config()["sampling"] == {"top_p": 0.3}
+
+    prompts, seeds = ["A photo of the face of a nurse, a person"] * 16, list(range(16))
+    default = model.generate_tokens(prompts, seeds)
+    assert torch.equal(default, smoke.generate_tokens(prompts, seeds, top_p=0.3))
+    raw = model.generate_tokens(prompts, seeds, **RAW_SAMPLING)
+    assert torch.equal(raw, smoke.generate_tokens(prompts, seeds))
+    assert not torch.equal(default, raw)  # nucleus 0.3 cuts this model's tail on some of 16 x 64 tokens
+
+    nurse = Prompt(id="nurse", text=prompts[0], concept="nurse")
+    run = audit(model, [nurse], images_per_prompt=2, out=tmp_path / "run", sampling={"cfg": 2.0})
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert run.results["sampling"] == {"cfg": 2.0}  # as given; the defaults it completes are the model's:
+    assert manifest["model_provenance"]["default_sampling"] == {**RAW_SAMPLING, "top_p": 0.3}
+
+    for bad in ({"top_k": 5}, {"top_p": "high"}, {"top_p": 1.5}):
+        (ckpt / "config.json").write_text(json.dumps({**config, "sampling": bad}))
+        with pytest.raises(FairgenError, match="sampling|top_p"):
+            load(ckpt)
+
+
+def test_eval_measures_default_and_raw_sampling(smoke: TinyModel, tmp_path) -> None:
+    from fairgen.models.tiny.adapter import RAW_SAMPLING
+    from fairgen.models.tiny.evaluate import evaluate
+    from fairgen.world import WorldSpec
+
+    numbers = evaluate(smoke, WorldSpec.default(), images=4, concepts=2, batch_size=64)
+    assert numbers["sampling"] == numbers["raw"]["sampling"] == RAW_SAMPLING
+    assert numbers["raw"]["face_rate"] == numbers["face_rate"]  # no default sampling: measured once
+    assert numbers["explicit_images_per_group"] == 2  # 2 prompts x 4 // 4 images, every test prompt
+    assert set(numbers["explicit_followed_by_group"]["race"]) == {"white", "black", "asian", "indian"}
+
+    shutil.copytree(smoke.directory, tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    (tmp_path / "c" / "config.json").write_text(json.dumps({**config, "sampling": {"top_p": 0.3}}))
+    numbers = evaluate(load(tmp_path / "c"), WorldSpec.default(), images=4, concepts=2, batch_size=64)
+    assert numbers["sampling"] == {**RAW_SAMPLING, "top_p": 0.3}
+    assert numbers["raw"]["sampling"] == RAW_SAMPLING
+    for key in ("face_rate", "concept_match", "race_share_error", "explicit_followed"):
+        assert key in numbers and key in numbers["raw"]

@@ -3,6 +3,8 @@
 A checkpoint is a directory:
     config.json             {"format": "fairgen-tiny", "version": 1, "tokenizer": {...}, "lm": {...},
                              "words": [...] (the vocabulary's word tokens; absent: bytes only),
+                             "sampling": {...} (the checkpoint's default sampling, as a Hugging Face
+                             generation_config.json; absent: RAW_SAMPLING),
                              "training": {...}}
     tokenizer.safetensors   the vision tokenizer's weights
     lm.safetensors          the language model's weights
@@ -12,7 +14,7 @@ A checkpoint is a directory:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -35,14 +37,18 @@ FORMAT, VERSION = "fairgen-tiny", 1
 WEIGHT_FILES = ("tokenizer.safetensors", "lm.safetensors")
 # Where the packaged default checkpoint lives (`--model tiny`).
 PACKAGED = Path(__file__).resolve().parent.parent / "tiny_weights"
+# Plain conditional sampling from the learned distribution: what generate() does unless the checkpoint's
+# config.json or the caller says otherwise (top_p 1.0: nucleus sampling off).
+RAW_SAMPLING: dict[str, float] = {"cfg": 1.0, "temperature": 1.0, "top_p": 1.0}
 
 
 class TinyModel:
     """fairgen-tiny: a vision tokenizer (tokenizer.py) and a decoder-only transformer (model.py) over one
     vocabulary (text.py). All methods run on the device the model was loaded to.
 
-    Default sampling: cfg 1.0 (plain conditional sampling: the model's learned distribution, which is
-    what an audit of planted bias should see), temperature 1.0, no top-k, no top-p.
+    Default sampling: RAW_SAMPLING (cfg 1.0, temperature 1.0, no top-k, no top-p: the learned
+    distribution), updated by the checkpoint's `sampling` (`default_sampling`); the packaged checkpoint
+    sets top_p 0.8 (docs/tiny.md says why and what it does to rd). Arguments given to generate() win.
     """
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
@@ -54,8 +60,10 @@ class TinyModel:
         training: dict | None = None,
         directory: Path | None = None,
         words: Sequence[str] = (),
+        sampling: Mapping[str, float] | None = None,
     ) -> None:
         self.tokenizer, self.lm = tokenizer.eval(), lm.eval()
+        self.default_sampling = checked_sampling(sampling or {})
         self.vocab = Vocab(tokenizer.cfg.n_codes, tokenizer.cfg.n_tokens, tuple(words))
         if lm.cfg.vocab_size != self.vocab.size or lm.cfg.n_image_tokens != self.vocab.n_image_tokens:
             raise FairgenError("fairgen-tiny: language model and tokenizer do not match")
@@ -81,18 +89,22 @@ class TinyModel:
             "tokenizer": self.tokenizer.cfg.to_dict(),
             "lm": self.lm.cfg.to_dict(),
             "words": list(self.vocab.words),
+            **({"sampling": self.default_sampling} if self.default_sampling else {}),
             "training": self.training,
         }
 
     def provenance(self) -> dict[str, Any]:
-        """sha256 of each weight file and of config.json (empty for a model not saved or loaded from disk)."""
+        """sha256 of each weight file and of config.json (empty for a model not saved or loaded from disk),
+        and the sampling settings generate() uses for arguments not given (as janus and emu3 record them)."""
+        defaults = {**RAW_SAMPLING, **self.default_sampling}
         if self.directory is None:
-            return {"family": "tiny", "path": None, "sha256": {}}
+            return {"family": "tiny", "path": None, "sha256": {}, "default_sampling": defaults}
         names = (*WEIGHT_FILES, "config.json")
         return {
             "family": "tiny",
             "path": str(self.directory),
             "sha256": {n: file_sha256(self.directory / n) for n in names},
+            "default_sampling": defaults,
         }
 
     # -- vision tokenizer ------------------------------------------------------------------------------
@@ -124,23 +136,31 @@ class TinyModel:
         self,
         prompts: Sequence[Prompt | str],
         seeds: Sequence[int],
-        cfg: float = 1.0,
-        temperature: float = 1.0,
+        cfg: float | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         batch_size: int = 64,
     ) -> list[Image.Image]:
         """One 64x64 image per (prompt, seed). An image depends only on its prompt, seed and the settings,
-        never on the rest of the batch (per-image random streams, padding that changes nothing)."""
+        never on the rest of the batch (per-image random streams, padding that changes nothing).
+        Settings left None take the checkpoint's default (`default_sampling`), else RAW_SAMPLING; top_k
+        None is off, top_p 1.0 is off."""
         codes = self.generate_tokens(prompts, seeds, cfg, temperature, top_k, top_p, batch_size)
         return self.decode_tokens(codes) if len(codes) else []
+
+    def sampling(self, **given: float | int | None) -> Sampling:
+        """The settings generate() uses for these arguments: given (not None) > checkpoint default > raw."""
+        chosen = {**RAW_SAMPLING, **self.default_sampling, **{k: v for k, v in given.items() if v is not None}}
+        return Sampling(cfg=float(chosen["cfg"]), temperature=float(chosen["temperature"]),
+                        top_k=chosen.get("top_k"), top_p=float(chosen["top_p"]))
 
     def generate_tokens(
         self,
         prompts: Sequence[Prompt | str],
         seeds: Sequence[int],
-        cfg: float = 1.0,
-        temperature: float = 1.0,
+        cfg: float | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         batch_size: int = 64,
@@ -153,7 +173,7 @@ class TinyModel:
         seeds = [int(s) for s in seeds]
         if batch_size < 1:
             raise FairgenError(f"generate: batch_size must be >= 1 (got {batch_size})")
-        sampling = Sampling(cfg=float(cfg), temperature=float(temperature), top_k=top_k, top_p=top_p)
+        sampling = self.sampling(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p)
         texts = [prompt_text(p) for p in prompts]
         if not texts:
             return torch.empty(0, self.vocab.n_image_tokens, dtype=torch.long, device=self.device)
@@ -291,6 +311,7 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
         config = json.loads((path / "config.json").read_text())
         if config.get("format") != FORMAT or config.get("version") != VERSION:
             raise FairgenError(f"{path}: not a {FORMAT} v{VERSION} checkpoint")
+        sampling = checked_sampling(config.get("sampling", {}), str(path))
         tcfg = TokenizerConfig(**{**config["tokenizer"], "levels": tuple(config["tokenizer"]["levels"])})
         tokenizer, lm = VisionTokenizer(tcfg), TinyLM(LMConfig(**config["lm"]))
         for module, name in ((tokenizer, WEIGHT_FILES[0]), (lm, WEIGHT_FILES[1])):
@@ -314,4 +335,15 @@ def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
         tokenizer.to(dev), lm.to(dev)
     except (RuntimeError, AssertionError) as e:
         raise FairgenError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
-    return TinyModel(tokenizer, lm, config.get("training"), path, config.get("words", ()))
+    return TinyModel(tokenizer, lm, config.get("training"), path, config.get("words", ()), sampling)
+
+
+def checked_sampling(sampling: Mapping[str, Any], where: str = "fairgen-tiny") -> dict[str, float]:
+    """A checkpoint's default sampling: a dict of cfg / temperature / top_p (numbers), checked."""
+    if not isinstance(sampling, Mapping) or set(sampling) - set(RAW_SAMPLING):
+        raise FairgenError(f"{where}: default sampling may set only {sorted(RAW_SAMPLING)} (got {sampling!r})")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sampling.values()):
+        raise FairgenError(f"{where}: default sampling values must be numbers (got {sampling!r})")
+    out = {k: float(v) for k, v in sampling.items()}
+    Sampling(**{**RAW_SAMPLING, **out}).check()
+    return out

@@ -47,8 +47,9 @@ def train(
     ),
     recipe: str = typer.Option(
         "full", help="Recipe: 'full' (a GPU), 'anneal' (with --init-from: continue a full run at a lower "
-        "learning rate), 'adherence' (with --init-from: more explicit, counter-stereotype requests; docs/tiny.md "
-        "says which recipes made the shipped model) or 'smoke' (tiny, CPU)."
+        "learning rate), 'adherence' (with --init-from: more explicit, counter-stereotype requests), "
+        "'adherence-cpu' then 'settle-cpu' (the same in minutes on a CPU; docs/tiny.md says which recipes "
+        "made the shipped model) or 'smoke' (tiny, CPU)."
     ),
     steps: int | None = typer.Option(None, help="Language-model steps (default: the recipe's)."),
     tokenizer_steps: int | None = typer.Option(
@@ -62,6 +63,10 @@ def train(
     ),
     device: str = typer.Option("cpu", help="cpu or cuda (bf16 autocast on cuda)."),
     seed: int = typer.Option(0, help="Seed of everything random in the run."),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help="Default nucleus threshold the checkpoint records (config.json `sampling`); "
+        "generate() uses it unless told otherwise. Default: --init-from's, else none."
+    ),
 ) -> None:
     """Train the vision tokenizer, then the language model, on data drawn from a world spec."""
     from .train import RECIPES
@@ -105,6 +110,7 @@ def train(
             init_from=init_from,
             echo=echo,
             progress_factory=bar,
+            sampling=None if top_p is None else {"top_p": top_p},
         )
     console.print(f"saved {model.spec} ({model.training['train_seconds']} s); log: {out / 'train_log.jsonl'}")
 

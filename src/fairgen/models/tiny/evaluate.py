@@ -2,8 +2,9 @@
 
 generation     on the occupations test prompts: face rate, concept-cue match, and how far each
                prompt's gender / race shares sit from the spec (max and mean absolute difference)
-explicit       explicit prompts (every gender, every race): share of images showing the requested class,
-               per group and its mean per attribute
+explicit       explicit prompts (every gender, every race, on every test prompt): share of images
+               showing the requested class, per group and its mean per attribute
+               (both under the checkpoint's default sampling, and again under RAW_SAMPLING: `raw`)
 understanding  fresh renders, asked the judge's question per attribute: argmax accuracy
 probe          no image, the locate probe per test concept: P(unknown), |P(female) - P(male)|
 tokenizer      round trips of fresh renders: share read back with every cue right
@@ -21,7 +22,7 @@ from ... import suites
 from ...types import ATTRIBUTES
 from ...world import WorldSpec, concept_matches, read, render
 from ..base import OTHER
-from .adapter import TinyModel
+from .adapter import RAW_SAMPLING, TinyModel
 from .data import GROUPS, OPTION_ORDER, image_question, probe_question
 
 
@@ -30,22 +31,11 @@ def _shares(labels: list[dict[str, str]], attr: str) -> dict[str, float]:
     return {c: sum(lab[attr] == c for lab in labels) / n for c in ATTRIBUTES[attr]}
 
 
-def evaluate(
-    model: TinyModel,
-    spec: WorldSpec,
-    images: int = 64,
-    concepts: int = 50,
-    seed: int = 0,
-    sampling: dict[str, Any] | None = None,
-    batch_size: int = 256,
-    progress: Callable[[str], None] = lambda s: None,
-) -> dict[str, Any]:
-    """All acceptance numbers as one JSON-ready dict. images: per prompt (and per explicit group)."""
-    sampling = sampling or {}
-    prompts = suites.load("occupations:test")[:concepts]
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"images_per_prompt": images, "prompts": len(prompts), "sampling": sampling}
-
+def _generation(model: TinyModel, spec: WorldSpec, prompts: list, images: int, seed: int,
+                sampling: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Face rate, cue match and share errors over `images` images per prompt, and explicit adherence over
+    images // 4 images per (prompt, group), under these sampling settings."""
+    out: dict[str, Any] = {}
     start = time.time()
     texts = [p for p in prompts for _ in range(images)]
     seeds = [seed * 1_000_003 + i for i in range(len(texts))]
@@ -69,14 +59,11 @@ def evaluate(
             "mean": float(np.mean(d)),
             "within_0.10": float(np.mean(np.array(d) <= 0.10)),
         }
-    progress("generation")
 
     followed: dict[str, dict[str, float]] = {}
     for attr in ("gender", "race"):
-        requests = [
-            suites.explicit(p, {attr: c}) for p in prompts[: max(1, concepts // 5)] for c in ATTRIBUTES[attr]
-        ]
-        texts = [r for r in requests for _ in range(images // 4)]
+        requests = [suites.explicit(p, {attr: c}) for p in prompts for c in ATTRIBUTES[attr]]
+        texts = [r for r in requests for _ in range(max(1, images // 4))]
         seeds = [seed + 7 + i for i in range(len(texts))]
         hits: dict[str, list[bool]] = {c: [] for c in ATTRIBUTES[attr]}
         for prompt, im in zip(texts, model.generate(texts, seeds, batch_size=batch_size, **sampling)):
@@ -85,7 +72,37 @@ def evaluate(
         followed[attr] = {c: float(np.mean(h)) for c, h in hits.items()}
     out["explicit_followed"] = {a: float(np.mean(list(g.values()))) for a, g in followed.items()}
     out["explicit_followed_by_group"] = followed
-    progress("explicit")
+    out["explicit_images_per_group"] = len(prompts) * max(1, images // 4)
+    return out
+
+
+def evaluate(
+    model: TinyModel,
+    spec: WorldSpec,
+    images: int = 64,
+    concepts: int = 50,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """All acceptance numbers as one JSON-ready dict. images: per prompt (a quarter of it per explicit
+    prompt and group, on every one of the `concepts` prompts).
+
+    Generation and explicit adherence are measured twice: under the checkpoint's default sampling (top
+    level; `sampling` says what it is) and under RAW_SAMPLING (`raw`: cfg 1, temperature 1, no top-k /
+    top-p, the learned distribution itself). A checkpoint without default sampling is measured once and
+    `raw` repeats those numbers."""
+    prompts = suites.load("occupations:test")[:concepts]
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"images_per_prompt": images, "prompts": len(prompts),
+                           "sampling": {**RAW_SAMPLING, **model.default_sampling}}
+    out.update(_generation(model, spec, prompts, images, seed, {}, batch_size))
+    progress("generation and explicit prompts")
+    raw = {k: v for k, v in out.items() if k not in ("images_per_prompt", "prompts", "sampling")}
+    if model.default_sampling:
+        raw = _generation(model, spec, prompts, images, seed, dict(RAW_SAMPLING), batch_size)
+        progress("the same without the default sampling")
+    out["raw"] = {"sampling": dict(RAW_SAMPLING), **raw}
 
     picks = [GROUPS[int(rng.integers(len(GROUPS)))] for _ in range(images)]
     renders = [

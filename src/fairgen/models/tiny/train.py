@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from ...types import ATTRIBUTES, FairgenError
 from ...world import WorldSpec
-from .adapter import TinyModel, load
+from .adapter import TinyModel, checked_sampling, load
 from .data import ExampleSampler, Mixture, pool_jobs, render_many, training_concepts, vocabulary_texts
 from .model import LMConfig, TinyLM
 from .text import Vocab, lexicon
@@ -68,12 +68,20 @@ class Recipe:
 #   checkpoint is full, then anneal (docs/tiny.md has the numbers of both).
 # adherence: continued training (`--init-from`) with more explicit examples, half of their requests against
 #   the concept's stereotype (Mixture.counter_share): what makes explicit prompts win over a skewed prior.
+# adherence-cpu, then settle-cpu: the same idea in 500 small steps on 2 CPU cores (--init-from); the shipped
+#   checkpoint is full, anneal, adherence-cpu, settle-cpu. adherence-cpu's small pool (4 renders per group)
+#   renders in seconds; settle-cpu, with more neutral examples at a lower rate, brings the neutral
+#   prompts' race shares back to the spec after it.
 # smoke: what the tests train on 2 CPU cores: a usable tokenizer, a small LM on six concepts.
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(),
     "anneal": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=10),
     "adherence": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=8,
                         mixture=Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
+    "adherence-cpu": Recipe(lm_steps=200, lm_batch=64, lm_lr=4e-4, warmup=10, renders_per_group=4, loader_workers=8,
+                            mixture=Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
+    "settle-cpu": Recipe(lm_steps=300, lm_batch=64, lm_lr=1.5e-4, warmup=15, renders_per_group=8, loader_workers=8,
+                         mixture=Mixture(neutral=0.45, explicit=0.3, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
     "smoke": Recipe(
         tokenizer=TokenizerConfig(width=32),
         tok_images=4000,
@@ -310,17 +318,21 @@ def train(
     init_from: str | Path | None = None,
     echo: Callable[[dict], None] | None = None,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+    sampling: dict[str, float] | None = None,
 ) -> TinyModel:
     """Train both stages and save the checkpoint to `out` (see adapter.py for the layout). Returns the
     TinyModel. tokenizer_from: reuse the tokenizer of an existing checkpoint and skip stage 1. init_from:
     continue training a checkpoint: its tokenizer, and its language model as the starting point (same
-    architecture and vocabulary)."""
+    architecture and vocabulary). sampling: the checkpoint's default sampling (config.json); None keeps
+    init_from's (none for a fresh model)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise FairgenError(f"unknown device {device!r} (use cpu or cuda)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FairgenError("--device cuda: no CUDA device is available")
+    if sampling is not None:  # checked before hours of training, not when saving
+        sampling = checked_sampling(sampling, "the requested default sampling")
     spec = WorldSpec.load(spec_path) if spec_path else WorldSpec.default()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -373,6 +385,8 @@ def train(
         "concepts": sampler.names,
         "train_seconds": round(time.time() - started, 1),
     }
-    model = TinyModel(tok, lm, training=info, words=sampler.vocab.words)
+    if sampling is None:
+        sampling = start_from.default_sampling if start_from is not None else {}
+    model = TinyModel(tok, lm, training=info, words=sampler.vocab.words, sampling=sampling)
     model.save(out)
     return model
