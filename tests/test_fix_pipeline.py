@@ -78,6 +78,10 @@ def test_fix_end_to_end_and_resume(mini, suites_dir, tmp_path):
     assert "adapter" in manifest["model_provenance"]
     assert set(report) >= {"before", "after", "rd_change", "explicit_adherence", "training", "data"}
     assert set(report["explicit_adherence"]["after"]) == {"gender"}
+    by_group = report["explicit_adherence_by_group"]["after"]["gender"]
+    assert set(by_group) == {"female", "male"}  # and the attribute's share is their mean (equal images each)
+    assert report["explicit_adherence"]["after"]["gender"] == pytest.approx(sum(by_group.values()) / 2)
+    assert "By group: gender female" in (out / "fix_report.md").read_text()
     assert json.loads((out / "fix_report.json").read_text()) == report
     assert "| gender **(fixed)** |" in (out / "fix_report.md").read_text()
 
@@ -238,3 +242,17 @@ def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path, cli):
     assert parse_attributes("gender, race") == ("gender", "race")
     done = cli("fix", "--model", f"tiny:{mini}", "--attributes", "gender,gender", "--out", str(tmp_path / "cli"))
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "--attributes" in done.stderr
+
+
+def test_adherence_by_group_known_counts():
+    """Two explicit prompts per group: shares by hand, faceless images count as not followed."""
+    from fairgen.fix.report import adherence, adherence_by_group
+    from fairgen.types import Prompt
+
+    prompts = [Prompt(id=f"{c}--{g}", text="t", concept=c, group={"gender": g})
+               for c in ("nurse", "pilot") for g in ("female", "male")]
+    counts = {"nurse--female": (9, 10), "pilot--female": (6, 10), "nurse--male": (10, 10), "pilot--male": (4, 10)}
+    results = {"prompts": [{"id": i, "n_images": n, "counts": {"gender": {i.split("--")[1]: k}}}
+                           for i, (k, n) in counts.items()]}
+    assert adherence_by_group(results, prompts) == {"gender": {"female": 0.75, "male": 0.7}}
+    assert adherence(results, prompts) == {"gender": pytest.approx(0.725)}

@@ -302,7 +302,9 @@ def _method(run: _Run, method: str, plan: BatchPlan, data: balanced.BalancedSet,
         training,
         {"understanding": {"before": before["understanding"], "after": after["understanding"]},
          "suites": {name: {"before": _summary(before["suites"][name]), "after": _summary(r)}
-                    for name, r in after["suites"].items()}})
+                    for name, r in after["suites"].items()}},
+        {moment: fix_report.adherence_by_group(audits["explicit"].results, run.explicit) if audits["explicit"] else {}
+         for moment, audits in (("before", before), ("after", after))})
     with procs.step():
         if procs.main:
             fix_report.write(where, report, training)

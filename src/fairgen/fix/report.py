@@ -30,19 +30,27 @@ def audit_summary(results: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             "face_rate": s.get("face_rate"), "fidelity": fidelity}
 
 
-def adherence(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, float | None]:
-    """Per attribute, the share of explicit-prompt images showing the requested group (over all images
-    of those prompts, faceless ones included)."""
+def adherence_by_group(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, dict[str, float | None]]:
+    """Per attribute and requested group, the share of explicit-prompt images showing that group (over all
+    images of those prompts, faceless ones included)."""
     by_id = {p["id"]: p for p in results["prompts"]}
-    hits: dict[str, list[int]] = {}
+    hits: dict[str, dict[str, list[int]]] = {}
     for prompt in prompts:
         row = by_id[prompt.id]
         for attr, group in prompt.group.items():
             counts = row["counts"].get(attr)
-            h = hits.setdefault(attr, [0, 0])
+            h = hits.setdefault(attr, {}).setdefault(group, [0, 0])
             h[0] += counts[group] if counts else 0
             h[1] += row["n_images"]
-    return {a: (h[0] / h[1] if h[1] else None) for a, h in hits.items()}
+    return {a: {g: (h[0] / h[1] if h[1] else None) for g, h in groups.items()} for a, groups in hits.items()}
+
+
+def adherence(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, float | None]:
+    """Per attribute, the mean over its groups of adherence_by_group: each group weighs the same (with as
+    many images per group, as the check makes, it is the share over all the images)."""
+    by_group = adherence_by_group(results, prompts)
+    return {a: (None if None in shares.values() else sum(shares.values()) / len(shares))
+            for a, shares in by_group.items()}
 
 
 def relative_change(before: float | None, after: float | None) -> float | None:
@@ -65,8 +73,10 @@ def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str,
 
 def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
                  after: dict[str, Any], explicit_before: Mapping[str, Any], explicit_after: Mapping[str, Any],
-                 training: Sequence[Mapping[str, Any]], checks: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """fix_report.json's content. training: the lines of train_log.jsonl. checks: {"understanding":
+                 training: Sequence[Mapping[str, Any]], checks: Mapping[str, Any] | None = None,
+                 explicit_by_group: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """fix_report.json's content. training: the lines of train_log.jsonl. explicit_by_group: {"before",
+    "after"}: adherence_by_group results. checks: {"understanding":
     {"before", "after"}: understanding_accuracy results or None, "suites": {name: {"before", "after"}: audit
     summaries}}; each suite gets its rd_change."""
     change = rd_changes(before, after)
@@ -84,6 +94,7 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
             "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)},
+            "explicit_adherence_by_group": dict(explicit_by_group or {"before": {}, "after": {}}),
             "checks": _checks(checks or {})}
 
 
@@ -129,6 +140,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     ex = report["explicit_adherence"]
     lines.append("Explicit prompts followed: " + ", ".join(
         f"{a} {_f(ex['before'].get(a))} → {_f(v)}" for a, v in ex["after"].items()) + ".")
+    by_group = report.get("explicit_adherence_by_group") or {}
+    if by_group.get("after"):
+        lines.append("By group: " + "; ".join(
+            f"{a} " + ", ".join(f"{g} {_f(by_group['before'].get(a, {}).get(g))} → {_f(v)}" for g, v in shares.items())
+            for a, shares in by_group["after"].items()) + ".")
     lines += ["", "## Balanced set", "", "| attribute | group | generated | dropped | drop rate | kept |",
               "| --- | --- | --- | --- | --- | --- |"]
     for attr, block in report["data"].items():
