@@ -5,8 +5,8 @@
                                                       # the four methods of the paper's Table 1, one table
 
 Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (150 then
-300 steps, lr 1e-3, beta 1; alpha 1 and an explicit anchor of 3 by default, where the paper has 0 and 0:
-see docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
+300 steps, lr 1e-3, beta 1; alpha 1 and an explicit anchor, 2 for gender and 3 for race and mix by default,
+where the paper has 0 and 0: see docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
 shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
 race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
 prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
@@ -33,15 +33,20 @@ SETTINGS = {"gender": ("gender",), "race": ("race",), "mix": ("gender", "race")}
 # Minimum relative rd cut per (setting, attribute), from issue 9.
 TARGETS = {("gender", "gender"): 0.70, ("race", "race"): 0.45, ("mix", "gender"): 0.30, ("mix", "race"): 0.30}
 MAX_FIDELITY_DROP_POINTS, MIN_EXPLICIT = 3.0, 0.95
+# Explicit-anchor weight per setting (docs/fix.md: 3 kept gender at -69.9 %, just short of its target; 2
+# passes it, with explicit gender prompts still followed 0.98; race and mix keep 3 for explicit race).
+ANCHORS = {"gender": 2.0, "race": 3.0, "mix": 3.0}
 
 
-def run(model: str, out: Path, settings: list[str], method: str, **options) -> dict:
+def run(model: str, out: Path, settings: list[str], method: str, anchor: float | None = None, **options) -> dict:
     """Every setting's fix run with `method` ("bpo" or "all"); returns {setting: fix report, or with
-    method "all" the fix table}. options: FixConfig fields shared by the settings."""
+    method "all" the fix table}. anchor: for every setting (None: ANCHORS). options: FixConfig fields
+    shared by the settings."""
     reports = {}
     for name in settings:
         config = FixConfig(model=model, attributes=SETTINGS[name], method=method, data_source="world",
-                           images_per_group=4, beta=1.0, before=str(out / "before"), **options)
+                           images_per_group=4, beta=1.0, before=str(out / "before"),
+                           anchor=ANCHORS[name] if anchor is None else anchor, **options)
         started = time.time()
         reports[name] = fix(config, out / name)
         print(f"{name}: {time.time() - started:.0f} s")
@@ -84,7 +89,8 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--bpo-steps", type=int, default=300)
     parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
-    parser.add_argument("--anchor", type=float, default=3.0, help="explicit-prompt SFT weight (paper: 0)")
+    parser.add_argument("--anchor", type=float, default=None,
+                        help="explicit-prompt SFT weight for every setting (paper: 0; default: gender 2, race and mix 3)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--settings", default="gender,race,mix")
     parser.add_argument("--methods", choices=("bpo", "all"), default="bpo",
