@@ -199,3 +199,20 @@ def test_eval_measures_default_and_raw_sampling(smoke: TinyModel, tmp_path) -> N
     assert numbers["raw"]["sampling"] == RAW_SAMPLING
     for key in ("face_rate", "concept_match", "race_share_error", "explicit_followed"):
         assert key in numbers and key in numbers["raw"]
+
+
+def test_resume_with_other_weights_is_refused(smoke: TinyModel, tmp_path) -> None:
+    """The same model spec with other weights (e.g. a new packaged checkpoint) must not extend an old run."""
+    from fairgen.audit import audit
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(smoke.directory, ckpt)
+    nurse = Prompt(id="nurse", text="A photo of the face of a nurse, a person", concept="nurse")
+    audit(f"tiny:{ckpt}", [nurse], images_per_prompt=2, out=tmp_path / "run")
+    audit(f"tiny:{ckpt}", [nurse], images_per_prompt=3, out=tmp_path / "run")  # same weights: resumes
+    model = load(ckpt)
+    with torch.no_grad():
+        next(model.lm.parameters()).add_(0.01)
+    model.save(ckpt)
+    with pytest.raises(FairgenError, match="other files"):
+        audit(f"tiny:{ckpt}", [nurse], images_per_prompt=4, out=tmp_path / "run")

@@ -126,7 +126,8 @@ class RunStore:
         """Create the run directory, or reopen it to resume the same run.
 
         config: what defines the run's results (model, suite, seeds, sampling, perception ...); reopening
-        with a different config is refused, so a resumed run never mixes two configurations.
+        with a different config, or with a provenance entry whose file hashes (`sha256`) differ, is
+        refused, so a resumed run never mixes two configurations or two sets of weights.
         `images_per_prompt` may grow: the new images extend the plan.
         """
         root = Path(out)
@@ -146,6 +147,12 @@ class RunStore:
                         f"{root} holds a run with {key}={old.get(key)!r}, not {config.get(key)!r}; "
                         "use another --out or the same settings to resume"
                     )
+            for key, value in provenance.items():  # the same spec with other weights: never mix their images
+                was = manifest.get(key)
+                if isinstance(value, Mapping) and isinstance(was, Mapping) and value.get("sha256") \
+                        and was.get("sha256") and value["sha256"] != was["sha256"]:
+                    raise FairgenError(f"{root} holds a run made with other files ({key} sha256 differs); "
+                                       "use another --out")
             manifest["config"] = dict(config)
             manifest["resumed"] = manifest.get("resumed", []) + [now()]
             manifest.pop("finished", None)
