@@ -63,11 +63,15 @@ class Recipe:
     mixture: Mixture = field(default_factory=Mixture)
 
 
+# More explicit examples, half of their requests against the concept's stereotype (Mixture.counter_share):
+# the mixture of both adherence recipes.
+ADHERENCE_MIXTURE = Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)
+
 # full: the first stage of the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
 # anneal: continued training of a `full` checkpoint (`--init-from`) at a lower learning rate; the shipped
 #   checkpoint is full, then anneal (docs/tiny.md has the numbers of both).
-# adherence: continued training (`--init-from`) with more explicit examples, half of their requests against
-#   the concept's stereotype (Mixture.counter_share): what makes explicit prompts win over a skewed prior.
+# adherence: continued training (`--init-from`) on ADHERENCE_MIXTURE: what makes explicit prompts win over a
+#   skewed prior.
 # adherence-cpu, then settle-cpu: the same idea in 500 small steps on 2 CPU cores (--init-from); the shipped
 #   checkpoint is full, anneal, adherence-cpu, settle-cpu. adherence-cpu's small pool (4 renders per group)
 #   renders in seconds; settle-cpu, with more neutral examples at a lower rate, brings the neutral
@@ -77,9 +81,9 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(),
     "anneal": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=10),
     "adherence": Recipe(lm_steps=8000, lm_batch=384, lm_lr=4e-4, warmup=100, loader_workers=8,
-                        mixture=Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
+                        mixture=ADHERENCE_MIXTURE),
     "adherence-cpu": Recipe(lm_steps=200, lm_batch=64, lm_lr=4e-4, warmup=10, renders_per_group=4, loader_workers=8,
-                            mixture=Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
+                            mixture=ADHERENCE_MIXTURE),
     "settle-cpu": Recipe(lm_steps=300, lm_batch=64, lm_lr=1.5e-4, warmup=15, renders_per_group=8, loader_workers=8,
                          mixture=Mixture(neutral=0.45, explicit=0.3, image_qa=0.15, blank_qa=0.1, counter_share=0.5)),
     "smoke": Recipe(
