@@ -10,8 +10,8 @@ roofline = (bytes a step must read: the weights + the filled KV cache, at the me
 measured copy bandwidth, divided by the measured step time. transformers' baseline runs batches 1, 16
 and 64 only (at its speed a larger batch adds nothing). Guidance 5 (Janus-Pro's default): every image
 is two rows. --audit also times `fairgen audit` of 5 prompts x 160 images through the engine (the mode,
-eager or graphs, that was faster at the largest batch), with perception `world` (random weights draw no
-faces: the timing is the point), against the bare engine.
+eager or graphs, that was faster at the audit's batch: 160, or the largest if smaller), with perception
+`world` (random weights draw no faces: the timing is the point), against the bare engine at that batch.
 Needs transformers >= 5.23 (5.17's Janus image generation crashes). Writes <out>/generation.json.
 """
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64", help="batches of both methods (then the largest)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--audit", action="store_true", help="also time an audit of 5 prompts x 160 images")
+    parser.add_argument("--modes", default="eager,graphs", help="engine modes to time (graphs: CUDA only)")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script (fp32, no graphs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,22 +128,25 @@ def main() -> None:
             record("transformers", batch, timed(lambda: model.hf.generate(
                 input_ids=i, attention_mask=m, generation_mode="image", do_sample=True, guidance_scale=CFG),
                 1, warm_up=n == 0))
-        for graphs in (False, True) if cuda else (False,):
-            for batch in [*batches, largest]:
+        modes = [m for m in args.modes.split(",") if cuda or m == "eager"]
+        audit_batch = min(largest, 160)  # 800 images in 5 full batches where 160 fit
+        engine_batches = sorted({*batches, largest} | ({audit_batch} if args.audit else set()))
+        for graphs in (m == "graphs" for m in modes):
+            for batch in engine_batches:
                 seeds = list(range(batch))
                 record("engine+graphs" if graphs else "engine", batch, timed(
                     lambda: model.generate_tokens([PROMPT] * batch, seeds, cfg=CFG, graphs=graphs), args.repeats))
-        if args.audit:  # through the engine mode that was faster at the largest batch
+        if args.audit:  # through the faster engine mode, against the bare engine at the audit's batch
             from fairgen import audit, suites
 
-            best = max((r for r in rows if r["batch"] == largest and r["method"] != "transformers"),
+            best = max((r for r in rows if r["batch"] == audit_batch and r["method"] != "transformers"),
                        key=lambda r: r["images_per_s"])
             model.graphs = best["method"] == "engine+graphs"
             report["audit_engine"] = best
             shutil.rmtree(args.out / "audit", ignore_errors=True)  # a new random checkpoint: never a resume
             start = time.perf_counter()
             audit(model, suite=suites.load("occupations:test")[:5], images_per_prompt=160, perception_backend="world",
-                  sampling={"cfg": CFG}, out=args.out / "audit", batch_size=min(largest, 160))
+                  sampling={"cfg": CFG}, out=args.out / "audit", batch_size=audit_batch)
             report["audit_images_per_s"] = 800 / (time.perf_counter() - start)
             report["audit_vs_engine"] = report["audit_images_per_s"] / best["images_per_s"]
             save()
