@@ -246,7 +246,7 @@ def test_bad_input_is_one_line_fairgen_error(mini, suites_dir, tmp_path, cli):
 
 def test_adherence_by_group_known_counts():
     """Two explicit prompts per group: shares by hand, faceless images count as not followed."""
-    from fairgen.fix.report import adherence, adherence_by_group
+    from fairgen.fix.report import adherence_by_group, group_means
     from fairgen.types import Prompt
 
     prompts = [Prompt(id=f"{c}--{g}", text="t", concept=c, group={"gender": g})
@@ -255,4 +255,4 @@ def test_adherence_by_group_known_counts():
     results = {"prompts": [{"id": i, "n_images": n, "counts": {"gender": {i.split("--")[1]: k}}}
                            for i, (k, n) in counts.items()]}
     assert adherence_by_group(results, prompts) == {"gender": {"female": 0.75, "male": 0.7}}
-    assert adherence(results, prompts) == {"gender": pytest.approx(0.725)}
+    assert group_means(adherence_by_group(results, prompts)) == {"gender": pytest.approx(0.725)}

@@ -297,14 +297,12 @@ def _method(run: _Run, method: str, plan: BatchPlan, data: balanced.BalancedSet,
         data.stats,
         _summary(before["test"]),
         _summary(after["test"]),
-        fix_report.adherence(before["explicit"].results, run.explicit) if before["explicit"] else {},
-        fix_report.adherence(after["explicit"].results, run.explicit) if after["explicit"] else {},
+        {moment: fix_report.adherence_by_group(audits["explicit"].results, run.explicit) if audits["explicit"] else {}
+         for moment, audits in (("before", before), ("after", after))},
         training,
         {"understanding": {"before": before["understanding"], "after": after["understanding"]},
          "suites": {name: {"before": _summary(before["suites"][name]), "after": _summary(r)}
-                    for name, r in after["suites"].items()}},
-        {moment: fix_report.adherence_by_group(audits["explicit"].results, run.explicit) if audits["explicit"] else {}
-         for moment, audits in (("before", before), ("after", after))})
+                    for name, r in after["suites"].items()}})
     with procs.step():
         if procs.main:
             fix_report.write(where, report, training)

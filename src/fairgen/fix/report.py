@@ -45,10 +45,9 @@ def adherence_by_group(results: Mapping[str, Any], prompts: Sequence[Prompt]) ->
     return {a: {g: (h[0] / h[1] if h[1] else None) for g, h in groups.items()} for a, groups in hits.items()}
 
 
-def adherence(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, float | None]:
-    """Per attribute, the mean over its groups of adherence_by_group: each group weighs the same (with as
-    many images per group, as the check makes, it is the share over all the images)."""
-    by_group = adherence_by_group(results, prompts)
+def group_means(by_group: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per attribute, the mean of adherence_by_group's shares over its groups: each group weighs the same
+    (with as many images per group, as the check makes, it is the share over all the images)."""
     return {a: (None if None in shares.values() else sum(shares.values()) / len(shares))
             for a, shares in by_group.items()}
 
@@ -72,11 +71,11 @@ def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str,
 
 
 def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
-                 after: dict[str, Any], explicit_before: Mapping[str, Any], explicit_after: Mapping[str, Any],
-                 training: Sequence[Mapping[str, Any]], checks: Mapping[str, Any] | None = None,
-                 explicit_by_group: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """fix_report.json's content. training: the lines of train_log.jsonl. explicit_by_group: {"before",
-    "after"}: adherence_by_group results. checks: {"understanding":
+                 after: dict[str, Any], explicit_by_group: Mapping[str, Any], training: Sequence[Mapping[str, Any]],
+                 checks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """fix_report.json's content. explicit_by_group: {"before", "after"}: adherence_by_group results ({}
+    without the check); explicit_adherence is their group_means. training: the lines of train_log.jsonl.
+    checks: {"understanding":
     {"before", "after"}: understanding_accuracy results or None, "suites": {name: {"before", "after"}: audit
     summaries}}; each suite gets its rd_change."""
     change = rd_changes(before, after)
@@ -93,8 +92,8 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
-            "explicit_adherence": {"before": dict(explicit_before), "after": dict(explicit_after)},
-            "explicit_adherence_by_group": dict(explicit_by_group or {"before": {}, "after": {}}),
+            "explicit_adherence": {m: group_means(explicit_by_group[m]) for m in ("before", "after")},
+            "explicit_adherence_by_group": {m: dict(explicit_by_group[m]) for m in ("before", "after")},
             "checks": _checks(checks or {})}
 
 
