@@ -121,6 +121,43 @@ def test_seeds_do_not_depend_on_batch_size(tmp_path):
                    (tmp_path / "b/images" / pid / f"{k:05d}.png").read_bytes()
 
 
+def test_batches_are_balanced():
+    from fairgen.audit import _balanced
+
+    items = list(range(800))
+    batches = list(_balanced(items, 56))
+    assert len(batches) == 15 and {len(b) for b in batches} == {53, 54}  # not 14 x 56 and one of 16
+    assert sum(batches, []) == items
+    assert [len(b) for b in _balanced(items[:10], 64)] == [10]
+    assert [len(b) for b in _balanced(items[:12], 4)] == [4, 4, 4]
+    assert list(_balanced([], 8)) == []
+
+
+def test_a_generation_error_keeps_every_batch_before_it(tmp_path):
+    """Batches are saved and perceived one behind generation (a worker thread); a failure while generating
+    batch 3 still leaves batches 1 and 2 on disk, and the resumed run equals an uninterrupted one."""
+    suite = write_suite(tmp_path / "s.yaml", ["nurse", "pilot"])
+    model = fairgen.models.load("world")
+    generate, calls = model.generate, []
+
+    def failing_third(prompts, seeds, **sampling):
+        calls.append(len(prompts))
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return generate(prompts, seeds, **sampling)
+
+    model.generate = failing_third
+    with pytest.raises(RuntimeError, match="device lost"):
+        fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
+    records = RunStore(tmp_path / "run").load_records()
+    assert sorted(records) == [("nurse", k) for k in range(10)]  # batches 1 and 2, nothing of batch 3
+    assert len(list((tmp_path / "run/images/nurse").glob("*.png"))) == 10
+    model.generate = generate
+    resumed = fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
+    whole = fairgen.audit(model="world", suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "ref")
+    assert resumed.results == whole.results
+
+
 def test_run_directory_contract(tmp_path):
     suite = write_suite(tmp_path / "s.yaml", ["nurse", "firefighter", "tailor"])
     res = fairgen.audit(model="world", suite=str(suite), images_per_prompt=20, out=tmp_path / "run", seed=4)

@@ -12,6 +12,7 @@ measures, so the run directory is the one a single process writes.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -142,22 +143,41 @@ def audit(
         bar = progress if procs.main else None  # one progress bar: the main process's
         if bar:
             bar(done, len(plan))
+
+        def finish(batch: list[tuple[Prompt, int, int]], loaded: list[_Loaded], recorded: int) -> None:
+            """Save the batch's new images, perceive them, append their records (in that order: a record
+            never names an image that is not on disk)."""
+            for (p, k, _), (im, _, _, fresh) in zip(batch, loaded):
+                if fresh:
+                    store.save_image(im, p.id, k)
+            seen = iter(backend.perceive([im.convert("RGB") if fresh else im for im, _, _, fresh in loaded
+                                          if im is not None]))
+            new = [
+                perception_record(
+                    p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err), src
+                )
+                for (p, k, s), (im, err, src, _) in zip(batch, loaded)
+            ]
+            store.append_records(new, shard=shard)
+            if bar:  # with shards: what all processes have recorded so far
+                bar(done + (recorded if shard is None else store.shard_record_count()), len(plan))
+
         with procs.step():  # every process: every world-th image of what is left
             mine = todo[procs.rank :: procs.world]
-            for start in range(0, len(mine), batch_size):
-                batch = mine[start : start + batch_size]
-                loaded = _images_for(gen, store, batch, sampling)
-                seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
-                new = [
-                    perception_record(
-                        p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err), src
-                    )
-                    for (p, k, s), (im, err, src) in zip(batch, loaded)
-                ]
-                store.append_records(new, shard=shard)
-                if bar:  # with shards: what all processes have recorded so far
-                    recorded = start + len(batch) if shard is None else store.shard_record_count()
-                    bar(done + recorded, len(plan))
+            # One batch behind: while the model generates batch i+1 (on a GPU, mostly waiting on the
+            # device), a worker thread saves and perceives batch i. An error in either stops the loop
+            # after the worker has finished what it holds, so no generated batch is lost.
+            with ThreadPoolExecutor(max_workers=1) as worker:
+                pending: Future | None = None
+                recorded = 0
+                for batch in _balanced(mine, batch_size):
+                    loaded = _images_for(gen, store, batch, sampling)
+                    if pending is not None:
+                        pending.result()
+                    recorded += len(batch)
+                    pending = worker.submit(finish, batch, loaded, recorded)
+                if pending is not None:
+                    pending.result()
 
         with procs.step():  # the main process merges, measures and reports; the others wait for it
             if procs.main:
@@ -228,17 +248,31 @@ def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> It
             yield p, k, derive_seed(seed, p.id, k)
 
 
-def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[tuple[Image.Image | None, str | None, str | None]]:
-    """The batch's images as (image, error, source file): read from a folder model's files, read back from
-    the run directory when generated before, else generated in one call and saved."""
+# (image or None, error or None, source file or None, generated now and not yet saved)
+_Loaded = tuple[Image.Image | None, str | None, str | None, bool]
+
+
+def _balanced(items: list, size: int) -> Iterator[list]:
+    """items in the fewest batches of at most `size`, of near-equal length: 800 images at 56 go as 15
+    batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
+    if not items:
+        return
+    n = -(-len(items) // size)
+    for i in range(n):
+        yield items[i * len(items) // n : (i + 1) * len(items) // n]
+
+
+def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[_Loaded]:
+    """The batch's images: read from a folder model's files, read back from the run directory when
+    generated before, else generated in one call (the caller saves those: their flag is True)."""
     if hasattr(gen, "read"):
-        return [(*gen.read(p, k), str(gen.source(p, k))) for p, k, _ in batch]
-    out: list[tuple[Image.Image | None, str | None, str | None]] = [(None, None, None)] * len(batch)
+        return [(*gen.read(p, k), str(gen.source(p, k)), False) for p, k, _ in batch]
+    out: list[_Loaded] = [(None, None, None, False)] * len(batch)
     missing = []
     for i, (p, k, _) in enumerate(batch):
         image = store.load_image(p.id, k)
         if image is not None:
-            out[i] = (image, None, None)
+            out[i] = (image, None, None, False)
         else:
             missing.append(i)
     if missing:
@@ -246,7 +280,5 @@ def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[tup
         if len(made) != len(missing):
             raise FairgenError(f"model {gen.spec} returned {len(made)} images for {len(missing)} prompts")
         for i, im in zip(missing, made):
-            p, k, _ = batch[i]
-            store.save_image(im, p.id, k)
-            out[i] = (im.convert("RGB"), None, None)
+            out[i] = (im, None, None, True)
     return out
