@@ -82,6 +82,44 @@ def test_teacher_forced_logits_match_the_transformers_forward(janus):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_equals_transformers_rotary(dtype):
+    """The engine's rotary product is transformers' apply_rotary_pos_emb exactly, in fp32 and in bf16."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from fairgen.models.engine import _rope, _signed
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, 4, 5, 16, generator=g, dtype=dtype), torch.randn(3, 2, 5, 16, generator=g, dtype=dtype)
+    positions = torch.randint(0, 500, (3, 5), generator=g)
+    cos, sin = LlamaRotaryEmbedding(config)(q, positions)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    signed = _signed(cos, sin)
+    assert torch.equal(_rope(q, *signed), want_q) and torch.equal(_rope(k, *signed), want_k)
+
+
+def test_norm_equals_llama_rmsnorm():
+    """transformers' LlamaRMSNorm as one F.rms_norm: equal in fp32, within one bf16 ulp in bf16; any other
+    norm module is called as it is."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from fairgen.models.engine import _norm
+
+    norm = LlamaRMSNorm(64, eps=1e-6)
+    g = torch.Generator().manual_seed(1)
+    norm.weight.data = torch.randn(64, generator=g)
+    x = torch.randn(6, 1, 64, generator=g)
+    with torch.no_grad():
+        assert torch.equal(_norm(norm, x), norm(x))
+        got, want = _norm(norm.bfloat16(), x.bfloat16()).float(), norm(x.bfloat16()).float()
+    ulp = 2.0 ** (torch.floor(torch.log2(want.abs().clamp(min=1e-30))) - 7)  # bf16: 8 significant bits
+    assert ((got - want).abs() <= ulp).all()
+    layer = torch.nn.LayerNorm(64)
+    assert torch.equal(_norm(layer, x), layer(x))
+
+
 def test_in_batches_halves_on_out_of_memory_and_loses_no_row():
     calls = []
 
