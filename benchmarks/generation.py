@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64", help="batches of both methods (then the largest)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--audit", action="store_true", help="also time an audit of 5 prompts x 160 images")
-    parser.add_argument("--modes", default="eager,graphs", help="engine modes to time (graphs: CUDA only)")
+    parser.add_argument("--modes", default="transformers,eager,graphs",
+                        help="methods to time: transformers' generate and the engine's modes (graphs: CUDA only)")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script (fp32, no graphs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -123,12 +124,13 @@ def main() -> None:
             save()  # after every row: a later crash or timeout keeps what was measured
 
         model.hf.generation_config.generation_kwargs = {"boi_token_id": model.boi_id}
-        for n, batch in enumerate(batches):  # one warm-up: its dynamic cache has nothing to capture
+        modes = args.modes.split(",")
+        for n, batch in enumerate(batches if "transformers" in modes else []):  # one warm-up: nothing to capture
             i, m = model._generation_inputs([PROMPT] * batch)
             record("transformers", batch, timed(lambda: model.hf.generate(
                 input_ids=i, attention_mask=m, generation_mode="image", do_sample=True, guidance_scale=CFG),
                 1, warm_up=n == 0))
-        modes = [m for m in args.modes.split(",") if cuda or m == "eager"]
+        modes = [m for m in modes if m == "eager" or (cuda and m == "graphs")]
         audit_batch = min(largest, 160)  # 800 images in 5 full batches where 160 fit
         engine_batches = sorted({*batches, largest} | ({audit_batch} if args.audit else set()))
         for graphs in (m == "graphs" for m in modes):

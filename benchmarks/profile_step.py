@@ -1,4 +1,5 @@
-"""Where an engine token step spends its GPU time: torch.profiler over one eager engine call.
+"""Where an engine token step spends its GPU time: torch.profiler over a window of token steps (--steps,
+from the middle of the image, at the mean cache fill) of one eager engine call.
 
 The engine's CUDA-graph replay runs the same kernels as the eager step, so the eager kernels' device
 times show what bounds a replayed step (docs/performance.md). Prints the kernels with the most device time,
@@ -17,13 +18,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import CFG, PROMPT  # noqa: E402
 from janus_smoke import build_checkpoint  # noqa: E402
 
 from fairgen import models  # noqa: E402
+from fairgen.models import engine  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "janus_pro_1b.json")
     parser.add_argument("--batch", type=int, default=64, help="images (each two rows: the guidance twin)")
     parser.add_argument("--top", type=int, default=25, help="kernels to print")
+    parser.add_argument("--steps", type=int, default=32, help="token steps profiled, centred on the middle one")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args()
@@ -42,9 +45,19 @@ def main() -> None:
         prompts, seeds = [PROMPT] * args.batch, list(range(args.batch))
         model.generate_tokens(prompts, seeds, cfg=CFG, graphs=False)  # warm-up
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=activities) as prof:
-            model.generate_tokens(prompts, seeds, cfg=CFG, graphs=False)
-        steps = model.n_image_tokens
+        steps = min(args.steps, model.n_image_tokens - 2)
+        wait = (model.n_image_tokens - steps) // 2 - 1
+        token = engine.ImageEngine._token
+        with profile(activities=activities, schedule=schedule(wait=wait, warmup=1, active=steps, repeat=1)) as prof:
+            def stepped(self, span: int) -> None:  # the profiler's clock: one tick per token step
+                token(self, span)
+                prof.step()
+
+            engine.ImageEngine._token = stepped
+            try:
+                model.generate_tokens(prompts, seeds, cfg=CFG, graphs=False)
+            finally:
+                engine.ImageEngine._token = token
     events = [e for e in prof.key_averages() if e.self_device_time_total > 0] if cuda else list(prof.key_averages())
     key = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     events.sort(key=key, reverse=True)
