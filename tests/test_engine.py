@@ -131,7 +131,10 @@ def test_in_batches_halves_on_out_of_memory_and_loses_no_row():
 
     out = in_batches(run, 10, 8)
     assert torch.equal(out, torch.arange(10))
-    assert calls[:3] == [8, 4, 2] and max(calls[3:]) <= 2
+    assert calls[:3] == [5, 4, 2] and max(calls[3:]) <= 2  # 10 at 8 is two chunks of 5, then halving
+    calls.clear()
+    assert torch.equal(in_batches(lambda a, b: calls.append(b - a) or torch.arange(a, b), 122, 98), torch.arange(122))
+    assert calls == [61, 61]  # near-equal chunks, not 98 + 24
 
     def always(a: int, b: int) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -159,3 +162,22 @@ def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
     optioned = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32",
                            graphs="false")  # as --model-option gives it
     assert not optioned.graphs and torch.equal(optioned.generate_tokens(PROMPTS, SEEDS, **SAMPLING), eager)
+
+
+@pytest.mark.gpu
+def test_auto_batch_counts_the_allocators_cache_as_free(janus):
+    """Memory an earlier call left in torch's caching allocator is free for the next batch: freeing a
+    tensor (the allocator keeps its block) leaves auto_batch's answer unchanged."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from fairgen.models.engine import auto_batch
+
+    lm = janus.language_model.to("cuda")
+    try:
+        before = auto_batch(lm, 1000, 2, cap=10**9)
+        block = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+        assert auto_batch(lm, 1000, 2, cap=10**9) < before
+        del block  # back to the allocator's cache, not to the device
+        assert auto_batch(lm, 1000, 2, cap=10**9) == pytest.approx(before, rel=0.01)
+    finally:
+        lm.to("cpu")
