@@ -181,3 +181,22 @@ def test_auto_batch_counts_the_allocators_cache_as_free(janus):
         assert auto_batch(lm, 1000, 2, cap=10**9) == pytest.approx(before, rel=0.01)
     finally:
         lm.to("cpu")
+
+
+@pytest.mark.gpu
+def test_audit_with_a_gpu_judge_beside_the_graph_capture(janus_dir, tmp_path):  # noqa: F811
+    """An audit perceives batch i in a worker thread while the engine captures and replays batch i+1's
+    graphs; a judge perception backend on the same GPU runs there without breaking the capture, and the
+    results equal an eager run's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import fairgen
+
+    prompts = [fairgen.Prompt(id=c, text=f"A photo of the face of a {c}, a person", concept=c) for c in ("nurse", "pilot")]
+    judge = f"judge:model=janus:{janus_dir},face=whole"
+    runs = {}
+    for graphs in (True, False):
+        model = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32", graphs=graphs)
+        runs[graphs] = fairgen.audit(model, suite=prompts, images_per_prompt=6, batch_size=3, perception_backend=judge,
+                                     out=tmp_path / f"graphs{graphs}").results
+    assert runs[True]["summary"] == runs[False]["summary"]

@@ -166,7 +166,8 @@ def audit(
             mine = todo[procs.rank :: procs.world]
             # One batch behind: while the model generates batch i+1 (on a GPU, mostly waiting on the
             # device), a worker thread saves and perceives batch i. An error in either stops the loop
-            # after the worker has finished what it holds, so no generated batch is lost.
+            # after the worker has finished what it holds, so no generated batch is lost. (A GPU
+            # perception backend runs beside the engine's CUDA-graph capture: see engine._capture.)
             with ThreadPoolExecutor(max_workers=1) as worker:
                 pending: Future | None = None
                 recorded = 0

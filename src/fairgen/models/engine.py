@@ -193,7 +193,10 @@ class ImageEngine:
             self._token(span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: only this thread's CUDA calls must keep off the capture. An audit perceives the
+        # previous batch in a worker thread meanwhile, and a GPU perception backend allocates and runs
+        # kernels there (from the allocator's regular pool, not the capture's).
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._token(span)
         for dst, src in zip(live, saved):
             dst.copy_(src)
