@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import copy_bandwidth, timed  # noqa: E402
+from generation import kernel_bench_setup, timed  # noqa: E402
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -56,12 +56,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16, help="Janus-Pro-1B: 16, 7B: 32")
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
-    args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    bandwidth = copy_bandwidth(args.device, 4.0 if cuda else 0.25)
+    args, cuda, dtype, bandwidth = kernel_bench_setup(parser)
     report = {"gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
               "copy_bandwidth_gb_s": bandwidth / 1e9, "rows": []}
     gen = torch.Generator(args.device).manual_seed(0)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import copy_bandwidth, sync  # noqa: E402
+from generation import kernel_bench_setup, sync  # noqa: E402
 
 REPLAYS = 50
 
@@ -68,12 +68,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--rows", default="128,388", help="rows per call: 2 x images (the guidance twin)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
-    args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    bandwidth = copy_bandwidth(args.device, 4.0 if cuda else 0.25)
+    args, cuda, dtype, bandwidth = kernel_bench_setup(parser)
     d, i = args.hidden, args.intermediate
     shapes = {"q/k/v/o": (d, d), "q|k|v": (3 * d, d), "gate/up": (i, d), "gate|up": (2 * i, d), "down": (d, i)}
     libraries = ["cublas", "cublaslt"] if cuda else ["default"]

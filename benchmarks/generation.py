@@ -57,6 +57,16 @@ def copy_bandwidth(device: str, gib: float = 4.0) -> float:
     return 2 * gib * 2**30 / best
 
 
+def kernel_bench_setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, bool, torch.dtype, float]:
+    """The shared tail of the single-kernel benchmarks: --device and --out, then (args, on CUDA?, bf16 on
+    CUDA else fp32, the device's copy bandwidth in bytes/s)."""
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    return args, cuda, torch.bfloat16 if cuda else torch.float32, copy_bandwidth(args.device, 4.0 if cuda else 0.25)
+
+
 def step_bytes(model, batch: int, prompt_len: int) -> float:
     """Bytes one token step reads at the mean cache fill: the LM weights, the generation head and
     embeddings, and every row's keys and values (prompt + half the image tokens)."""
