@@ -167,6 +167,8 @@ def test_bad_checkpoints_are_one_line_errors(janus_dir, emu3_dir, tmp_path, monk
         models.load(f"janus:{janus_dir}", graphs="maybe")
     with pytest.raises(FairgenError, match="needs the model on a CUDA device"):
         models.load(f"janus:{janus_dir}", device="cpu", graphs="true")
+    with pytest.raises(FairgenError, match="not spread by device_map='auto'"):
+        models.load(f"janus:{janus_dir}", device_map="auto", graphs="true")
     assert models.load(f"janus:{janus_dir}", device="cpu").graphs is False  # CUDA graphs: a CUDA default
     import transformers
 

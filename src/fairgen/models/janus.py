@@ -53,6 +53,10 @@ class JanusModel:
         hf.require_transformers(FAMILY)
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
+        if graphs and device_map is not None:  # a graph replays one device's kernels; checked before loading
+            raise FairgenError(f"{FAMILY}: graphs=true needs the whole model on one CUDA device, not spread "
+                               f"by device_map={device_map!r}; leave graphs unset")
+
         path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
         hf.check_model_type(FAMILY, path, "janus")
         target = hf.resolve_device(device)
