@@ -134,16 +134,16 @@ def main() -> None:
             save()  # after every row: a later crash or timeout keeps what was measured
 
         model.hf.generation_config.generation_kwargs = {"boi_token_id": model.boi_id}
-        modes = args.modes.split(",")
-        for n, batch in enumerate(batches if "transformers" in modes else []):  # one warm-up: nothing to capture
+        methods = args.modes.split(",")
+        for n, batch in enumerate(batches if "transformers" in methods else []):  # one warm-up: nothing to capture
             i, m = model._generation_inputs([PROMPT] * batch)
             record("transformers", batch, timed(lambda: model.hf.generate(
                 input_ids=i, attention_mask=m, generation_mode="image", do_sample=True, guidance_scale=CFG),
                 1, warm_up=n == 0))
-        modes = [m for m in modes if m == "eager" or (cuda and m == "graphs")]
+        engine_modes = [m for m in methods if m == "eager" or (cuda and m == "graphs")]
         audit_batch = min(largest, 160)  # 800 images in 5 full batches where 160 fit
         engine_batches = sorted({*batches, largest} | ({audit_batch} if args.audit else set()))
-        for graphs in (m == "graphs" for m in modes):
+        for graphs in (m == "graphs" for m in engine_modes):
             for batch in engine_batches:
                 seeds = list(range(batch))
                 record("engine+graphs" if graphs else "engine", batch, timed(

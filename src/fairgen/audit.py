@@ -25,6 +25,7 @@ from .calibrate import Calibration, add_corrected, load_calibration
 from .distributed import processes
 from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
+from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
 from .report import render_report
 from .store import RunStore, derive_seed, perception_record
@@ -254,13 +255,13 @@ _Loaded = tuple[Image.Image | None, str | None, str | None, bool]
 
 
 def _balanced(items: list, size: int) -> Iterator[list]:
-    """items in the fewest batches of at most `size`, of near-equal length: 800 images at 56 go as 15
-    batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
-    if not items:
-        return
-    n = -(-len(items) // size)
-    for i in range(n):
-        yield items[i * len(items) // n : (i + 1) * len(items) // n]
+    """items in the fewest batches of at most `size`, of near-equal length (even_chunk): 800 images at 56
+    go as 15 batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
+    start = 0
+    while start < len(items):
+        stop = start + even_chunk(len(items) - start, size)
+        yield items[start:stop]
+        start = stop
 
 
 def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[_Loaded]:

@@ -222,15 +222,20 @@ def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, sh
     return max(1, min(cap, int(free * share) // kv_bytes_per_image(lm, length, twins)))
 
 
+def even_chunk(left: int, most: int) -> int:
+    """Rows of the next chunk when `left` rows go in the fewest chunks of at most `most`, of near-equal size:
+    ceil(left / chunks left). A step costs nearly as much for few rows as for many, so 122 rows at 98 go
+    as 61 + 61, not 98 + 24."""
+    return -(-left // -(-left // most))
+
+
 def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) -> torch.Tensor:
-    """run(start, stop) over [0, total) in the fewest chunks of at most `batch` rows, of near-equal size (a
-    step costs nearly as much for few rows as for many: 122 rows at 98 go as 61 + 61, not 98 + 24),
-    concatenated. On a CUDA out-of-memory error the rest is retried at half the batch (down to 1, then
-    the error stands): no row is lost."""
+    """run(start, stop) over [0, total) in the fewest chunks of at most `batch` rows, of near-equal size
+    (even_chunk), concatenated. On a CUDA out-of-memory error the rest is retried at half the batch (down
+    to 1, then the error stands): no row is lost."""
     out, start = [], 0
     while start < total:
-        left = total - start
-        stop = start + -(-left // -(-left // batch))  # ceil(left / number of chunks left)
+        stop = start + even_chunk(total - start, batch)
         try:
             out.append(run(start, stop))
         except torch.OutOfMemoryError:
@@ -244,4 +249,4 @@ def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) 
     return torch.cat(out)
 
 
-__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "in_batches", "kv_bytes_per_image"]
+__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "kv_bytes_per_image"]
