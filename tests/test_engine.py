@@ -21,10 +21,10 @@ def janus(janus_dir):  # noqa: F811
     return models.load(f"janus:{janus_dir}", dtype="fp32")
 
 
-def _engine(janus, prompts, seeds, bucket: int, **sampling) -> torch.Tensor:
+def _engine(janus, prompts, seeds, bucket: int, stack: bool = False, **sampling) -> torch.Tensor:
     s = hf.Sampling.parse("janus", janus.defaults, sampling)
     ids, mask = janus._guidance_rows(prompts, s)
-    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket, stack=stack)
     uniforms = hf.SeededDraws(seeds, janus.n_image_tokens, janus.device).uniforms
     engine = ImageEngine(decoder, janus.hf.model.generation_head,
                          lambda c: janus.hf.prepare_embeddings_for_image_generation(c.unsqueeze(1)), uniforms, s)
@@ -33,11 +33,13 @@ def _engine(janus, prompts, seeds, bucket: int, **sampling) -> torch.Tensor:
 
 def test_engine_tokens_equal_the_reference_path(janus):
     """Seeded sampling with guidance and top-p: the same codes as transformers' forward with its dynamic
-    cache, for every bucket size (1 = a bucket boundary at every step), in a batch and alone."""
+    cache, for every bucket size (1 = a bucket boundary at every step), with and without stacked
+    projections, in a batch and alone."""
     reference = janus.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
     assert torch.equal(janus.generate_tokens(PROMPTS, SEEDS, **SAMPLING), reference)
     for bucket in (1, 5, 64):
-        assert torch.equal(_engine(janus, PROMPTS, SEEDS, bucket, **SAMPLING), reference)
+        for stack in (False, True):
+            assert torch.equal(_engine(janus, PROMPTS, SEEDS, bucket, stack, **SAMPLING), reference)
     for i in range(len(PROMPTS)):
         alone = janus.generate_tokens(PROMPTS[i:i + 1], SEEDS[i:i + 1], **SAMPLING)
         assert torch.equal(alone[0], reference[i])
@@ -53,6 +55,7 @@ def test_engine_tokens_equal_the_reference_path_without_grouped_heads(tmp_path):
     reference = mha.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
     assert torch.equal(mha.generate_tokens(PROMPTS, SEEDS, **SAMPLING), reference)
     assert torch.equal(_engine(mha, PROMPTS, SEEDS, 5, **SAMPLING), reference)
+    assert torch.equal(_engine(mha, PROMPTS, SEEDS, 5, stack=True, **SAMPLING), reference)
 
 
 def test_engine_without_guidance_and_greedy(janus):
@@ -61,14 +64,15 @@ def test_engine_without_guidance_and_greedy(janus):
                            janus.generate_tokens(PROMPTS, SEEDS, engine=False, **sampling))
 
 
-def test_teacher_forced_logits_match_the_transformers_forward(janus):
+@pytest.mark.parametrize("stack", [False, True])
+def test_teacher_forced_logits_match_the_transformers_forward(janus, stack):
     """Feeding known codes through the engine's decode steps gives the generation head's logits of
     transformers' full forward (image_token_logits) at every position."""
     codes = torch.randint(0, janus.hf.config.vq_config.num_embeddings, (len(PROMPTS), janus.n_image_tokens),
                           generator=torch.Generator().manual_seed(0))
     expected = janus.image_token_logits(PROMPTS, codes)
     ids, mask = janus._generation_inputs(PROMPTS)
-    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4, stack=stack)
     with torch.no_grad():
         hidden = decoder.prefill(janus.hf.get_input_embeddings()(ids))
         got = [janus.hf.model.generation_head(hidden)]
@@ -80,6 +84,29 @@ def test_teacher_forced_logits_match_the_transformers_forward(janus):
     got = torch.stack(got, dim=1).float()
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_stacking_runs_a_lora_layer_as_itself(janus_dir):  # noqa: F811
+    """With LoRA injected by peft into q_proj, a stacked decoder runs q, k and v as the modules (the
+    adapter's product runs) and still stacks gate|up; its codes equal the reference path's, which differ
+    from the model's without the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from fairgen.models.engine import stacked_bytes
+
+    model = models.load(f"janus:{janus_dir}", dtype="fp32")
+    lm = model.language_model
+    plain = _engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING)
+    mlp = sum(m.weight.numel() * 4 for layer in lm.layers for m in (layer.mlp.gate_proj, layer.mlp.up_proj))
+    assert stacked_bytes(lm) > mlp
+    targets = [t for t in model.lora_targets if t.endswith("self_attn.q_proj")]
+    get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    decoder = LlamaDecoder(lm, torch.ones(1, 3, dtype=torch.long), 4, stack=True)
+    assert all(qkv is None and gate_up is not None for qkv, gate_up in decoder.stacked)
+    assert stacked_bytes(lm) == mlp
+    reference = model.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
+    assert not torch.equal(reference, plain)
+    assert torch.equal(_engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING), reference)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -181,6 +208,23 @@ def test_auto_batch_counts_the_allocators_cache_as_free(janus):
         assert auto_batch(lm, 1000, 2, cap=10**9) == pytest.approx(before, rel=0.01)
     finally:
         lm.to("cpu")
+
+
+@pytest.mark.gpu
+def test_graph_calls_leave_the_free_memory_as_it_was(janus_dir):  # noqa: F811
+    """After a first call, further graph-captured calls keep no memory: the batch auto_batch finds is the
+    same after them (on 2026-12-06 a new side stream per capture kept a cuBLAS workspace each, so that
+    the largest batch no longer fitted in one call after a few calls)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from fairgen.models.engine import free_bytes
+
+    model = models.load(f"janus:{janus_dir}", device="cuda", dtype="fp32")
+    model.generate_tokens(PROMPTS, SEEDS, **SAMPLING)
+    before = free_bytes(torch.device("cuda"))
+    for _ in range(3):
+        model.generate_tokens(PROMPTS, SEEDS, **SAMPLING)
+    assert free_bytes(torch.device("cuda")) >= before - 2**20
 
 
 @pytest.mark.gpu

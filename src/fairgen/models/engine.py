@@ -17,14 +17,20 @@ bucket (a multiple of `bucket` columns), not the whole allocation, with a mask f
 columns not yet written. The column and step counters live on the device, so a step has no host sync and
 can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
 
-The layers are the checkpoint's own modules (projections, MLP, rotary frequencies), called in order, so a
-LoRA adapter injected by peft runs here too; the engine owns the cache, the attention, the rotary
-product and (for transformers' LlamaRMSNorm) the norm, each in fewer kernels than the modules'
-own code: a replayed step is a chain of small kernels, so their count sets much of its time.
+The layers are the checkpoint's own weights and modules (projections, MLP, rotary frequencies), called in
+order; the engine owns the cache, the attention, the rotary product and (for transformers' LlamaRMSNorm)
+the norm, each in fewer kernels than the modules' own code: a replayed step is a chain of small kernels,
+so their count sets much of its time. For the same reason, with `stack=True`, a layer's q, k and v
+projections run as one GEMM, and so do the MLP's gate and up: the decoder stacks their weights once (a
+copy, freed with it), and a stacked decode GEMM also reads its weight closer to the memory bandwidth
+than three small ones (docs/performance.md). should_stack says when the copy is worth its memory. A
+projection that is not a plain nn.Linear, such as a LoRA layer injected by peft, is called as its own
+module, so the adapter runs here too.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -65,14 +71,64 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return t * cos + t.roll(t.shape[-1] // 2, -1) * signed_sin
 
 
+def _stacked(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) stacking the output rows of plain nn.Linear modules, so that their products are one
+    GEMM whose output splits back into theirs; None where one is not a plain Linear (a peft LoRA layer adds
+    its own product and must run as itself) or where only some have a bias."""
+    if not all(type(m) is torch.nn.Linear for m in mods) or len({m.bias is None for m in mods}) != 1:
+        return None
+    with torch.no_grad():
+        return torch.cat([m.weight for m in mods]), None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+
+
+def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
+    """A decoder layer's projections that run as one GEMM: ([q, k, v], [gate, up]); the second empty where
+    the MLP is not transformers' LlamaMLP (whose forward, down(act(gate(x)) * up(x)), the engine repeats)."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj] if type(mlp) is LlamaMLP else []
+
+
+def stacked_bytes(lm: torch.nn.Module) -> int:
+    """Bytes of the stacked weight copies a LlamaDecoder over `lm` makes with stack=True (see _stacked)."""
+    return sum(m.weight.numel() * m.weight.element_size() for layer in lm.layers for group in _groups(layer)
+               if group and all(type(m) is torch.nn.Linear for m in group) for m in group)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, counting what torch's caching allocator holds unused (an earlier
+    call's cache, kept for reuse), which the device itself reports as taken."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def should_stack(lm: torch.nn.Module) -> bool:
+    """Whether a decoder over `lm` should stack its projection weights: on CUDA only (what stacking saves is
+    kernel launches and bandwidth; on a CPU it would only copy the weights), and only where the copies take
+    at most a tenth of the free memory, so that they cost the batch little (a 7B model on a card it barely
+    fits would lose most of its batch to them)."""
+    device = next(lm.parameters()).device
+    return device.type == "cuda" and stacked_bytes(lm) <= 0.1 * free_bytes(device)
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One stream per device for the warm-up run before each capture. A new stream per capture would make
+    cuBLAS keep a new workspace each time (it keeps one per stream), memory auto_batch would then miss."""
+    return torch.cuda.Stream(device)
+
+
 class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
-    rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens.
+    rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
+    stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
     prefill(embeds [N, L0, D]) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of the
     token written at column `col` (a 0-d LongTensor on the device)."""
 
-    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET) -> None:
+    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET,
+                 stack: bool = False) -> None:
         self.lm, self.bucket = lm, bucket
         cfg = lm.config
         n, prompt = mask.shape
@@ -86,6 +142,7 @@ class LlamaDecoder:
         self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
+        self.stacked = [tuple(_stacked(g) if g and stack else None for g in _groups(layer)) for layer in lm.layers]
 
     def span(self, col: int) -> int:
         """Columns attention reads while writing column `col`: col + 1 rounded up to the bucket."""
@@ -97,24 +154,36 @@ class LlamaDecoder:
         positions = (cols.unsqueeze(0) - self.pad).clamp(min=0)  # [N, n] rotary positions
         cos, sin = _signed(*self.lm.rotary_emb(x, positions))  # once per step, for every layer
         keys = self.columns[:span]
-        mask = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
-        mask = mask | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
+        seen = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
+        seen = seen | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
+        # As the additive mask SDPA would make of the bool one in every layer: made once per step here.
+        mask = torch.zeros(seen.shape, dtype=x.dtype, device=x.device).masked_fill_(~seen, float("-inf"))
         # enable_gqa only where keys have fewer heads than queries: with a mask, CUDA's SDPA runs a GQA call
         # only in its math kernel; Janus-Pro's decoder has as many KV heads as query heads and so may use the
         # memory-efficient kernel.
-        gqa = self.lm.config.num_key_value_heads != self.lm.config.num_attention_heads
+        heads, kv_heads = self.lm.config.num_attention_heads, self.lm.config.num_key_value_heads
         for i, layer in enumerate(self.lm.layers):
-            attn = layer.self_attn
+            attn, (qkv, gate_up) = layer.self_attn, self.stacked[i]
             h = _norm(layer.input_layernorm, x)
-            q = _rope(attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
-            k = _rope(attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
-            v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            if qkv is not None:  # [N, heads + 2 kv_heads, n, head_dim]: rotary on q and k in one go
+                t = F.linear(h, *qkv).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+                qk, v = _rope(t[:, : heads + kv_heads], cos, sin), t[:, heads + kv_heads:]
+                q, k = qk[:, :heads], qk[:, heads:]
+            else:
+                q = _rope(attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
+                k = _rope(attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
+                v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
             self.k[i].index_copy_(2, cols, k.to(self.k[i].dtype))
             self.v[i].index_copy_(2, cols, v.to(self.v[i].dtype))
             y = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span], attn_mask=mask,
-                                               scale=attn.scaling, enable_gqa=gqa)
+                                               scale=attn.scaling, enable_gqa=heads != kv_heads)
             x = x + attn.o_proj(y.transpose(1, 2).reshape(*h.shape[:2], -1))
-            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+            h = _norm(layer.post_attention_layernorm, x)
+            if gate_up is not None:
+                gate, up = F.linear(h, *gate_up).chunk(2, dim=-1)
+                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            else:
+                x = x + layer.mlp(h)
         return _norm(self.lm.norm, x)
 
     def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -187,7 +256,7 @@ class ImageEngine:
         cache would double its memory at the largest batch.)"""
         live = [self.t, self.col, self.hidden]
         saved = [x.clone() for x in live]
-        stream = torch.cuda.Stream()
+        stream = _side_stream(self.hidden.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             self._token(span)
@@ -210,15 +279,14 @@ def kv_bytes_per_image(lm: torch.nn.Module, length: int, twins: int) -> int:
     return 2 * len(lm.layers) * cfg.num_key_value_heads * _head_dim(cfg) * length * itemsize * twins
 
 
-def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6) -> int:
-    """Largest batch whose KV cache fits in `share` of the free device memory (the rest: activations,
-    logits, the sampler's sort); on a CPU, `cap`. Free counts what torch's caching allocator holds unused
-    (an earlier call's cache, kept for reuse), which the device itself reports as taken."""
+def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6,
+               stack: bool = False) -> int:
+    """Largest batch whose KV cache fits in `share` of the free device memory (free_bytes; the rest:
+    activations, logits, the sampler's sort), after the stacked weights where `stack`; on a CPU, `cap`."""
     device = next(lm.parameters()).device
     if device.type != "cuda":
         return cap
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free = free_bytes(device) - (stacked_bytes(lm) if stack else 0)
     return max(1, min(cap, int(free * share) // kv_bytes_per_image(lm, length, twins)))
 
 
@@ -249,4 +317,5 @@ def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) 
     return torch.cat(out)
 
 
-__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "kv_bytes_per_image"]
+__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "free_bytes",
+           "kv_bytes_per_image", "should_stack", "stacked_bytes"]

@@ -30,7 +30,7 @@ from PIL import Image
 from ..types import FairgenError, Prompt, prompt_text
 from . import hf_common as hf
 from .base import OTHER
-from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches
+from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches, should_stack
 
 FAMILY = "janus"
 RECOMMENDED = hf.Sampling(cfg=5.0, temperature=1.0)
@@ -129,9 +129,11 @@ class JanusModel:
             return self._reference_tokens(prompts, seeds, s)
         twins = 2 if s.cfg != 1.0 else 1
         longest = self._generation_inputs(prompts)[0].shape[1]
-        batch = auto_batch(self.language_model, longest + self.n_image_tokens, twins)
+        stack = should_stack(self.language_model)
+        batch = auto_batch(self.language_model, longest + self.n_image_tokens, twins, stack=stack)
         graphs = self.graphs if graphs is None else graphs
-        return in_batches(lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs), len(prompts), batch)
+        return in_batches(lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs, stack), len(prompts),
+                          batch)
 
     def _guidance_rows(self, prompts: Sequence[Prompt | str], s: hf.Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token
@@ -144,9 +146,9 @@ class JanusModel:
         return ids, mask
 
     def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling,
-                       graphs: bool) -> torch.Tensor:
+                       graphs: bool, stack: bool) -> torch.Tensor:
         ids, mask = self._guidance_rows(prompts, s)
-        decoder = LlamaDecoder(self.language_model, mask, self.n_image_tokens)
+        decoder = LlamaDecoder(self.language_model, mask, self.n_image_tokens, stack=stack)
         uniforms = hf.SeededDraws(seeds, self.n_image_tokens, self.device).uniforms
         run = ImageEngine(decoder, self.hf.model.generation_head,
                           lambda codes: self.hf.prepare_embeddings_for_image_generation(codes.unsqueeze(1)),
