@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+# Weight digests the tests compute are remembered in a throwaway cache, not the user's (store.file_sha256).
+os.environ.setdefault("FAIRGEN_CACHE_DIR", str(Path(tempfile.mkdtemp(prefix="fairgen-test-cache-"))))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

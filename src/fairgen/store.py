@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -68,12 +69,54 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
 
 
+CACHED_HASH_BYTES = 64 << 20  # files this large have their sha256 remembered (file_sha256)
+_HASH_CACHE_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """fairgen's per-user cache: $FAIRGEN_CACHE_DIR, else $XDG_CACHE_HOME/fairgen, else ~/.cache/fairgen."""
+    if os.environ.get("FAIRGEN_CACHE_DIR"):
+        return Path(os.environ["FAIRGEN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fairgen"
+
+
 def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file. The digest of a file of CACHED_HASH_BYTES or more (model weights: a 7B
+    checkpoint's 14 GB take about 13 s) is kept in cache_dir()/sha256.json under the file's resolved path,
+    with its size, modification time and inode, and reused while those are unchanged, as git's index
+    does: a checkpoint is hashed once, not at every audit."""
+    st = os.stat(path)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    key = str(Path(path).resolve())
+    store = cache_dir() / "sha256.json"
+    cached = st.st_size >= CACHED_HASH_BYTES
+    if cached:
+        entry = _json_object(store).get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if cached:
+        with _HASH_CACHE_LOCK:  # one writer per process; another process's entry may be lost (and recomputed)
+            known = _json_object(store)  # read again: entries written meanwhile stay
+            known[key] = {"stamp": stamp, "sha256": digest}
+            try:
+                atomic_write_json(store, known)
+            except OSError:  # e.g. a read-only home: the digest is still right, only not remembered
+                pass
+    return digest
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in a file; {} where it is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def versions() -> dict[str, str]:

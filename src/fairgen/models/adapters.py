@@ -17,7 +17,7 @@ from typing import Any
 
 from ..types import FairgenError
 from .base import UnifiedModel
-from .hf_common import file_sha256
+from ..store import file_sha256
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

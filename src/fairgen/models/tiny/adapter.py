@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from ...types import FairgenError, Prompt, prompt_text
 from ..base import OTHER
-from ..hf_common import file_sha256
+from ...store import file_sha256
 from .model import LMConfig, TinyLM
 from .sampling import Sampling, generate_codes
 from .text import Vocab, left_pad
