@@ -45,3 +45,19 @@ def test_small_files_are_hashed_every_time_and_a_broken_cache_is_ignored(tmp_pat
     weights.write_bytes(b"\0" * CACHED_HASH_BYTES)
     assert file_sha256(weights) == hashlib.sha256(b"\0" * CACHED_HASH_BYTES).hexdigest()
     assert list(json.loads((cache / "sha256.json").read_text())) == [str(weights.resolve())]
+
+
+def test_checkpoint_fingerprints_hash_in_the_background_on_rank_0_only(tmp_path, monkeypatch):
+    """A fingerprint starts hashing at once in the process that records provenance; another rank of a
+    distributed run hashes only if asked, and gets the same digests."""
+    from fairgen.models.hf_common import Fingerprint
+
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "model.safetensors").write_bytes(b"\1" * 1000)
+    main = Fingerprint(tmp_path, "local", None)
+    assert main._hashing.ident is not None  # started at construction
+    monkeypatch.setenv("RANK", "1")
+    other = Fingerprint(tmp_path, "local", None)
+    assert other._hashing.ident is None
+    assert other.sha256 == main.sha256 == {"config.json": hashlib.sha256(b'{"a": 1}').hexdigest(),
+                                           "model.safetensors": hashlib.sha256(b"\1" * 1000).hexdigest()}

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..store import file_sha256
 from ..types import FairgenError
 from .base import UnifiedModel
-from ..store import file_sha256
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

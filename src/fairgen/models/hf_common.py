@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..distributed import launch_rank
 from ..store import file_sha256
 from ..types import FairgenError
 
@@ -114,18 +115,22 @@ def load_pretrained(family: str, path: Path, model_cls: Any, processor_cls: Any,
 
 
 class Fingerprint:
-    """Provenance of a checkpoint directory: sha256 of its config, tokenizer and weight files. Hashing starts
-    in a background thread when the fingerprint is made (at model load, so it overlaps the load), one file
-    per core at a time (hashlib runs without the GIL: a sharded checkpoint hashes in parallel), and
-    `sha256` waits for it. Weights keep their digests in the user's cache (store.file_sha256): hashing
-    runs at about 1-2 GB/s per core, 13 s for a 7B checkpoint in one file on an H100 host."""
+    """Provenance of a checkpoint directory: sha256 of its config, tokenizer and weight files. In the
+    process that records provenance (rank 0 of a distributed run, or the only one), hashing starts in a
+    background thread when the fingerprint is made (at model load, so it overlaps the load); elsewhere on
+    first use. Files hash one per core at a time (hashlib runs without the GIL: a sharded checkpoint
+    hashes in parallel), and `sha256` waits for them. Weights keep their digests in the user's cache
+    (store.file_sha256): hashing runs at about 1-2 GB/s per core, 13 s for a 7B checkpoint in one file
+    on an H100 host."""
 
     def __init__(self, path: Path, source: str, revision: str | None) -> None:
         self.path, self.source, self.revision = path, source, revision
         self._digests: dict[str, str] | BaseException = {}
         # daemon: an early exit (e.g. bad input after the load) does not wait for a 14 GB hash
         self._hashing = threading.Thread(target=self._hash, name="fairgen-sha256", daemon=True)
-        self._hashing.start()
+        self._starting = threading.Lock()
+        if launch_rank() == 0:
+            self._hashing.start()
 
     def _hash(self) -> None:
         try:
@@ -138,6 +143,9 @@ class Fingerprint:
     @property
     def sha256(self) -> dict[str, str]:
         """{file relative to the checkpoint: sha256 hex digest}; waits for the background hashing."""
+        with self._starting:
+            if self._hashing.ident is None:
+                self._hashing.start()
         self._hashing.join()
         if isinstance(self._digests, BaseException):
             raise self._digests

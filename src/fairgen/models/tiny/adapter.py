@@ -25,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from ...store import file_sha256
 from ...types import FairgenError, Prompt, prompt_text
 from ..base import OTHER
-from ...store import file_sha256
 from .model import LMConfig, TinyLM
 from .sampling import Sampling, generate_codes
 from .text import Vocab, left_pad
