@@ -158,6 +158,58 @@ def test_a_generation_error_keeps_every_batch_before_it(tmp_path):
     assert resumed.results == whole.results
 
 
+def test_a_new_run_records_the_model_provenance_before_its_first_file(tmp_path):
+    """A new run's model provenance (a large checkpoint's hashes) is made beside the first batches'
+    generation, and nothing is saved before the manifest holds it."""
+    import threading
+
+    suite = write_suite(tmp_path / "s.yaml", ["nurse"])
+    model = fairgen.models.load("world")
+    run = tmp_path / "run"
+    generate, provenance = model.generate, model.provenance
+    calls, second_batch, on_disk = [], threading.Event(), []
+
+    def generating(*args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 2:
+            second_batch.set()
+        return generate(*args, **kwargs)
+
+    def hashing():  # as a checkpoint still being hashed: done only once batch 2 is being generated
+        assert second_batch.wait(60)
+        on_disk.append(sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()))
+        return provenance()
+
+    model.generate, model.provenance = generating, hashing
+    res = fairgen.audit(model=model, suite=str(suite), images_per_prompt=15, batch_size=5, out=run)
+    assert calls == [5, 5, 5] and on_disk == [["manifest.json"]]
+    assert json.loads((run / "manifest.json").read_text())["model_provenance"] == provenance()
+    assert res.results == fairgen.audit(model="world", suite=str(suite), images_per_prompt=15, batch_size=5,
+                                        out=tmp_path / "ref").results
+
+
+def test_a_run_stopped_before_its_provenance_resumes(tmp_path):
+    """Stopped before the model provenance was recorded (here: it failed), a run holds nothing but its
+    manifest; the same command resumes it, records the provenance and equals an uninterrupted run."""
+    suite = write_suite(tmp_path / "s.yaml", ["nurse"])
+    model = fairgen.models.load("world")
+    provenance = model.provenance
+
+    def failing():
+        raise OSError("checkpoint file vanished")
+
+    model.provenance = failing
+    with pytest.raises(OSError, match="vanished"):
+        fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["manifest.json"]
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["model_provenance"] is None
+    model.provenance = provenance
+    resumed = fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["model_provenance"] == provenance()
+    whole = fairgen.audit(model="world", suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "ref")
+    assert resumed.results == whole.results
+
+
 def test_run_directory_contract(tmp_path):
     suite = write_suite(tmp_path / "s.yaml", ["nurse", "firefighter", "tailor"])
     res = fairgen.audit(model="world", suite=str(suite), images_per_prompt=20, out=tmp_path / "run", seed=4)

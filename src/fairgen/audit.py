@@ -12,6 +12,7 @@ measures, so the run directory is the one a single process writes.
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .models.base import UnifiedModel
 from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
 from .report import render_report
-from .store import RunStore, derive_seed, perception_record
+from .store import MANIFEST, RunStore, derive_seed, perception_record
 from .types import FairgenError, Perception, Prompt
 
 # The default model of `fairgen audit` and of the README's demo: the shipped fairgen-tiny checkpoint, a real
@@ -92,6 +93,7 @@ def audit(
     model_options: options of the model's family for models.load (dtype, device_map, graphs, image_area,
         ...; a spec string only). The loaded model's provenance, in the manifest, records its dtype.
     """
+    model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
             if images_per_prompt < 1:
@@ -131,7 +133,12 @@ def audit(
                     "world_spec": str(world_spec) if world_spec else None,
                     "adapter": str(adapter) if adapter else _adapter_of(gen),
                 }
-                provenance = {"model_provenance": gen.provenance(),
+                # A new run's model provenance (a large checkpoint's sha256: 13 s for 7B) is made beside the
+                # first batch's generation and recorded before anything is saved (finish); a resumed run's
+                # is checked against the run's before anything else.
+                fresh = procs.world == 1 and not (Path(out) / MANIFEST).exists()
+                model_provenance = _in_background(gen.provenance) if fresh else None
+                provenance = {"model_provenance": None if fresh else gen.provenance(),
                               "perception_provenance": backend.provenance()}
                 # an earlier distributed session's shards go into perception.jsonl before anyone reads it
                 RunStore.open(out, config, provenance).settle_records(order)
@@ -145,9 +152,17 @@ def audit(
         if bar:
             bar(done, len(plan))
 
+        def record_provenance() -> None:
+            """A new run's model provenance into the manifest, once, before the run's first file."""
+            nonlocal model_provenance
+            if model_provenance is not None:
+                store.record(model_provenance=model_provenance.result())
+                model_provenance = None
+
         def finish(batch: list[tuple[Prompt, int, int]], loaded: list[_Loaded], recorded: int) -> None:
             """Save the batch's new images, perceive them, append their records (in that order: a record
             never names an image that is not on disk)."""
+            record_provenance()
             for (p, k, _), (im, _, _, fresh) in zip(batch, loaded):
                 if fresh:
                     store.save_image(im, p.id, k)
@@ -180,6 +195,7 @@ def audit(
                     pending = worker.submit(finish, batch, loaded, recorded)
                 if pending is not None:
                     pending.result()
+            record_provenance()  # where no batch was left to make
 
         with procs.step():  # the main process merges, measures and reports; the others wait for it
             if procs.main:
@@ -248,6 +264,21 @@ def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> It
         count = min(n, available(p)) if available else n
         for k in range(count):
             yield p, k, derive_seed(seed, p.id, k)
+
+
+def _in_background(fn: Callable[[], Any]) -> Future:
+    """fn() started in a daemon thread (an audit stopped by an error does not wait for it); its result or
+    error in the Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # raised where the result is read
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="fairgen-provenance", daemon=True).start()
+    return future
 
 
 # (image or None, error or None, source file or None, generated now and not yet saved)

@@ -170,7 +170,9 @@ class RunStore:
 
         config: what defines the run's results (model, suite, seeds, sampling, perception ...); reopening
         with a different config, or with a provenance entry whose file hashes (`sha256`) differ, is
-        refused, so a resumed run never mixes two configurations or two sets of weights.
+        refused, so a resumed run never mixes two configurations or two sets of weights. A provenance
+        entry may be None at first and recorded later (`record`), as long as nothing of the run is on
+        disk before it is: then a run stopped in between has nothing to mix.
         `images_per_prompt` may grow: the new images extend the plan.
         """
         root = Path(out)
@@ -311,8 +313,12 @@ class RunStore:
     def write_text(self, name: str, text: str) -> None:
         atomic_write_bytes(self.root / name, text.encode())
 
+    def record(self, **entries: Any) -> None:
+        """Set top-level entries of the manifest (e.g. a provenance made after the run opened)."""
+        manifest = json.loads((self.root / MANIFEST).read_text())
+        manifest.update(entries)
+        self.write_json(MANIFEST, manifest)
+
     def finish(self) -> None:
         """Stamp the manifest as finished."""
-        manifest = json.loads((self.root / MANIFEST).read_text())
-        manifest["finished"] = now()
-        self.write_json(MANIFEST, manifest)
+        self.record(finished=now())
