@@ -71,11 +71,16 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return t * cos + t.roll(t.shape[-1] // 2, -1) * signed_sin
 
 
+def _stackable(mods: list[torch.nn.Module]) -> bool:
+    """Plain nn.Linear modules (a peft LoRA layer adds its own product and must run as itself), all with or
+    all without a bias."""
+    return bool(mods) and all(type(m) is torch.nn.Linear for m in mods) and len({m.bias is None for m in mods}) == 1
+
+
 def _stacked(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) stacking the output rows of plain nn.Linear modules, so that their products are one
-    GEMM whose output splits back into theirs; None where one is not a plain Linear (a peft LoRA layer adds
-    its own product and must run as itself) or where only some have a bias."""
-    if not all(type(m) is torch.nn.Linear for m in mods) or len({m.bias is None for m in mods}) != 1:
+    """(weight, bias) stacking the output rows of the modules, so that their products are one GEMM whose
+    output splits back into theirs; None where they are not _stackable."""
+    if not _stackable(mods):
         return None
     with torch.no_grad():
         return torch.cat([m.weight for m in mods]), None if mods[0].bias is None else torch.cat([m.bias for m in mods])
@@ -93,7 +98,7 @@ def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.n
 def stacked_bytes(lm: torch.nn.Module) -> int:
     """Bytes of the stacked weight copies a LlamaDecoder over `lm` makes with stack=True (see _stacked)."""
     return sum(m.weight.numel() * m.weight.element_size() for layer in lm.layers for group in _groups(layer)
-               if group and all(type(m) is torch.nn.Linear for m in group) for m in group)
+               if _stackable(group) for m in group)
 
 
 def free_bytes(device: torch.device) -> int:
@@ -142,7 +147,7 @@ class LlamaDecoder:
         self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
-        self.stacked = [tuple(_stacked(g) if g and stack else None for g in _groups(layer)) for layer in lm.layers]
+        self.stacked = [tuple(_stacked(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
 
     def span(self, col: int) -> int:
         """Columns attention reads while writing column `col`: col + 1 rounded up to the bucket."""
