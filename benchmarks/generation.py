@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from janus_smoke import build_checkpoint  # noqa: E402  (the random-init checkpoint builder)
 
 from fairgen import models  # noqa: E402
-from fairgen.models.engine import auto_batch, even_chunk, kv_bytes_per_image, should_stack  # noqa: E402
+from fairgen.models.engine import even_chunk, kv_bytes_per_image  # noqa: E402
 
 PROMPT = "A photo of the face of a nurse, a person"
 CFG = 5.0
@@ -123,9 +123,9 @@ def main() -> None:
         ids, mask = model._generation_inputs([PROMPT])
         prompt_len = ids.shape[1]
 
-        def fits() -> int:  # the batch generate_tokens runs in one engine call now
-            lm = model.language_model
-            return auto_batch(lm, prompt_len + model.n_image_tokens, 2, cap=1024 if cuda else 4, stack=should_stack(lm))
+        def fits() -> int:  # the batch generate_tokens runs in one engine call now (at most 4 on a CPU)
+            batch = model._engine_batch(prompt_len + model.n_image_tokens, 2)[0]
+            return batch if cuda else min(batch, 4)
 
         batches = [int(b) for b in args.batches.split(",")]
         rows = []

@@ -55,9 +55,9 @@ def test_checkpoint_fingerprints_hash_in_the_background_on_rank_0_only(tmp_path,
     (tmp_path / "config.json").write_text('{"a": 1}')
     (tmp_path / "model.safetensors").write_bytes(b"\1" * 1000)
     main = Fingerprint(tmp_path, "local", None)
-    assert main._hashing.ident is not None  # started at construction
+    assert main._digests is not None  # started at construction
     monkeypatch.setenv("RANK", "1")
     other = Fingerprint(tmp_path, "local", None)
-    assert other._hashing.ident is None
+    assert other._digests is None
     assert other.sha256 == main.sha256 == {"config.json": hashlib.sha256(b'{"a": 1}').hexdigest(),
                                            "model.safetensors": hashlib.sha256(b"\1" * 1000).hexdigest()}

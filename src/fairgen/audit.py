@@ -12,7 +12,6 @@ measures, so the run directory is the one a single process writes.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .models.base import UnifiedModel
 from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
 from .report import render_report
-from .store import MANIFEST, RunStore, derive_seed, perception_record
+from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
 from .types import FairgenError, Perception, Prompt
 
 # The default model of `fairgen audit` and of the README's demo: the shipped fairgen-tiny checkpoint, a real
@@ -137,7 +136,7 @@ def audit(
                 # first batch's generation and recorded before anything is saved (finish); a resumed run's
                 # is checked against the run's before anything else.
                 fresh = procs.world == 1 and not (Path(out) / MANIFEST).exists()
-                model_provenance = _in_background(gen.provenance) if fresh else None
+                model_provenance = in_background(gen.provenance) if fresh else None
                 provenance = {"model_provenance": None if fresh else gen.provenance(),
                               "perception_provenance": backend.provenance()}
                 # an earlier distributed session's shards go into perception.jsonl before anyone reads it
@@ -264,21 +263,6 @@ def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> It
         count = min(n, available(p)) if available else n
         for k in range(count):
             yield p, k, derive_seed(seed, p.id, k)
-
-
-def _in_background(fn: Callable[[], Any]) -> Future:
-    """fn() started in a daemon thread (an audit stopped by an error does not wait for it); its result or
-    error in the Future."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as e:  # raised where the result is read
-            future.set_exception(e)
-
-    threading.Thread(target=run, name="fairgen-provenance", daemon=True).start()
-    return future
 
 
 # (image or None, error or None, source file or None, generated now and not yet saved)

@@ -21,9 +21,10 @@ import os
 import platform
 import tempfile
 import threading
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from PIL import Image
 
@@ -108,6 +109,21 @@ def file_sha256(path: Path) -> str:
             except OSError:  # e.g. a read-only home: the digest is still right, only not remembered
                 pass
     return digest
+
+
+def in_background(fn: Callable[[], Any]) -> Future:
+    """fn() started in a daemon thread (a process stopped by an error does not wait for it); its result or
+    error in the Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # raised where the result is read
+            future.set_exception(e)
+
+    threading.Thread(target=run, name=f"fairgen-{getattr(fn, '__name__', 'background')}", daemon=True).start()
+    return future
 
 
 def _json_object(path: Path) -> dict:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..distributed import launch_rank
-from ..store import file_sha256
+from ..store import file_sha256, in_background
 from ..types import FairgenError
 
 # Janus image generation crashes in `_prepare_static_cache` with transformers 5.17; 5.23 is the earliest release
@@ -125,31 +124,19 @@ class Fingerprint:
 
     def __init__(self, path: Path, source: str, revision: str | None) -> None:
         self.path, self.source, self.revision = path, source, revision
-        self._digests: dict[str, str] | BaseException = {}
-        # daemon: an early exit (e.g. bad input after the load) does not wait for a 14 GB hash
-        self._hashing = threading.Thread(target=self._hash, name="fairgen-sha256", daemon=True)
-        self._starting = threading.Lock()
-        if launch_rank() == 0:
-            self._hashing.start()
+        self._digests: Future | None = in_background(self._hash) if launch_rank() == 0 else None
 
-    def _hash(self) -> None:
-        try:
-            files = sorted({f for pattern in CHECKPOINT_PATTERNS for f in self.path.rglob(pattern) if f.is_file()})
-            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # shards in parallel
-                self._digests = dict(zip((str(f.relative_to(self.path)) for f in files), pool.map(file_sha256, files)))
-        except BaseException as e:  # raised where the digests are read
-            self._digests = e
+    def _hash(self) -> dict[str, str]:
+        files = sorted({f for pattern in CHECKPOINT_PATTERNS for f in self.path.rglob(pattern) if f.is_file()})
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # shards in parallel
+            return dict(zip((str(f.relative_to(self.path)) for f in files), pool.map(file_sha256, files)))
 
     @property
     def sha256(self) -> dict[str, str]:
         """{file relative to the checkpoint: sha256 hex digest}; waits for the background hashing."""
-        with self._starting:
-            if self._hashing.ident is None:
-                self._hashing.start()
-        self._hashing.join()
-        if isinstance(self._digests, BaseException):
-            raise self._digests
-        return self._digests
+        if self._digests is None:
+            self._digests = in_background(self._hash)
+        return self._digests.result()
 
     def as_dict(self) -> dict[str, Any]:
         import transformers

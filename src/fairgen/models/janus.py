@@ -129,11 +129,16 @@ class JanusModel:
             return self._reference_tokens(prompts, seeds, s)
         twins = 2 if s.cfg != 1.0 else 1
         longest = self._generation_inputs(prompts)[0].shape[1]
-        stack = should_stack(self.language_model)
-        batch = auto_batch(self.language_model, longest + self.n_image_tokens, twins, stack=stack)
+        batch, stack = self._engine_batch(longest + self.n_image_tokens, twins)
         graphs = self.graphs if graphs is None else graphs
         return in_batches(lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs, stack), len(prompts),
                           batch)
+
+    def _engine_batch(self, length: int, twins: int) -> tuple[int, bool]:
+        """(images per engine call, whether its decoder stacks its projections) for rows of `length` tokens
+        and `twins` rows per image, by the memory free now (engine.auto_batch, engine.should_stack)."""
+        stack = should_stack(self.language_model)
+        return auto_batch(self.language_model, length, twins, stack=stack), stack
 
     def _guidance_rows(self, prompts: Sequence[Prompt | str], s: hf.Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token
