@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES, Prompt
 from .intervals import bootstrap_metrics, nanmean_rows, noise_floor, percentile_interval
+from .population import population_rd, share_replicates
 from .skew import SKEW_METRICS, frequencies
 
 
@@ -91,7 +92,7 @@ class MetricFrame:
         summary: dict[str, Any] = {}
         per_prompt: dict[str, dict[str, Any]] = {}
         boots = self._bootstrap(replicates, seed)
-        for attr in METRIC_ATTRIBUTES:
+        for a_index, attr in enumerate(METRIC_ATTRIBUTES):
             if attr not in self.counts:
                 summary[attr] = None  # not measured: reported as such, never as zero
                 continue
@@ -103,12 +104,17 @@ class MetricFrame:
             for name, fn in SKEW_METRICS.items():
                 point = np.asarray(fn(c), dtype=float)
                 per_boot, suite_boot = boots[attr, name]
-                entry = {"mean": _num(nanmean_rows(point)), "ci95": _pair(percentile_interval(suite_boot))}
+                mean = nanmean_rows(point)
+                entry = {"mean": _num(mean), "ci95": _pair(holding(percentile_interval(suite_boot), mean))}
                 if name == "rd":
                     entry["noise_floor"] = _num(nanmean_rows(floors))
                 summary[attr][name] = entry
                 per_prompt[attr][name] = point
-                per_prompt[attr][name + "_ci95"] = percentile_interval(per_boot)
+                per_prompt[attr][name + "_ci95"] = holding(percentile_interval(per_boot), point)
+            pop = population_rd(frequencies(c), share_replicates(c, replicates, seed * 1000 + a_index))
+            summary[attr]["rd_population"] = {"estimate": _num(pop["suite_estimate"]),
+                                              "ci95": _pair(pop["suite_ci95"])}
+            per_prompt[attr]["rd_population"] = pop
         total = int(self.n_images.sum())
         summary["face_rate"] = _num(self.n_faces.sum() / total) if total else None
         summary["fidelity"] = (
@@ -122,6 +128,11 @@ class MetricFrame:
                 "n_images": int(self.n_images[i]), "n_faces": int(self.n_faces[i]),
                 "n_unreadable": int(self.n_unreadable[i]),
                 "counts": {a: dict(zip(METRIC_ATTRIBUTES[a], map(int, c[i]))) for a, c in self.counts.items()},
+            }
+            row["rd_population"] = {
+                a: {"estimate": _num(per_prompt[a]["rd_population"]["estimate"][i]),
+                    "ci95": _pair(per_prompt[a]["rd_population"]["ci95"][i])} if a in per_prompt else None
+                for a in METRIC_ATTRIBUTES
             }
             for key in ("rd", "rd_ci95", "noise_floor", "kl", "entropy"):
                 row[key] = {
@@ -155,6 +166,17 @@ class MetricFrame:
             if metrics:
                 out.update(bootstrap_metrics(self.counts[attr], metrics, replicates, seed=seed * 1000 + j))
         return out
+
+
+def holding(interval: np.ndarray, point: Any) -> np.ndarray:
+    """A percentile interval (..., 2) widened, where needed, to hold its point estimate (...): a biased
+    statistic's bootstrap distribution can lie wholly on one side of it (rd 0 of counts 50/50/50/50 has
+    replicates that are all above 0)."""
+    out = np.array(interval, dtype=float)
+    point = np.asarray(point, dtype=float)
+    out[..., 0] = np.fmin(out[..., 0], point)
+    out[..., 1] = np.fmax(out[..., 1], point)
+    return out
 
 
 def _joint_view(c: np.ndarray) -> np.ndarray:
