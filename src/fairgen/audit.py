@@ -12,6 +12,7 @@ measures, so the run directory is the one a single process writes.
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from PIL import Image
 
 from . import models, perception, suites
 from .calibrate import Calibration, add_corrected, load_calibration
-from .distributed import processes
+from .distributed import launch_rank, processes
+from .inputs import check_run
 from .metrics import MetricFrame, results_frame
 from .models.base import UnifiedModel
 from .models.engine import even_chunk
@@ -92,32 +94,52 @@ def audit(
     model_options: options of the model's family for models.load (dtype, device_map, graphs, image_area,
         ...; a spec string only). The loaded model's provenance, in the manifest, records its dtype.
     """
+    # Every value is checked before the run directory is touched (inputs.py); a new run directory that an
+    # error stops before its first image or record is removed again, so a failed command leaves nothing.
+    sampling = check_run(images_per_prompt, None, seed, batch_size, dict(sampling or {}))
+    created = not Path(out).exists()
+    try:
+        return _audit(model, suite, images_per_prompt, seed, out, perception_backend, world_spec, sampling,
+                      batch_size, progress, calibration, adapter, model_options)
+    except BaseException:
+        if created and launch_rank() == 0:
+            _remove_if_empty(Path(out))
+        raise
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove a run directory that holds no image and no record yet (only its manifest)."""
+    if root.is_dir() and not (root / "images").exists() and not any(root.glob("perception*.jsonl")):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _audit(model, suite, images_per_prompt, seed, out, perception_backend, world_spec, sampling, batch_size,
+           progress, calibration, adapter, model_options) -> AuditResult:
+    """audit() after its arguments' checks."""
     model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
-            if images_per_prompt < 1:
-                raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
-            if batch_size < 1:
-                raise FairgenError(f"batch size must be positive (got {batch_size})")
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
             prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
+            check_run(images_per_prompt, len(prompts), seed, batch_size, sampling)
             model_spec = model if isinstance(model, str) else model.spec
             if model_options and not isinstance(model, str):
                 raise FairgenError("model options apply to a model spec, not to a loaded model")
             gen = (models.load(model, world_spec=world_spec, adapter=adapter, **dict(model_options or {}))
                    if isinstance(model, str) else model)
-            backend_name = perception_backend if isinstance(perception_backend, str) else None
             if perception_backend is None:
-                backend_name = perception.default_for(model_spec)
-            backend = perception.load(backend_name) if backend_name else perception_backend
+                perception_backend = perception.default_for(model_spec)
+            backend = (perception.load(perception_backend) if isinstance(perception_backend, str)
+                       else perception_backend)
             cal = load_calibration(calibration) if calibration is not None else None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
-            sampling = dict(sampling or {})
+            folder = None
             if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
+                folder = gen.coverage(prompts, images_per_prompt) if hasattr(gen, "coverage") else None
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
             order = [(p.id, k) for p, k, _ in plan]
             if procs.main:
@@ -125,6 +147,10 @@ def audit(
                     "model": model_spec,
                     "suite": suite_name,
                     "prompt_ids": [p.id for p in prompts],
+                    # what decides a prompt's images besides its id (a resumed run must not mix two texts)
+                    "prompts": {p.id: {"text": p.text, "concept": p.concept, "group": dict(p.group)}
+                                for p in prompts},
+                    "calibration_sha256": cal.sha256 if cal is not None else None,
                     "images_per_prompt": images_per_prompt,
                     "seed": seed,
                     "perception": backend.name,
@@ -202,7 +228,7 @@ def audit(
                     bar(len(plan), len(plan))
                 store.settle_records(order)
                 result = _measure(store, prompts, store.load_records(), order, backend, model_spec,
-                                  suite_name, images_per_prompt, seed, sampling, cal)
+                                  suite_name, images_per_prompt, seed, sampling, cal, folder)
         return result if procs.main else AuditResult.load(out)
 
 
@@ -218,6 +244,7 @@ def _measure(
     seed: int,
     sampling: Mapping[str, Any],
     cal: Calibration | None,
+    folder: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
     the manifest finished."""
@@ -237,9 +264,12 @@ def _measure(
         "seed": seed,
         "perception": backend.name,
         "sampling": dict(sampling),
+        "effective_sampling": effective_sampling(store, sampling),
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
         **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
     }
+    if folder is not None:
+        results["folder"] = dict(folder)
     if cal is not None:
         add_corrected(results, frame.counts, cal, BOOTSTRAP_REPLICATES, seed)
     store.write_json("results.json", results)
@@ -248,6 +278,16 @@ def _measure(
     store.finish()
     render_report(store.root)
     return result
+
+
+def effective_sampling(store: RunStore, sampling: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The sampling the images were made with: the model's defaults (its provenance's default_sampling) with
+    the run's settings over them; None for models that record no defaults (the world, a folder)."""
+    manifest = json.loads((store.root / MANIFEST).read_text())
+    defaults = (manifest.get("model_provenance") or {}).get("default_sampling")
+    if defaults is None:
+        return dict(sampling) or None
+    return {**defaults, **{k: v for k, v in sampling.items() if v is not None}}
 
 
 def _adapter_of(gen: UnifiedModel) -> str | None:

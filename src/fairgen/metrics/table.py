@@ -115,7 +115,11 @@ class MetricFrame:
             summary[attr]["rd_population"] = {"estimate": _num(pop["suite_estimate"]),
                                               "ci95": _pair(pop["suite_ci95"])}
             per_prompt[attr]["rd_population"] = pop
-        total = int(self.n_images.sum())
+        # Unreadable files are their own count, outside every rate's denominator: they were never looked at.
+        readable = self.n_images - self.n_unreadable
+        total = int(readable.sum())
+        summary["n_images"] = int(self.n_images.sum())
+        summary["n_unreadable"] = int(self.n_unreadable.sum())
         summary["face_rate"] = _num(self.n_faces.sum() / total) if total else None
         summary["fidelity"] = (
             {"metric": "concept_match", "value": _num(self.concept_matches.sum() / total)}
@@ -141,7 +145,7 @@ class MetricFrame:
                     for a in METRIC_ATTRIBUTES
                 }
             if self.concept_matches is not None:
-                row["fidelity"] = _num(self.concept_matches[i] / self.n_images[i]) if self.n_images[i] else None
+                row["fidelity"] = _num(self.concept_matches[i] / readable[i]) if readable[i] else None
             prompts.append(row)
         return {"summary": summary, "prompts": prompts}
 
@@ -207,7 +211,9 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "id": p["id"], "text": p["text"], "concept": p.get("concept"),
             "n_images": p["n_images"], "n_faces": p["n_faces"],
-            "face_rate": p["n_faces"] / p["n_images"] if p["n_images"] else math.nan,
+            "n_unreadable": p.get("n_unreadable", 0),
+            "face_rate": (p["n_faces"] / (p["n_images"] - p.get("n_unreadable", 0))
+                          if p["n_images"] > p.get("n_unreadable", 0) else math.nan),
         }
         for attr, classes in METRIC_ATTRIBUTES.items():
             if p["rd"].get(attr) is None and attr not in p["counts"]:

@@ -262,7 +262,8 @@ def _thumb(prompt_id: str, rec: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(source) if source else Path("images") / prompt_id / f"{sample:05d}.png"
     return {
         "path": path,
-        "href": path.resolve().as_uri() if source else path.as_posix(),
+        # a folder: audit records absolute files; older runs' relative ones cannot be resolved from here
+        "href": path.as_uri() if path.is_absolute() else path.as_posix(),
         "sample": sample,
         "face": bool(rec.get("face")),
         "error": rec.get("error"),
