@@ -11,6 +11,11 @@ from typing import Any, Mapping
 
 from .types import FairgenError
 
+# The default model of `fairgen audit` and of the README's demo: the shipped fairgen-tiny checkpoint, a real
+# (small) unified model trained on the planted-bias world, so no download is needed (docs/tiny.md).
+DEFAULT_MODEL = "tiny"
+# The paper's sampling (Liu et al.): cfg 3.0, temperature 0.9, top-p 0.6.
+PAPER_PRESET = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
 # A plan larger than this is refused rather than allocated (each planned image costs ~200 bytes of plan
 # before any work). 1,000,000 images is ~100 days of a 7B model on one H100; split larger audits.
 MAX_PLANNED_IMAGES = 1_000_000

@@ -280,6 +280,12 @@ class RunStore:
                     if where is not None:
                         raise FairgenError(f"{root} holds a run made with a different {where}; use another "
                                            "--out, or the same inputs to resume")
+            for path in [root / RECORDS, *store.shards()]:  # an edited records file: refused before any write
+                if path.exists():
+                    data = path.read_bytes()
+                    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+                        if line.strip():
+                            _record(line, path, number)
             manifest["config"] = dict(config)
             manifest["resumed"] = manifest.get("resumed", []) + [now()]
             manifest.pop("finished", None)

@@ -21,7 +21,7 @@ from ..types import ATTRIBUTES, FairgenError, Prompt
 from .data import spread
 
 # The check suites of the paper's robustness study: other styles and contexts, personal descriptors, sports.
-DEFAULT_CHECK_SUITES = ("occupations_style_context", "personal_descriptors", "sports")
+from . import DEFAULT_CHECK_SUITES  # noqa: E402,F401  (re-exported: defined where the CLI reads it cheaply)
 
 
 def understanding_accuracy(model: Any, n: int, seed: int = 0,

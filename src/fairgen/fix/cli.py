@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from ..types import FairgenError
-from .checks import DEFAULT_CHECK_SUITES
+from . import DEFAULT_CHECK_SUITES
 
 console = Console(stderr=True)
 # The paper's sampling (as `fairgen audit --preset paper`).

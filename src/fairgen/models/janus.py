@@ -33,6 +33,22 @@ from .base import OTHER
 from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches, should_stack
 
 FAMILY = "janus"
+# The chat template Janus-Pro's processor ships with (DeepSeek's prompt format), used for checkpoints whose
+# processor carries none (as Emu3 falls back to its own).
+CHAT_TEMPLATE = (
+    "{%set seps=['\n\n','<\uff5cend\u2581of\u2581sentence\uff5c>']%}{%set i=0%}{%for message in messages%}"
+    "{%if message['role']|lower=='user'%}<|User|>: {%elif message['role']|lower=='assistant'%}<|Assistant|>:"
+    "{%if not (loop.last and not add_generation_prompt and message['content'][0]['type']=='text' and "
+    "message['content'][0]['text']=='')%} {%endif%}{%else%}{{message['role'].capitalize()}}: {%endif%}"
+    "{%for content in message['content']%}{%if content['type']=='image'%}{%if not loop.first%}{{'\n'}}{%endif%}"
+    "<image_placeholder>{%if not loop.last%}{{'\n'}}{%endif%}{%elif content['type']=='text'%}"
+    "{%set text=content['text']%}{%if loop.first%}{%set text=text.lstrip()%}{%endif%}"
+    "{%if loop.last%}{%set text=text.rstrip()%}{%endif%}"
+    "{%if not loop.first and message['content'][loop.index0-1]['type']=='text'%}{{' '+text}}{%else%}{{text}}"
+    "{%endif%}{%endif%}{%endfor%}{%if not loop.last or add_generation_prompt%}"
+    "{%if message['role']|lower=='user'%}{{seps[0]}}{%else%}{{seps[1]}}{%endif%}{%endif%}{%endfor%}"
+    "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
+)
 RECOMMENDED = hf.Sampling(cfg=5.0, temperature=1.0)
 
 
@@ -99,6 +115,11 @@ class JanusModel:
         """The module `lora_targets` names are relative to (the whole transformers model)."""
         return self.hf
 
+    @property
+    def _template(self) -> str:
+        """The processor's chat template, or Janus-Pro's where it carries none."""
+        return getattr(self.processor, "chat_template", None) or CHAT_TEMPLATE
+
     def provenance(self) -> dict[str, Any]:
         """Checkpoint source, hub revision, sha256 of config / tokenizer / weight files, dtype, defaults."""
         return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
@@ -109,8 +130,8 @@ class JanusModel:
         """Left-padded (input_ids, attention_mask) [B, L] of "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"
         (the chat template with an empty system prompt, as DeepSeek's generation scripts use)."""
         texts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": prompt_text(p)}]}], add_generation_prompt=True)
-            for p in prompts]
+            [{"role": "user", "content": [{"type": "text", "text": prompt_text(p)}]}], add_generation_prompt=True,
+            chat_template=self._template) for p in prompts]
         enc = self.processor(text=texts, generation_mode="image", padding=True, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
@@ -215,14 +236,15 @@ class JanusModel:
         hf.check_options(FAMILY, options)
         content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
         messages = [{"role": "user", "content": content}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, chat_template=self._template)
         context = self.processor(text=prompt, images=[image.convert("RGB")] if image is not None else None,
                                  return_tensors="pt")
         context = {k: v.to(self.device) for k, v in context.items()}
         if "pixel_values" in context:
             context["pixel_values"] = context["pixel_values"].to(self.dtype)
         continuations = [
-            self.tokenizer(hf.continuation_text(self.processor, messages, o, None), add_special_tokens=False)["input_ids"]
+            self.tokenizer(hf.continuation_text(self.processor, messages, o, self._template),
+                           add_special_tokens=False)["input_ids"]
             + [self.tokenizer.eos_token_id] for o in options]
         logprobs = hf.option_logprobs(self.hf, context, continuations, self.tokenizer.pad_token_id)
         return hf.option_distribution(options, logprobs, OTHER)
