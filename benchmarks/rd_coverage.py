@@ -150,8 +150,14 @@ def main() -> None:
     ap.add_argument("--min-faces", type=int, default=40)
     ap.add_argument("--max-faces", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--z-suite", type=float, default=None, help="override metrics.population.Z_SUITE")
+    ap.add_argument("--raw-only", action="store_true")
     args = ap.parse_args()
-    for calibrated in (False, True):
+    if args.z_suite is not None:
+        from fairgen.metrics import population
+
+        population.Z_SUITE = args.z_suite
+    for calibrated in (False,) if args.raw_only else (False, True):
         t0 = time.time()
         table = run(args.repeats, args.prompts, args.replicates, (args.min_faces, args.max_faces), calibrated,
                     args.seed)

@@ -227,6 +227,11 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
                 f"noise_floor_{attr}": _nan(p["noise_floor"][attr]),
                 f"kl_{attr}": _nan(p["kl"][attr]), f"entropy_{attr}": _nan(p["entropy"][attr]),
             })
+            pop = (p.get("rd_population") or {}).get(attr)
+            if pop:
+                lo, hi = pop["ci95"] or (None, None)
+                row.update({f"rd_{attr}_population": _nan(pop["estimate"]),
+                            f"rd_{attr}_population_lo": _nan(lo), f"rd_{attr}_population_hi": _nan(hi)})
             corrected = (p.get("corrected") or {}).get(attr)  # only in calibrated audits
             if corrected:
                 lo, hi = corrected["rd_ci95"] or (None, None)
