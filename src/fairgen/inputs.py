@@ -42,7 +42,7 @@ def check_sampling(sampling: Mapping[str, Any]) -> dict[str, Any]:
     an integer); other keys (a plugin's) must at least not be NaN or infinite."""
     out = dict(sampling)
     for key, value in out.items():
-        if isinstance(value, bool):
+        if value is None or isinstance(value, bool):  # None: the model's default
             continue
         if isinstance(value, (int, float)) and not math.isfinite(value):
             raise FairgenError(f"sampling {key} must be a finite number (got {value})")
