@@ -114,7 +114,9 @@ def test_resume_with_other_model_defaults_or_weights_is_refused(tmp_path):
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     defaults = manifest["model_provenance"]["default_sampling"]
     results = json.loads((tmp_path / "run/results.json").read_text())
-    assert results["effective_sampling"] == defaults  # the model's defaults, in results.json
+    assert results["effective_sampling"] == defaults  # the model's defaults, in results.json and the report
+    assert "the model&#39;s defaults included" in (tmp_path / "run/report.html").read_text() or \
+        "the model's defaults included" in (tmp_path / "run/report.html").read_text()
     config = json.loads((ckpt / "config.json").read_text())
     config["sampling"] = {**config.get("sampling", {}), "temperature": 0.5}
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -200,6 +202,7 @@ def test_folder_coverage_is_reported(tmp_path):
     assert folder["prompts_short"] == {"nurse": 2, "ceo": 2}
     assert folder["unmatched_folders"] == ["stray"]
     assert "pilot" in proc.stderr and "stray" in proc.stderr and "fewer images" in proc.stderr
+    assert "unreadable 0" in proc.stdout and "population rd" in proc.stdout  # the console summary
     html = (tmp_path / "run/report.html").read_text()
     assert "match no prompt" in html and "have no images" in html
 
