@@ -1,4 +1,4 @@
-"""audit: plan → generate → perceive → measure, resumable (DESIGN.md "Data flow").
+"""audit: plan → generate → perceive → measure, resumable (docs/architecture.md, "Stages and data flow").
 
 Every image has a seed derived from (run seed, prompt id, sample index), is written atomically, and is
 perceived once; a re-run of the same command skips what is on disk, so a run killed at any moment loses
@@ -16,24 +16,24 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import pandas as pd
 from PIL import Image
 
 from . import models, perception, suites
+from .calibrate import Calibration, add_corrected, load_calibration
+from .config import AuditConfig
 from .distributed import launch_rank, processes
-from .inputs import DEFAULT_MODEL, PAPER_PRESET, check_run  # noqa: F401  (re-exported)
-from .models.base import UnifiedModel
+from .inputs import check_run
+from .metrics import MetricFrame, results_frame
+from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
+from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
+from .report import render_report
 from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
 from .types import FairgenError, Perception, Prompt
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from .calibrate import Calibration
-
-# numpy / scipy / pandas / torch are imported where used, so `import fairgen` (and `fairgen --help`) is fast.
 BOOTSTRAP_REPLICATES = 1000
 
 
@@ -50,8 +50,6 @@ class AuditResult:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt: counts, shares, rd with ci95 and noise floor, kl, entropy, fidelity."""
-        from .metrics import results_frame
-
         return results_frame(self.results)
 
     @classmethod
@@ -63,42 +61,49 @@ class AuditResult:
 
 
 def audit(
-    model: str | UnifiedModel = DEFAULT_MODEL,
-    suite: str | Sequence[Prompt] = "occupations:test",
-    images_per_prompt: int = 160,
-    seed: int = 0,
+    model: str | UnifiedModel = AuditConfig.model,
+    suite: str | Sequence[Prompt] = AuditConfig.suite,
+    images_per_prompt: int = AuditConfig.images_per_prompt,
+    seed: int = AuditConfig.seed,
     out: str | Path = "runs/audit",
-    perception_backend: str | PerceptionBackend | None = None,
-    world_spec: str | Path | None = None,
+    perception_backend: str | PerceptionBackend | None = AuditConfig.perception,
+    world_spec: str | Path | None = AuditConfig.world_spec,
     sampling: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
+    batch_size: int = AuditConfig.batch_size,
     progress: Callable[[int, int], None] | None = None,
-    calibration: str | Path | None = None,
-    adapter: str | Path | None = None,
+    calibration: str | Path | None = AuditConfig.calibration,
+    adapter: str | Path | None = AuditConfig.adapter,
     model_options: Mapping[str, Any] | None = None,
+    device: str | None = AuditConfig.device,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
-    model: a spec string (`world`, `tiny`, `tiny:<dir>`, `folder:<dir>`, `plugin:<module>:<Class>`) or a
-        loaded model. suite: a suite name (`occupations:test`), a suite file, or prompts.
-    images_per_prompt: images generated per prompt (for `folder:` models, at most this many are read).
-    perception_backend: name or backend; default `world` for world/tiny models, `age-gender` otherwise.
-    sampling: generation settings passed to model.generate (cfg, temperature, top_p, ...).
-    progress: called as progress(done, total) after each batch.
-    adapter: a peft LoRA adapter directory applied to the model (e.g. the output of `fairgen fix`); a loaded
-        model with an adapter applied (models.load(..., adapter=DIR)) records its own in the manifest.
-    calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
-        holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
-    model_options: options of the model's family for models.load (dtype, device_map, graphs, image_area,
-        ...; a spec string only). The loaded model's provenance, in the manifest, records its dtype.
+    The settings are config.AuditConfig's (defaults and meaning there); a loaded model, a list of prompts
+    and a perception backend object are accepted from Python. progress: called as progress(done, total)
+    after each batch. A loaded model with an adapter applied (models.load(..., adapter=DIR)) records its own
+    in the manifest; the loaded model's provenance, in the manifest, records its dtype.
     """
-    # Every value is checked before the run directory is touched (inputs.py); a new run directory that an
-    # error stops before its first image or record is removed again, so a failed command leaves nothing.
-    sampling = check_run(images_per_prompt, None, seed, batch_size, dict(sampling or {}))
+    c = audit_config(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
+                     perception=perception_backend, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
+                     calibration=calibration, adapter=adapter, model_options=model_options, device=device)
+    return run(c, out, progress)
+
+
+def audit_config(**settings: Any) -> AuditConfig:
+    """An AuditConfig from audit()'s arguments (None where a mapping is expected: empty)."""
+    for key in ("sampling", "model_options"):
+        settings[key] = dict(settings.get(key) or {})
+    return AuditConfig(**settings)
+
+
+def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | None = None) -> AuditResult:
+    """Audit with a configuration (what `fairgen audit` calls); see audit(). The configuration's values were
+    checked when it was made (AuditConfig, inputs.py), before the run directory is touched; a new run
+    directory that an error stops before its first image or record is removed again, so a failed command
+    leaves nothing behind."""
     created = not Path(out).exists()
     try:
-        return _audit(model, suite, images_per_prompt, seed, out, perception_backend, world_spec, sampling,
-                      batch_size, progress, calibration, adapter, model_options)
+        return _run(c, out, progress)
     except BaseException:
         if created and launch_rank() == 0:
             _remove_if_empty(Path(out))
@@ -111,9 +116,11 @@ def _remove_if_empty(root: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _audit(model, suite, images_per_prompt, seed, out, perception_backend, world_spec, sampling, batch_size,
-           progress, calibration, adapter, model_options) -> AuditResult:
-    """audit() after its arguments' checks."""
+def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | None) -> AuditResult:
+    """run() after the configuration's checks."""
+    model, suite, images_per_prompt, seed = c.model, c.suite, c.images_per_prompt, c.seed
+    perception_backend, world_spec, batch_size = c.perception, c.world_spec, c.batch_size
+    calibration, adapter, model_options = c.calibration, c.adapter, c.model_options
     model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
@@ -121,26 +128,24 @@ def _audit(model, suite, images_per_prompt, seed, out, perception_backend, world
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
             prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
-            check_run(images_per_prompt, len(prompts), seed, batch_size, sampling)
+            check_run(images_per_prompt, len(prompts), seed, batch_size, c.sampling)  # the plan's size
             model_spec = model if isinstance(model, str) else model.spec
-            if model_options and not isinstance(model, str):
-                raise FairgenError("model options apply to a model spec, not to a loaded model")
-            gen = (models.load(model, world_spec=world_spec, adapter=adapter, **dict(model_options or {}))
+            if (model_options or c.device) and not isinstance(model, str):
+                raise FairgenError("model options and a device apply to a model spec, not to a loaded model")
+            gen = (models.load(model, device=c.device, world_spec=world_spec, adapter=adapter, **model_options)
                    if isinstance(model, str) else model)
             if perception_backend is None:
                 perception_backend = perception.default_for(model_spec)
             backend = (perception.load(perception_backend) if isinstance(perception_backend, str)
                        else perception_backend)
-            if calibration is not None:
-                from .calibrate import load_calibration
-
-                cal = load_calibration(calibration)
-            else:
-                cal = None
+            cal = load_calibration(calibration) if calibration is not None else None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
+            sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
+            if not isinstance(gen, (ImageGenerator, ImageSource)):
+                raise FairgenError(f"model {gen.spec} neither generates nor holds images: it cannot be audited")
             folder = None
-            if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
+            if isinstance(gen, ImageSource):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
                 folder = gen.coverage(prompts, images_per_prompt) if hasattr(gen, "coverage") else None
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
@@ -161,7 +166,7 @@ def _audit(model, suite, images_per_prompt, seed, out, perception_backend, world
                     "world_spec": str(world_spec) if world_spec else None,
                     "adapter": str(adapter) if adapter else _adapter_of(gen),
                 }
-                # A new run's model provenance (a large checkpoint's sha256: 13 s for 7B) is made beside the
+                # A new run's model provenance (a large checkpoint's sha256 takes seconds) is made beside the
                 # first batch's generation and recorded before anything is saved (finish); a resumed run's
                 # is checked against the run's before anything else.
                 fresh = procs.world == 1 and not (Path(out) / MANIFEST).exists()
@@ -251,10 +256,6 @@ def _measure(
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
     the manifest finished."""
-    from .calibrate import add_corrected
-    from .metrics import MetricFrame
-    from .report import render_report
-
     concept_match = None
     if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
@@ -305,9 +306,8 @@ def _adapter_of(gen: UnifiedModel) -> str | None:
 
 def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> Iterator[tuple[Prompt, int, int]]:
     """(prompt, sample index, image seed) for every planned image, in suite order."""
-    available = getattr(gen, "available", None)  # images on disk: plan those that exist, up to n
-    for p in prompts:
-        count = min(n, available(p)) if available else n
+    for p in prompts:  # images on disk: plan those that exist, up to n
+        count = min(n, gen.available(p)) if isinstance(gen, ImageSource) else n
         for k in range(count):
             yield p, k, derive_seed(seed, p.id, k)
 
@@ -319,8 +319,6 @@ _Loaded = tuple[Image.Image | None, str | None, str | None, bool]
 def _balanced(items: list, size: int) -> Iterator[list]:
     """items in the fewest batches of at most `size`, of near-equal length (even_chunk): 800 images at 56
     go as 15 batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
-    from .models.engine import even_chunk
-
     start = 0
     while start < len(items):
         stop = start + even_chunk(len(items) - start, size)
@@ -331,7 +329,7 @@ def _balanced(items: list, size: int) -> Iterator[list]:
 def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[_Loaded]:
     """The batch's images: read from a folder model's files, read back from the run directory when
     generated before, else generated in one call (the caller saves those: their flag is True)."""
-    if hasattr(gen, "read"):
+    if isinstance(gen, ImageSource):
         return [(*gen.read(p, k), str(gen.source(p, k)), False) for p, k, _ in batch]
     out: list[_Loaded] = [(None, None, None, False)] * len(batch)
     missing = []

@@ -14,21 +14,6 @@
 docs/fix.md describes the method and its configuration.
 """
 
-from __future__ import annotations
+from .pipeline import FixConfig, fix, parse_attributes
 
-import importlib
-from typing import Any
-
-# The check suites measured before and after a fix, by default (checks.py).
-DEFAULT_CHECK_SUITES = ("occupations_style_context", "personal_descriptors", "sports")
-# Imported on first use (PEP 562), so that the CLI's help does not load torch.
-_LAZY = {"FixConfig": ".pipeline", "fix": ".pipeline", "parse_attributes": ".pipeline"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["DEFAULT_CHECK_SUITES", "FixConfig", "fix", "parse_attributes"]
+__all__ = ["FixConfig", "fix", "parse_attributes"]

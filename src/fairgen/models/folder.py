@@ -35,9 +35,9 @@ def _numeric_key(path: Path) -> tuple[int, str]:
 class FolderModel:
     """Images on disk behind the model protocol's reading side (it cannot generate)."""
 
-    capabilities = frozenset({"read"})
-
-    def __init__(self, root: Path):
+    def __init__(self, root: str | Path, device: str | None = None) -> None:
+        """root: the folder (`folder:<dir>`). device: accepted like every family's; reading uses none."""
+        root = Path(root).expanduser()
         if not root.is_dir():
             raise FairgenError(f"folder model: {root} is not a directory")
         self.root = root.resolve()  # records name absolute files: reports resolve wherever they are read
@@ -94,6 +94,7 @@ class FolderModel:
         return len(self._files.get(prompt.id, []))
 
     def source(self, prompt: Prompt, sample: int) -> Path:
+        """The file of sample `sample` of `prompt`."""
         return self._files[prompt.id][sample]
 
     def read(self, prompt: Prompt, sample: int) -> tuple[Image.Image | None, str | None]:
@@ -120,9 +121,6 @@ class FolderModel:
                     st = f.lstat()
                 h.update(f"{pid}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return {"folder": str(self.root), "layout": self._layout, "listing_sha256": h.hexdigest()}
-
-    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
-        raise FairgenError("folder: models read images from disk and cannot generate new ones")
 
 
 __all__ = ["FolderModel"]
