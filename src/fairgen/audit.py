@@ -16,23 +16,24 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-import pandas as pd
 from PIL import Image
 
 from . import models, perception, suites
-from .calibrate import Calibration, add_corrected, load_calibration
 from .config import AuditConfig
 from .distributed import launch_rank, processes
 from .inputs import check_run
-from .metrics import MetricFrame, results_frame
 from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
-from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
-from .report import render_report
 from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
 from .types import FairgenError, Perception, Prompt
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .calibrate import Calibration
+# numpy / scipy / pandas / matplotlib are imported where used, so `import fairgen` stays light.
 
 BOOTSTRAP_REPLICATES = 1000
 
@@ -50,6 +51,8 @@ class AuditResult:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt: counts, shares, rd with ci95 and noise floor, kl, entropy, fidelity."""
+        from .metrics import results_frame
+
         return results_frame(self.results)
 
     @classmethod
@@ -138,7 +141,12 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
                 perception_backend = perception.default_for(model_spec)
             backend = (perception.load(perception_backend) if isinstance(perception_backend, str)
                        else perception_backend)
-            cal = load_calibration(calibration) if calibration is not None else None
+            if calibration is not None:
+                from .calibrate import load_calibration
+
+                cal = load_calibration(calibration)
+            else:
+                cal = None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
             sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
@@ -256,6 +264,10 @@ def _measure(
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
     the manifest finished."""
+    from .calibrate import add_corrected
+    from .metrics import MetricFrame
+    from .report import render_report
+
     concept_match = None
     if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
@@ -319,6 +331,8 @@ _Loaded = tuple[Image.Image | None, str | None, str | None, bool]
 def _balanced(items: list, size: int) -> Iterator[list]:
     """items in the fewest batches of at most `size`, of near-equal length (even_chunk): 800 images at 56
     go as 15 batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
+    from .models.engine import even_chunk
+
     start = 0
     while start < len(items):
         stop = start + even_chunk(len(items) - start, size)
