@@ -187,6 +187,9 @@ def perception_record(prompt_id: str, sample: int, seed: int, seen: Perception,
     return rec
 
 
+# Config keys a resumed run may gain where it had none: a calibration changes no image or record, so one
+# can be applied to a finished run (docs/calibration.md); changing or dropping it is refused like the rest.
+ADDABLE = frozenset({"calibration_sha256"})
 # Provenance keys that say where files lie or which package versions ran, not what the files hold: they may
 # change between sessions of one run (a checkpoint moved, a package upgraded) without changing any image.
 LOCATION_KEYS = frozenset({"path", "dir", "weights", "source", "folder", "versions", "transformers"})
@@ -269,6 +272,10 @@ class RunStore:
                 raise FairgenError(f"{manifest_path} is not a fairgen manifest")
             old = {k: v for k, v in dict(manifest.get("config") or {}).items() if k != "images_per_prompt"}
             new = {k: v for k, v in config.items() if k != "images_per_prompt"}
+            for key in ADDABLE:  # given now, absent before: applies to the run's records, changes none
+                if old.get(key) is None:
+                    old.pop(key, None)
+                    new.pop(key, None)
             where = first_difference(old, new, "")
             if where is not None:
                 raise FairgenError(f"{root} holds a run made with a different {where}; use another --out, or "
