@@ -199,6 +199,10 @@ def test_a_run_stopped_before_its_provenance_resumes(tmp_path):
         raise OSError("checkpoint file vanished")
 
     model.provenance = failing
+    with pytest.raises(OSError, match="vanished"):  # a directory the failed command made is removed again
+        fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # one the user made stays, with the manifest (as after a kill)
     with pytest.raises(OSError, match="vanished"):
         fairgen.audit(model=model, suite=str(suite), images_per_prompt=10, batch_size=5, out=tmp_path / "run")
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["manifest.json"]

@@ -57,6 +57,7 @@ def strip_corrected(results: dict) -> dict:
     for attr in METRIC_ATTRIBUTES:
         if out["summary"][attr] is not None:
             out["summary"][attr].pop("rd_corrected")
+            out["summary"][attr].pop("rd_corrected_population")
             out["summary"][attr].pop("shares_corrected")
     for p in out["prompts"]:
         p.pop("corrected")

@@ -38,7 +38,8 @@ def test_shen_layout_jpegs_counted_exactly(tmp_path):
             assert by_id[pid]["counts"][attr] == counts[attr]
     assert by_id["pilot"]["n_images"] == 31 and by_id["pilot"]["n_unreadable"] == 1
     assert by_id["pilot"]["n_faces"] == 30
-    assert res.summary["fidelity"]["value"] == pytest.approx(90 / 91)  # the unreadable file shows no concept
+    assert res.summary["fidelity"]["value"] == 1.0  # the unreadable file is outside the denominator
+    assert res.summary["n_unreadable"] == 1 and res.summary["face_rate"] == 1.0
     recs = [json.loads(line) for line in (tmp_path / "run/perception.jsonl").read_text().splitlines()]
     bad = [r for r in recs if r.get("error")]
     assert len(bad) == 1 and bad[0]["source"].endswith("img_30.jpg") and bad[0]["face"] is False

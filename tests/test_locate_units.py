@@ -124,7 +124,7 @@ def test_verdict_rules_at_their_thresholds() -> None:
     assert {v[c]["verdict"] for c in ("understanding", "tokenizer", "language_model")} == {INCONCLUSIVE}
     assert verdicts(_findings(0.3, [0.0, 0.0], [0.0, 0.0], other=0.3))["understanding"]["verdict"] == INCONCLUSIVE
     empty = verdicts({})
-    assert empty["tokenizer"]["verdict"] == NOT_MEASURED and empty["headline"] == "No component found biased."
+    assert empty["tokenizer"]["verdict"] == NOT_MEASURED and empty["headline"] == "No component was measured: no verdict."
 
 
 def test_a_tokenizer_that_loses_everyone_is_not_cleared() -> None:

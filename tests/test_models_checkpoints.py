@@ -18,20 +18,7 @@ CORPUS = [
 ] * 3
 
 # transformers' convert_janus_weights_to_hf.py CHAT_TEMPLATE, as shipped with deepseek-community checkpoints.
-JANUS_CHAT_TEMPLATE = (
-    "{%set seps=['\n\n','<\uff5cend\u2581of\u2581sentence\uff5c>']%}{%set i=0%}{%for message in messages%}"
-    "{%if message['role']|lower=='user'%}<|User|>: {%elif message['role']|lower=='assistant'%}<|Assistant|>:"
-    "{%if not (loop.last and not add_generation_prompt and message['content'][0]['type']=='text' and "
-    "message['content'][0]['text']=='')%} {%endif%}{%else%}{{message['role'].capitalize()}}: {%endif%}"
-    "{%for content in message['content']%}{%if content['type']=='image'%}{%if not loop.first%}{{'\n'}}{%endif%}"
-    "<image_placeholder>{%if not loop.last%}{{'\n'}}{%endif%}{%elif content['type']=='text'%}"
-    "{%set text=content['text']%}{%if loop.first%}{%set text=text.lstrip()%}{%endif%}"
-    "{%if loop.last%}{%set text=text.rstrip()%}{%endif%}"
-    "{%if not loop.first and message['content'][loop.index0-1]['type']=='text'%}{{' '+text}}{%else%}{{text}}"
-    "{%endif%}{%endif%}{%endfor%}{%if not loop.last or add_generation_prompt%}"
-    "{%if message['role']|lower=='user'%}{{seps[0]}}{%else%}{{seps[1]}}{%endif%}{%endif%}{%endfor%}"
-    "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
-)
+from fairgen.models.janus import CHAT_TEMPLATE as JANUS_CHAT_TEMPLATE  # noqa: E402  (the checkpoints' template)
 JANUS_SPECIALS = {"bos": "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "eos": "<\uff5cend\u2581of\u2581sentence\uff5c>",
                   "pad": "<\uff5c\u2581pad\u2581\uff5c>", "image": "<image_placeholder>", "boi": "<begin_of_image>",
                   "eoi": "<end_of_image>"}

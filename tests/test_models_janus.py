@@ -208,3 +208,23 @@ def test_cli_audit_passes_model_options(janus_dir, tmp_path, cli):  # noqa: F811
         bad = cli(*base, "--model", model, "--model-option", option, "--out", str(tmp_path / "bad"))
         assert bad.returncode == 2 and message in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_without_chat_template_uses_janus_pro_s(janus, janus_dir, tmp_path):  # noqa: F811
+    """Issue 24 (Found 9): a processor without a chat template fell through to a raw ValueError; it now gets
+    Janus-Pro's own template, so prompts and images equal those of the checkpoint that ships it."""
+    import json
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(janus_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    (bare / "chat_template.json").unlink(missing_ok=True)
+    config = json.loads((bare / "processor_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "processor_config.json").write_text(json.dumps(config))
+    model = models.load(f"janus:{bare}")
+    assert not model.processor.chat_template
+    assert torch.equal(model._generation_inputs(PROMPTS)[0], janus._generation_inputs(PROMPTS)[0])
+    assert torch.equal(model.generate_tokens(PROMPTS, [3, 4], cfg=3.0, temperature=0),
+                       janus.generate_tokens(PROMPTS, [3, 4], cfg=3.0, temperature=0))

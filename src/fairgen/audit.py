@@ -12,25 +12,28 @@ measures, so the run directory is the one a single process writes.
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-import pandas as pd
 from PIL import Image
 
 from . import models, perception, suites
-from .calibrate import Calibration, add_corrected, load_calibration
 from .config import AuditConfig
-from .distributed import processes
-from .metrics import MetricFrame, results_frame
+from .distributed import launch_rank, processes
+from .inputs import check_run
 from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
-from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
-from .report import render_report
 from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
 from .types import FairgenError, Perception, Prompt
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .calibrate import Calibration
+# numpy / scipy / pandas / matplotlib are imported where used, so `import fairgen` stays light.
 
 BOOTSTRAP_REPLICATES = 1000
 
@@ -48,6 +51,8 @@ class AuditResult:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt: counts, shares, rd with ci95 and noise floor, kl, entropy, fidelity."""
+        from .metrics import results_frame
+
         return results_frame(self.results)
 
     @classmethod
@@ -95,7 +100,27 @@ def audit_config(**settings: Any) -> AuditConfig:
 
 
 def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | None = None) -> AuditResult:
-    """Audit with a configuration (what `fairgen audit` calls); see audit()."""
+    """Audit with a configuration (what `fairgen audit` calls); see audit(). The configuration's values were
+    checked when it was made (AuditConfig, inputs.py), before the run directory is touched; a new run
+    directory that an error stops before its first image or record is removed again, so a failed command
+    leaves nothing behind."""
+    created = not Path(out).exists()
+    try:
+        return _run(c, out, progress)
+    except BaseException:
+        if created and launch_rank() == 0:
+            _remove_if_empty(Path(out))
+        raise
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove a run directory that holds no image and no record yet (only its manifest)."""
+    if root.is_dir() and not (root / "images").exists() and not any(root.glob("perception*.jsonl")):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | None) -> AuditResult:
+    """run() after the configuration's checks."""
     model, suite, images_per_prompt, seed = c.model, c.suite, c.images_per_prompt, c.seed
     perception_backend, world_spec, batch_size = c.perception, c.world_spec, c.batch_size
     calibration, adapter, model_options = c.calibration, c.adapter, c.model_options
@@ -107,23 +132,31 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
             prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
+            check_run(images_per_prompt, len(prompts), seed, batch_size, c.sampling)  # the plan's size
             model_spec = model if isinstance(model, str) else model.spec
             if (model_options or c.device) and not isinstance(model, str):
                 raise FairgenError("model options and a device apply to a model spec, not to a loaded model")
             gen = (models.load(model, device=c.device, world_spec=world_spec, adapter=adapter, **model_options)
                    if isinstance(model, str) else model)
-            backend_name = perception_backend if isinstance(perception_backend, str) else None
             if perception_backend is None:
-                backend_name = perception.default_for(model_spec)
-            backend = perception.load(backend_name) if backend_name else perception_backend
-            cal = load_calibration(calibration) if calibration is not None else None
+                perception_backend = perception.default_for(model_spec)
+            backend = (perception.load(perception_backend) if isinstance(perception_backend, str)
+                       else perception_backend)
+            if calibration is not None:
+                from .calibrate import load_calibration
+
+                cal = load_calibration(calibration)
+            else:
+                cal = None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
             sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
             if not isinstance(gen, (ImageGenerator, ImageSource)):
                 raise FairgenError(f"model {gen.spec} neither generates nor holds images: it cannot be audited")
+            folder = None
             if isinstance(gen, ImageSource):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
+                folder = gen.coverage(prompts, images_per_prompt) if hasattr(gen, "coverage") else None
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
             order = [(p.id, k) for p, k, _ in plan]
             if procs.main:
@@ -131,6 +164,10 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
                     "model": model_spec,
                     "suite": suite_name,
                     "prompt_ids": [p.id for p in prompts],
+                    # what decides a prompt's images besides its id (a resumed run must not mix two texts)
+                    "prompts": {p.id: {"text": p.text, "concept": p.concept, "group": dict(p.group)}
+                                for p in prompts},
+                    "calibration_sha256": cal.sha256 if cal is not None else None,
                     "images_per_prompt": images_per_prompt,
                     "seed": seed,
                     "perception": backend.name,
@@ -208,7 +245,7 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
                     bar(len(plan), len(plan))
                 store.settle_records(order)
                 result = _measure(store, prompts, store.load_records(), order, backend, model_spec,
-                                  suite_name, images_per_prompt, seed, sampling, cal)
+                                  suite_name, images_per_prompt, seed, sampling, cal, folder)
         return result if procs.main else AuditResult.load(out)
 
 
@@ -224,9 +261,14 @@ def _measure(
     seed: int,
     sampling: Mapping[str, Any],
     cal: Calibration | None,
+    folder: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
     the manifest finished."""
+    from .calibrate import add_corrected
+    from .metrics import MetricFrame
+    from .report import render_report
+
     concept_match = None
     if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
@@ -243,9 +285,12 @@ def _measure(
         "seed": seed,
         "perception": backend.name,
         "sampling": dict(sampling),
+        "effective_sampling": effective_sampling(store, sampling),
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
         **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
     }
+    if folder is not None:
+        results["folder"] = dict(folder)
     if cal is not None:
         add_corrected(results, frame.counts, cal, BOOTSTRAP_REPLICATES, seed)
     store.write_json("results.json", results)
@@ -254,6 +299,16 @@ def _measure(
     store.finish()
     render_report(store.root)
     return result
+
+
+def effective_sampling(store: RunStore, sampling: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The sampling the images were made with: the model's defaults (its provenance's default_sampling) with
+    the run's settings over them; None for models that record no defaults (the world, a folder)."""
+    manifest = json.loads((store.root / MANIFEST).read_text())
+    defaults = (manifest.get("model_provenance") or {}).get("default_sampling")
+    if defaults is None:
+        return dict(sampling) or None
+    return {**defaults, **{k: v for k, v in sampling.items() if v is not None}}
 
 
 def _adapter_of(gen: UnifiedModel) -> str | None:
@@ -277,6 +332,8 @@ _Loaded = tuple[Image.Image | None, str | None, str | None, bool]
 def _balanced(items: list, size: int) -> Iterator[list]:
     """items in the fewest batches of at most `size`, of near-equal length (even_chunk): 800 images at 56
     go as 15 batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
+    from .models.engine import even_chunk
+
     start = 0
     while start < len(items):
         stop = start + even_chunk(len(items) - start, size)

@@ -278,7 +278,8 @@ def add_corrected(results: dict[str, Any], counts: Mapping[str, np.ndarray], cal
     for attr in METRIC_ATTRIBUTES:
         entry = results["summary"].get(attr)
         if entry is not None:
-            entry.update(summary.get(attr) or {"rd_corrected": None, "shares_corrected": None})
+            entry.update(summary.get(attr) or {"rd_corrected": None, "rd_corrected_population": None,
+                                                 "shares_corrected": None})
     results["summary"]["detection_rate_gap"] = gaps
     for row, extra in zip(results["prompts"], prompts):
         row["corrected"] = {attr: extra.get(attr) for attr in METRIC_ATTRIBUTES}

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import models
+from . import __version__, models
 from .config import AuditConfig
 from .distributed import SharedError, launch_rank
-from .report.cli import compare_command, report_command
-from .fix.cli import fix_command
-from .locate.cli import locate_command
 from .models.registry import builtins, help_texts, resolve
 from .models.sampling import preset_help
-from .suites.cli import suites_app
 from .types import FairgenError
 
 app = typer.Typer(
@@ -27,14 +23,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(suites_app, name="suites")
-for _family in builtins().values():  # a family's own commands: `fairgen tiny train`, ...
-    if _family.commands:
-        app.add_typer(resolve(_family.commands, _family.name), name=_family.name)
-app.command("report")(report_command)
-app.command("compare")(compare_command)
-app.command("locate")(locate_command)
-app.command("fix")(fix_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fairgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print fairgen's version and exit."),
+) -> None:
+    """Audit and debias image generation in unified multimodal LLMs."""
+
+
 console = Console(stderr=True)
 HELP = help_texts()
 BATCH_HELP = "Images per generate() call (a family may split a call further to fit free memory)."
@@ -111,9 +115,9 @@ def _print_summary(results: dict) -> None:
 
     s = results["summary"]
     calibrated = "calibration" in results  # corrected columns only then: uncalibrated output is unchanged
-    table = Table(title=f"{results['model']} on {results['suite']} ({results['images_per_prompt']} images/prompt)")
-    columns = ("attribute", "rd", "ci95", "noise floor", "kl", "entropy")
-    for col in columns + (("corrected rd", "ci95") if calibrated else ()):
+    table = Table(title=f"{results['model']} on {results['suite']} ({results['images_per_prompt']} images/prompt asked)")
+    columns = ("attribute", "rd (Shen)", "ci95", "noise floor", "population rd", "ci95", "kl", "entropy")
+    for col in columns + (("corrected rd", "population", "ci95") if calibrated else ()):
         table.add_column(col)
     for attr in ("gender", "race", "gender_x_race", "age"):
         m = s.get(attr)
@@ -121,15 +125,28 @@ def _print_summary(results: dict) -> None:
             table.add_row(attr, "not measured", *[""] * (len(table.columns) - 2))
             continue
         rd = m["rd"]
-        corrected = m.get("rd_corrected") or {"mean": None, "ci95": None}
+        pop = m.get("rd_population") or {"estimate": None, "ci95": None}
+        corrected = m.get("rd_corrected") or {"mean": None}
+        cpop = m.get("rd_corrected_population") or {"estimate": None, "ci95": None}
         table.add_row(
-            attr, _f(rd["mean"]), _ci(rd["ci95"]), _f(rd["noise_floor"]), _f(m["kl"]["mean"]),
-            _f(m["entropy"]["mean"]),
-            *((_f(corrected["mean"]), _ci(corrected["ci95"])) if calibrated else ()),
+            attr, _f(rd["mean"]), _ci(rd["ci95"]), _f(rd["noise_floor"]), _f(pop["estimate"]), _ci(pop["ci95"]),
+            _f(m["kl"]["mean"]), _f(m["entropy"]["mean"]),
+            *((_f(corrected["mean"]), _f(cpop["estimate"]), _ci(cpop["ci95"])) if calibrated else ()),
         )
     Console().print(table)
     fid = s.get("fidelity")
-    typer.echo(f"face rate {_f(s['face_rate'])}" + (f"  fidelity ({fid['metric']}) {_f(fid['value'])}" if fid else ""))
+    typer.echo(f"images {s.get('n_images', '?')}, unreadable {s.get('n_unreadable', 0)}  face rate {_f(s['face_rate'])}"
+               + (f"  fidelity ({fid['metric']}) {_f(fid['value'])}" if fid else "")
+               + ("  (rates over readable images)" if s.get("n_unreadable") else ""))
+    typer.echo("population rd: bias-aware estimate of the rd of the model's distribution, with a ci95 for it "
+               "(docs/intervals.md); rd (Shen) is the plain value of the sample, biased upward near balance.")
+    from .report.html import folder_warnings
+
+    for line in folder_warnings(results):
+        typer.echo(f"warning: {line}", err=True)
+    sampling = results.get("effective_sampling")
+    if sampling:
+        typer.echo("sampling: " + ", ".join(f"{k} {v}" for k, v in sampling.items()))
 
 
 def _f(x: float | None) -> str:
@@ -214,13 +231,50 @@ def _fail(message: str, shared: bool = False) -> None:
     sys.exit(2)
 
 
+def _register() -> None:
+    """The other commands, after audit, calibrate and models (the order `fairgen --help` lists them in)."""
+    from .fix.cli import fix_command
+    from .locate.cli import locate_command
+    from .report.cli import compare_command, report_command
+    from .suites.cli import suites_app
+
+    app.command("report")(report_command)
+    app.command("compare")(compare_command)
+    app.command("locate")(locate_command)
+    app.command("fix")(fix_command)
+    app.add_typer(suites_app, name="suites")
+    for family in builtins().values():  # a family's own commands: `fairgen tiny train`, ...
+        if family.commands:
+            app.add_typer(resolve(family.commands, family.name), name=family.name)
+
+
+_register()
+
+
+def _tidy(command: Any) -> None:
+    """Help texts as flowing sentences (docstrings' line breaks dropped, paragraphs kept, so the terminal
+    wraps them at any width) and flags without a value placeholder."""
+    if command.help:
+        command.help = "\n\n".join(" ".join(par.split()) for par in command.help.split("\n\n"))
+    for param in [*command.params, command.get_help_option(typer.Context(command))]:
+        if getattr(param, "help", None):  # options (typer's click, duck-typed: typer vendors its own)
+            param.help = " ".join(param.help.split())
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # `--json`, not `--json <bool>`
+    for sub in getattr(command, "commands", {}).values():
+        _tidy(sub)
+
+
 def main() -> None:
     """Console entry point: runs the app, turning input errors into one line and exit code 2."""
     command = typer.main.get_command(app)
+    _tidy(command)
     try:
         code = command.main(args=sys.argv[1:], prog_name="fairgen", standalone_mode=False)
     except FairgenError as e:
         _fail(str(e), shared=isinstance(e, SharedError))
+    except OSError as e:  # the environment, not fairgen: a full disk, a permission, a vanished file
+        _fail(f"{e.strerror or e}{': ' + str(e.filename) if getattr(e, 'filename', None) else ''}")
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)

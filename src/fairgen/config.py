@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .models.sampling import check_values
 from .types import FairgenError
 
 # The default model of `fairgen audit` and of the README's demo: the shipped fairgen-tiny checkpoint, a real
@@ -46,13 +45,12 @@ class AuditConfig:
     calibration: str | None = None
 
     def check(self) -> None:
-        """Raise FairgenError for a setting out of range (audit.run calls it where every process of a
-        launch stops together on bad input)."""
-        if self.images_per_prompt < 1:
-            raise FairgenError(f"images per prompt must be positive (got {self.images_per_prompt})")
-        if self.batch_size < 1:
-            raise FairgenError(f"batch size must be positive (got {self.batch_size})")
-        check_values(self.sampling)  # keys a family does not take are refused by the family
+        """Raise FairgenError for a setting out of range: sizes, seed, finite sampling values in range (keys a
+        family does not take are refused by the family). audit.run calls it where every process of a launch
+        stops together on bad input; the plan's size is checked again once the suite is read."""
+        from .inputs import check_run
+
+        check_run(self.images_per_prompt, None, self.seed, self.batch_size, self.sampling)
 
 
 def default(config: type, name: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -66,8 +67,25 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
+def strict(obj: Any) -> Any:
+    """obj with every NaN or infinite float replaced by None: JSON has no NaN, and a reader that meets a
+    bare NaN fails (Python writes one unless told not to)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON (strict(obj); no NaN or Infinity ever written)."""
+    return json.dumps(strict(obj), allow_nan=False, ensure_ascii=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(path, (dumps(obj, indent=1) + "\n").encode())
 
 
 CACHED_HASH_BYTES = 64 << 20  # files this large have their sha256 remembered (file_sha256)
@@ -169,8 +187,55 @@ def perception_record(prompt_id: str, sample: int, seed: int, seen: Perception,
     return rec
 
 
+# Config keys a resumed run may gain where it had none: a calibration changes no image or record, so one
+# can be applied to a finished run (docs/calibration.md); changing or dropping it is refused like the rest.
+ADDABLE = frozenset({"calibration_sha256"})
+# Provenance keys that say where files lie or which package versions ran, not what the files hold: they may
+# change between sessions of one run (a checkpoint moved, a package upgraded) without changing any image.
+LOCATION_KEYS = frozenset({"path", "dir", "weights", "source", "folder", "versions", "transformers"})
+
+
+def identity(provenance: Any) -> Any:
+    """Provenance without LOCATION_KEYS (at any depth): what must match for a run to be resumed."""
+    if isinstance(provenance, Mapping):
+        return {k: identity(v) for k, v in provenance.items() if k not in LOCATION_KEYS}
+    return provenance
+
+
+def first_difference(old: Any, new: Any, where: str) -> str | None:
+    """The dotted path of the first difference between two JSON-like values, with both sides shown briefly
+    ("prompts.ceo.text ('a nurse' -> 'a CEO')"); None when they are equal."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            found = first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if strict(old) == strict(new):  # a value read back from JSON equals the value written
+        return None
+    return f"{where or 'value'} ({_brief(old)} -> {_brief(new)})"
+
+
+def _brief(value: Any, limit: int = 48) -> str:
+    text = repr(value) if not isinstance(value, (list, tuple)) else json.dumps(strict(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _record(line: bytes, path: Path, number: int) -> dict[str, Any]:
+    """One complete line of a records file; FairgenError naming the line when it is not a record (a crash
+    leaves at most a partial last line, cut off before this: anything else means the file was edited)."""
+    try:
+        rec = json.loads(line)
+        int(rec["sample"])
+        str(rec["prompt_id"])
+        return rec
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise FairgenError(f"{path} line {number} is not a perception record (was the file edited?); "
+                           "delete the line or use another --out") from None
 
 
 class RunStore:
@@ -184,9 +249,11 @@ class RunStore:
     def open(cls, out: str | Path, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> "RunStore":
         """Create the run directory, or reopen it to resume the same run.
 
-        config: what defines the run's results (model, suite, seeds, sampling, perception ...); reopening
-        with a different config, or with a provenance entry whose file hashes (`sha256`) differ, is
-        refused, so a resumed run never mixes two configurations or two sets of weights. A provenance
+        config: what defines the run's results (model, suite with its prompt texts, seeds, sampling,
+        perception, calibration ...); reopening with a different config, or with a provenance entry that
+        differs in anything but where its files lie (identity()), is refused with a line naming the first
+        difference, so a resumed run never mixes two configurations, two world specs, two folders' files
+        or two sets of weights. Nothing is written when it is refused. A provenance
         entry may be None at first and recorded later (`record`), as long as nothing of the run is on
         disk before it is: then a run stopped in between has nothing to mix.
         `images_per_prompt` may grow: the new images extend the plan.
@@ -201,19 +268,31 @@ class RunStore:
                 manifest = json.loads(manifest_path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise FairgenError(f"{manifest_path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-            old = dict(manifest.get("config", {}))
-            for key in sorted(set(old) | set(config)):
-                if key != "images_per_prompt" and old.get(key) != config.get(key):
-                    raise FairgenError(
-                        f"{root} holds a run with {key}={old.get(key)!r}, not {config.get(key)!r}; "
-                        "use another --out or the same settings to resume"
-                    )
-            for key, value in provenance.items():  # the same spec with other weights: never mix their images
+            if not isinstance(manifest, dict):
+                raise FairgenError(f"{manifest_path} is not a fairgen manifest")
+            old = {k: v for k, v in dict(manifest.get("config") or {}).items() if k != "images_per_prompt"}
+            new = {k: v for k, v in config.items() if k != "images_per_prompt"}
+            for key in ADDABLE:  # given now, absent before: applies to the run's records, changes none
+                if old.get(key) is None:
+                    old.pop(key, None)
+                    new.pop(key, None)
+            where = first_difference(old, new, "")
+            if where is not None:
+                raise FairgenError(f"{root} holds a run made with a different {where}; use another --out, or "
+                                   "the same inputs to resume (only --images-per-prompt may change)")
+            for key, value in provenance.items():  # the same spec with other files: never mix their images
                 was = manifest.get(key)
-                if isinstance(value, Mapping) and isinstance(was, Mapping) and value.get("sha256") \
-                        and was.get("sha256") and value["sha256"] != was["sha256"]:
-                    raise FairgenError(f"{root} holds a run made with other files ({key} sha256 differs); "
-                                       "use another --out")
+                if value is not None and was is not None:
+                    where = first_difference(identity(was), identity(value), key)
+                    if where is not None:
+                        raise FairgenError(f"{root} holds a run made with a different {where}; use another "
+                                           "--out, or the same inputs to resume")
+            for path in [root / RECORDS, *store.shards()]:  # an edited records file: refused before any write
+                if path.exists():
+                    data = path.read_bytes()
+                    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+                        if line.strip():
+                            _record(line, path, number)
             manifest["config"] = dict(config)
             manifest["resumed"] = manifest.get("resumed", []) + [now()]
             manifest.pop("finished", None)
@@ -258,9 +337,9 @@ class RunStore:
         data = path.read_bytes()
         good_end = data.rfind(b"\n") + 1
         records: dict[tuple[str, int], dict[str, Any]] = {}
-        for line in data[:good_end].splitlines():
+        for number, line in enumerate(data[:good_end].splitlines(), 1):
             if line.strip():
-                rec = json.loads(line)
+                rec = _record(line, path, number)
                 records.setdefault((rec["prompt_id"], int(rec["sample"])), rec)
         if good_end < len(data):
             with open(path, "r+b") as f:
@@ -274,7 +353,7 @@ class RunStore:
     def append_records(self, records: Iterable[Mapping[str, Any]], shard: int | None = None) -> None:
         """Append records as JSON lines in one write, flushed to disk: to perception.jsonl, or with `shard`
         to that process's shard file."""
-        blob = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        blob = "".join(dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         if not blob:
             return
         with open(self.root / RECORDS if shard is None else self.shard_path(shard), "ab") as f:
@@ -307,9 +386,9 @@ class RunStore:
             if not path.exists():
                 continue
             data = path.read_bytes()
-            for line in data[: data.rfind(b"\n") + 1].splitlines():
+            for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
                 if line.strip():
-                    rec = json.loads(line)
+                    rec = _record(line, path, number)
                     key = (rec["prompt_id"], int(rec["sample"]))
                     lines.setdefault(key, line + b"\n")
                     if path.name == RECORDS:

@@ -8,12 +8,22 @@
     verdicts(findings)                                          biased / not biased / inconclusive (verdict.py)
 """
 
-from .alignment import partial_alignment
-from .lm_audit import hidden_probe, measure_prompt, summarise
-from .pipeline import locate
-from .tokenizer_audit import round_trip, vision_probes
-from .understanding import probe_understanding
-from .verdict import verdicts
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562), so that the CLI's help does not load torch.
+_LAZY = {"partial_alignment": ".alignment", "hidden_probe": ".lm_audit", "measure_prompt": ".lm_audit",
+         "summarise": ".lm_audit", "locate": ".pipeline", "round_trip": ".tokenizer_audit",
+         "vision_probes": ".tokenizer_audit", "probe_understanding": ".understanding", "verdicts": ".verdict"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["hidden_probe", "locate", "measure_prompt", "partial_alignment",
            "probe_understanding", "round_trip", "summarise", "verdicts", "vision_probes"]

@@ -160,10 +160,17 @@ def verdicts(findings: Mapping[str, Any]) -> dict[str, Any]:
            "partial_alignment": alignment_finding(findings.get("alignment")), "thresholds": THRESHOLDS}
     culprits = [c for c in COMPONENTS if out[c]["verdict"] == BIASED]
     unsure = [c for c in COMPONENTS if out[c]["verdict"] == INCONCLUSIVE]
+    unmeasured = [c for c in COMPONENTS if out[c]["verdict"] == NOT_MEASURED]
     if culprits:
         headline = "Bias located in: " + ", ".join(NAMES[c] for c in culprits) + "."
-    else:
+    elif len(unmeasured) == len(COMPONENTS):
+        headline = "No component was measured: no verdict."
+    elif unsure:
         headline = "No component found biased."
+    else:
+        headline = "No measured component found biased."
+    if unmeasured and len(unmeasured) < len(COMPONENTS):
+        headline += " Not measured: " + ", ".join(NAMES[c] for c in unmeasured) + "."
     if unsure:
         headline += " Inconclusive: " + ", ".join(NAMES[c] for c in unsure) + "."
     out["culprits"], out["headline"] = culprits, headline

@@ -29,8 +29,9 @@ from scipy.stats import chi2_contingency
 
 from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES, FairgenError
 from .intervals import nanmean_rows, percentile_interval
+from .population import population_rd
 from .skew import frequencies, rd
-from .table import _num, _pair
+from .table import _num, _pair, holding
 
 # Above this condition number of the confusion-rate matrix the inverse amplifies sampling noise so much (by
 # up to this factor) that corrected shares mean little: refuse instead of reporting noise. A two-class
@@ -230,15 +231,18 @@ def corrected_results(
     prompts: list[dict[str, Any]] = [{} for _ in range(n_prompts)]
     for attribute, e in est.items():
         classes = METRIC_ATTRIBUTES[attribute]
-        share_ci = percentile_interval(e["shares_boot"])  # (P, K, 2)
-        rd_ci = percentile_interval(e["rd_boot"])  # (P, 2)
+        share_ci = holding(percentile_interval(e["shares_boot"]), e["shares"])  # (P, K, 2)
+        rd_ci = holding(percentile_interval(e["rd_boot"]), e["rd"])  # (P, 2)
         suite_shares = nanmean_rows(np.moveaxis(e["shares_boot"], 1, -1))  # (B, K)
+        mean_rd = nanmean_rows(e["rd"])
+        pop = population_rd(e["shares"], e["shares_boot"])
         summary[attribute] = {
-            "rd_corrected": {"mean": _num(nanmean_rows(e["rd"])),
-                             "ci95": _pair(percentile_interval(nanmean_rows(e["rd_boot"])))},
+            "rd_corrected": {"mean": _num(mean_rd),
+                             "ci95": _pair(holding(percentile_interval(nanmean_rows(e["rd_boot"])), mean_rd))},
+            "rd_corrected_population": {"estimate": _num(pop["suite_estimate"]), "ci95": _pair(pop["suite_ci95"])},
             "shares_corrected": {
-                c: {"mean": _num(nanmean_rows(e["shares"][:, k])),
-                    "ci95": _pair(percentile_interval(suite_shares[:, k]))}
+                c: {"mean": _num(m := nanmean_rows(e["shares"][:, k])),
+                    "ci95": _pair(holding(percentile_interval(suite_shares[:, k]), m))}
                 for k, c in enumerate(classes)
             },
         }
@@ -248,6 +252,7 @@ def corrected_results(
                 "shares_ci95": {c: _pair(share_ci[i, k]) for k, c in enumerate(classes)},
                 "rd": _num(e["rd"][i]),
                 "rd_ci95": _pair(rd_ci[i]),
+                "rd_population": {"estimate": _num(pop["estimate"][i]), "ci95": _pair(pop["ci95"][i])},
             }
     gaps = {attr: detection_gap(block) for attr, block in sorted(blocks.items()) if attr in counts}
     return summary, prompts, gaps

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES, Prompt
 from .intervals import bootstrap_metrics, nanmean_rows, noise_floor, percentile_interval
+from .population import population_rd, share_replicates
 from .skew import SKEW_METRICS, frequencies
 
 
@@ -91,7 +92,7 @@ class MetricFrame:
         summary: dict[str, Any] = {}
         per_prompt: dict[str, dict[str, Any]] = {}
         boots = self._bootstrap(replicates, seed)
-        for attr in METRIC_ATTRIBUTES:
+        for a_index, attr in enumerate(METRIC_ATTRIBUTES):
             if attr not in self.counts:
                 summary[attr] = None  # not measured: reported as such, never as zero
                 continue
@@ -103,13 +104,22 @@ class MetricFrame:
             for name, fn in SKEW_METRICS.items():
                 point = np.asarray(fn(c), dtype=float)
                 per_boot, suite_boot = boots[attr, name]
-                entry = {"mean": _num(nanmean_rows(point)), "ci95": _pair(percentile_interval(suite_boot))}
+                mean = nanmean_rows(point)
+                entry = {"mean": _num(mean), "ci95": _pair(holding(percentile_interval(suite_boot), mean))}
                 if name == "rd":
                     entry["noise_floor"] = _num(nanmean_rows(floors))
                 summary[attr][name] = entry
                 per_prompt[attr][name] = point
-                per_prompt[attr][name + "_ci95"] = percentile_interval(per_boot)
-        total = int(self.n_images.sum())
+                per_prompt[attr][name + "_ci95"] = holding(percentile_interval(per_boot), point)
+            pop = population_rd(frequencies(c), share_replicates(c, replicates, seed * 1000 + a_index))
+            summary[attr]["rd_population"] = {"estimate": _num(pop["suite_estimate"]),
+                                              "ci95": _pair(pop["suite_ci95"])}
+            per_prompt[attr]["rd_population"] = pop
+        # Unreadable files are their own count, outside every rate's denominator: they were never looked at.
+        readable = self.n_images - self.n_unreadable
+        total = int(readable.sum())
+        summary["n_images"] = int(self.n_images.sum())
+        summary["n_unreadable"] = int(self.n_unreadable.sum())
         summary["face_rate"] = _num(self.n_faces.sum() / total) if total else None
         summary["fidelity"] = (
             {"metric": "concept_match", "value": _num(self.concept_matches.sum() / total)}
@@ -123,6 +133,11 @@ class MetricFrame:
                 "n_unreadable": int(self.n_unreadable[i]),
                 "counts": {a: dict(zip(METRIC_ATTRIBUTES[a], map(int, c[i]))) for a, c in self.counts.items()},
             }
+            row["rd_population"] = {
+                a: {"estimate": _num(per_prompt[a]["rd_population"]["estimate"][i]),
+                    "ci95": _pair(per_prompt[a]["rd_population"]["ci95"][i])} if a in per_prompt else None
+                for a in METRIC_ATTRIBUTES
+            }
             for key in ("rd", "rd_ci95", "noise_floor", "kl", "entropy"):
                 row[key] = {
                     a: (_pair(per_prompt[a][key][i]) if key.endswith("ci95") else _num(per_prompt[a][key][i]))
@@ -130,7 +145,7 @@ class MetricFrame:
                     for a in METRIC_ATTRIBUTES
                 }
             if self.concept_matches is not None:
-                row["fidelity"] = _num(self.concept_matches[i] / self.n_images[i]) if self.n_images[i] else None
+                row["fidelity"] = _num(self.concept_matches[i] / readable[i]) if readable[i] else None
             prompts.append(row)
         return {"summary": summary, "prompts": prompts}
 
@@ -155,6 +170,17 @@ class MetricFrame:
             if metrics:
                 out.update(bootstrap_metrics(self.counts[attr], metrics, replicates, seed=seed * 1000 + j))
         return out
+
+
+def holding(interval: np.ndarray, point: Any) -> np.ndarray:
+    """A percentile interval (..., 2) widened, where needed, to hold its point estimate (...): a biased
+    statistic's bootstrap distribution can lie wholly on one side of it (rd 0 of counts 50/50/50/50 has
+    replicates that are all above 0)."""
+    out = np.array(interval, dtype=float)
+    point = np.asarray(point, dtype=float)
+    out[..., 0] = np.fmin(out[..., 0], point)
+    out[..., 1] = np.fmax(out[..., 1], point)
+    return out
 
 
 def _joint_view(c: np.ndarray) -> np.ndarray:
@@ -185,7 +211,9 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "id": p["id"], "text": p["text"], "concept": p.get("concept"),
             "n_images": p["n_images"], "n_faces": p["n_faces"],
-            "face_rate": p["n_faces"] / p["n_images"] if p["n_images"] else math.nan,
+            "n_unreadable": p.get("n_unreadable", 0),
+            "face_rate": (p["n_faces"] / (p["n_images"] - p.get("n_unreadable", 0))
+                          if p["n_images"] > p.get("n_unreadable", 0) else math.nan),
         }
         for attr, classes in METRIC_ATTRIBUTES.items():
             if p["rd"].get(attr) is None and attr not in p["counts"]:
@@ -199,6 +227,11 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
                 f"noise_floor_{attr}": _nan(p["noise_floor"][attr]),
                 f"kl_{attr}": _nan(p["kl"][attr]), f"entropy_{attr}": _nan(p["entropy"][attr]),
             })
+            pop = (p.get("rd_population") or {}).get(attr)
+            if pop:
+                lo, hi = pop["ci95"] or (None, None)
+                row.update({f"rd_{attr}_population": _nan(pop["estimate"]),
+                            f"rd_{attr}_population_lo": _nan(lo), f"rd_{attr}_population_hi": _nan(hi)})
             corrected = (p.get("corrected") or {}).get(attr)  # only in calibrated audits
             if corrected:
                 lo, hi = corrected["rd_ci95"] or (None, None)

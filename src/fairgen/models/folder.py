@@ -1,11 +1,15 @@
 """`folder:<dir>`: audit images already on disk instead of generating them.
 
-Two layouts are recognised:
-  fairgen's own:  <dir>/images/<prompt_id>/<sample>.png (a run directory) or <dir>/<prompt_id>/<sample>.png
-  Shen et al.'s:  <dir>/prompt_<i>/img_<j>.jpg|png, prompt i = the i-th prompt of the suite (0-based;
-                  folders numbered exactly 1..P are taken as 1-based)
-Images of a prompt are taken in numeric order of their file names; sample k is the k-th. A file that
-cannot be decoded (unreadable, truncated) is recorded as unreadable and the audit goes on.
+Mapping rules (README "Auditing images on disk"):
+  fairgen's own:  <dir>/images/<prompt_id>/<sample>.png (a run directory) or <dir>/<prompt_id>/<sample>.png;
+                  used when any subfolder is named after a prompt id of the suite.
+  Shen et al.'s:  <dir>/prompt_<i>/img_<j>.jpg|png, prompt i = the i-th prompt of the suite counted from 0.
+                  Folders numbered from 1 (no prompt_0) are refused as ambiguous, as is a prompt_<i> beyond
+                  the suite.
+Images of a prompt are the files (never folders) with an image suffix, in numeric order of their names;
+sample k is the k-th. A file that cannot be decoded (unreadable, truncated, a dangling link) is recorded as
+unreadable and the audit goes on. What did not map (subfolders matching no prompt, prompts without a folder)
+is in `coverage()`, which the audit reports in the console, results.json and the report.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ class FolderModel:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FairgenError(f"folder model: {root} is not a directory")
-        self.root = root
+        self.root = root.resolve()  # records name absolute files: reports resolve wherever they are read
         self.spec = f"folder:{root}"
         self._files: dict[str, list[Path]] = {}
         self._layout: str | None = None
+        self._unmatched: list[str] = []
 
     def bind(self, prompts: Sequence[Prompt]) -> None:
         """Match the folder's subdirectories to the suite's prompts (called once per audit)."""
@@ -52,20 +57,37 @@ class FolderModel:
             dirs = by_id
         elif shen:
             self._layout = "shen"
-            offset = 1 if sorted(shen) == list(range(1, len(prompts) + 1)) else 0
-            if max(shen) - offset >= len(prompts):
+            if 0 not in shen:
                 raise FairgenError(
-                    f"folder {self.root} has prompt_{max(shen)} but the suite has only {len(prompts)} prompts"
+                    f"folder {self.root}: prompt_<i> folders start at prompt_{min(shen)}, not prompt_0; fairgen "
+                    "counts prompts from 0, so the mapping is ambiguous: rename them from prompt_0 or name "
+                    "the folders by prompt id"
                 )
-            dirs = {prompts[i - offset].id: d for i, d in shen.items()}
+            if max(shen) >= len(prompts):
+                raise FairgenError(
+                    f"folder {self.root} has prompt_{max(shen)} but the suite has only {len(prompts)} prompts "
+                    "(prompt_0 is the first)"
+                )
+            dirs = {prompts[i].id: d for i, d in shen.items()}
         else:
             raise FairgenError(
                 f"folder {self.root} holds neither <prompt_id>/ folders of this suite nor prompt_<i>/ folders"
             )
+        used = {d.name for d in dirs.values()}
+        self._unmatched = sorted(name for name in subdirs if name not in used)
         self._files = {
-            pid: sorted((f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), key=_numeric_key)
+            pid: sorted((f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir()),
+                        key=_numeric_key)
             for pid, d in dirs.items()
         }
+
+    def coverage(self, prompts: Sequence[Prompt], asked: int) -> dict[str, Any]:
+        """How the folder met the plan: {"layout", "unmatched_folders": [names], "prompts_without_images":
+        [ids], "prompts_short": {id: images found} (fewer than `asked`)}."""
+        counts = {p.id: self.available(p) for p in prompts}
+        return {"layout": self._layout, "unmatched_folders": list(self._unmatched),
+                "prompts_without_images": [pid for pid, n in counts.items() if n == 0],
+                "prompts_short": {pid: n for pid, n in counts.items() if 0 < n < asked}}
 
     def available(self, prompt: Prompt) -> int:
         """How many images the folder holds for this prompt."""
@@ -86,13 +108,18 @@ class FolderModel:
             return None, f"unreadable: {type(e).__name__}: {e}"
 
     def provenance(self) -> dict[str, Any]:
-        """Layout and a hash over the file list (names and sizes), cheap even for large folders."""
+        """Layout and a hash over the file list (names, sizes and modification times: a replaced file
+        changes it), cheap even for large folders."""
         import hashlib
 
         h = hashlib.sha256()
         for pid in sorted(self._files):
             for f in self._files[pid]:
-                h.update(f"{pid}/{f.name}:{f.stat().st_size}\n".encode())
+                try:
+                    st = f.stat()
+                except OSError:  # a dangling link: its own target's name
+                    st = f.lstat()
+                h.update(f"{pid}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return {"folder": str(self.root), "layout": self._layout, "listing_sha256": h.hexdigest()}
 
 

@@ -35,7 +35,22 @@ from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches, should_st
 
 FAMILY = "janus"
 RECOMMENDED = Sampling(cfg=5.0, temperature=1.0)
-CHAT = chat.ChatFormat()  # the processor's chat template and its default system prompt
+# The chat template Janus-Pro's processor ships with (DeepSeek's prompt format), used for checkpoints whose
+# processor carries none (as Emu3 falls back to its own).
+CHAT_TEMPLATE = (
+    "{%set seps=['\n\n','<\uff5cend\u2581of\u2581sentence\uff5c>']%}{%set i=0%}{%for message in messages%}"
+    "{%if message['role']|lower=='user'%}<|User|>: {%elif message['role']|lower=='assistant'%}<|Assistant|>:"
+    "{%if not (loop.last and not add_generation_prompt and message['content'][0]['type']=='text' and "
+    "message['content'][0]['text']=='')%} {%endif%}{%else%}{{message['role'].capitalize()}}: {%endif%}"
+    "{%for content in message['content']%}{%if content['type']=='image'%}{%if not loop.first%}{{'\n'}}{%endif%}"
+    "<image_placeholder>{%if not loop.last%}{{'\n'}}{%endif%}{%elif content['type']=='text'%}"
+    "{%set text=content['text']%}{%if loop.first%}{%set text=text.lstrip()%}{%endif%}"
+    "{%if loop.last%}{%set text=text.rstrip()%}{%endif%}"
+    "{%if not loop.first and message['content'][loop.index0-1]['type']=='text'%}{{' '+text}}{%else%}{{text}}"
+    "{%endif%}{%endif%}{%endfor%}{%if not loop.last or add_generation_prompt%}"
+    "{%if message['role']|lower=='user'%}{{seps[0]}}{%else%}{{seps[1]}}{%endif%}{%endif%}{%endfor%}"
+    "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
+)
 
 
 class JanusModel:
@@ -93,6 +108,11 @@ class JanusModel:
         """The module `lora_targets` names are relative to (the whole transformers model)."""
         return self.hf
 
+    @property
+    def _chat(self) -> chat.ChatFormat:
+        """The processor's chat template (and default system prompt), or Janus-Pro's where it carries none."""
+        return chat.ChatFormat(template=getattr(self.processor, "chat_template", None) or CHAT_TEMPLATE)
+
     def provenance(self) -> dict[str, Any]:
         """Checkpoint source, hub revision, sha256 of config / tokenizer / weight files, dtype, defaults."""
         return {"family": FAMILY, **self.fingerprint.as_dict(), "dtype": str(self.dtype).removeprefix("torch."),
@@ -103,8 +123,8 @@ class JanusModel:
         """Left-padded (input_ids, attention_mask) [B, L] of "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"
         (the chat template with an empty system prompt, as DeepSeek's generation scripts use)."""
         texts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": prompt_text(p)}]}], add_generation_prompt=True)
-            for p in prompts]
+            [{"role": "user", "content": [{"type": "text", "text": prompt_text(p)}]}], add_generation_prompt=True,
+            chat_template=self._chat.template) for p in prompts]
         enc = self.processor(text=texts, generation_mode="image", padding=True, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
@@ -205,12 +225,12 @@ class JanusModel:
         """Exact probability of each option as the whole answer (its tokens and end-of-sentence), after the
         chat prompt "<|User|>: [<image>\\n]{question}\\n\\n<|Assistant|>:" (with the checkpoint's default
         system prompt) and the image when given; renormalised over the options, the rest under OTHER."""
-        return chat.answer_distribution(self, CHAT, image, question, options, FAMILY)
+        return chat.answer_distribution(self, self._chat, image, question, options, FAMILY)
 
     def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
         """Mean per-token log-probability [B] of texts[i] as the answer to `question` about images[i], in
         answer_distribution's format; differentiable w.r.t. the LM (and LoRA)."""
-        return chat.caption_logprob(self, CHAT, images, texts, question, FAMILY)
+        return chat.caption_logprob(self, self._chat, images, texts, question, FAMILY)
 
     # -- what BPO trains on -----------------------------------------------------------------------------
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:

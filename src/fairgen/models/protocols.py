@@ -13,12 +13,14 @@ Shapes: B = batch, T = image tokens per image, K = codebook size, D = hidden siz
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
 from PIL import Image
 
 from ..types import Prompt
+
+if TYPE_CHECKING:  # annotations only: `fairgen --help` need not load torch
+    import torch
 
 # Key of the probability mass that fell outside the offered options in answer_distribution's result.
 OTHER = "<other>"

@@ -9,16 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import sys
+
 import typer
 
-from .compare import FORMATS, compare_runs
-from .html import read_run, render_report
+from . import FORMATS
 
 
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (`fairgen audit --out`).")],
 ) -> None:
     """Re-render RUN_DIR/report.html from the run's results, manifest and perception records."""
+    from .html import read_run, render_report
+
     read_run(run_dir, require_finished=True)  # refuse half-written runs before touching anything
     typer.echo(f"report: {render_report(run_dir)}")
 
@@ -29,4 +32,10 @@ def compare_command(
 ) -> None:
     """Print a table of suite-mean rd (with ci95), face rate and fidelity per run; for two runs on the
     same prompts, also their paired difference with a bootstrap ci95."""
-    typer.echo(compare_runs(run_dirs, fmt=format), nl=False)
+    from .compare import compare_runs, compare_warnings
+    from .html import read_run
+
+    table = compare_runs(run_dirs, fmt=format)
+    for note in compare_warnings([read_run(d)[0] for d in run_dirs]):
+        print(f"warning: {note}", file=sys.stderr)
+    typer.echo(table, nl=False)

@@ -1,9 +1,12 @@
 """`fairgen compare`: a Table-1-style table of several runs, and the paired difference of two.
 
-Rows are runs; columns are the suite-mean rd per attribute with its ci95, the face rate and the fidelity.
+Rows are runs; columns are the suite-mean rd per attribute with its ci95, the face rate and the fidelity;
+below the table, each run's noise floors (the rd a perfectly balanced model would show at its face counts).
 For exactly two runs over the same prompts a last row gives run 2 − run 1 per attribute with a bootstrap
-ci95: each run's images are resampled within each prompt (independently per run, the same prompts), and
-the interval is taken over the differences of the two suite means.
+ci95. Runs made with the same seed share every image's seed (common random numbers): their images are paired
+by (prompt, sample) and resampled together, so a run compared with itself differs by exactly 0 [0, 0].
+Runs with other seeds are resampled independently within each prompt. `compare_warnings` names what makes
+two runs hard to compare (other prompts, other images per prompt, other perception).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import numpy as np
 
 from ..metrics import bootstrap_metrics, percentile_interval, rd
 from ..metrics.intervals import nanmean_rows
+from ..metrics.table import holding
 from ..types import METRIC_ATTRIBUTES, FairgenError
-from .html import ATTRIBUTE_NAMES, read_run
+from . import FORMATS
+from .html import ATTRIBUTE_NAMES, read_records, read_run
 
-FORMATS = ("md", "csv", "latex")
 REPLICATES = 1000
 SEED = 0
 
@@ -58,22 +62,51 @@ def compare_runs(run_dirs: Sequence[str | Path], fmt: str = "md") -> str:
     runs = [read_run(d)[0] for d in dirs]
     labels = _labels(dirs, runs)
     rows = [_row(label, d, r) for label, d, r in zip(labels, dirs, runs)]
+    notes = compare_warnings(runs)
     if len(runs) == 2 and _prompt_ids(runs[0]) == _prompt_ids(runs[1]):
-        diff = paired_difference(runs[0], runs[1])
+        paired = _same_images(runs)
+        diff = paired_difference(runs[0], runs[1], records=[read_records(d) for d in dirs] if paired else None)
         label = f"difference: {labels[1]} − {labels[0]}"
-        rows.append(Row(label, diff, info={"n_prompts": len(runs[0]["prompts"])}, difference=True))
-    return {"md": _markdown, "csv": _csv, "latex": _latex}[fmt](rows)
+        rows.append(Row(label, diff, info={"n_prompts": len(runs[0]["prompts"]), "paired": paired},
+                        difference=True))
+    return {"md": _markdown, "csv": _csv, "latex": _latex}[fmt](rows, notes)
+
+
+def compare_warnings(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What makes the runs hard to compare, one sentence each: other prompts, other images per prompt
+    (other noise floors), other perception backends."""
+    out = []
+    ids = [_prompt_ids(r) for r in runs]
+    if any(i != ids[0] for i in ids):
+        out.append("the runs audit different prompts (" + " vs ".join(str(len(i)) for i in ids)
+                   + " prompts): their suite means are not comparable and no paired difference is given")
+    sizes = [r.get("images_per_prompt") for r in runs]
+    if len(set(map(str, sizes))) > 1:
+        out.append("the runs have different images per prompt (" + " vs ".join(map(str, sizes))
+                   + "): their rd noise floors differ, so compare each rd with its own floor")
+    backends = [r.get("perception") for r in runs]
+    if len(set(map(str, backends))) > 1:
+        out.append("the runs use different perception backends (" + " vs ".join(map(str, backends)) + ")")
+    return out
+
+
+def _same_images(runs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether two runs' images were drawn with the same seeds (same run seed and prompts): then image k of a
+    prompt is the same draw in both, and the difference is paired image by image."""
+    a, b = runs
+    return a.get("seed") is not None and a.get("seed") == b.get("seed") and _prompt_ids(a) == _prompt_ids(b)
 
 
 def paired_difference(
-    first: Mapping[str, Any], second: Mapping[str, Any], replicates: int = REPLICATES, seed: int = SEED
+    first: Mapping[str, Any], second: Mapping[str, Any], replicates: int = REPLICATES, seed: int = SEED,
+    records: Sequence[Mapping[str, list[dict[str, Any]]]] | None = None,
 ) -> dict[str, Interval | None]:
     """Suite-mean rd of `second` minus that of `first`, per attribute, with a bootstrap ci95.
 
-    Both are results.json dicts over the same prompt ids. Replicates resample each run's per-prompt counts
-    multinomially and independently; prompts are matched by id. None where either run lacks the attribute.
-    The interval assumes independent runs: two `world` runs with the same --seed share their random draws
-    (common random numbers), which this interval does not model.
+    Both are results.json dicts over the same prompt ids. records: both runs' perception records by prompt
+    (html.read_records) when their images share seeds; then each replicate resamples the sample indices of a
+    prompt once for both runs (common random numbers). Without them, each run's per-prompt counts are
+    resampled multinomially and independently. None where either run lacks the attribute.
     """
     order = _prompt_ids(first)
     out: dict[str, Interval | None] = {}
@@ -82,15 +115,43 @@ def paired_difference(
             out[attr] = None
             continue
         counts = [_counts(run, attr, classes, order) for run in (first, second)]
-        # One seed per (attribute, run): the two runs' resamples are independent draws.
-        means = [
-            bootstrap_metrics(c, {"rd": rd}, replicates, seed=seed + 2 * j + k)["rd"][1]
-            for k, c in enumerate(counts)
-        ]
         point = float(nanmean_rows(rd(counts[1])) - nanmean_rows(rd(counts[0])))
-        lo, hi = percentile_interval(means[1] - means[0])
+        if records is not None:
+            means = _paired_means(records, attr, classes, order, replicates, seed + j)
+        else:  # one seed per (attribute, run): the two runs' resamples are independent draws
+            means = [bootstrap_metrics(c, {"rd": rd}, replicates, seed=seed + 2 * j + k)["rd"][1]
+                     for k, c in enumerate(counts)]
+        lo, hi = holding(percentile_interval(means[1] - means[0]), point)
         out[attr] = (point, _finite(lo), _finite(hi))
     return out
+
+
+def _paired_means(records: Sequence[Mapping[str, list[dict[str, Any]]]], attr: str, classes: Sequence[str],
+                  order: Sequence[str], replicates: int, seed: int) -> list[np.ndarray]:
+    """Bootstrap suite-mean rd (B,) of both runs, resampling each prompt's sample indices jointly."""
+    rng = np.random.default_rng(seed)
+    index = {c: k for k, c in enumerate(classes)}
+    per_run = [np.full((replicates, len(order)), np.nan) for _ in records]
+    for i, pid in enumerate(order):
+        labels = [{int(r["sample"]): _class_of(r, attr, index) for r in run.get(pid, [])} for run in records]
+        samples = sorted(set(labels[0]) & set(labels[1]))
+        if not samples:
+            continue
+        draw = rng.integers(0, len(samples), size=(replicates, len(samples)))
+        for run, lab in enumerate(labels):
+            codes = np.array([lab[k] for k in samples])[draw]  # (B, n): class index, -1 without a label
+            counts = np.stack([(codes == k).sum(axis=1) for k in range(len(classes))], axis=1)
+            per_run[run][:, i] = rd(counts)
+    return [nanmean_rows(m) for m in per_run]
+
+
+def _class_of(rec: Mapping[str, Any], attr: str, index: Mapping[str, int]) -> int:
+    """A record's class index for an attribute (gender_x_race joined), -1 without a face or that label."""
+    if not rec.get("face"):
+        return -1
+    label = rec.get("label") or {}
+    value = "_".join(label.get(a, "") for a in attr.split("_x_")) if "_x_" in attr else label.get(attr)
+    return index.get(value, -1)
 
 
 def _counts(run: Mapping[str, Any], attr: str, classes: Sequence[str], order: Sequence[str]) -> np.ndarray:
@@ -117,6 +178,7 @@ def _labels(dirs: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> list[str
 def _row(label: str, run_dir: Path, results: Mapping[str, Any]) -> Row:
     summary = results["summary"]
     rds: dict[str, Interval | None] = {}
+    floors: dict[str, float | None] = {}
     for attr in METRIC_ATTRIBUTES:
         m = summary.get(attr)
         if not m:
@@ -124,10 +186,12 @@ def _row(label: str, run_dir: Path, results: Mapping[str, Any]) -> Row:
             continue
         lo, hi = m["rd"].get("ci95") or (None, None)
         rds[attr] = (m["rd"]["mean"], lo, hi)
+        floors[attr] = m["rd"].get("noise_floor")
     fidelity = summary.get("fidelity") or {}
     info = {
         "run_dir": str(run_dir), "model": results.get("model"), "suite": results.get("suite"),
         "images_per_prompt": results.get("images_per_prompt"), "n_prompts": len(results["prompts"]),
+        **{f"rd_{a}_noise_floor": f for a, f in floors.items()},
     }
     return Row(label, rds, summary.get("face_rate"), fidelity.get("value"), fidelity.get("metric"), info)
 
@@ -173,7 +237,13 @@ def _cells(row: Row, rows: Sequence[Row]) -> list[str]:
     return [row.label, *rds, _num(row.face_rate), _fidelity(row, rows)]
 
 
-def _markdown(rows: Sequence[Row]) -> str:
+def _floors(row: Row) -> str:
+    """"gender 0.06, race 0.05, ..." from a run row's noise floors."""
+    return ", ".join(f"{ATTRIBUTE_NAMES[a]} {_num(row.info.get(f'rd_{a}_noise_floor'))}" for a in METRIC_ATTRIBUTES
+                     if row.info.get(f"rd_{a}_noise_floor") is not None) or "–"
+
+
+def _markdown(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -181,17 +251,22 @@ def _markdown(rows: Sequence[Row]) -> str:
     out = [line(header), "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += [line(_cells(r, rows)) for r in rows]
     out += ["", "rd: mean over prompts [bootstrap ci95, images resampled within each prompt]; 0 = balanced."]
+    out += ["noise floor (the rd of a perfectly balanced model at the run's face counts): "
+            f"{r.label}: {_floors(r)}." for r in rows if not r.difference]
     if rows[-1].difference:
-        out.append("difference: paired over the same prompts, the runs resampled independently.")
+        out.append("difference: paired image by image (same seed: common random numbers)."
+                   if rows[-1].info.get("paired") else
+                   "difference: paired over the same prompts, the runs resampled independently (other seeds).")
+    out += [f"warning: {n}." for n in notes]
     return "\n".join(out) + "\n"
 
 
-def _csv(rows: Sequence[Row]) -> str:
+def _csv(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     """Machine-readable: numbers in their own columns (value, lo, hi), empty where not measured."""
     columns = ["run", "run_dir", "model", "suite", "images_per_prompt", "n_prompts"]
     for a in METRIC_ATTRIBUTES:
-        columns += [f"rd_{a}", f"rd_{a}_lo", f"rd_{a}_hi"]
-    columns += ["face_rate", "fidelity", "fidelity_metric"]
+        columns += [f"rd_{a}", f"rd_{a}_lo", f"rd_{a}_hi", f"rd_{a}_noise_floor"]
+    columns += ["face_rate", "fidelity", "fidelity_metric", "paired"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -222,7 +297,7 @@ def latex_escape(text: str) -> str:
     return "{}" + out if out.startswith("[") else out
 
 
-def _latex(rows: Sequence[Row]) -> str:
+def _latex(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); the difference row sits below a rule."""
     header = _header(rows)
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]

@@ -106,6 +106,25 @@ def read_records(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return {pid: [recs[k] for k in sorted(recs)] for pid, recs in by_prompt.items()}
 
 
+def folder_warnings(results: Mapping[str, Any]) -> list[str]:
+    """What a folder: audit did not find, one sentence each (also shown in the report)."""
+    folder = results.get("folder") or {}
+    out = []
+    if folder.get("prompts_without_images"):
+        ids = folder["prompts_without_images"]
+        out.append(f"{len(ids)} prompt(s) have no images in the folder: {', '.join(ids[:8])}"
+                   + (" ..." if len(ids) > 8 else ""))
+    if folder.get("prompts_short"):
+        short = folder["prompts_short"]
+        out.append(f"{len(short)} prompt(s) have fewer images than the {results['images_per_prompt']} asked: "
+                   + ", ".join(f"{k} {v}" for k, v in list(short.items())[:8]) + (" ..." if len(short) > 8 else ""))
+    if folder.get("unmatched_folders"):
+        names = folder["unmatched_folders"]
+        out.append(f"{len(names)} folder(s) match no prompt of the suite and were not read: {', '.join(names[:8])}"
+                   + (" ..." if len(names) > 8 else ""))
+    return out
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write <run_dir>/report.html (atomically) from results.json, manifest.json and perception.jsonl."""
     root = Path(run_dir)
@@ -152,6 +171,9 @@ def _context(root: Path, results: Mapping[str, Any], manifest: Mapping[str, Any]
         "floor_run": noise_floor(n_per_prompt, 2) if n_per_prompt else None,
         "names": ATTRIBUTE_NAMES,
         "corrected": _corrected(results),
+        "warnings": folder_warnings(results),
+        "effective_sampling": results.get("effective_sampling"),
+        "unreadable": summary.get("n_unreadable", 0),
     }
 
 
@@ -262,7 +284,8 @@ def _thumb(prompt_id: str, rec: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(source) if source else Path("images") / prompt_id / f"{sample:05d}.png"
     return {
         "path": path,
-        "href": path.resolve().as_uri() if source else path.as_posix(),
+        # a folder: audit records absolute files; older runs' relative ones cannot be resolved from here
+        "href": path.as_uri() if path.is_absolute() else path.as_posix(),
         "sample": sample,
         "face": bool(rec.get("face")),
         "error": rec.get("error"),

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from PIL import Image, UnidentifiedImageError
 
 from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES
@@ -50,7 +52,7 @@ class ShareCharts:
     def __init__(self, attributes: Sequence[str]):
         self.attributes = list(attributes)
         widths = [len(METRIC_ATTRIBUTES[a]) + 1 for a in self.attributes]
-        self.figure = Figure(figsize=(0.42 * sum(widths) + 0.6, 1.9), dpi=_CHART_DPI)
+        self.figure = Figure(figsize=(max(3.6, 0.42 * sum(widths) + 0.8), 2.1), dpi=_CHART_DPI)
         # The Agg canvas is attached to this figure only: no pyplot, no global backend switch, so a
         # notebook or GUI that imports fairgen keeps its own backend.
         self.canvas = FigureCanvasAgg(self.figure)
@@ -72,7 +74,16 @@ class ShareCharts:
             self.layers[attr] = [ax, list(bars), balanced, empty]
             for artist in [*bars, balanced, empty]:
                 artist.set_animated(True)  # left out of the background, drawn per prompt
-        self.figure.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.87, wspace=0.35)
+        # The legend says what the dashed line and the hatching mean; the left margin is set in inches so the
+        # first panel's y labels fit however few panels there are (age-gender measures two).
+        handles = [Line2D([], [], color="#555555", lw=0.8, ls="--", label="share if balanced")]
+        if JOINT in self.attributes:
+            handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///", label="male (gender × race)"))
+        self.figure.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=6, frameon=False,
+                           handlelength=1.8, borderaxespad=0.1)
+        width = self.figure.get_figwidth()
+        self.figure.subplots_adjust(left=min(0.3, 0.34 / width), right=0.99, bottom=0.16, top=0.78,
+                                    wspace=max(0.35, 0.3 * len(widths) / width))
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(self.figure.bbox)
 
