@@ -59,14 +59,31 @@ def test_expected_rd_exceeds_population_rd_near_balance_only():
 
 
 def test_bootstrap_is_seeded_and_resamples_within_prompts():
-    counts = np.array([[80, 20], [10, 90], [0, 0]])
-    a = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
-    b = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
-    np.testing.assert_array_equal(a[0], b[0])
-    per_prompt, suite = a
-    assert per_prompt.shape == (500, 3) and suite.shape == (500,)
+    """A replicate of a prompt is Multinomial(n, counts / n) of that prompt alone: every replicate keeps the
+    prompt's n, its class shares have the binomial mean and variance of its own counts (not the pooled
+    ones), prompts vary independently, and the suite mean is the mean of the prompts with faces.
+    Tolerances are 5 standard errors of each statistic over B = 4,000 replicates (false failure < 1e-5)."""
+    counts = np.array([[80, 20], [10, 90], [0, 0], [3, 1]])
+    b = 4000
+    metrics = {"rd": rd, "n": lambda r: r.sum(-1), "share": lambda r: r[..., 0] / r.sum(-1)}
+    out = bootstrap_metrics(counts, metrics, b, seed=7)
+    again = bootstrap_metrics(counts, metrics, b, seed=7)
+    np.testing.assert_array_equal(out["rd"][0], again["rd"][0])
+    assert not np.array_equal(out["rd"][0][:, :2], bootstrap_metrics(counts, metrics, b, seed=8)["rd"][0][:, :2])
+    per_prompt, suite = out["rd"]
+    assert per_prompt.shape == (b, 4) and suite.shape == (b,)
+    np.testing.assert_array_equal(out["n"][0], np.broadcast_to([100, 100, 0, 4], (b, 4)))  # n kept per prompt
     assert np.isnan(per_prompt[:, 2]).all()  # no faces: never resampled into a number
-    np.testing.assert_allclose(suite, per_prompt[:, :2].mean(axis=1))
+    np.testing.assert_allclose(suite, per_prompt[:, [0, 1, 3]].mean(axis=1))
+    share = out["share"][0][:, [0, 1, 3]]
+    p, n = np.array([0.8, 0.1, 0.75]), np.array([100, 100, 4])
+    var = p * (1 - p) / n
+    assert np.all(np.abs(share.mean(0) - p) <= 5 * np.sqrt(var / b))
+    # the sample variance of B draws has standard error ≈ var * sqrt((kurtosis - 1) / B); 5 s.e. with kurtosis ≤ 4
+    assert np.all(np.abs(share.var(0) - var) <= 5 * var * np.sqrt(3 / b) + 1e-12)
+    assert abs(np.corrcoef(share[:, 0], share[:, 1])[0, 1]) <= 5 / np.sqrt(b)  # prompts resampled apart
+    # the replicate values are the metric of a real resample: rd of the drawn shares
+    np.testing.assert_allclose(per_prompt[:, 0], np.abs(2 * out["share"][0][:, 0] - 1))
     ci = percentile_interval(per_prompt)
     assert ci[0, 0] < 0.6 < ci[0, 1] and ci[1, 0] < 0.8 < ci[1, 1]
 
