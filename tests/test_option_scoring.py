@@ -111,19 +111,3 @@ def test_option_logprobs_of_padded_rows_equal_each_row_alone(janus):
         hand = sum(float(torch.log_softmax(logits[n + i - 1], 0)[t]) for i, t in enumerate(cont))
         assert float(alone[0]) == pytest.approx(hand, abs=1e-5)
         assert float(batched[k]) == pytest.approx(hand, abs=1e-5)
-
-
-def test_option_distribution_renormalises_and_keeps_the_outside_mass():
-    logprobs = torch.log(torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64))
-    out = hf.option_distribution(["a", "b", "c"], logprobs, OTHER)
-    assert out == pytest.approx({"a": 2 / 6, "b": 1 / 6, "c": 3 / 6, OTHER: 0.4}, abs=1e-12)
-    # mass above one (rounding) never makes OTHER negative
-    over = hf.option_distribution(["a"], torch.tensor([1e-12], dtype=torch.float64), OTHER)
-    assert over == {"a": 1.0, OTHER: 0.0}
-
-
-def test_pad_continuations_marks_real_tokens():
-    like = torch.zeros(1, 2, dtype=torch.long)
-    ids, valid = hf.pad_continuations([[4], [5, 6, 7], [8, 9]], 0, like)
-    assert ids.tolist() == [[4, 0, 0], [5, 6, 7], [8, 9, 0]] and ids.dtype == torch.long
-    assert valid.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
