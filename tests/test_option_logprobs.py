@@ -1,4 +1,4 @@
-"""The option scoring of the transformers families (models/hf_common.py) on a small random causal LM (a
+"""The option scoring of the transformers families (models/hf/chat.py, models/hf/checks.py) on a small random causal LM (a
 2-layer Llama built from its config): every continuation's log-probability equals a plain forward pass
 over the unpadded sequence summed by hand, whatever the other options' lengths, and the distribution over
 options follows from them. Fast (well under a second), so the mutation run (docs/testing.md) uses it;
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fairgen.models import OTHER
-from fairgen.models import hf_common as hf
+from fairgen.models.hf import chat as hf
+from fairgen.models.hf.checks import check_options
 from fairgen.types import FairgenError
 
 PAD = 0
@@ -92,8 +93,8 @@ def test_pad_continuations_marks_real_tokens():
 @pytest.mark.parametrize("options", [[], ["a", "a"], ["a", " "], ["a", ""], ["a", 3]])
 def test_check_options_refuses_what_cannot_be_scored(options):
     with pytest.raises(FairgenError, match=r"^fam: answer options must be distinct non-empty strings"):
-        hf.check_options("fam", options)
+        check_options("fam", options)
 
 
 def test_check_options_accepts_distinct_strings():
-    hf.check_options("fam", ["male", "female", "unknown person"])
+    check_options("fam", ["male", "female", "unknown person"])

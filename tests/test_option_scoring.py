@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fairgen import models
-from fairgen.models import OTHER, hf_common as hf
+from fairgen.models import OTHER
+from fairgen.models.hf import chat as hf
 from test_models_checkpoints import emu3_dir, janus_dir, random_images  # noqa: F401  (session fixtures)
 
 QUESTION = "What is the gender of a nurse? Possible answers: male, female, unknown."
