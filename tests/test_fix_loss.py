@@ -205,3 +205,16 @@ def test_shard_takes_whole_units_round_robin_and_the_shards_partition_the_batch(
             assert torch.equal(getattr(mine, field), getattr(batch, field)[want])
         seen += mine.rows
     assert sorted(seen) == batch.rows  # every row in exactly one shard
+
+
+def test_combined_loss_passes_the_attributes_and_groups_on() -> None:
+    """combined_loss's BPO term is bpo_loss with the batch's attribute and group indices: sets split by
+    attribute (not pooled by prompt), and a set holding one group twice refused."""
+    logp = torch.tensor([-1.0, -2.0, -1.5, -2.5, -3.0, -4.0], dtype=torch.float64)
+    prompt, attribute = torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 1, 1, 1, 1])
+    group = torch.tensor([0, 1, 0, 1, 2, 3])
+    out = combined_loss(logp, prompt, attribute, group, alpha=0.0, beta=1.0)
+    assert out["bpo"].item() == pytest.approx(bpo_loss(logp, prompt, attribute, group).item(), rel=1e-12)
+    assert out["bpo"].item() != pytest.approx(bpo_loss(logp, prompt, None, None).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="two images of one group"):
+        combined_loss(logp, prompt, attribute, torch.tensor([0, 1, 0, 1, 2, 2]), alpha=1.0, beta=1.0)

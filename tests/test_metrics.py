@@ -14,6 +14,7 @@ from fairgen.metrics import (
     normalized_entropy,
     percentile_interval,
     rd,
+    rd_sampling_range,
 )
 from fairgen.types import Prompt
 
@@ -134,3 +135,29 @@ def test_missing_attribute_is_not_measured_not_zero():
     s = MetricFrame.from_records(prompts, recs, ("gender", "age")).summarize(50)["summary"]
     assert s["race"] is None and s["gender_x_race"] is None
     assert s["gender"]["rd"]["mean"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("p, n, level", [([0.5, 0.5], 200, 0.95), ([0.7, 0.3], 100, 0.9), ([0.25] * 4, 80, 0.95)])
+def test_rd_sampling_range_is_the_central_range_of_rd_over_samples(p, n, level):
+    """Against the exact distribution of rd (every count vector of n images, multinomial probabilities):
+    the share of samples below the range's low end and above its high end are each at most (1 - level)/2
+    plus Monte Carlo error (4 standard errors of 20,000 draws), and the range is the tightest such: moving
+    either end inwards by one attainable value leaves more than that outside."""
+    from itertools import product
+
+    from scipy.stats import multinomial
+
+    k = len(p)
+    vectors = np.array([c + (n - sum(c),) for c in product(range(n + 1), repeat=k - 1) if sum(c) <= n])
+    values, probs = rd(vectors), multinomial.pmf(vectors, n, p)
+    lo, hi = rd_sampling_range(p, n, level=level)
+    tail, slack = (1 - level) / 2, 4 * np.sqrt((1 - level) / 2 / 20_000)
+    assert probs[values < lo - 1e-12].sum() <= tail + slack
+    assert probs[values > hi + 1e-12].sum() <= tail + slack
+    levels = np.unique(np.round(values, 12))
+    inner_lo, inner_hi = levels[levels > lo + 1e-12].min(), levels[levels < hi - 1e-12].max()
+    assert probs[values < inner_lo - 1e-12].sum() > tail - slack
+    assert probs[values > inner_hi + 1e-12].sum() > tail - slack
+    assert lo in {float(v) for v in np.round(levels, 12)} or np.isclose(levels, lo).any()  # attained values
+    assert rd_sampling_range(p, n, level=level) == (lo, hi)  # seeded: the same range every time
+    assert rd_sampling_range([1.0, 0.0], n) == (1.0, 1.0)
