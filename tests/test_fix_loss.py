@@ -189,7 +189,7 @@ def _toy_batch(unit_rows: list[int]):
                  group_index=torch.tensor(place), unit_rows=unit_rows)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3, 6])  # 6: more processes than units, the last one's shard empty
 def test_shard_takes_whole_units_round_robin_and_the_shards_partition_the_batch(world) -> None:
     batch = _toy_batch([2, 4, 2, 4, 4])  # gender, race, gender, race, race sets
     starts = [0, 2, 6, 8, 12, 16]
@@ -214,6 +214,7 @@ def test_combined_loss_passes_the_attributes_and_groups_on() -> None:
     prompt, attribute = torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 1, 1, 1, 1])
     group = torch.tensor([0, 1, 0, 1, 2, 3])
     out = combined_loss(logp, prompt, attribute, group, alpha=0.0, beta=1.0)
+    assert set(out) == {"loss", "sft", "bpo"} and out["sft"].item() == pytest.approx(-logp.mean().item())
     assert out["bpo"].item() == pytest.approx(bpo_loss(logp, prompt, attribute, group).item(), rel=1e-12)
     assert out["bpo"].item() != pytest.approx(bpo_loss(logp, prompt, None, None).item(), rel=1e-6)
     with pytest.raises(ValueError, match="two images of one group"):
