@@ -41,6 +41,10 @@ def test_kl_and_entropy_known_values():
     assert normalized_entropy([1, 1, 1, 1]) == pytest.approx(1.0)
     assert normalized_entropy([5, 0, 0, 0]) == pytest.approx(0.0)
     assert normalized_entropy([3, 1]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2))
+    # one distribution gives a Python float, several an array of one value each
+    for fn in (rd, kl_uniform, normalized_entropy):
+        assert type(fn([3, 1])) is float
+        assert fn([[3, 1], [1, 1]]).shape == (2,)
 
 
 def test_noise_floor_matches_closed_form():
