@@ -87,7 +87,13 @@ def test_pairs_never_cross_prompts_or_attributes() -> None:
         same_prompt_pairs(torch.tensor([0, 0]), None, torch.tensor([1, 1]))
     # a single image has no pair: loss 0, and backward() still runs
     lone = torch.tensor([-1.0], requires_grad=True)
-    bpo_loss(lone, torch.tensor([0])).backward()
+    loss = bpo_loss(lone, torch.tensor([0]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert lone.grad.tolist() == [0.0]
+    # bpo_loss checks the groups it is given, as same_prompt_pairs does
+    with pytest.raises(ValueError, match="two images of one group"):
+        bpo_loss(torch.tensor([-1.0, -2.0]), torch.tensor([0, 0]), None, torch.tensor([1, 1]))
 
 
 def test_sft_and_combined() -> None:

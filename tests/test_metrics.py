@@ -58,6 +58,16 @@ def test_noise_floor_matches_closed_form():
     assert exact == pytest.approx(0.063, abs=0.001)
 
 
+def test_expected_rd_is_the_seeded_monte_carlo_mean():
+    """expected_rd is the mean rd of `draws` samples from numpy's generator seeded with `seed` (0 unless
+    given): the same number computed here, and another seed gives another (close) number."""
+    p, n = [0.6, 0.3, 0.1], 50
+    want = float(np.mean(rd(np.random.default_rng(0).multinomial(n, p, size=20_000))))
+    assert expected_rd(p, n) == want
+    assert expected_rd(p, n, draws=500, seed=3) == float(np.mean(rd(np.random.default_rng(3).multinomial(n, p, size=500))))
+    assert expected_rd(p, n, seed=1) != want and expected_rd(p, n, seed=1) == pytest.approx(want, abs=0.002)
+
+
 def test_expected_rd_exceeds_population_rd_near_balance_only():
     assert expected_rd([0.5, 0.5], 200) > 0.04
     assert expected_rd([0.9, 0.1], 200) == pytest.approx(0.8, abs=0.005)
