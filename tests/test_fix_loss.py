@@ -225,3 +225,9 @@ def test_combined_loss_passes_the_attributes_and_groups_on() -> None:
     assert out["bpo"].item() != pytest.approx(bpo_loss(logp, prompt, None, None).item(), rel=1e-6)
     with pytest.raises(ValueError, match="two images of one group"):
         combined_loss(logp, prompt, attribute, torch.tensor([0, 1, 0, 1, 2, 2]), alpha=1.0, beta=1.0)
+
+
+def test_an_empty_balanced_set_is_refused(tmp_path) -> None:
+    empty = BalancedSet(tmp_path, pd.DataFrame(columns=list(COLUMNS)), {})
+    with pytest.raises(ValueError, match="^the balanced set is empty$"):
+        BatchPlan(empty, units_per_batch=2)
