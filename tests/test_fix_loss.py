@@ -231,3 +231,31 @@ def test_an_empty_balanced_set_is_refused(tmp_path) -> None:
     empty = BalancedSet(tmp_path, pd.DataFrame(columns=list(COLUMNS)), {})
     with pytest.raises(ValueError, match="^the balanced set is empty$"):
         BatchPlan(empty, units_per_batch=2)
+
+
+def test_a_drawn_batch_carries_each_row_and_uses_the_smallest_group(tmp_path) -> None:
+    """Every field of a drawn batch is that of its rows (explicit prompt, image, unit sizes), and a unit
+    whose groups hold unequal numbers of images uses as many copies as its smallest group has."""
+    import numpy as np
+
+    data = _toy_set(tmp_path, n_prompts=2, per_group=3)
+    frame = data.frame
+    # one prompt's "male" images cut to one: that gender unit has a single copy
+    drop = frame.index[(frame["prompt_id"] == "c0") & (frame["group"] == "male") & (frame["sample"] > 0)]
+    data = BalancedSet(tmp_path, frame.drop(drop).reset_index(drop=True), {})
+    plan = BatchPlan(data, units_per_batch=4, seed=1)
+    sizes = {(plan.prompt_ids[p], list(ATTRIBUTES)[a]): grid.shape for p, a, grid in plan.units}
+    assert sizes[("c0", "gender")] == (2, 1) and sizes[("c1", "gender")] == (2, 3)
+    assert sizes[("c0", "race")] == (4, 3)
+    for step in range(3):
+        batch = plan.draw(stage=0, step=step)
+        rows = plan.frame.iloc[batch.rows]
+        assert batch.explicit_prompts == rows["prompt"].tolist()
+        assert batch.prompts == rows["neutral_prompt"].tolist()
+        assert len(batch.images) == len(batch.rows)
+        for r, image in zip(batch.rows, batch.images):
+            assert np.array_equal(np.asarray(image), np.asarray(data.image(r)))
+        units = list(zip(batch.prompt_index.tolist(), batch.attribute_index.tolist()))
+        starts = np.cumsum([0, *batch.unit_rows])
+        assert batch.unit_rows == [len(ATTRIBUTES[list(ATTRIBUTES)[units[s][1]]]) for s in starts[:-1]]
+        assert sum(batch.unit_rows) == len(batch.rows)
