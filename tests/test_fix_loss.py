@@ -15,6 +15,9 @@ from fairgen.fix.loss import bpo_loss, combined_loss, log_odds, pair_loss, same_
 from fairgen.types import ATTRIBUTES
 
 
+BROKEN_BATCH = "^BPO batch holds two images of one group for the same prompt and attribute$"
+
+
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
@@ -83,7 +86,7 @@ def test_pairs_never_cross_prompts_or_attributes() -> None:
     assert len(i) == 1 + 6 + 6
     assert bool((prompt[i] == prompt[j]).all() and (attribute[i] == attribute[j]).all())
     # a set holding a group twice is a broken batch, refused
-    with pytest.raises(ValueError, match="^BPO batch holds two images of one group for the same prompt and attribute$"):
+    with pytest.raises(ValueError, match=BROKEN_BATCH):
         same_prompt_pairs(torch.tensor([0, 0]), None, torch.tensor([1, 1]))
     # a single image has no pair: loss 0, and backward() still runs
     lone = torch.tensor([-1.0], requires_grad=True)
@@ -92,7 +95,7 @@ def test_pairs_never_cross_prompts_or_attributes() -> None:
     loss.backward()
     assert lone.grad.tolist() == [0.0]
     # bpo_loss checks the groups it is given, as same_prompt_pairs does
-    with pytest.raises(ValueError, match="^BPO batch holds two images of one group for the same prompt and attribute$"):
+    with pytest.raises(ValueError, match=BROKEN_BATCH):
         bpo_loss(torch.tensor([-1.0, -2.0]), torch.tensor([0, 0]), None, torch.tensor([1, 1]))
 
 
@@ -223,7 +226,7 @@ def test_combined_loss_passes_the_attributes_and_groups_on() -> None:
     assert set(out) == {"loss", "sft", "bpo"} and out["sft"].item() == pytest.approx(-logp.mean().item())
     assert out["bpo"].item() == pytest.approx(bpo_loss(logp, prompt, attribute, group).item(), rel=1e-12)
     assert out["bpo"].item() != pytest.approx(bpo_loss(logp, prompt, None, None).item(), rel=1e-6)
-    with pytest.raises(ValueError, match="^BPO batch holds two images of one group for the same prompt and attribute$"):
+    with pytest.raises(ValueError, match=BROKEN_BATCH):
         combined_loss(logp, prompt, attribute, torch.tensor([0, 1, 0, 1, 2, 2]), alpha=1.0, beta=1.0)
 
 
