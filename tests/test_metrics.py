@@ -101,6 +101,15 @@ def test_bootstrap_is_seeded_and_resamples_within_prompts():
     np.testing.assert_allclose(per_prompt[:, 0], np.abs(2 * out["share"][0][:, 0] - 1))
     ci = percentile_interval(per_prompt)
     assert ci[0, 0] < 0.6 < ci[0, 1] and ci[1, 0] < 0.8 < ci[1, 1]
+    # a prompt of one face resamples that face; counts given as floats are counts all the same
+    one = bootstrap_metrics([[0, 1], [2, 2]], {"share": lambda r: r[..., 0] / r.sum(-1)}, 50, seed=1)["share"][0]
+    assert (one[:, 0] == 0).all() and one[:, 1].std() > 0
+    floats = bootstrap_metrics(counts.astype(float), metrics, 200, seed=7)
+    np.testing.assert_array_equal(floats["share"][0], bootstrap_metrics(counts, metrics, 200, seed=7)["share"][0])
+    # the defaults: 1,000 replicates from seed 0
+    default = bootstrap_metrics(counts[:2], {"rd": rd})["rd"][0]
+    assert default.shape == (1000, 2)
+    np.testing.assert_array_equal(default, bootstrap_metrics(counts[:2], {"rd": rd}, 1000, seed=0)["rd"][0])
 
 
 # Shares off the lattice of attainable rd values: a true rd that a sample can hit exactly is covered by
