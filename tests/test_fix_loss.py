@@ -143,6 +143,11 @@ def test_batches_are_prompt_major_and_every_pair_shares_its_prompt(tmp_path) -> 
         assert len(units) == sum(len(ATTRIBUTES[attrs[a]]) for _, a in set(units))
     assert plan.draw(1, 3).rows == plan.draw(1, 3).rows  # deterministic in (stage, step): resumes draw alike
     assert plan.draw(1, 3).rows != plan.draw(2, 3).rows
+    # the seed defaults to 0, and another seed draws other batches
+    default = BatchPlan(plan.data, units_per_batch=4)
+    assert [default.draw(1, s).rows for s in range(5)] == [plan.draw(1, s).rows for s in range(5)]
+    other = BatchPlan(plan.data, units_per_batch=4, seed=1)
+    assert [other.draw(1, s).rows for s in range(5)] != [plan.draw(1, s).rows for s in range(5)]
 
 
 def test_one_prompt_with_both_attributes_weighs_each_attribute_set_equally() -> None:
