@@ -61,7 +61,7 @@ def _generalisation(report: Mapping[str, Any]) -> dict[str, Any]:
     for name, pair in suites.items():
         for attr in attributes:
             b, a = pair["before"]["rd"].get(attr), pair["after"]["rd"].get(attr)
-            if not (b and a):
+            if not (b and a) or b["mean"] is None or a["mean"] is None:
                 continue
             upper = (b.get("ci95") or [None, None])[1]
             upper = b["mean"] if upper is None else upper
