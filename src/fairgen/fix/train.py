@@ -26,7 +26,10 @@ On disk, under the fix run's directory:
                       "elapsed_s"}
     checkpoint/       the latest state: lora.safetensors, state.pt (optimizer, stage, step), written whole
                       or not at all (a temporary folder renamed into place)
-    adapter/          the trained adapter (peft save_pretrained), written when both stages are done
+    adapter/          the adapter kept (peft save_pretrained), written when training is done
+    validation.jsonl  with a validation (validation.py): one record per measured step (0, every K, the last)
+    best/             the LoRA weights of the best measured step so far (lora.safetensors, record.json)
+    selection.json    the step kept and why, and where training stopped early
 A re-run resumes from checkpoint/ and draws the same batches as an uninterrupted run would have.
 """
 
