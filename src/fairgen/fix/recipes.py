@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
+from ..audit import PAPER_PRESET as PAPER_SAMPLING  # the paper's sampling, as `fairgen audit --preset paper`
 from ..types import FairgenError
 
-# Sampling of the paper's preset (also `fairgen audit --preset paper`).
-PAPER_SAMPLING = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
 PRESETS = ("paper",)
 
 _COMMON = {"sft_steps": 150, "bpo_steps": 300, "alpha": 1.0, "beta": 1.0, "rank": 8, "lora_alpha": None,
