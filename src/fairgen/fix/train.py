@@ -211,7 +211,7 @@ def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out
             records, stopped = _run_stages(model, peft_model, plan, config, out, progress, procs, validation, pause)
             if validation is not None and len(records) > 1:
                 kept, why = choose(records, validation.keep)
-                if kept["step"] != records[-1]["step"]:
+                if procs.main and kept["step"] != records[-1]["step"]:  # rank 0 alone saves the adapter
                     set_peft_model_state_dict(peft_model, load_file(str(out / BEST / "lora.safetensors")))
                 if procs.main:
                     atomic_write_json(out / SELECTION, {"kept_step": kept["step"], "reason": why,
