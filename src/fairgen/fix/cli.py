@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +12,21 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from .checks import CHECK_IMAGES, DEFAULT_CHECK_SUITES
+from ..config import default
+from ..models.registry import help_texts, spec_help
+from ..models.sampling import preset_help
+from .pipeline import FixConfig
 
 console = Console(stderr=True)
+HELP = help_texts()
+
+
+def D(name: str):  # noqa: N802  (reads like the constant it stands for)
+    """FixConfig's default of a field: each default is written once, there (None: the family's recipe or
+    the preset's, fix/recipes.py)."""
+    return default(FixConfig, name)
+
+
 RECIPE = "default: the model family's recipe (fix/recipes.py; docs/fix.md)"
 
 
@@ -39,108 +52,100 @@ class _Bars:
 
 
 def fix_command(
-    model: str = typer.Option(..., help="Model spec to fix (needs LoRA): tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>."),
-    train_suite: str = typer.Option("occupations:train", "--train-suite",
+    model: str = typer.Option(..., help=f"Model spec to fix (needs LoRA): {spec_help('lora')}."),
+    train_suite: str = typer.Option(D("train_suite"), "--train-suite",
                                     help="Suite NAME:split the balanced set is built from."),
-    test_suite: str = typer.Option("occupations:test", "--test-suite", help="Suite NAME:split audited before and after."),
-    attributes: str = typer.Option("gender", help="Attributes to balance: gender, race, or 'gender,race' (mix)."),
-    method: str = typer.Option("bpo", help="bpo (stage 1 SFT, then stage 2 BPO), sft (text -> image SFT only), "
+    test_suite: str = typer.Option(D("test_suite"), "--test-suite", help="Suite NAME:split audited before and after."),
+    attributes: str = typer.Option(",".join(D("attributes")), help="Attributes to balance: gender, race, or 'gender,race' (mix)."),
+    method: str = typer.Option(D("method"), help="bpo (stage 1 SFT, then stage 2 BPO), sft (text -> image SFT only), "
                                "understanding-sft (image -> text: captions), prompt (', any gender' appended; no "
                                "training) or all (the four, one table)."),
     out: Path = typer.Option(..., help="Fix run directory (re-run the same command to resume)."),
-    data_source: Optional[str] = typer.Option(None, "--data-source", help="Who draws the balanced set: model, world, "
-                                              "diffusers:<id|dir> or folder:<dir> (<dir>/images/<explicit prompt id>/); "
-                                              "default: world for tiny, model for the others."),
-    perception: Optional[str] = typer.Option(None, help="Perception backend (default: world for tiny)."),
-    images_per_group: int = typer.Option(4, "--images-per-group",
+    data_source: Optional[str] = typer.Option(D("data_source"), "--data-source", help="Who draws the balanced set: "
+                                              "model, world, diffusers:<id|dir> or folder:<dir> (<dir>/images/<explicit "
+                                              "prompt id>/); default: world for tiny, model for the others."),
+    perception: Optional[str] = typer.Option(None, help=HELP["perception"]),
+    images_per_group: int = typer.Option(D("images_per_group"), "--images-per-group",
                                          help="Balanced-set images per prompt and group, before filtering."),
-    check_concept: bool = typer.Option(False, "--check-concept", help="Also drop balanced-set images whose "
+    check_concept: bool = typer.Option(D("check_concept"), "--check-concept", help="Also drop balanced-set images whose "
                                        "concept cue is not the prompt's (perception that reads one: world)."),
-    train_prompts: Optional[int] = typer.Option(None, "--train-prompts",
+    train_prompts: Optional[int] = typer.Option(D("train_prompts"), "--train-prompts",
                                                 help="Use at most this many training prompts (evenly spread)."),
-    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help=f"Stage 1 (SFT) steps; 0 skips it ({RECIPE})."),
-    bpo_steps: Optional[int] = typer.Option(None, "--bpo-steps", help=f"Stage 2 steps, method bpo ({RECIPE})."),
-    alpha: Optional[float] = typer.Option(None, help=f"Stage 2 weight of the SFT loss (paper: 0; {RECIPE})."),
-    beta: Optional[float] = typer.Option(None, help=f"Stage 2 weight of the BPO loss (paper: 1; {RECIPE})."),
-    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate of the LoRA weights ({RECIPE})."),
-    bpo_lr: Optional[float] = typer.Option(None, "--bpo-lr", help="Stage 2's peak learning rate (default: --lr; "
-                                           "paper preset 8e-7)."),
-    anchor: Optional[float] = typer.Option(None, help="Weight of an SFT term on the explicit prompts the balanced images "
-                                           "were made from, in every stage: keeps explicit prompts followed (0: off, "
-                                           "the paper; default 2 for gender alone, 3 with race)."),
-    rank: Optional[int] = typer.Option(None, help=f"LoRA rank ({RECIPE}: 8; paper preset 32)."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank; paper "
-                                               "preset 32)."),
-    units_per_batch: int = typer.Option(8, "--units-per-batch",
+    sft_steps: Optional[int] = typer.Option(D("sft_steps"), "--sft-steps", help=f"Stage 1 (SFT) steps; 0 skips it ({RECIPE})."),
+    bpo_steps: Optional[int] = typer.Option(D("bpo_steps"), "--bpo-steps", help=f"Stage 2 steps, method bpo ({RECIPE})."),
+    alpha: Optional[float] = typer.Option(D("alpha"), help=f"Stage 2 weight of the SFT loss (paper: 0; {RECIPE})."),
+    beta: Optional[float] = typer.Option(D("beta"), help=f"Stage 2 weight of the BPO loss (paper: 1; {RECIPE})."),
+    lr: Optional[float] = typer.Option(D("lr"), help=f"Peak learning rate of the LoRA weights ({RECIPE})."),
+    bpo_lr: Optional[float] = typer.Option(D("bpo_lr"), "--bpo-lr", help="Stage 2's peak learning rate (default: "
+                                           "--lr; paper preset 8e-7)."),
+    anchor: Optional[float] = typer.Option(D("anchor"), help="Weight of an SFT term on the explicit prompts the balanced "
+                                           "images were made from, in every stage: keeps explicit prompts followed (0: "
+                                           "off, the paper; default 2 for gender alone, 3 with race)."),
+    rank: Optional[int] = typer.Option(D("rank"), help=f"LoRA rank ({RECIPE}: 8; paper preset 32)."),
+    lora_alpha: Optional[float] = typer.Option(D("lora_alpha"), "--lora-alpha", help="LoRA alpha (default 2 x rank; "
+                                               "paper preset 32)."),
+    units_per_batch: int = typer.Option(D("units_per_batch"), "--units-per-batch",
                                         help="Prompts per batch, each with one image of every group."),
-    val_concepts: int = typer.Option(16, "--val-concepts", help="Training concepts held out for validation (0: no "
-                                     "validation; fewer than half of the suite's concepts)."),
-    val_images: int = typer.Option(32, "--val-images", help="Images per validation prompt."),
-    val_explicit_images: int = typer.Option(8, "--val-explicit-images",
+    val_concepts: int = typer.Option(D("val_concepts"), "--val-concepts", help="Training concepts held out for "
+                                     "validation (0: no validation; fewer than half of the suite's concepts)."),
+    val_images: int = typer.Option(D("val_images"), "--val-images", help="Images per validation prompt."),
+    val_explicit_images: int = typer.Option(D("val_explicit_images"), "--val-explicit-images",
                                             help="Images per explicit validation prompt (every held-out concept and group)."),
-    val_every: int = typer.Option(75, "--val-every", help="Validate every K optimizer steps (and at 0 and the end)."),
-    patience: int = typer.Option(3, help="Stop after this many validations without a better adapter (0: never)."),
-    keep: Optional[str] = typer.Option(None, help="Adapter kept: best (the validation's choice; default) or last "
+    val_every: int = typer.Option(D("val_every"), "--val-every", help="Validate every K optimizer steps (and at 0 "
+                                  "and the end)."),
+    patience: int = typer.Option(D("patience"), help="Stop after this many validations without a better adapter (0: "
+                                 "never)."),
+    keep: Optional[str] = typer.Option(D("keep"), help="Adapter kept: best (the validation's choice; default) or last "
                                        "(paper preset)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when a guardrail of the verdict fails."),
-    merge_for_audit: bool = typer.Option(True, "--merge-for-audit/--no-merge-for-audit",
+    merge_for_audit: bool = typer.Option(D("merge_for_audit"), "--merge-for-audit/--no-merge-for-audit",
                                          help="Merge the adapter into the weights for the after audits (engine "
                                          "speed; restored exactly after)."),
-    images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per test prompt in the audits."),
-    explicit_concepts: int = typer.Option(5, "--explicit-concepts",
+    images_per_prompt: int = typer.Option(D("images_per_prompt"), "--images-per-prompt", "-n", help="Images per test prompt in the audits."),
+    explicit_concepts: int = typer.Option(D("explicit_concepts"), "--explicit-concepts",
                                           help="Test prompts of the explicit-adherence check (0: none)."),
-    explicit_images: int = typer.Option(32, "--explicit-images", help="Images per explicit prompt in that check."),
-    check_suites: str = typer.Option(",".join(DEFAULT_CHECK_SUITES), "--check-suites",
+    explicit_images: int = typer.Option(D("explicit_images"), "--explicit-images", help="Images per explicit prompt in that check."),
+    check_suites: str = typer.Option(",".join(D("check_suites")), "--check-suites",
                                      help="Other suites audited before and after, comma-separated ('none': no check)."),
-    check_images: int = typer.Option(CHECK_IMAGES, "--check-images", help="Images per prompt of the check suites "
+    check_images: int = typer.Option(D("check_images"), "--check-images", help="Images per prompt of the check suites "
                                      "(64: noise floor of gender rd 0.099, of race 0.070)."),
-    check_prompts: Optional[int] = typer.Option(50, "--check-prompts",
+    check_prompts: Optional[int] = typer.Option(D("check_prompts"), "--check-prompts",
                                                 help="At most this many prompts per check suite (evenly spread)."),
-    understanding_images: int = typer.Option(64, "--understanding-images", help="Labelled world images of the "
+    understanding_images: int = typer.Option(D("understanding_images"), "--understanding-images", help="Labelled world images of the "
                                              "understanding-accuracy check (0: none)."),
     before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between "
                                           "fix runs (default: OUT/before)."),
     device: Optional[str] = typer.Option(None, help="Device of the model: cpu, cuda, cuda:1 (default: the "
-                                         "model's: tiny cpu, janus / emu3 cuda when present)."),
-    dtype: Optional[str] = typer.Option(None, help="Weights of janus / emu3: bf16, fp16, fp32 (default bf16 on "
-                                        "GPU, fp32 on CPU)."),
-    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="KEY=VALUE option of the "
-                                                     "model's family, repeatable (emu3: image_area=65536)."),
-    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing",
-                                                help="Recompute decoder layers in backward (janus / emu3)."),
-    seed: int = typer.Option(0, help="Seed of images, batches and LoRA initialisation."),
+                                         "family's; `fairgen models`)."),
+    dtype: Optional[str] = typer.Option(None, help="The dtype option of families that take one: bf16, fp16, fp32 "
+                                        "(= --model-option dtype=...)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help=HELP["options"]),
+    gradient_checkpointing: bool = typer.Option(D("gradient_checkpointing"), "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Recompute decoder layers in backward (models whose LoRA "
+                                                "root supports it: the transformers families)."),
+    seed: int = typer.Option(D("seed"), help="Seed of images, batches and LoRA initialisation."),
     cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (generation)."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
-    preset: Optional[str] = typer.Option(None, help="'paper': the paper's training (alpha 0, beta 1, lr 1e-4 then "
-                                         "8e-7, LoRA rank 32 / alpha 32, no anchor, last adapter kept) and sampling "
-                                         "(cfg 3.0, temperature 0.9, top-p 0.6)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
+    preset: Optional[str] = typer.Option(None, help=preset_help() + "; for fix also the paper's training (alpha 0, "
+                                         "beta 1, lr 1e-4 then 8e-7, LoRA rank 32 / alpha 32, no anchor, last adapter)."),
+    batch_size: int = typer.Option(D("batch_size"), "--batch-size", help="Images per generate() call (a family may split a call "
+                                   "further to fit free memory)."),
 ) -> None:
     """Debias a model: balanced data, LoRA SFT then the balanced preference loss, and a before/after audit."""
     from ..distributed import launch_rank
     from ..models import parse_options
+    from ..models.sampling import settings
     from . import table as fix_table
-    from .pipeline import METHODS, FixConfig, fix, parse_attributes
+    from .pipeline import METHODS, fix, parse_attributes
     from .report import REPORT_HTML, REPORT_JSON, REPORT_MD, markdown
 
-    sampling: dict[str, float] = {}  # the user's; the preset's fill the rest (recipes.resolve)
-    for key, value in (("cfg", cfg), ("temperature", temperature), ("top_p", top_p)):
-        if value is not None:
-            sampling[key] = value
-    config = FixConfig(
-        model=model, train_suite=train_suite, test_suite=test_suite, attributes=parse_attributes(attributes),
-        method=method, preset=preset, data_source=data_source, perception=perception, images_per_group=images_per_group,
-        check_concept=check_concept, train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps,
-        alpha=alpha, beta=beta, anchor=anchor, lr=lr, bpo_lr=bpo_lr, rank=rank, lora_alpha=lora_alpha,
-        units_per_batch=units_per_batch, val_concepts=val_concepts, val_images=val_images,
-        val_explicit_images=val_explicit_images, val_every=val_every, patience=patience, keep=keep,
-        merge_for_audit=merge_for_audit, images_per_prompt=images_per_prompt,
-        explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
-        batch_size=batch_size, before=str(before) if before else None, check_suites=_suites(check_suites),
-        check_images=check_images, check_prompts=check_prompts, understanding_images=understanding_images,
-        device=device, dtype=dtype, model_options=parse_options(model_option or []),
-        gradient_checkpointing=gradient_checkpointing)
+    given = dict(locals())  # the options, by FixConfig's field names; those below need converting
+    converted = {"attributes": parse_attributes(attributes), "check_suites": _suites(check_suites),
+                 "sampling": settings(preset, cfg=cfg, temperature=temperature, top_p=top_p),
+                 "before": str(before) if before else None, "model_options": parse_options(model_option or [])}
+    config = FixConfig(**{f.name: converted[f.name] if f.name in converted else given[f.name]
+                          for f in fields(FixConfig)})
     bars = _Bars()
     try:
         report = fix(config, out, progress=bars)

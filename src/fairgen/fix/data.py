@@ -37,7 +37,8 @@ import pandas as pd
 from PIL import Image
 
 from .. import suites
-from ..models.base import UnifiedModel
+from ..config import AuditConfig
+from ..models.protocols import ImageSource, Model as UnifiedModel
 from ..perception.base import PerceptionBackend
 from ..store import RunStore, derive_seed, perception_record
 from ..types import ATTRIBUTES, FairgenError, Perception, Prompt
@@ -111,7 +112,7 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
               sampling: dict[str, Any]) -> list[tuple[Image.Image | None, str | None, str | None]]:
     """(image, error, source file) for each planned item: from a folder source's files, from the store
     when made before, else generated in one call and stored."""
-    if hasattr(source, "read"):
+    if isinstance(source, ImageSource):
         return [(*source.read(r.explicit, k), str(source.source(r.explicit, k))) for r, k, _ in plan]
     out: list[tuple[Image.Image | None, str | None, str | None]] = []
     missing = []
@@ -131,7 +132,7 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
 
 def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedModel, backend: PerceptionBackend,
           out: str | Path, images_per_group: int = 4, seed: int = 0, sampling: dict[str, Any] | None = None,
-          batch_size: int = 64, check_concept: bool = False, progress: Progress | None = None) -> "BalancedSet":
+          batch_size: int = AuditConfig.batch_size, check_concept: bool = False, progress: Progress | None = None) -> "BalancedSet":
     """Make (or finish, or reuse) the balanced set in `out`; see the module docstring. Returns it loaded."""
     if images_per_group < 1:
         raise FairgenError(f"--images-per-group must be >= 1 (got {images_per_group})")
@@ -139,7 +140,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
     if missing:
         raise FairgenError(f"perception {backend.name} does not measure {', '.join(missing)}: "
                            "it cannot check the balanced set")
-    cross = len(attributes) > 1 and not hasattr(source, "read")
+    cross = len(attributes) > 1 and not isinstance(source, ImageSource)
     reqs = requests(prompts, attributes, cross)
     sampling = dict(sampling or {})
     config = {"stage": "fix-data", "source": source.spec, "prompt_ids": [p.id for p in prompts],
@@ -149,7 +150,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
         config["copies_name_other_attributes"] = True
     store = RunStore.open(out, config, {"source_provenance": source.provenance(),
                                         "perception_provenance": backend.provenance()})
-    if hasattr(source, "bind"):  # images on disk: match the folder to the explicit prompts
+    if isinstance(source, ImageSource):  # images on disk: match the folder to the explicit prompts
         source.bind([r.explicit for r in reqs])
     records = store.load_records()
     plan = [(r, k, derive_seed(seed, r.explicit_at(k).id, k))

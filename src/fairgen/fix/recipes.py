@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from ..audit import PAPER_PRESET as PAPER_SAMPLING  # the paper's sampling, as `fairgen audit --preset paper`
+from ..models.sampling import PRESETS as SAMPLING_PRESETS
 from ..types import FairgenError
 
+PAPER_SAMPLING = SAMPLING_PRESETS["paper"]  # the paper's sampling, as `fairgen audit --preset paper`
 PRESETS = ("paper",)
 
 _COMMON = {"sft_steps": 150, "bpo_steps": 300, "alpha": 1.0, "beta": 1.0, "rank": 8, "lora_alpha": None,
