@@ -31,6 +31,7 @@ from conftest import FIX_CONCEPTS
 def _config(mini, suites_dir, **kw) -> FixConfig:
     base = dict(model=f"tiny:{mini}", train_suite=str(suites_dir / "train.yaml"), test_suite=str(suites_dir / "test.yaml"),
                 data_source="world", images_per_group=3, sft_steps=30, bpo_steps=30, lr=3e-3, units_per_batch=2,
+                alpha=0.0, anchor=0.0,
                 images_per_prompt=12, explicit_concepts=1, explicit_images=4, batch_size=32, check_suites=(),
                 understanding_images=0)
     return FixConfig(**{**base, **kw})
