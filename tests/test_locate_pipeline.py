@@ -62,7 +62,9 @@ def test_cli_writes_findings_and_a_self_contained_page_and_resumes(checkpoint, s
         assert findings["verdicts"][key]["verdict"] in ("biased", "not biased", "inconclusive")
     assert (out / "audit" / "results.json").is_file()
     stages = sorted(p.name for p in (out / "stages").rglob("*.json"))
-    assert stages == ["hidden_probe.json", "judge.json", "nurse.json", "tokenizer.json", "understanding.json"]
+    looks = findings["language_model"]["controlled"]["looks_used"]
+    assert stages == sorted(["hidden_probe.json", "tokenizer.json", "understanding.json",
+                             *(f"{k}.json" for k in range(looks) for _ in ("judge", "nurse"))])
     html = (out / "locate.html").read_text()
     assert "Content-Security-Policy" in html and "<script" not in html
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)

@@ -50,7 +50,10 @@ def locate_command(
     labelled: Annotated[str | None, typer.Option(
         help="Labelled images for the tokenizer audit: world[:N] (default world:800 for tiny/world), a CSV "
              "file,gender,race,age or a folder of class folders.")] = None,
-    sequences: Annotated[int, typer.Option(help="Code sequences per prompt and variant in the LM audit.")] = 16,
+    sequences: Annotated[int, typer.Option(help="Code sequences per prompt in the LM audit's first look.")] = 16,
+    budget: Annotated[int, typer.Option(help="Looks per sampled component (tokenizer, LM): each doubles its "
+                                             "samples until the verdict is decided, up to 2^(budget-1) times "
+                                             "the first look's.")] = 6,
     perception: Annotated[str | None, typer.Option(help="Perception backend (default: the audit's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the audit, renders, sequences and bootstraps.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 64,
@@ -64,7 +67,7 @@ def locate_command(
     try:
         findings = locate(model, suite, out, audit=audit, images_per_prompt=images_per_prompt, labelled=labelled,
                           sequences=sequences, seed=seed, perception_backend=perception, batch_size=batch_size,
-                          progress=bars)
+                          progress=bars, budget=budget)
     finally:
         bars.stop()
     if launch_rank() != 0:  # launched as several processes (docs/distributed.md): the main one speaks
@@ -72,7 +75,9 @@ def locate_command(
     v = findings["verdicts"]
     for key, name in (("understanding", "understanding"), ("tokenizer", "vision tokenizer"),
                       ("language_model", "language model")):
-        typer.echo(f"{name}: {v[key]['verdict']}")
+        effort = v[key].get("effort") or {}
+        spent = ", ".join(f"{k} {val}" for k, val in effort.items() if val is not None and k != "exact")
+        typer.echo(f"{name}: {v[key]['verdict']}" + (f" ({spent})" if spent else ""))
     typer.echo(v["headline"])
     typer.echo(f"findings: {out / 'findings.json'}  report: {out / 'locate.html'}")
 
