@@ -7,7 +7,7 @@ locate's verdicts on each against that truth (the table of docs/locate.md "Valid
 Builds (or reuses) plant.validation_set under ROOT/checkpoints, then runs `locate` on each variant over
 the six occupations its language model was trained on (64 images per prompt, world:800 labelled renders
 as the tokenizer's first look, 16 sequences as the LM's first look, the default budget of looks). Prints
-a markdown table (variant, truth, verdicts, effort, wall time) and writes ROOT/validation.json with every
+a markdown table (variant, truth, verdicts, effort, wall time) and writes ROOT/validation-<variants>.json with every
 verdict, the share of component verdicts that are decisive and the number that are wrong.
 """
 
@@ -62,18 +62,21 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=DEFAULT_LOOKS)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--no-build", action="store_true", help="locate the variants already under ROOT/checkpoints")
     ap.add_argument("--parallel", type=int, default=1, help="variants located at once (processes)")
+    ap.add_argument("--variants", default=",".join(VALIDATION_TRUTH), help="comma-separated variants to locate")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    dirs = validation_set(args.root / "checkpoints", device=args.device, workers=args.workers)
+    dirs = ({n: args.root / "checkpoints" / n for n in VALIDATION_TRUTH} if args.no_build
+            else validation_set(args.root / "checkpoints", device=args.device, workers=args.workers))
     built = time.time() - start
     print(f"validation set ready in {built:.0f} s ({args.device})", flush=True)
     if args.build_only:
         return
     jobs = [(name, str(dirs[name]), args.device, args.budget, str(args.root), args.threads)
-            for name in VALIDATION_TRUTH]
+            for name in args.variants.split(",")]
     if args.parallel > 1:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
@@ -101,7 +104,7 @@ def main() -> None:
     report = {"device": args.device, "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
               "build_seconds": round(built, 1), "budget": args.budget, "rows": rows, "wrong": wrong,
               "decisive_share": decisive / total, "date": time.strftime("%Y-%m-%d")}
-    (args.root / "validation.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.root / f"validation-{'-'.join(r['variant'] for r in rows)}.json").write_text(json.dumps(report, indent=1) + "\n")
     print("\n| variant | truth (U / T / LM) | understanding | tokenizer | language model | effort | time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -12,9 +12,9 @@ Pair it with a language model trained on balanced data for a model whose only bi
     fairgen tiny train --spec balanced.yaml --tokenizer-from tiny_weights/ --out /tmp/balanced
     fairgen tiny plant-tokenizer-bias --model /tmp/balanced --out /tmp/tokenizer-biased
 
-`validation_pair` builds such a pair on a CPU (docs/locate.md "Validation"): a model whose bias is in its
-language model (trained on the packaged, skewed spec) and one whose bias is only in its tokenizer (the
-same tokenizer, a language model trained on balanced data, then the decoder planted).
+`plant_understanding_bias` teaches a balanced LM's blank-image answers a spec's stereotypes while its
+generation examples stay balanced. `validation_set` builds the validation set of docs/locate.md from these
+(`benchmarks/locate_validation.py` builds it and locates every variant).
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ from ..types import ATTRIBUTES, FairgenError
 
 # A balanced world spec (every concept drawn from the uniform default): the LM data of a tokenizer-only bias.
 BALANCED_SPEC = {"default": {a: {c: 1 / len(cs) for c in cs} for a, cs in ATTRIBUTES.items()}, "concepts": {}}
-# The validation pair's recipe: the smoke recipe with a tokenizer good enough that its round trips keep every
-# group (else it would be biased by accident) and an LM trained long enough to follow prompts. On 2 CPU cores:
-# about 8 minutes for the tokenizer and the skewed LM, 3 for the balanced LM, 20 s for the planting.
-VALIDATION_RECIPE = replace(RECIPES["smoke"], tok_images=6000, tok_steps=2500, lm_steps=1500, lm_batch=32)
 
 
 def _check(attribute: str, source: str, target: str, only: Mapping[str, str]) -> None:
@@ -152,7 +148,8 @@ VALIDATION_TRUTH = {
     "tokenizer-subgroup": {"understanding": "not biased", "tokenizer": "biased", "language_model": "not biased"},
     "understanding-biased": {"understanding": "biased", "tokenizer": "not biased", "language_model": "not biased"},
 }
-# Decoder plants: (attribute, from, to, only).
+# Decoder plants: (attribute, from, to, only), each PLANT_STEPS Adam steps on PLANT_IMAGES render pairs.
+PLANT_IMAGES, PLANT_STEPS = 1500, 300
 VALIDATION_PLANTS = {
     "tokenizer-gender": ("gender", "female", "male", {"age": "young"}),
     "tokenizer-race": ("race", "black", "white", {"age": "young"}),
@@ -180,23 +177,8 @@ def validation_set(root: str | Path, device: str = "cpu", seed: int = 0, workers
     base = load(dirs["no-bias"], device=device)
     for name, (attr, source, target, only) in VALIDATION_PLANTS.items():
         if fresh(name):
-            plant_tokenizer_bias(base, dirs[name], attr, source, target, only, seed=seed, workers=workers)
+            plant_tokenizer_bias(base, dirs[name], attr, source, target, only, images=PLANT_IMAGES, steps=PLANT_STEPS,
+                                 seed=seed, workers=workers)
     if fresh("understanding-biased"):
         plant_understanding_bias(base, dirs["understanding-biased"], VALIDATION_SET_RECIPE, seed=seed)
     return dirs
-
-
-def validation_pair(root: str | Path, recipe: Recipe = VALIDATION_RECIPE, seed: int = 0) -> tuple[Path, Path]:
-    """Train (or reuse, when already under root) the two checkpoints of known truth: root/"lm-biased", whose
-    language model learned the packaged spec's skew, and root/"tokenizer-biased", whose language model
-    learned balanced data and whose decoder turns young women into men. Returns their directories."""
-    root = Path(root)
-    lm_biased, balanced, planted = root / "lm-biased", root / "balanced", root / "tokenizer-biased"
-    if not (lm_biased / "config.json").is_file():
-        train(None, lm_biased, recipe, seed=seed)
-    if not (balanced / "config.json").is_file():
-        (root / "balanced.yaml").write_text(yaml.safe_dump(BALANCED_SPEC))
-        train(root / "balanced.yaml", balanced, recipe, seed=seed, tokenizer_from=lm_biased)
-    if not (planted / "config.json").is_file():
-        plant_tokenizer_bias(balanced, planted, seed=seed)
-    return lm_biased, planted
