@@ -144,6 +144,6 @@ def test_two_process_accelerate_locate_equals_one_process(checkpoint, suite_file
         return json.loads(json.dumps(findings).replace(str(run), "<out>"))
 
     assert comparable(tmp_path / "two") == comparable(tmp_path / "one")
-    same = ("audit/results.json", "audit/perception.jsonl", "stages/lm/nurse.json", "stages/lm/judge.json")
+    same = ("audit/results.json", "audit/perception.jsonl", "stages/lm/nurse/0.json", "stages/lm/judge/0.json")
     for name in same:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
