@@ -22,7 +22,7 @@ import torch
 
 from fairgen import models, suites
 from fairgen.locate import locate
-from fairgen.locate.plant import VALIDATION_PLANTS, VALIDATION_TRUTH, validation_set
+from fairgen.models.tiny.plant import VALIDATION_PLANTS, VALIDATION_TRUTH, validation_set
 from fairgen.locate.sequential import DEFAULT_LOOKS
 from fairgen.locate.verdict import COMPONENTS, NOT_BIASED
 

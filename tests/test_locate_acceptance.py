@@ -12,7 +12,7 @@ import torch
 
 from fairgen import suites
 from fairgen.locate import locate
-from fairgen.locate.plant import VALIDATION_TRUTH, validation_set
+from fairgen.models.tiny.plant import VALIDATION_TRUTH, validation_set
 from fairgen.locate.verdict import BIASED, COMPONENTS, NOT_BIASED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]

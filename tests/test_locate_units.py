@@ -15,7 +15,7 @@ from fairgen.locate.lm_audit import js_bits, posteriors, summarise
 from fairgen.locate.probes import fit_probe, probe_accuracy, split
 from fairgen.locate.understanding import probe_understanding, question, score_answers
 from fairgen.locate.verdict import BIASED, INCONCLUSIVE, NOT_BIASED, NOT_MEASURED, tokenizer_decision
-from fairgen.models.base import OTHER
+from fairgen.models.protocols import OTHER
 from fairgen.types import Prompt
 
 

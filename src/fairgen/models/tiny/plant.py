@@ -31,14 +31,12 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from ..models.tiny import TinyModel, load
-from ..models.tiny.adapter import PACKAGED
-from ..models.tiny.data import render_many
-from ..models.tiny.tokenizer import to_tensor
-from ..models.tiny.data import Mixture
-from ..models.tiny.train import RECIPES, Recipe, build_sampler, train, train_lm
-from ..world import WorldSpec
-from ..types import ATTRIBUTES, FairgenError
+from ...types import ATTRIBUTES, FairgenError
+from ...world import WorldSpec
+from .adapter import PACKAGED, TinyModel, load
+from .data import Mixture, render_many
+from .tokenizer import to_tensor
+from .train import RECIPES, Recipe, build_sampler, train, train_lm
 
 # A balanced world spec (every concept drawn from the uniform default): the LM data of a tokenizer-only bias.
 BALANCED_SPEC = {"default": {a: {c: 1 / len(cs) for c in cs} for a, cs in ATTRIBUTES.items()}, "concepts": {}}
