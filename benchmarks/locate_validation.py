@@ -42,14 +42,15 @@ def effort(v: dict) -> str:
     return "; ".join(parts)
 
 
-def run_variant(name: str, directory: str, device: str, budget: int, root: str, threads: int | None) -> dict:
+def run_variant(name: str, directory: str, device: str, budget: int, root: str, threads: int | None,
+                images: int = 64) -> dict:
     """locate on one variant (a process of its own with --parallel); returns its findings and wall time."""
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
     model = models.load(f"tiny:{directory}", device=device)
     prompts = suites.load("occupations:test")[:6]  # the six concepts the validation LMs are trained on
-    findings = locate(model, prompts, Path(root) / "locate" / name, images_per_prompt=64, labelled="world:800",
+    findings = locate(model, prompts, Path(root) / "locate" / name, images_per_prompt=images, labelled="world:800",
                       sequences=16, budget=budget)
     return {"findings": findings, "seconds": round(time.time() - t0, 1)}
 
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="render processes for the decoder plants")
     ap.add_argument("--budget", type=int, default=DEFAULT_LOOKS)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--images", type=int, default=64, help="audit images per prompt (partial alignment only)")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--no-build", action="store_true", help="locate the variants already under ROOT/checkpoints")
     ap.add_argument("--parallel", type=int, default=1, help="variants located at once (processes)")
@@ -75,7 +77,7 @@ def main() -> None:
     print(f"validation set ready in {built:.0f} s ({args.device})", flush=True)
     if args.build_only:
         return
-    jobs = [(name, str(dirs[name]), args.device, args.budget, str(args.root), args.threads)
+    jobs = [(name, str(dirs[name]), args.device, args.budget, str(args.root), args.threads, args.images)
             for name in args.variants.split(",")]
     if args.parallel > 1:
         from concurrent.futures import ProcessPoolExecutor

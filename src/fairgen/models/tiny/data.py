@@ -153,7 +153,7 @@ class ExampleSampler:
         self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
         # Blank-QA answers that name a group are drawn uniformly, unless this holds per attribute the class
         # shares of every concept (float [n_concepts, n_classes]): a stated stereotype, for a planted
-        # understanding bias (locate/plant.py). None keeps older recipes' random streams unchanged.
+        # understanding bias (plant.py). None keeps older recipes' random streams unchanged.
         self.answer_shares: dict[str, np.ndarray] | None = None
 
     def _counter_concept(self, group: dict[str, str], rng: np.random.Generator) -> int:
