@@ -5,6 +5,7 @@ exactly that on two occupations, at a small effort (two looks: 32 then 64 sequen
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fairgen import models
@@ -16,6 +17,7 @@ PROMPTS = [Prompt("nurse", "A photo of the face of a nurse, a person", "nurse"),
            Prompt("carpenter", "A photo of the face of a carpenter, a person", "carpenter")]
 
 
+@pytest.mark.timeout(1800)  # seconds when idle; a shared 2-core machine at load 17 took over 600 s
 def test_packaged_tiny_gets_its_planted_verdicts(tmp_path) -> None:
     torch.set_num_threads(2)
     findings = locate(models.load("tiny"), PROMPTS, tmp_path / "loc", images_per_prompt=4, labelled="world:32",
