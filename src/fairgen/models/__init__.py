@@ -27,11 +27,12 @@ FAMILIES: dict[str, str] = {
     "folder": "images already on disk: `folder:<dir>` (fairgen layout or <dir>/prompt_<i>/img_<j>.png)",
     "janus": "Janus / Janus-Pro (transformers format): `janus:deepseek-community/Janus-Pro-7B` or `janus:<dir>`",
     "emu3": "Emu3 (transformers format): `emu3:BAAI/Emu3-Gen-hf` or `emu3:<dir>`",
+    "vila-u": "VILA-U (official layout, native port): `vila-u:mit-han-lab/vila-u-7b-256` or `vila-u:<dir>`",
     "diffusers": "text-to-image diffusion pipeline, generation only: `diffusers:<hf id or dir>`",
     "plugin": "your own class: `plugin:<module>:<Class>` implementing models/base.py's protocol",
 }
 # Families that take options (dtype, device_map, ...) through load(**options).
-_HF_FAMILIES = ("janus", "emu3", "diffusers")
+_HF_FAMILIES = ("janus", "emu3", "vila-u", "diffusers")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -106,6 +107,10 @@ def _build(spec: str, world_spec: str | Path | None, device: str | None, options
         from . import emu3
 
         return emu3.load(arg, device=device, **options)
+    if family == "vila-u":
+        from . import vila_u
+
+        return vila_u.load(arg, device=device, **options)
     if family == "diffusers":
         from . import diffusers_t2i
 
@@ -130,7 +135,7 @@ def describe() -> list[dict[str, Any]]:
     rows = []
     for family, description in FAMILIES.items():
         needs, problem, note = "nothing extra", None, ""
-        if family in ("janus", "emu3"):
+        if family in ("janus", "emu3", "vila-u"):
             needs = f"transformers>={MIN_TRANSFORMERS}; a CUDA GPU for real checkpoints"
             problem, note = transformers_problem(family), hardware
         elif family == "diffusers":

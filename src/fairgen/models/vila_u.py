@@ -74,7 +74,7 @@ class VilaUModel:
     checkpoint: a local directory or a hub id. device / dtype: as for JanusModel (bf16 on GPU, fp32 on CPU).
     graphs: replay the engine's token steps as CUDA graphs (default: on when the model is on CUDA)."""
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed", "caption"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
                  graphs: bool | None = None) -> None:
@@ -297,21 +297,39 @@ class VilaUModel:
                                "cannot score that option")
         return full[len(head):] + [self.tokenizer.eos_token_id]
 
-    @torch.no_grad()
-    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
-        """Exact probability of each option as the whole answer (its tokens and </s>) after the vicuna
-        prompt (and the image when given), renormalised over the options; the rest under OTHER."""
-        hf.check_options(FAMILY, options)
+    def _answer_logprobs(self, image: Image.Image | None, question: str, answers: Sequence[str]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability float64 [K] of each answer's tokens and </s> after the prompt, token counts [K]),
+        in one forward over K right-padded rows; differentiable w.r.t. the LM."""
         context, tail = self._context(image, question)
-        conts = [self._continuation(tail, o) for o in options]
-        cont, valid = hf.pad_continuations(conts, self.tokenizer.eos_token_id, torch.zeros(1, dtype=torch.long,
-                                                                                           device=self.device))
+        conts = [self._continuation(tail, a) for a in answers]
+        like = torch.zeros(1, dtype=torch.long, device=self.device)
+        cont, valid = hf.pad_continuations(conts, self.tokenizer.eos_token_id, like)
         k, n = cont.shape
         embeds = torch.cat([context.expand(k, -1, -1), self.llm.get_input_embeddings()(cont)], 1)
         mask = torch.cat([torch.ones(k, context.shape[1], dtype=torch.long, device=self.device), valid.long()], 1)
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=n + 1).logits[:, :n]
         logp = torch.log_softmax(logits.double(), -1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)
-        return hf.option_distribution(options, (logp * valid).sum(-1), OTHER)
+        return (logp * valid).sum(-1), valid.sum(-1)
+
+    @torch.no_grad()
+    def option_logprobs(self, image: Image.Image | None, question: str, options: Sequence[str]) -> torch.Tensor:
+        """Log-probability (float64 [K]) of each option as the whole answer; answer_distribution's input."""
+        hf.check_options(FAMILY, options)
+        return self._answer_logprobs(image, question, options)[0]
+
+    def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
+        """Exact probability of each option as the whole answer (its tokens and </s>) after the vicuna
+        prompt (and the image when given), renormalised over the options; the rest under OTHER."""
+        return hf.option_distribution(options, self.option_logprobs(image, question, options), OTHER)
+
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
+        """Mean log-probability per token (float32 [B]) of texts[i] (and </s>) as the answer to
+        fix.caption.CAPTION_QUESTION about images[i]; differentiable w.r.t. the LM (understanding-sft)."""
+        from ..fix.caption import CAPTION_QUESTION
+
+        rows = [self._answer_logprobs(im, CAPTION_QUESTION, [t]) for im, t in zip(images, texts)]
+        return torch.stack([(lp / n)[0] for lp, n in rows]).float()
 
     # -- what locate's LM audit and BPO use -------------------------------------------------------------
     def image_token_logits(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:

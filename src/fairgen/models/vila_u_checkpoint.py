@@ -54,13 +54,19 @@ def _siglip_config(tower: Path, name: str) -> Any:
     from transformers import SiglipVisionConfig
 
     if name in SIGLIP:
-        return SiglipVisionConfig(**SIGLIP[name])
+        return _sdpa(SiglipVisionConfig(**SIGLIP[name]))
     local = tower / name / "config.json"
     if local.is_file():
         cfg = json.loads(local.read_text())
-        return SiglipVisionConfig(**cfg.get("vision_config", cfg))
+        return _sdpa(SiglipVisionConfig(**cfg.get("vision_config", cfg)))
     raise FairgenError(f"{FAMILY}: unknown SigLIP tower {name!r} (known: {', '.join(SIGLIP)}; or a folder "
                        f"{name}/config.json inside {tower})")
+
+
+def _sdpa(config: Any) -> Any:
+    """SigLIP layers built outside from_pretrained run torch's SDPA attention (else transformers warns)."""
+    config._attn_implementation = "sdpa"
+    return config
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -240,7 +246,7 @@ def random_parts(shapes: dict, tokenizer: Any, seed: int = 0, device: str | torc
     rt = {"model_type": "rqtransformer_model", "architectures": ["RQTransformer"], "block_size": [grid, grid, depth],
           "input_embed_dim_1": c, "input_embed_dim_2": shapes["lm"]["hidden_size"], "embed_dim": t["embed_dim"],
           "vocab_size": shapes["n_codes"], "head": {"block": {"n_head": t["n_head"]}, "n_layer": t["n_layer"]}}
-    siglip_cfg = SiglipVisionConfig(**sig)
+    siglip_cfg = _sdpa(SiglipVisionConfig(**sig))
     with torch.device(device):
         llm = LlamaForCausalLM(LlamaConfig(**llm_cfg))
         vae = RQVAE(siglip_cfg, 1, shapes["n_codes"], depth, dd)
@@ -332,3 +338,6 @@ def _official_tower_state(p: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 SYSTEM_TEXT = ("A chat between a curious user and an artificial intelligence assistant. "
                "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# What the test checkpoint's tokenizer is trained on (tests/fixtures/vila_u_upstream.py uses the same).
+TEST_CORPUS = [SYSTEM_TEXT, "USER: ASSISTANT: A photo of the face of a nurse, a person", "a firefighter",
+               "What is the gender of the person? Answer with a single word.", "male female unknown"] * 2
