@@ -167,3 +167,43 @@ def test_bad_checkpoints_are_input_errors(tmp_path, vila_u_dir):
         models.load(f"vila-u:{broken}")
     with pytest.raises(FairgenError, match="unknown option"):
         models.load(f"vila-u:{vila_u_dir}", device_map="auto")
+
+
+def test_audit_locate_fix_through_the_cli(vila_u_dir, tmp_path):
+    """The three commands end to end on the tiny checkpoint, on the CPU, as the CLI runs them (in process:
+    the commands' code, not four interpreter start-ups), then an audit with the adapter fix trained."""
+    from typer.testing import CliRunner
+
+    from conftest import write_suite
+    from fairgen.cli import app
+
+    torch.set_num_threads(1)
+    suite = write_suite(tmp_path / "test.yaml", ["nurse"])
+    train = write_suite(tmp_path / "train.yaml", ["nurse", "firefighter"])
+    spec = f"vila-u:{vila_u_dir}"
+
+    def cli(*args: str) -> None:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 0, (result.output[-2000:], result.exception)
+
+    cli("audit", "--model", spec, "--suite", str(suite), "-n", "2", "--perception", "world", "--preset", "paper",
+        "--out", str(tmp_path / "audit"))
+    results = json.loads((tmp_path / "audit" / "results.json").read_text())
+    assert results["prompts"][0]["n_images"] == 2
+    manifest = json.loads((tmp_path / "audit" / "manifest.json").read_text())
+    assert manifest["model_provenance"]["family"] == "vila-u"
+    cli("locate", "--model", spec, "--suite", str(suite), "--audit", str(tmp_path / "audit"), "--labelled", "world:8",
+        "--sequences", "2", "--batch-size", "8", "--out", str(tmp_path / "loc"))
+    findings = json.loads((tmp_path / "loc" / "findings.json").read_text())
+    assert {"understanding", "tokenizer", "language_model", "verdicts"} <= set(findings)
+    cli("fix", "--model", spec, "--train-suite", str(train), "--test-suite", str(suite), "--method", "bpo",
+        "--data-source", "world", "--perception", "world", "--images-per-group", "1", "--sft-steps", "2",
+        "--bpo-steps", "2", "--units-per-batch", "2", "-n", "1", "--explicit-concepts", "1", "--explicit-images", "1",
+        "--check-suites", "none", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "fix"))
+    log = [json.loads(line) for line in (tmp_path / "fix" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["sft", "sft", "bpo", "bpo"]
+    adapter = tmp_path / "fix" / "adapter"
+    cli("audit", "--model", spec, "--adapter", str(adapter), "--suite", str(suite), "-n", "1", "--perception", "world",
+        "--out", str(tmp_path / "tuned"))
+    tuned = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert tuned["config"]["adapter"] == str(adapter)

@@ -217,7 +217,7 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
     biases, 1 + N(0, 0.1) for norm scales (so a test sees them act), in name order."""
     with torch.no_grad():
         for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32, device=generator.device)
             owner = name.split(".")[-2] if "." in name else ""
             is_scale = p.dim() == 1 and name.endswith("weight") and ("norm" in owner or owner.startswith("ln"))
             p.copy_(1.0 + 0.1 * noise if is_scale else 0.02 * noise)
@@ -231,7 +231,7 @@ def random_parts(shapes: dict, tokenizer: Any, seed: int = 0, device: str | torc
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig
     from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)  # on the device: a 7B model fills in seconds
     vocab = shapes["lm"].get("vocab_size", len(tokenizer))
     llm_cfg = _llama_config(shapes["lm"], vocab, tokenizer)
     sig, c, depth = shapes["siglip"], shapes["siglip"]["hidden_size"], shapes["depth"]
@@ -247,6 +247,8 @@ def random_parts(shapes: dict, tokenizer: Any, seed: int = 0, device: str | torc
           "input_embed_dim_1": c, "input_embed_dim_2": shapes["lm"]["hidden_size"], "embed_dim": t["embed_dim"],
           "vocab_size": shapes["n_codes"], "head": {"block": {"n_head": t["n_head"]}, "n_layer": t["n_layer"]}}
     siglip_cfg = _sdpa(SiglipVisionConfig(**sig))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: a 7B model never exists in fp32
     with torch.device(device):
         llm = LlamaForCausalLM(LlamaConfig(**llm_cfg))
         vae = RQVAE(siglip_cfg, 1, shapes["n_codes"], depth, dd)
@@ -254,6 +256,7 @@ def random_parts(shapes: dict, tokenizer: Any, seed: int = 0, device: str | torc
                                     shapes["n_codes"])
         projector = build_projector(shapes["projector"], c, shapes["lm"]["hidden_size"])
         last = nn.ModuleDict({"layer": SiglipEncoderLayer(siglip_cfg), "post_layernorm": nn.LayerNorm(c)})
+    torch.set_default_dtype(default)
     parts = {"llm": llm, "projector": projector, "vae": vae, "depth": depth_tf, "siglip_last": last}
     for name in sorted(parts):
         _randomize(parts[name], g)
