@@ -99,17 +99,29 @@ def main() -> None:
         out["generation"].append(r)
         return r
 
+    def save() -> None:  # after every stage: a run cut short keeps what it measured
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "vila_u_generation.json").write_text(json.dumps(out, indent=1))
+
     seeds = lambda b: list(range(b))  # noqa: E731
-    model.generate_tokens([PROMPT] * 2, seeds(2))  # warm-up: kernels, cuBLAS workspaces
+    try:
+        model.generate_tokens([PROMPT] * 2, seeds(2))  # warm-up: kernels, cuBLAS workspaces, a first capture
+    except Exception as e:  # noqa: BLE001  (record why graphs failed, then measure the eager engine)
+        out["graphs_error"] = f"{type(e).__name__}: {e}"[:500]
+        model.graphs = False
+        model.generate_tokens([PROMPT] * 2, seeds(2))
+    out["graphs"] = model.graphs
     for b in batches:
-        model.generate_tokens([PROMPT] * b, seeds(b))  # captures this batch's graphs
-        row("engine", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b))))
+        row("engine", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b))))  # graphs captured inside
+        save()
     b = args.reference_batch
     model.generate_tokens([PROMPT] * 2, seeds(2), engine=False)
     row("reference", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b), engine=False)))
     engine64 = next(r for r in out["generation"] if r["method"] == "engine" and r["batch"] == b)
     reference = out["generation"][-1]
     out["engine_over_reference"] = round(engine64["images_per_s"] / reference["images_per_s"], 2)
+    save()
 
     codes = model.generate_tokens([PROMPT] * b, seeds(b))
     model.decode_tokens(codes[:2])
@@ -136,9 +148,7 @@ def main() -> None:
     if cuda:
         out["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     print(json.dumps(out, indent=1))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "vila_u_generation.json").write_text(json.dumps(out, indent=1))
+    save()
 
 
 if __name__ == "__main__":

@@ -207,3 +207,31 @@ def test_audit_locate_fix_through_the_cli(vila_u_dir, tmp_path):
         "--out", str(tmp_path / "tuned"))
     tuned = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
     assert tuned["config"]["adapter"] == str(adapter)
+
+
+def test_top_k_sampler_draws_what_masking_the_whole_row_draws():
+    """hf_common's top-k path (on the k kept logits) against the rule spelt out on the full row."""
+    from fairgen.models import hf_common as hf
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2000, 512, generator=g) * 3
+    u = torch.rand(2000, generator=g, dtype=torch.float64)
+    s = hf.Sampling(cfg=1.0, temperature=0.8, top_p=0.9, top_k=40)
+    x = logits / s.temperature
+    x = x.masked_fill(x < x.topk(s.top_k, -1).values[:, -1:], float("-inf"))
+    probs = torch.softmax(x, -1)
+    ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked < s.top_p)
+    cdf = probs.masked_fill(~keep, 0.0).double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    assert torch.equal(hf.sample_codes(logits, s, u), expected)
+
+
+def test_bf16_tower_encodes_and_decodes(vila):
+    """The tower in bf16 (a GPU's default): the quantiser works in the weights' dtype, as upstream's."""
+    model = copy.copy(vila)
+    model.vae, model.dtype = copy.deepcopy(vila.vae).to(torch.bfloat16), torch.bfloat16
+    codes = model.encode_image([fixture_image()])
+    assert codes.shape == (1, vila.n_image_tokens)
+    assert (codes == vila.encode_image([fixture_image()])).float().mean() > 0.5  # bf16 rounding flips a few
+    assert model.decode_tokens(codes)[0].size == (32, 32)

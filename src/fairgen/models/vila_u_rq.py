@@ -165,7 +165,7 @@ class RQVAE(nn.Module):
         for layer in self.layers:
             x = layer(x, None)
         g = int(x.shape[1] ** 0.5)
-        return self.quantizer.quantize(x.float().view(x.shape[0], g, g, -1))
+        return self.quantizer.quantize(x.view(x.shape[0], g, g, -1))  # in the weights' dtype, as upstream
 
     def features(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [..., depth] -> quantised features [..., dim]: the sum of the code vectors."""
@@ -223,11 +223,11 @@ class DepthTransformer(nn.Module):
         self.pos_emb_d = nn.Parameter(torch.zeros(1, depth, dim))
         self.classifier_mlp = nn.Sequential(OrderedDict(layer_norm=nn.LayerNorm(dim), linear=nn.Linear(dim, n_codes)))
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_emb_d[:, : x.shape[1]]
         for block in self.head_transformer.blocks:
             x = block(x)
-        return self.classifier_mlp(x)
+        return x
 
     def forward(self, hidden: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits. hidden [B, T, lm_dim]: the LM state before each position; code_vectors
@@ -236,13 +236,13 @@ class DepthTransformer(nn.Module):
         b, t, depth, _ = code_vectors.shape
         running = self.in_mlp_1(code_vectors.cumsum(-2)[:, :, :-1])  # [B, T, depth-1, dim]
         x = torch.cat([self.in_mlp_2(hidden).unsqueeze(2), running], 2).reshape(b * t, depth, -1)
-        return self._logits(x).view(b, t, depth, -1)
+        return self.classifier_mlp(self._hidden(x)).view(b, t, depth, -1)
 
     def step_logits(self, start: torch.Tensor, running: torch.Tensor | None) -> torch.Tensor:
         """Logits [N, n_codes] of the next code of N positions. start: in_mlp_2(hidden) [N, 1, dim];
         running: in_mlp_1 of the running sums of the codes drawn so far [N, d, dim], or None at d = 0."""
         x = start if running is None else torch.cat([start, running], 1)
-        return self._logits(x)[:, -1]
+        return self.classifier_mlp(self._hidden(x)[:, -1])  # only the newest depth's logits
 
 
 __all__ = ["RQVAE", "DepthTransformer", "Decoder", "ResidualQuantizer"]
