@@ -33,14 +33,17 @@ import torch
 from PIL import Image
 
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
-from .base import OTHER
 from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches, should_stack
+from .hf import checks, decoding, loading
+from .hf.chat import option_distribution, pad_continuations
+from .hf.images import to_pil
+from .protocols import OTHER
+from .sampling import Sampling, sample, uniform_table
 from .vila_u_checkpoint import SYSTEM_TEXT as SYSTEM
 from .vila_u_checkpoint import load_parts
 
 FAMILY = "vila-u"
-UPSTREAM = hf.Sampling(cfg=3.0, temperature=1.0, top_p=0.96, top_k=900)
+UPSTREAM = Sampling(cfg=3.0, temperature=1.0, top_p=0.96, top_k=900)
 
 
 def chat_prompt(user: str) -> str:
@@ -57,7 +60,7 @@ class DepthEngine(ImageEngine):
     [B, depth]` runs the depth transformer with guidance and sampling inside the step (so inside the CUDA
     graph); uniforms are [B, T, depth]."""
 
-    def __init__(self, decoder: LlamaDecoder, draw: Any, embed: Any, uniforms: torch.Tensor, s: hf.Sampling) -> None:
+    def __init__(self, decoder: LlamaDecoder, draw: Any, embed: Any, uniforms: torch.Tensor, s: Sampling) -> None:
         super().__init__(decoder, None, embed, uniforms, s)
         self.draw = draw
 
@@ -74,15 +77,16 @@ class VilaUModel:
     checkpoint: a local directory or a hub id. device / dtype: as for JanusModel (bf16 on GPU, fp32 on CPU).
     graphs: replay the engine's token steps as CUDA graphs (default: on when the model is on CUDA)."""
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed", "caption"})
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "lm_hooks",
+                              "tokenizer_features", "understanding_features", "caption"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
                  graphs: bool | None = None) -> None:
-        hf.require_transformers(FAMILY)
-        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
-        target = hf.resolve_device(device)
-        self._setup(load_parts(path, hf.resolve_dtype(dtype, target), target), f"{FAMILY}:{checkpoint}",
-                    hf.Fingerprint(path, checkpoint, revision), graphs)
+        loading.require_transformers(FAMILY)
+        path, revision = loading.resolve_checkpoint(FAMILY, checkpoint)
+        target = loading.resolve_device(device)
+        self._setup(load_parts(path, loading.resolve_dtype(dtype, target), target), f"{FAMILY}:{checkpoint}",
+                    loading.Fingerprint(path, checkpoint, revision), graphs)
 
     @classmethod
     def from_parts(cls, parts: dict[str, Any], spec: str, graphs: bool | None = None) -> VilaUModel:
@@ -92,7 +96,7 @@ class VilaUModel:
         self._setup(parts, spec, None, graphs)
         return self
 
-    def _setup(self, parts: dict[str, Any], spec: str, fingerprint: hf.Fingerprint | None, graphs: bool | None) -> None:
+    def _setup(self, parts: dict[str, Any], spec: str, fingerprint: loading.Fingerprint | None, graphs: bool | None) -> None:
         self.spec, self.fingerprint = spec, fingerprint
         self.llm, self.projector, self.vae, self.depth = parts["llm"], parts["projector"], parts["vae"], parts["depth"]
         self.tokenizer, self.image_size, self.aspect = parts["tokenizer"], parts["image_size"], parts["aspect"]
@@ -101,7 +105,7 @@ class VilaUModel:
         self.root = torch.nn.ModuleDict({"llm": self.llm, "mm_projector": self.projector,
                                          "vision_tower": torch.nn.ModuleDict({"rqvaesiglip": self.vae,
                                                                               "rqtransformer": self.depth})})
-        self.lora_targets: list[str] = hf.linear_names(self.root, "llm.model.layers.")
+        self.lora_targets: list[str] = loading.linear_names(self.root, "llm.model.layers.")
         self.defaults = UPSTREAM
         self.im_start = self.tokenizer.convert_tokens_to_ids("<im_start>")
         if self.im_start is None or self.im_start == self.tokenizer.unk_token_id:
@@ -154,7 +158,7 @@ class VilaUModel:
         return self._rows(texts)
 
     # -- generation -------------------------------------------------------------------------------------
-    def _draw(self, hidden: torch.Tensor, u: torch.Tensor, s: hf.Sampling) -> torch.Tensor:
+    def _draw(self, hidden: torch.Tensor, u: torch.Tensor, s: Sampling) -> torch.Tensor:
         """The codes of one position for every image: the depth transformer, guided and sampled one depth
         at a time (each depth sees the running sum of the codes drawn before it). hidden [N, D_lm] (N = B or
         2B with the guidance twins, which share the conditional row's codes); u [B, depth] -> [B, depth]."""
@@ -162,7 +166,7 @@ class VilaUModel:
         start = self.depth.in_mlp_2(hidden).unsqueeze(1)
         running, total, codes = None, None, []
         for d in range(self.depth_codes):
-            code = hf.sample_codes(s.guide(self.depth.step_logits(start, running)), s, u[:, d])
+            code = sample(s.guide(self.depth.step_logits(start, running)), s, u[:, d])
             codes.append(code)
             if d + 1 < self.depth_codes:
                 vec = self.vae.quantizer.book(d)[code.repeat(twins)]
@@ -182,8 +186,8 @@ class VilaUModel:
 
         engine: the static-cache engine (engine.py; batches fit to free memory); False: a loop over
         transformers' forward with its dynamic cache, as upstream runs (the reference)."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        checks.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = self.defaults.resolve(sampling, FAMILY)
         twins = 2 if s.cfg != 1.0 else 1
         if not engine:
             return self._reference_tokens(prompts, seeds, s).flatten(1)
@@ -195,20 +199,21 @@ class VilaUModel:
         return in_batches(run, len(prompts), batch).flatten(1)
 
     def _uniforms(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Each image's own uniform numbers [B, positions, depth] (hf.SeededDraws)."""
-        u = hf.SeededDraws(seeds, self.n_image_tokens, self.device).uniforms
+        """Each image's own uniform numbers [B, positions, depth] (sampling.uniform_table, flat token t =
+        position * depth + d)."""
+        u = uniform_table(seeds, self.n_image_tokens, self.device)
         return u.view(len(seeds), self.positions, self.depth_codes)
 
-    def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling, graphs: bool,
+    def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling, graphs: bool,
                        stack: bool) -> torch.Tensor:
         ids, mask = self._generation_rows(prompts, s.cfg)
         decoder = LlamaDecoder(self.language_model, mask, self.positions, stack=stack)
         run = DepthEngine(decoder, lambda h, u: self._draw(h, u, s), self._embed, self._uniforms(seeds), s)
         return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs).clone()
 
-    def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling) -> torch.Tensor:
+    def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._generation_rows(prompts, s.cfg)
-        decoder = hf.CachedDecoder(self.language_model, mask)
+        decoder = decoding.CachedDecoder(self.language_model, mask)
         u = self._uniforms(seeds)
         hidden = decoder(self.llm.get_input_embeddings()(ids))[:, -1]
         codes = []
@@ -259,7 +264,7 @@ class VilaUModel:
     def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
         """Codes [B, positions * depth] (or [B, g, g, depth]) -> images."""
         pixels = self.vae.decode(self.code_grid(tokens.to(self.device)))
-        return hf.to_pil(pixels, [0.5] * 3, [0.5] * 3)
+        return to_pil(pixels, [0.5] * 3, [0.5] * 3)
 
     @torch.no_grad()
     def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -304,7 +309,7 @@ class VilaUModel:
         context, tail = self._context(image, question)
         conts = [self._continuation(tail, a) for a in answers]
         like = torch.zeros(1, dtype=torch.long, device=self.device)
-        cont, valid = hf.pad_continuations(conts, self.tokenizer.eos_token_id, like)
+        cont, valid = pad_continuations(conts, self.tokenizer.eos_token_id, like)
         k, n = cont.shape
         embeds = torch.cat([context.expand(k, -1, -1), self.llm.get_input_embeddings()(cont)], 1)
         mask = torch.cat([torch.ones(k, context.shape[1], dtype=torch.long, device=self.device), valid.long()], 1)
@@ -315,20 +320,19 @@ class VilaUModel:
     @torch.no_grad()
     def option_logprobs(self, image: Image.Image | None, question: str, options: Sequence[str]) -> torch.Tensor:
         """Log-probability (float64 [K]) of each option as the whole answer; answer_distribution's input."""
-        hf.check_options(FAMILY, options)
+        checks.check_options(FAMILY, options)
         return self._answer_logprobs(image, question, options)[0]
 
     def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
         """Exact probability of each option as the whole answer (its tokens and </s>) after the vicuna
         prompt (and the image when given), renormalised over the options; the rest under OTHER."""
-        return hf.option_distribution(options, self.option_logprobs(image, question, options), OTHER)
+        return option_distribution(options, self.option_logprobs(image, question, options), OTHER)
 
-    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
-        """Mean log-probability per token (float32 [B]) of texts[i] (and </s>) as the answer to
-        fix.caption.CAPTION_QUESTION about images[i]; differentiable w.r.t. the LM (understanding-sft)."""
-        from ..fix.caption import CAPTION_QUESTION
-
-        rows = [self._answer_logprobs(im, CAPTION_QUESTION, [t]) for im, t in zip(images, texts)]
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
+        """Mean log-probability per token (float32 [B]) of texts[i] (and </s>) as the answer to `question`
+        about images[i], as answer_distribution scores answers; differentiable w.r.t. the LM."""
+        checks.check_batch(FAMILY, images, texts, "texts")
+        rows = [self._answer_logprobs(im, question, [t]) for im, t in zip(images, texts)]
         return torch.stack([(lp / n)[0] for lp, n in rows]).float()
 
     # -- what locate's LM audit and BPO use -------------------------------------------------------------
@@ -338,14 +342,14 @@ class VilaUModel:
         the prompt, positions < t and depths < d. The LM runs on <s> prompt <im_start> and the projected
         code sums of positions 0..T-2; its hidden states at <im_start> and those positions feed the depth
         transformer. Differentiable w.r.t. the LM (LoRA) and the depth transformer."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        checks.check_batch(FAMILY, prompts, tokens, "token rows")
         codes = self.code_grid(tokens.to(self.device)).flatten(1, 2)  # [B, T, depth]
         ids, mask = self._generation_rows(prompts, 1.0)
         vecs = self.vae.quantizer.embed(codes)  # [B, T, depth, C]
         embeds = torch.cat([self.llm.get_input_embeddings()(ids), self.projector(vecs[:, :-1].sum(-2))], 1)
         mask = torch.cat([mask, mask.new_ones(codes.shape[0], codes.shape[1] - 1)], 1)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask,
-                                     position_ids=hf.positions(mask)).last_hidden_state[:, ids.shape[1] - 1:]
+                                     position_ids=decoding.positions(mask)).last_hidden_state[:, ids.shape[1] - 1:]
         return self.depth(hidden, vecs).float().flatten(1, 2)
 
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
@@ -356,7 +360,7 @@ class VilaUModel:
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """Mean per-code log-probability [B] of each image's RQ codes given its prompt (differentiable)."""
-        hf.check_batch(FAMILY, prompts, images, "images")
+        checks.check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
 
     @torch.no_grad()
@@ -364,18 +368,8 @@ class VilaUModel:
         """The LM's last hidden state at <im_start> (what the first position's codes come from): float32 [B, D]."""
         ids, mask = self._generation_rows(prompts, 1.0)
         out = self.language_model(inputs_embeds=self.llm.get_input_embeddings()(ids), attention_mask=mask,
-                                  position_ids=hf.positions(mask))
+                                  position_ids=decoding.positions(mask))
         return out.last_hidden_state[:, -1].float().cpu()
 
 
-def load(checkpoint: str, device: str | None = None, **options: Any) -> VilaUModel:
-    """Build a VilaUModel from a spec argument; options: dtype, graphs (bool or "true" / "false")."""
-    unknown = set(options) - {"dtype", "graphs"}
-    if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, graphs")
-    if "graphs" in options:
-        options["graphs"] = hf.parse_flag(FAMILY, "graphs", options["graphs"])
-    return VilaUModel(checkpoint, device=device, **options)
-
-
-__all__ = ["UPSTREAM", "VilaUModel", "chat_prompt", "load"]
+__all__ = ["UPSTREAM", "DepthEngine", "VilaUModel", "chat_prompt"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..types import FairgenError
-from . import hf_common as hf
+from .hf.checks import first_line
 from .vila_u_rq import RQVAE, DepthTransformer
 
 FAMILY = "vila-u"
@@ -73,7 +73,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise FairgenError(f"{FAMILY}: {what} does not fit the checkpoint: {hf._first_line(e)}") from None
+        raise FairgenError(f"{FAMILY}: {what} does not fit the checkpoint: {first_line(e)}") from None
 
 
 def build_projector(kind: str, vision_dim: int, lm_dim: int) -> nn.Module:
@@ -156,7 +156,7 @@ def load_parts(path: Path, dtype: torch.dtype, device: torch.device) -> dict[str
         llm = LlamaForCausalLM.from_pretrained(path / "llm", dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path / "llm")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FairgenError(f"{FAMILY}: cannot load {path / 'llm'}: {hf._first_line(e)}") from None
+        raise FairgenError(f"{FAMILY}: cannot load {path / 'llm'}: {first_line(e)}") from None
     vae, depth, size = build_tower(path / "vision_tower", safetensors_dir(path / "vision_tower"))
     kind = read_json(path / "mm_projector" / "config.json").get("mm_projector_type", "mlp2x_gelu")
     projector = build_projector(kind, vae.quantizer.codebook.shape[-1], llm.config.hidden_size)
