@@ -227,3 +227,15 @@ def test_bf16_tower_encodes_and_decodes(vila):
     assert codes.shape == (1, vila.n_image_tokens)
     assert (codes == vila.encode_image([fixture_image()])).float().mean() > 0.5  # bf16 rounding flips a few
     assert model.decode_tokens(codes)[0].size == (32, 32)
+
+
+def test_lora_depth_option_adds_the_depth_transformer(vila_u_dir):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = models.load(f"vila-u:{vila_u_dir}", device="cpu", lora_depth="true")
+    depth = [n for n in model.lora_targets if n.startswith("vision_tower.rqtransformer.")]
+    assert depth and len(model.lora_targets) == len(depth) + 14  # 2 LM layers x 7 linears
+    inject_adapter_in_model(LoraConfig(target_modules=model.lora_targets, r=2, init_lora_weights=False), model.root)
+    model.image_token_logprob(PROMPTS[:1], [fixture_image()]).sum().backward()
+    grads = {n: p.grad for n, p in model.root.named_parameters() if "lora_" in n}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".rqtransformer." in n)

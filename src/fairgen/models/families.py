@@ -53,7 +53,9 @@ BUILTIN: tuple[Family, ...] = (
         capabilities=UNIFIED, requirements=_TRANSFORMERS, check="fairgen.models.hf.loading:transformers_problem",
         options={"dtype": DTYPE,
                  "graphs": Option("replay token steps as CUDA graphs: true or false (default: true on a CUDA "
-                                  "device)", flag)},
+                                  "device)", flag),
+                 "lora_depth": Option("fix also trains LoRA on the depth transformer: true or false (default: "
+                                      "false, the LM only)", flag)},
     ),
     Family(
         name="diffusers", constructor="fairgen.models.diffusers_t2i:DiffusersModel", spec="diffusers:<hf id or dir>",

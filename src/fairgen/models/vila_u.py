@@ -75,18 +75,19 @@ class VilaUModel:
     """A VILA-U checkpoint (official layout) behind the unified model protocol.
 
     checkpoint: a local directory or a hub id. device / dtype: as for JanusModel (bf16 on GPU, fp32 on CPU).
-    graphs: replay the engine's token steps as CUDA graphs (default: on when the model is on CUDA)."""
+    graphs: replay the engine's token steps as CUDA graphs (default: on when the model is on CUDA).
+    lora_depth: LoRA (fairgen fix) also trains the depth transformer's blocks, not only the LM."""
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "lm_hooks",
                               "tokenizer_features", "understanding_features", "caption"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
-                 graphs: bool | None = None) -> None:
+                 graphs: bool | None = None, lora_depth: bool = False) -> None:
         loading.require_transformers(FAMILY)
         path, revision = loading.resolve_checkpoint(FAMILY, checkpoint)
         target = loading.resolve_device(device)
         self._setup(load_parts(path, loading.resolve_dtype(dtype, target), target), f"{FAMILY}:{checkpoint}",
-                    loading.Fingerprint(path, checkpoint, revision), graphs)
+                    loading.Fingerprint(path, checkpoint, revision), graphs, lora_depth)
 
     @classmethod
     def from_parts(cls, parts: dict[str, Any], spec: str, graphs: bool | None = None) -> VilaUModel:
@@ -96,7 +97,8 @@ class VilaUModel:
         self._setup(parts, spec, None, graphs)
         return self
 
-    def _setup(self, parts: dict[str, Any], spec: str, fingerprint: loading.Fingerprint | None, graphs: bool | None) -> None:
+    def _setup(self, parts: dict[str, Any], spec: str, fingerprint: loading.Fingerprint | None, graphs: bool | None,
+               lora_depth: bool = False) -> None:
         self.spec, self.fingerprint = spec, fingerprint
         self.llm, self.projector, self.vae, self.depth = parts["llm"], parts["projector"], parts["vae"], parts["depth"]
         self.tokenizer, self.image_size, self.aspect = parts["tokenizer"], parts["image_size"], parts["aspect"]
@@ -106,6 +108,8 @@ class VilaUModel:
                                          "vision_tower": torch.nn.ModuleDict({"rqvaesiglip": self.vae,
                                                                               "rqtransformer": self.depth})})
         self.lora_targets: list[str] = loading.linear_names(self.root, "llm.model.layers.")
+        if lora_depth:
+            self.lora_targets += loading.linear_names(self.root, "vision_tower.rqtransformer.head_transformer.")
         self.defaults = UPSTREAM
         self.im_start = self.tokenizer.convert_tokens_to_ids("<im_start>")
         if self.im_start is None or self.im_start == self.tokenizer.unk_token_id:
