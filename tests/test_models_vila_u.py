@@ -239,3 +239,29 @@ def test_lora_depth_option_adds_the_depth_transformer(vila_u_dir):
     model.image_token_logprob(PROMPTS[:1], [fixture_image()]).sum().backward()
     grads = {n: p.grad for n, p in model.root.named_parameters() if "lora_" in n}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".rqtransformer." in n)
+
+
+def test_fix_checkpointing_reaches_the_lm_layers(vila_u_dir):
+    """`fairgen fix`'s gradient checkpointing reaches the LLM through lora_root (its decoder layers are
+    checkpointed inside the block, not after it), and the LoRA gradients are those computed without it."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from fairgen.fix.train import _checkpointing
+
+    model = models.load(f"vila-u:{vila_u_dir}", device="cpu")
+    inject_adapter_in_model(LoraConfig(target_modules=model.lora_targets, r=2, init_lora_weights=False), model.root)
+    layer = model.llm.model.layers[0]
+    image = fixture_image()
+
+    def grads(on: bool) -> tuple[dict[str, torch.Tensor], bool]:
+        model.root.zero_grad(set_to_none=True)
+        with _checkpointing(model, on):
+            engaged = bool(layer.gradient_checkpointing and layer.training)
+            model.image_token_logprob(PROMPTS[:1], [image]).mean().backward()
+        return {n: p.grad.clone() for n, p in model.root.named_parameters() if p.grad is not None}, engaged
+
+    (plain, off), (checkpointed, on) = grads(False), grads(True)
+    assert (off, on) == (False, True)
+    assert plain.keys() == checkpointed.keys() and plain
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+    assert not layer.gradient_checkpointing and not layer.training  # switched off again afterwards

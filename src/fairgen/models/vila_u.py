@@ -53,8 +53,6 @@ def chat_prompt(user: str) -> str:
     return f"{SYSTEM} USER: {user} ASSISTANT:" if user else f"{SYSTEM} USER:ASSISTANT:"
 
 
-
-
 class DepthEngine(ImageEngine):
     """ImageEngine whose token is a stack of `depth` codes: `draw(hidden [N, D_lm], u [B, depth]) -> codes
     [B, depth]` runs the depth transformer with guidance and sampling inside the step (so inside the CUDA
@@ -69,6 +67,25 @@ class DepthEngine(ImageEngine):
         code = self.draw(self.hidden, u)
         self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
         return code
+
+
+class _Root(torch.nn.ModuleDict):
+    """The one module tree of a VilaUModel (llm, mm_projector, vision_tower: the checkpoint's folders),
+    what LoRA is injected into. It passes transformers' checkpointing switches to the LLM, so `fairgen fix`
+    recomputes the LM's decoder layers in backward as it does for the other transformers families."""
+
+    supports_gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self["llm"].gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self["llm"].gradient_checkpointing_disable()
+
+    def __getattr__(self, name: str) -> Any:  # activation_checkpointing_* where transformers has them
+        if name.startswith("activation_checkpointing_"):
+            return getattr(self["llm"], name)
+        return super().__getattr__(name)
 
 
 class VilaUModel:
@@ -103,10 +120,8 @@ class VilaUModel:
         self.llm, self.projector, self.vae, self.depth = parts["llm"], parts["projector"], parts["vae"], parts["depth"]
         self.tokenizer, self.image_size, self.aspect = parts["tokenizer"], parts["image_size"], parts["aspect"]
         self.dtype = self.llm.dtype
-        # One module tree for LoRA and for moving the model: names as in the checkpoint's folders.
-        self.root = torch.nn.ModuleDict({"llm": self.llm, "mm_projector": self.projector,
-                                         "vision_tower": torch.nn.ModuleDict({"rqvaesiglip": self.vae,
-                                                                              "rqtransformer": self.depth})})
+        self.root = _Root({"llm": self.llm, "mm_projector": self.projector,
+                           "vision_tower": torch.nn.ModuleDict({"rqvaesiglip": self.vae, "rqtransformer": self.depth})})
         self.lora_targets: list[str] = loading.linear_names(self.root, "llm.model.layers.")
         if lora_depth:
             self.lora_targets += loading.linear_names(self.root, "vision_tower.rqtransformer.head_transformer.")
