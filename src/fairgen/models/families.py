@@ -48,6 +48,16 @@ BUILTIN: tuple[Family, ...] = (
                  "negative_prompt": Option("the unconditional prompt of guidance (default: BAAI's)", text)},
     ),
     Family(
+        name="vila-u", constructor="fairgen.models.vila_u:VilaUModel", spec="vila-u:<hf id or dir>",
+        description="VILA-U (MIT Han Lab), native port of the official layout, e.g. vila-u:mit-han-lab/vila-u-7b-256",
+        capabilities=UNIFIED, requirements=_TRANSFORMERS, check="fairgen.models.hf.loading:transformers_problem",
+        options={"dtype": DTYPE,
+                 "graphs": Option("replay token steps as CUDA graphs: true or false (default: true on a CUDA "
+                                  "device)", flag),
+                 "lora_depth": Option("fix also trains LoRA on the depth transformer: true or false (default: "
+                                      "false, the LM only)", flag)},
+    ),
+    Family(
         name="diffusers", constructor="fairgen.models.diffusers_t2i:DiffusersModel", spec="diffusers:<hf id or dir>",
         description="text-to-image diffusion pipeline (Stable Diffusion and kin), generation only",
         capabilities=frozenset({"generate"}), check="fairgen.models.diffusers_t2i:diffusers_problem",
