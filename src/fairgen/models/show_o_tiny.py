@@ -1,0 +1,102 @@
+"""Tiny random Show-o checkpoints in the released layout, for tests, the equivalence fixtures and benchmarks.
+
+write(root) makes three directories, as a user would have them after downloading the real ones:
+
+  root/phi-1_5/    the LM's config.json (a small PhiConfig) and a byte-level BPE tokenizer whose
+                   <|endoftext|> is bos, eos and unk, as Phi-1.5's is
+  root/show-o/     config.json (`_class_name: Showo`, llm_model_path pointing at root/phi-1_5) and
+                   pytorch_model.safetensors with the PhiForCausalLM under `showo.` (+ `mm_projector.`)
+  root/magvitv2/   config.json (with the small architecture) and pytorch_model.safetensors
+
+so `show-o:root/show-o` with the option vq=root/magvitv2 loads it. The vocabulary has upstream's layout:
+text, [PAD], the nine task tokens, the codes, the mask token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .magvit2 import ConvStack, MagvitV2
+from .magvit2 import save as save_vq
+from .show_o_lm import SPECIALS
+
+CORPUS = [
+    "A photo of the face of a nurse, a person", "A photo of the face of a firefighter, a person",
+    "What is the gender of a nurse? Possible answers: male, female, unknown. Answer with a single word.",
+    "male female unknown white black asian indian young old", "USER: \n ASSISTANT: a chat between a curious user "
+    "and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers",
+    "Describe the image. A photo of a doctor, a teacher, a CEO, a cleaner",
+] * 3
+EOT = "<|endoftext|>"
+
+
+def _tokenizer(path: Path, vocab_size: int) -> int:
+    """Train and save the text tokenizer; returns its length (upstream's llm_vocab_size)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    fast.save_pretrained(path)
+    return len(fast)
+
+
+def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_layernorm: bool = True,
+          image_size: int = 32, vq_levels: int = 3, codebook_dim: int = 4, w_clip_vit: bool = False,
+          clip_width: int = 32, sharpness: float = 1.0, seed: int = 0) -> Path:
+    """Write a tiny random Show-o under root (module docstring); returns root/show-o.
+
+    The code grid is (image_size / 2^(vq_levels - 1))^2 tokens over 2^codebook_dim codes. sharpness scales
+    the LM head's code rows (peakier code distributions, for tests that need some to be likelier)."""
+    from safetensors.torch import save_file
+    from transformers import PhiConfig, PhiForCausalLM
+
+    torch.manual_seed(seed)
+    phi_dir, showo_dir, vq_dir = root / "phi-1_5", root / "show-o", root / "magvitv2"
+    llm_vocab = _tokenizer(phi_dir, 300)
+    PhiConfig(vocab_size=llm_vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+              num_attention_heads=heads, max_position_embeddings=4096, qk_layernorm=qk_layernorm,
+              bos_token_id=0, eos_token_id=0).save_pretrained(phi_dir)
+
+    codebook = 2 ** codebook_dim
+    side = image_size // 2 ** (vq_levels - 1)
+    vocab = llm_vocab + 1 + len(SPECIALS) + codebook + 1
+    cfg = PhiConfig.from_pretrained(phi_dir)
+    cfg.vocab_size = vocab
+    lm = PhiForCausalLM(cfg)
+    with torch.no_grad():  # qk norms and layer norms away from their identity init, so the fixtures test them
+        for name, p in lm.named_parameters():
+            if "layernorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        first = llm_vocab + 1 + len(SPECIALS)
+        lm.lm_head.weight[first:first + codebook] *= sharpness
+    state = {f"showo.{k}": v.contiguous() for k, v in lm.state_dict().items()}
+    if w_clip_vit:
+        proj = torch.nn.Sequential(torch.nn.Linear(clip_width, 2 * hidden), torch.nn.GELU(),
+                                   torch.nn.Linear(2 * hidden, hidden))
+        state.update({f"mm_projector.{k}": v.contiguous() for k, v in proj.state_dict().items()})
+    showo_dir.mkdir(parents=True, exist_ok=True)
+    (showo_dir / "config.json").write_text(json.dumps({
+        "_class_name": "Showo", "_diffusers_version": "0.30.1", "w_clip_vit": w_clip_vit, "vocab_size": vocab,
+        "llm_vocab_size": llm_vocab, "llm_model_path": str(phi_dir.resolve()), "codebook_size": codebook,
+        "num_vq_tokens": side * side, "load_from_showo": True, "mask_token_id": vocab - 1}, indent=2))
+    save_file(state, showo_dir / "pytorch_model.safetensors")
+
+    mult = [1] + [2] * (vq_levels - 1)
+    vq = MagvitV2(ConvStack(ch=32, ch_mult=mult, num_res_blocks=[1] * vq_levels, resolution=image_size),
+                  ConvStack(ch=32, ch_mult=mult, num_res_blocks=[1] * vq_levels, resolution=image_size),
+                  codebook_dim)
+    with torch.no_grad():  # GroupNorm affine params off identity, so the fixtures test them
+        for name, p in vq.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    save_vq(vq, vq_dir)
+    return showo_dir
