@@ -5,6 +5,7 @@
   folder:<dir>               images already on disk (fairgen's layout or Shen et al.'s)
   janus:<hf id or dir>       Janus / Janus-Pro via transformers (janus.py)
   emu3:<hf id or dir>        Emu3 via transformers (emu3.py)
+  show-o:<hf id or dir>      Show-o, discrete-diffusion unified model (show_o.py)
   diffusers:<hf id or dir>   Stable Diffusion-family pipelines, generation only (extra `fairgen[diffusers]`)
   plugin:<module>:<Class>    any class implementing the protocol, built with no arguments
   <name>:<arg>               a class installed under the `fairgen.models` entry point group (plugins.py)
@@ -27,11 +28,12 @@ FAMILIES: dict[str, str] = {
     "folder": "images already on disk: `folder:<dir>` (fairgen layout or <dir>/prompt_<i>/img_<j>.png)",
     "janus": "Janus / Janus-Pro (transformers format): `janus:deepseek-community/Janus-Pro-7B` or `janus:<dir>`",
     "emu3": "Emu3 (transformers format): `emu3:BAAI/Emu3-Gen-hf` or `emu3:<dir>`",
+    "show-o": "Show-o (showlab, discrete diffusion): `show-o:showlab/show-o-512x512` or `show-o:<dir>`",
     "diffusers": "text-to-image diffusion pipeline, generation only: `diffusers:<hf id or dir>`",
     "plugin": "your own class: `plugin:<module>:<Class>` implementing models/base.py's protocol",
 }
 # Families that take options (dtype, device_map, ...) through load(**options).
-_HF_FAMILIES = ("janus", "emu3", "diffusers")
+_HF_FAMILIES = ("janus", "emu3", "show-o", "diffusers")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -106,6 +108,10 @@ def _build(spec: str, world_spec: str | Path | None, device: str | None, options
         from . import emu3
 
         return emu3.load(arg, device=device, **options)
+    if family == "show-o":
+        from . import show_o
+
+        return show_o.load(arg, device=device, **options)
     if family == "diffusers":
         from . import diffusers_t2i
 

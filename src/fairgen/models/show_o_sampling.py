@@ -91,7 +91,8 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def gumbel(u: torch.Tensor) -> torch.Tensor:
     """Gumbel noise from uniforms, with upstream's clamp of both logarithms at 1e-20."""
-    return -torch.log(-torch.log(u.clamp(min=1e-20)).clamp(min=1e-20))
+    inner = -torch.log(u.clamp(min=1e-20))
+    return -torch.log(inner.clamp(min=1e-20))
 
 
 def unmask(logits_fn: LogitsFn, batch: int, n: int, mask_id: int, s: Settings, noise: Noise) -> torch.Tensor:

@@ -46,6 +46,14 @@ def _tokenizer(path: Path, vocab_size: int) -> int:
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT)
     fast.save_pretrained(path)
+    # What transformers 4.x and tokenizers 0.19 (upstream's) read as well as today's: merges as "a b"
+    # strings, and a tokenizer class name both know.
+    tok_file = path / "tokenizer.json"
+    spec = json.loads(tok_file.read_text())
+    spec["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    tok_file.write_text(json.dumps(spec))
+    cfg_file = path / "tokenizer_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}))
     return len(fast)
 
 
@@ -62,9 +70,14 @@ def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_l
     torch.manual_seed(seed)
     phi_dir, showo_dir, vq_dir = root / "phi-1_5", root / "show-o", root / "magvitv2"
     llm_vocab = _tokenizer(phi_dir, 300)
-    PhiConfig(vocab_size=llm_vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-              num_attention_heads=heads, max_position_embeddings=4096, qk_layernorm=qk_layernorm,
-              bos_token_id=0, eos_token_id=0).save_pretrained(phi_dir)
+    # Written by hand with the legacy rope keys, so transformers 4.x (upstream's) and 5.x read the same config.
+    (phi_dir / "config.json").write_text(json.dumps({
+        "model_type": "phi", "architectures": ["PhiForCausalLM"], "vocab_size": llm_vocab, "hidden_size": hidden,
+        "intermediate_size": 2 * hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "hidden_act": "gelu_new", "max_position_embeddings": 4096,
+        "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "qk_layernorm": qk_layernorm,
+        "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": False, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+        "attention_dropout": 0.0}, indent=2))
 
     codebook = 2 ** codebook_dim
     side = image_size // 2 ** (vq_levels - 1)
@@ -72,16 +85,16 @@ def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_l
     cfg = PhiConfig.from_pretrained(phi_dir)
     cfg.vocab_size = vocab
     lm = PhiForCausalLM(cfg)
-    with torch.no_grad():  # qk norms and layer norms away from their identity init, so the fixtures test them
-        for name, p in lm.named_parameters():
-            if "layernorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(seed)
+    _fill(lm, gen)
+    with torch.no_grad():
         first = llm_vocab + 1 + len(SPECIALS)
         lm.lm_head.weight[first:first + codebook] *= sharpness
     state = {f"showo.{k}": v.contiguous() for k, v in lm.state_dict().items()}
     if w_clip_vit:
         proj = torch.nn.Sequential(torch.nn.Linear(clip_width, 2 * hidden), torch.nn.GELU(),
                                    torch.nn.Linear(2 * hidden, hidden))
+        _fill(proj, gen)
         state.update({f"mm_projector.{k}": v.contiguous() for k, v in proj.state_dict().items()})
     showo_dir.mkdir(parents=True, exist_ok=True)
     (showo_dir / "config.json").write_text(json.dumps({
@@ -94,9 +107,21 @@ def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_l
     vq = MagvitV2(ConvStack(ch=32, ch_mult=mult, num_res_blocks=[1] * vq_levels, resolution=image_size),
                   ConvStack(ch=32, ch_mult=mult, num_res_blocks=[1] * vq_levels, resolution=image_size),
                   codebook_dim)
-    with torch.no_grad():  # GroupNorm affine params off identity, so the fixtures test them
-        for name, p in vq.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    _fill(vq, gen)
     save_vq(vq, vq_dir)
     return showo_dir
+
+
+def _fill(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every parameter from `gen` (in name order), whatever the library's own init: weights N(0, 1/fan_in),
+    biases N(0, 0.02^2), norm scales 1 + N(0, 0.1^2) (off identity, so the fixtures test them). The same
+    seed gives the same checkpoint under any transformers version."""
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            z = torch.randn(p.shape, generator=gen)
+            if "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * z)
+            elif p.dim() == 1:
+                p.copy_(0.02 * z)
+            else:
+                p.copy_(z / p[0].numel() ** 0.5)
