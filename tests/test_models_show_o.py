@@ -148,3 +148,47 @@ def test_surrogate_orders_sequences_as_generation_frequency(tmp_path):
         score = model.token_logprob(["a nurse"] * int(keep.sum()), seqs[keep])
     rho = spearmanr(counts[keep].numpy(), score.numpy()).statistic
     assert rho > 0.6, rho
+
+
+def test_locate_and_audit_through_the_cli(show_o_root, tmp_path):
+    """`fairgen locate --model show-o:<dir>` end to end (it audits first, through the same CLI run): the
+    MAGVIT-v2 and Phi-1.5 directories beside the checkpoint are found without options, and the findings
+    say what the LM audit of a parallel decoder measures."""
+    from typer.testing import CliRunner
+
+    from conftest import write_suite
+    from fairgen.cli import app
+
+    suite = write_suite(tmp_path / "suite.yaml", ["nurse", "firefighter"])
+    out = tmp_path / "locate"
+    result = CliRunner().invoke(app, ["locate", "--model", f"show-o:{show_o_root / 'show-o'}", "--suite", str(suite),
+                                      "-n", "2", "--perception", "world", "--sequences", "2", "--labelled",
+                                      "world:16", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    audit = json.loads((out / "audit" / "results.json").read_text())
+    assert [p["n_images"] for p in audit["prompts"]] == [2, 2]
+    assert "pytorch_model.safetensors" in (out / "audit" / "manifest.json").read_text()
+    findings = json.loads((out / "findings.json").read_text())
+    assert {"understanding", "tokenizer", "language_model", "verdicts"} <= set(findings)
+    assert any("decodes in parallel" in n for n in findings["notes"])
+
+
+def test_fix_through_the_cli(show_o_root, tmp_path):
+    """`fairgen fix --model show-o:<dir>`: LoRA on the Phi LM trained on the masked-token surrogate (SFT then
+    BPO), the adapter saved and the after-audit run with it."""
+    from typer.testing import CliRunner
+
+    from conftest import write_suite
+    from fairgen.cli import app
+
+    suite = str(write_suite(tmp_path / "suite.yaml", ["nurse", "firefighter"]))
+    out = tmp_path / "fix"
+    result = CliRunner().invoke(app, [
+        "fix", "--model", f"show-o:{show_o_root / 'show-o'}", "--train-suite", suite, "--test-suite", suite,
+        "--data-source", "world", "--perception", "world", "--images-per-group", "1", "--sft-steps", "2",
+        "--bpo-steps", "2", "--units-per-batch", "2", "-n", "2", "--explicit-concepts", "0", "--check-suites", "none",
+        "--understanding-images", "0", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads((out / "fix_report.json").read_text())
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "show-o" in json.dumps(report)

@@ -190,6 +190,8 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
                                                               else "give labelled images with --labelled"))
             if lm_hooks:
                 findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache)
+                if getattr(gen, "lm_audit_note", None):  # what a non-autoregressive family's hooks measure
+                    notes.append(gen.lm_audit_note)
             else:
                 notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
             findings["verdicts"] = verdicts(findings)

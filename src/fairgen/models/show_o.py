@@ -39,29 +39,38 @@ SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence a
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
-def _resolve(what: str, arg: str, base: Path | None = None) -> Path:
-    """A local directory: `arg` itself, relative to `base`, or a hub id already in (or fetched to) the cache."""
-    for cand in ([Path(arg).expanduser()] + ([base / arg] if base is not None else [])):
+def _find(what: str, option: str, candidates: Sequence[Path], hub_id: str | None, patterns: list[str]) -> Path:
+    """The first existing directory among `candidates`, else `hub_id` from the hub cache (or fetched: only
+    files matching `patterns`); else FairgenError naming the model option that points at it."""
+    for cand in candidates:
         if cand.is_dir():
             return cand
-    try:
-        return hf.resolve_checkpoint(FAMILY, arg)[0]
-    except FairgenError as e:
-        raise FairgenError(f"{FAMILY}: cannot find the {what} {arg!r} ({e}); give a local directory "
-                           f"with the model option of the same name") from None
+    if hub_id and hub_id.count("/") == 1 and not hub_id.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(hub_id, allow_patterns=patterns))
+        except Exception as e:  # noqa: BLE001  (offline, unknown or gated repo: one answer for the user)
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise FairgenError(f"{FAMILY}: cannot fetch the {what} {hub_id} ({reason}); give a local directory "
+                               f"with --model-option {option}=DIR") from None
+    raise FairgenError(f"{FAMILY}: cannot find the {what} (looked in {', '.join(map(str, candidates))}); give "
+                       f"a directory with --model-option {option}=DIR")
 
 
 class ShowoModel:
     """A Show-o checkpoint behind the unified model protocol.
 
-    checkpoint: a directory or hub id. vq: the MAGVIT-v2 directory or hub id (default showlab/magvitv2).
-    llm: where Phi-1.5's config and tokenizer are (default: the checkpoint's llm_model_path). clip: the
+    checkpoint: a directory or hub id. vq: the MAGVIT-v2 directory or hub id (default: a `magvitv2`
+    directory in or beside the checkpoint's, else showlab/magvitv2). llm: where Phi-1.5's config and
+    tokenizer are (default: the checkpoint's llm_model_path, or a directory of its name beside the
+    checkpoint's; a hub id fetches config and tokenizer files only). clip: the
     CLIP vision tower of the -w-clip-vit variants (default openai/clip-vit-large-patch14-336, loaded on first
     use). dtype: bf16 on GPU, fp32 on CPU by default.
     """
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
-                 vq: str = "showlab/magvitv2", llm: str | None = None,
+                 vq: str | None = None, llm: str | None = None,
                  clip: str = "openai/clip-vit-large-patch14-336") -> None:
         from safetensors.torch import load_file
 
@@ -75,19 +84,23 @@ class ShowoModel:
         state: dict[str, torch.Tensor] = {}
         for f in sorted(path.glob("*.safetensors")):
             state.update(load_file(f))
-        llm_dir = _resolve("Phi-1.5 config and tokenizer", llm or cfg["llm_model_path"], path)
+        # Beside the checkpoint first: the layout `huggingface-cli download ... --local-dir` leaves.
+        llm_arg = llm or cfg["llm_model_path"]
+        llm_dir = _find("Phi-1.5 config and tokenizer", "llm", [Path(llm_arg).expanduser(), path.parent /
+                        Path(llm_arg).name], llm_arg, ["*.json", "*.txt", "*.model"])
         tokenizer = _tokenizer(llm_dir)
-        vq_dir = _resolve("MAGVIT-v2 tokenizer", vq, path)
-        self._build(cfg, state, tokenizer, _phi_config(llm_dir), magvit2.load(vq_dir, target, self.dtype), target)
+        vq_dir = _find("MAGVIT-v2 image tokenizer", "vq", [Path(vq).expanduser()] if vq else
+                       [path / "magvitv2", path.parent / "magvitv2"], vq or "showlab/magvitv2", ["*.json", "*.safetensors"])
+        self._build(cfg, _lm_from_state(_phi_config(llm_dir), int(cfg["vocab_size"]), state), state, tokenizer,
+                    magvit2.load(vq_dir, target, self.dtype), target)
         self.spec = f"{FAMILY}:{checkpoint}"
         self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
         self.clip_source, self._clip = clip, None
 
-    def _build(self, cfg: dict, state: dict[str, torch.Tensor], tokenizer: Any, phi_cfg: Any,
+    def _build(self, cfg: dict, lm: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer: Any,
                vq: magvit2.MagvitV2, device: torch.device) -> None:
-        """Assemble from parts (also used by benchmarks on random weights)."""
-        from transformers import PhiForCausalLM
-
+        """Assemble from parts: the Show-o config, the PhiForCausalLM, the checkpoint's other tensors (the
+        CLIP projector), the extended tokenizer and the image tokenizer (benchmarks pass random ones)."""
         self.config, self.tokenizer, self.vq = cfg, tokenizer, vq
         self.w_clip_vit = bool(cfg.get("w_clip_vit", False))
         self.n_tokens = int(cfg["num_vq_tokens"])
@@ -100,12 +113,6 @@ class ShowoModel:
                                f"{self.codebook} codes vs image offset {self.offset}, mask {self.mask_id}")
         if vq.codebook_size != self.codebook:
             raise FairgenError(f"{FAMILY}: the image tokenizer has {vq.codebook_size} codes, the LM {self.codebook}")
-        phi_cfg.vocab_size = self.vocab
-        with torch.device("meta"):
-            lm = PhiForCausalLM(phi_cfg)
-        lm_state = {k.removeprefix("showo."): v for k, v in state.items() if k.startswith("showo.")}
-        lm.load_state_dict(lm_state, strict=True, assign=True)
-        lm.model.rotary_emb = type(lm.model.rotary_emb)(phi_cfg)  # non-persistent buffers: rebuilt
         self.lm = lm.to(device, self.dtype).eval()
         self.projector = None
         if self.w_clip_vit:
@@ -123,6 +130,10 @@ class ShowoModel:
         self.resolution = vq.factor * int(round(self.n_tokens ** 0.5))
 
     capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
+    lm_audit_note = ("show-o decodes in parallel, not left to right: its language-model audit compares, per "
+                     "code position, the distribution predicted with that position's checkerboard half of the "
+                     "grid masked and the other half given (not a next-token distribution), and its probes read "
+                     "the hidden state at <|soi|> with every code masked (the sampler's first step)")
 
     @property
     def device(self) -> torch.device:
@@ -160,15 +171,19 @@ class ShowoModel:
         rows = slice(self.offset, self.offset + self.codebook)
         return torch.nn.functional.linear(hidden, head.weight[rows], head.bias[rows] if head.bias is not None else None)
 
-    def full_logits(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def full_logits(self, text: torch.Tensor, codes: torch.Tensor, whole_head: bool = False) -> torch.Tensor:
         """Upstream's forward: whole rows (text + image span) through the LM -> code logits [R, N, codebook]
-        of the image positions (fp32). Differentiable; no cache."""
+        of the image positions (fp32). Differentiable; no cache. whole_head: the full-vocabulary head, then
+        the code columns (upstream's order of work; the reference loop)."""
         from .show_o_lm import t2i_allowed
 
         ids = torch.cat([text, self.span_ids(codes)], dim=1)
         mask = additive(t2i_allowed(text, self.ids["pad"], codes.shape[1] + 2), self.dtype)
         hidden, _ = self.runner.run(self.lm.model.embed_tokens(ids), mask)
-        return self.code_head(hidden[:, text.shape[1] + 1:-1]).float()
+        hidden = hidden[:, text.shape[1] + 1:-1]
+        if whole_head:
+            return self.lm.lm_head(hidden)[..., self.offset:self.offset + self.codebook].float()
+        return self.code_head(hidden).float()
 
     @torch.no_grad()
     def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], cache: bool = True,
@@ -183,7 +198,7 @@ class ShowoModel:
             logits_fn = sampling.prefix_logits(self, text)
         else:
             def logits_fn(codes: torch.Tensor) -> torch.Tensor:
-                return self.full_logits(text, codes.repeat(text.shape[0] // codes.shape[0], 1))
+                return self.full_logits(text, codes.repeat(text.shape[0] // codes.shape[0], 1), whole_head=True)
         return sampling.unmask(logits_fn, len(prompts), self.n_tokens, self.mask_id, s, noise)
 
     def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **given: Any) -> list[Image.Image]:
@@ -238,7 +253,8 @@ class ShowoModel:
         if self._clip is None:
             from transformers import CLIPImageProcessor, CLIPVisionModel
 
-            clip_dir = _resolve("CLIP vision tower", self.clip_source)
+            clip_dir = _find("CLIP vision tower", "clip", [Path(self.clip_source).expanduser()], self.clip_source,
+                             ["*.json", "*.safetensors", "*.txt"])
             self._clip = (CLIPImageProcessor.from_pretrained(clip_dir),
                           CLIPVisionModel.from_pretrained(clip_dir, use_safetensors=True).to(self.device, self.dtype).eval())
         processor, tower = self._clip
@@ -300,6 +316,22 @@ class ShowoModel:
         mask = additive(t2i_allowed(text, self.ids["pad"], self.n_tokens + 2), self.dtype)
         hidden, _ = self.runner.run(self.lm.model.embed_tokens(ids), mask)
         return hidden[:, text.shape[1]].float().cpu()
+
+
+def _lm_from_state(phi_cfg: Any, vocab: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """transformers' PhiForCausalLM with the checkpoint's `showo.` tensors (prefix stripped), strictly."""
+    from transformers import PhiForCausalLM
+
+    phi_cfg.vocab_size = vocab
+    with torch.device("meta"):
+        lm = PhiForCausalLM(phi_cfg)
+    lm_state = {k.removeprefix("showo."): v for k, v in state.items() if k.startswith("showo.")}
+    try:
+        lm.load_state_dict(lm_state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise FairgenError(f"{FAMILY}: the checkpoint does not fit its Phi config: {str(e).splitlines()[1:2]}") from None
+    lm.model.rotary_emb = type(lm.model.rotary_emb)(phi_cfg)  # non-persistent buffers: rebuilt off meta
+    return lm
 
 
 def _tokenizer(llm_dir: Path) -> Any:
