@@ -129,7 +129,7 @@ class ShowoModel:
         self.lora_targets: list[str] = hf.linear_names(self.lm, "model.layers.")
         self.resolution = vq.factor * int(round(self.n_tokens ** 0.5))
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
     lm_audit_note = ("show-o decodes in parallel, not left to right: its language-model audit compares, per "
                      "code position, the distribution predicted with that position's checkerboard half of the "
                      "grid masked and the other half given (not a next-token distribution), and its probes read "
@@ -232,6 +232,22 @@ class ShowoModel:
         """Codes [B, N] -> images (pixels (x + 1) / 2, rounded to 8 bits)."""
         return hf.to_pil(self.vq.decode(tokens.to(self.device)), [0.5] * 3, [0.5] * 3)
 
+    @torch.no_grad()
+    def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """LFQ latents of each image on its code grid, as the MAGVIT-v2 decoder reads them: float32
+        [B, C, h, w] of +-1 (C = 13 sign bits for the released tokenizer)."""
+        codes = self.encode_image(images)
+        return self.vq.quantize.latents(codes, int(round(codes.shape[1] ** 0.5))).float().cpu()
+
+    @torch.no_grad()
+    def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """What the LM reads of an image when it answers: the discrete variants' code embeddings (the LM's
+        input embeddings of the MAGVIT-v2 codes), the CLIP variants' projected CLIP patch features.
+        float32 [B, N, D]."""
+        if self.w_clip_vit:
+            return torch.cat([self._clip_features(im) for im in images]).float().cpu()
+        return self.lm.model.embed_tokens(self.encode_image(images) + self.offset).float().cpu()
+
     # -- understanding ----------------------------------------------------------------------------------
     def _mmu_context(self, image: Image.Image | None, question: str) -> tuple[torch.Tensor, int]:
         """Embeddings [1, L, D] of the understanding prompt and the index of its last image-prefix position."""
@@ -319,10 +335,14 @@ class ShowoModel:
 
 
 def _lm_from_state(phi_cfg: Any, vocab: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """transformers' PhiForCausalLM with the checkpoint's `showo.` tensors (prefix stripped), strictly."""
+    """transformers' PhiForCausalLM with the checkpoint's `showo.` tensors (prefix stripped), strictly;
+    QK layer norms on exactly when the checkpoint has their weights."""
     from transformers import PhiForCausalLM
 
     phi_cfg.vocab_size = vocab
+    # upstream builds the LM from llm_model_path's config as is (microsoft/phi-1_5 says qk_layernorm false);
+    # a checkpoint that carries QK-norm weights was trained with them, so they decide.
+    phi_cfg.qk_layernorm = any(".q_layernorm." in k for k in state)
     with torch.device("meta"):
         lm = PhiForCausalLM(phi_cfg)
     lm_state = {k.removeprefix("showo."): v for k, v in state.items() if k.startswith("showo.")}
