@@ -192,3 +192,14 @@ def test_fix_through_the_cli(show_o_root, tmp_path):
     report = json.loads((out / "fix_report.json").read_text())
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert "show-o" in json.dumps(report)
+
+
+def test_clip_variant_option_logprobs_match_upstream(tmp_path):
+    """A -w-clip-vit checkpoint (CLIP-L/14-336 geometry: 576 features through the projector): option
+    log-probabilities as upstream's inference_mmu.py input and create_attention_mask_for_mmu_vit give them."""
+    root = show_o_tiny.write(tmp_path, w_clip_vit=True)
+    model = models.load(f"show-o:{root}")
+    expected = FIXTURE["options"]
+    ours = model.option_logprobs(fixture_image(), expected["question"], expected["options"])
+    np.testing.assert_allclose(ours.numpy(), FIXTURE["clip_options"], atol=1e-5)
+    assert model.understanding_embeddings([fixture_image()]).shape == (1, 576, 64)

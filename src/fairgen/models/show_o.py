@@ -249,8 +249,8 @@ class ShowoModel:
         return self.lm.model.embed_tokens(self.encode_image(images) + self.offset).float().cpu()
 
     # -- understanding ----------------------------------------------------------------------------------
-    def _mmu_context(self, image: Image.Image | None, question: str) -> tuple[torch.Tensor, int]:
-        """Embeddings [1, L, D] of the understanding prompt and the index of its last image-prefix position."""
+    def _mmu_context(self, image: Image.Image | None, question: str) -> tuple[torch.Tensor, slice]:
+        """Embeddings [1, L, D] of the understanding prompt and the positions every row may attend to."""
         tok, embed = self.tokenizer, self.lm.model.embed_tokens
         if self.w_clip_vit:
             system = tok(SYSTEM_PROMPT)["input_ids"]
@@ -258,18 +258,20 @@ class ShowoModel:
             tail = [self.ids["<|eoi|>"], *tok(f"USER: {question} ASSISTANT:")["input_ids"]]
             feats = self._clip_features(image) if image is not None else embed(head)[:, :0]
             parts = [embed(head), feats, embed(torch.tensor([tail], device=self.device))]
-            return torch.cat(parts, dim=1), head.shape[1] + feats.shape[1] - 1
+            return torch.cat(parts, dim=1), slice(head.shape[1], head.shape[1] + feats.shape[1])
         codes = (self.encode_image([image]) + self.offset).tolist()[0] if image is not None else []
         ids = [self.ids["<|mmu|>"], self.ids["<|soi|>"], *codes, self.ids["<|eoi|>"], self.ids["bos"],
                *tok("USER: \n" + question + " ASSISTANT:")["input_ids"]]
-        return embed(torch.tensor([ids], device=self.device)), len(codes) + 2
+        return embed(torch.tensor([ids], device=self.device)), slice(0, len(codes) + 3)
 
     def _clip_features(self, image: Image.Image) -> torch.Tensor:
         """CLIP-L/14-336 penultimate-layer patch features of one image through the projector: [1, 576, D]."""
         if self._clip is None:
             from transformers import CLIPImageProcessor, CLIPVisionModel
 
-            clip_dir = _find("CLIP vision tower", "clip", [Path(self.clip_source).expanduser()], self.clip_source,
+            here = self.fingerprint.path
+            clip_dir = _find("CLIP vision tower", "clip", [Path(self.clip_source).expanduser(), here.parent /
+                             Path(self.clip_source).name], self.clip_source,
                              ["*.json", "*.safetensors", "*.txt"])
             self._clip = (CLIPImageProcessor.from_pretrained(clip_dir),
                           CLIPVisionModel.from_pretrained(clip_dir, use_safetensors=True).to(self.device, self.dtype).eval())
@@ -282,12 +284,12 @@ class ShowoModel:
     def option_logprobs(self, image: Image.Image | None, question: str, options: Sequence[str]) -> torch.Tensor:
         """Log-probability (float64 [K]) of each option's tokens (" option" then <eos>, the phi1.5 chat
         template's answer) after the understanding prompt: shifted next-token log-probabilities, one batch."""
-        context, image_end = self._mmu_context(image, question)
+        context, seen = self._mmu_context(image, question)
         conts = [self.tokenizer(" " + o)["input_ids"] + [self.ids["eos"]] for o in options]
         cont, valid = hf.pad_continuations(conts, self.ids["eos"], torch.zeros(1, dtype=torch.long, device=self.device))
         k, n = len(options), context.shape[1]
         embeds = torch.cat([context.expand(k, -1, -1), self.lm.model.embed_tokens(cont)], dim=1)
-        mask = additive(mmu_allowed(embeds.shape[1], image_end, self.device), self.dtype).unsqueeze(0)
+        mask = additive(mmu_allowed(embeds.shape[1], seen, self.device), self.dtype).unsqueeze(0)
         hidden, _ = self.runner.run(embeds, mask.expand(k, -1, -1, -1))
         logits = self.lm.lm_head(hidden[:, n - 1:-1]).double()
         logp = torch.log_softmax(logits, dim=-1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)

@@ -11,7 +11,7 @@ In text to image, text rows attend causally and not to padding; the image span (
 attends to every non-padding position, itself included, in both directions. Text never attends to the
 image span, so the text rows' keys and values are the same at every sampling step: `prefix` computes
 them once and `span` runs only the N + 2 image-span positions against them. In understanding every row
-attends causally and to the whole image prefix (up to <|eoi|>). Positions are 0..L-1 with padding
+attends causally and to the whole image prefix (up to <|eoi|>; the CLIP variants: to the CLIP features). Positions are 0..L-1 with padding
 counted, as upstream passes none. Masks are additive, 0 or finfo(dtype).min.
 
 The layers are the checkpoint's own transformers PhiForCausalLM modules (so peft's LoRA layers run
@@ -60,10 +60,11 @@ def t2i_allowed(text: torch.Tensor, pad_id: int, span: int) -> torch.Tensor:
     return torch.where(is_image_row, image_rows, text_rows)
 
 
-def mmu_allowed(length: int, image_end: int, device: torch.device) -> torch.Tensor:
-    """Boolean mask [L, L] of an understanding row: causal, and every row sees positions 0..image_end."""
+def mmu_allowed(length: int, seen: slice, device: torch.device) -> torch.Tensor:
+    """Boolean mask [L, L] of an understanding row: causal, and every row sees the positions `seen` (the
+    discrete variants: 0..<|eoi|>; the CLIP variants: the CLIP features only, the system prompt stays causal)."""
     allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    allowed[:, :image_end + 1] = True
+    allowed[:, seen] = True
     return allowed
 
 

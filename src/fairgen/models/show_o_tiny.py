@@ -8,7 +8,8 @@ write(root) makes three directories, as a user would have them after downloading
                    pytorch_model.safetensors with the PhiForCausalLM under `showo.` (+ `mm_projector.`)
   root/magvitv2/   config.json (with the small architecture) and pytorch_model.safetensors
 
-so `show-o:root/show-o` with the option vq=root/magvitv2 loads it. The vocabulary has upstream's layout:
+and, with w_clip_vit, root/clip-vit-large-patch14-336/ (a 2-layer CLIP vision tower with CLIP-L/14-336's
+geometry). `show-o:root/show-o` loads it as is: the other directories are found beside the checkpoint. The vocabulary has upstream's layout:
 text, [PAD], the nine task tokens, the codes, the mask token.
 """
 
@@ -96,6 +97,7 @@ def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_l
                                    torch.nn.Linear(2 * hidden, hidden))
         _fill(proj, gen)
         state.update({f"mm_projector.{k}": v.contiguous() for k, v in proj.state_dict().items()})
+        _clip(root / "clip-vit-large-patch14-336", clip_width, gen)
     showo_dir.mkdir(parents=True, exist_ok=True)
     (showo_dir / "config.json").write_text(json.dumps({
         "_class_name": "Showo", "_diffusers_version": "0.30.1", "w_clip_vit": w_clip_vit, "vocab_size": vocab,
@@ -110,6 +112,30 @@ def write(root: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, qk_l
     _fill(vq, gen)
     save_vq(vq, vq_dir)
     return showo_dir
+
+
+def _clip(path: Path, width: int, gen: torch.Generator) -> None:
+    """A 2-layer CLIP vision tower with CLIP-L/14-336's geometry (336 px, 14 px patches: 576 features) and
+    its image processor, saved as transformers does (the CLIP variants' understanding path)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=336, patch_size=14, projection_dim=width)
+    tower = CLIPVisionModel(cfg)
+    _fill(tower, gen)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(path)
+    # Under "vision_model.", as in the released CLIP checkpoints (which transformers 4.x and 5.x both read).
+    state = {k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous()
+             for k, v in tower.state_dict().items()}
+    save_file(state, path / "model.safetensors",
+              metadata={"format": "pt"})  # transformers 4.x reads only files that say so
+    (path / "preprocessor_config.json").write_text(json.dumps({  # what transformers 4.x and 5.x both read
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 336},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": 336, "width": 336}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
 
 
 def _fill(module: torch.nn.Module, gen: torch.Generator) -> None:
