@@ -131,6 +131,7 @@ def test_surrogate_is_deterministic_and_trains_lora(show_o):
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
     finally:
         peft.unload()
+        show_o.lm.requires_grad_(True)  # peft froze the base weights; later tests check gradients flow
 
 
 def test_surrogate_orders_sequences_as_generation_frequency(tmp_path):
@@ -203,3 +204,15 @@ def test_clip_variant_option_logprobs_match_upstream(tmp_path):
     ours = model.option_logprobs(fixture_image(), expected["question"], expected["options"])
     np.testing.assert_allclose(ours.numpy(), FIXTURE["clip_options"], atol=1e-5)
     assert model.understanding_embeddings([fixture_image()]).shape == (1, 576, 64)
+
+
+def test_caption_logprob_is_the_answer_score(show_o):
+    """caption_logprob (fix's understanding-sft) scores a text exactly as answer_distribution scores an answer."""
+    from fairgen.fix.caption import CAPTION_QUESTION, caption_logprob
+
+    image = fixture_image()
+    per_token = caption_logprob(show_o, [image], ["male"])
+    n_tokens = len(show_o.tokenizer(" male")["input_ids"]) + 1
+    whole = show_o.option_logprobs(image, CAPTION_QUESTION, ["male"])
+    assert per_token.requires_grad
+    assert float(per_token[0].detach()) * n_tokens == pytest.approx(float(whole[0]), rel=1e-5)

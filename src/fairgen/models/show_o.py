@@ -129,7 +129,7 @@ class ShowoModel:
         self.lora_targets: list[str] = hf.linear_names(self.lm, "model.layers.")
         self.resolution = vq.factor * int(round(self.n_tokens ** 0.5))
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
+    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed", "caption"})
     lm_audit_note = ("show-o decodes in parallel, not left to right: its language-model audit compares, per "
                      "code position, the distribution predicted with that position's checkerboard half of the "
                      "grid masked and the other half given (not a next-token distribution), and its probes read "
@@ -280,20 +280,38 @@ class ShowoModel:
         feats = tower(pv, output_hidden_states=True).hidden_states[-2][:, 1:]
         return self.projector(feats)
 
-    @torch.no_grad()
-    def option_logprobs(self, image: Image.Image | None, question: str, options: Sequence[str]) -> torch.Tensor:
-        """Log-probability (float64 [K]) of each option's tokens (" option" then <eos>, the phi1.5 chat
-        template's answer) after the understanding prompt: shifted next-token log-probabilities, one batch."""
-        context, seen = self._mmu_context(image, question)
-        conts = [self.tokenizer(" " + o)["input_ids"] + [self.ids["eos"]] for o in options]
+    def _answer_logprobs(self, context: torch.Tensor, seen: slice, answers: Sequence[str],
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities [K, T] (in `dtype`) of each answer (" answer" then <eos>, the phi1.5
+        chat template's answer) after the understanding contexts [K or 1, L, D] with the attention `seen`,
+        by shifted next-token log-probabilities in one batch; and the valid-token mask [K, T]."""
+        conts = [self.tokenizer(" " + a)["input_ids"] + [self.ids["eos"]] for a in answers]
         cont, valid = hf.pad_continuations(conts, self.ids["eos"], torch.zeros(1, dtype=torch.long, device=self.device))
-        k, n = len(options), context.shape[1]
+        k, n = len(answers), context.shape[1]
         embeds = torch.cat([context.expand(k, -1, -1), self.lm.model.embed_tokens(cont)], dim=1)
         mask = additive(mmu_allowed(embeds.shape[1], seen, self.device), self.dtype).unsqueeze(0)
         hidden, _ = self.runner.run(embeds, mask.expand(k, -1, -1, -1))
-        logits = self.lm.lm_head(hidden[:, n - 1:-1]).double()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)
-        return (logp * valid).sum(-1)
+        logits = self.lm.lm_head(hidden[:, n - 1:-1]).to(dtype)
+        return torch.log_softmax(logits, dim=-1).gather(-1, cont.unsqueeze(-1)).squeeze(-1) * valid, valid
+
+    @torch.no_grad()
+    def option_logprobs(self, image: Image.Image | None, question: str, options: Sequence[str]) -> torch.Tensor:
+        """Log-probability (float64 [K]) of each option as the whole answer after the understanding prompt."""
+        context, seen = self._mmu_context(image, question)
+        return self._answer_logprobs(context, seen, options, torch.float64)[0].sum(-1)
+
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
+        """Mean per-token log-probability (float32 [B]) of texts[i] (and <eos>) as the answer to fix's
+        caption question about images[i], in answer_distribution's format; differentiable (LoRA)."""
+        from ..fix.caption import CAPTION_QUESTION
+
+        hf.check_batch(FAMILY, images, texts, "texts")
+        out = []
+        for image, text in zip(images, texts):
+            context, seen = self._mmu_context(image, CAPTION_QUESTION)
+            logp, valid = self._answer_logprobs(context, seen, [text], torch.float32)
+            out.append(logp.sum() / valid.sum())
+        return torch.stack(out)
 
     def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
         """Exact probability of each option as the whole answer, renormalised over the options; the mass
