@@ -27,10 +27,11 @@ import torch
 from PIL import Image
 
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
 from . import magvit2
 from . import show_o_sampling as sampling
-from .base import OTHER
+from .hf import chat, checks, loading
+from .hf.images import to_pil
+from .protocols import OTHER
 from .show_o_lm import MAX_TEXT, SPECIALS, PhiRunner, additive, mmu_allowed, t2i_text
 
 FAMILY = "show-o"
@@ -74,13 +75,13 @@ class ShowoModel:
                  clip: str = "openai/clip-vit-large-patch14-336") -> None:
         from safetensors.torch import load_file
 
-        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
+        path, revision = loading.resolve_checkpoint(FAMILY, checkpoint)
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("_class_name") != "Showo":
             raise FairgenError(f"{FAMILY}: {path}/config.json is not a Show-o config (_class_name "
                                f"{cfg.get('_class_name')!r})")
-        target = hf.resolve_device(device)
-        self.dtype = hf.resolve_dtype(dtype, target)
+        target = loading.resolve_device(device)
+        self.dtype = loading.resolve_dtype(dtype, target)
         state: dict[str, torch.Tensor] = {}
         for f in sorted(path.glob("*.safetensors")):
             state.update(load_file(f))
@@ -94,7 +95,7 @@ class ShowoModel:
         self._build(cfg, _lm_from_state(_phi_config(llm_dir), int(cfg["vocab_size"]), state), state, tokenizer,
                     magvit2.load(vq_dir, target, self.dtype), target)
         self.spec = f"{FAMILY}:{checkpoint}"
-        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        self.fingerprint = loading.Fingerprint(path, checkpoint, revision)
         self.clip_source, self._clip = clip, None
 
     def _build(self, cfg: dict, lm: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer: Any,
@@ -126,10 +127,9 @@ class ShowoModel:
         self.ids = {"pad": tokenizer.pad_token_id, "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                     **{t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}}
         self.defaults = sampling.defaults_for(self.n_tokens)
-        self.lora_targets: list[str] = hf.linear_names(self.lm, "model.layers.")
+        self.lora_targets: list[str] = loading.linear_names(self.lm, "model.layers.")
         self.resolution = vq.factor * int(round(self.n_tokens ** 0.5))
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed", "caption"})
     lm_audit_note = ("show-o decodes in parallel, not left to right: its language-model audit compares, per "
                      "code position, the distribution predicted with that position's checkerboard half of the "
                      "grid masked and the other half given (not a next-token distribution), and its probes read "
@@ -188,12 +188,19 @@ class ShowoModel:
     @torch.no_grad()
     def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], cache: bool = True,
                         **given: Any) -> torch.Tensor:
-        """Codes LongTensor [B, N] of one image per (prompt, seed) (show_o_sampling.Settings for the keys).
+        """Codes LongTensor [B, N] of one image per (prompt, seed); settings cfg, temperature, steps
+        (show_o_sampling.resolve).
         cache=False: upstream's loop, every row whole through the LM at every step (the reference)."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        s = sampling.Settings.parse(FAMILY, self.defaults, given)
+        checks.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = sampling.resolve(self.defaults, given, FAMILY)
+        return self.sample_codes(prompts, s, sampling.Noise.from_seeds(seeds, s.steps, self.n_tokens, self.device),
+                                 cache)
+
+    @torch.no_grad()
+    def sample_codes(self, prompts: Sequence[Prompt | str], s: sampling.Settings, noise: sampling.Noise,
+                     cache: bool = True) -> torch.Tensor:
+        """The sampler on given uniforms (generate_tokens draws them from the seeds): codes [B, N]."""
         text = self.guidance_text(prompts, s.cfg)
-        noise = sampling.Noise(seeds, s.steps, self.n_tokens, self.device)
         if cache:
             logits_fn = sampling.prefix_logits(self, text)
         else:
@@ -230,7 +237,7 @@ class ShowoModel:
     @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
         """Codes [B, N] -> images (pixels (x + 1) / 2, rounded to 8 bits)."""
-        return hf.to_pil(self.vq.decode(tokens.to(self.device)), [0.5] * 3, [0.5] * 3)
+        return to_pil(self.vq.decode(tokens.to(self.device)), [0.5] * 3, [0.5] * 3)
 
     @torch.no_grad()
     def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -286,7 +293,7 @@ class ShowoModel:
         chat template's answer) after the understanding contexts [K or 1, L, D] with the attention `seen`,
         by shifted next-token log-probabilities in one batch; and the valid-token mask [K, T]."""
         conts = [self.tokenizer(" " + a)["input_ids"] + [self.ids["eos"]] for a in answers]
-        cont, valid = hf.pad_continuations(conts, self.ids["eos"], torch.zeros(1, dtype=torch.long, device=self.device))
+        cont, valid = chat.pad_continuations(conts, self.ids["eos"], torch.zeros(1, dtype=torch.long, device=self.device))
         k, n = len(answers), context.shape[1]
         embeds = torch.cat([context.expand(k, -1, -1), self.lm.model.embed_tokens(cont)], dim=1)
         mask = additive(mmu_allowed(embeds.shape[1], seen, self.device), self.dtype).unsqueeze(0)
@@ -300,15 +307,13 @@ class ShowoModel:
         context, seen = self._mmu_context(image, question)
         return self._answer_logprobs(context, seen, options, torch.float64)[0].sum(-1)
 
-    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
-        """Mean per-token log-probability (float32 [B]) of texts[i] (and <eos>) as the answer to fix's
-        caption question about images[i], in answer_distribution's format; differentiable (LoRA)."""
-        from ..fix.caption import CAPTION_QUESTION
-
-        hf.check_batch(FAMILY, images, texts, "texts")
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
+        """Mean per-token log-probability (float32 [B]) of texts[i] (and <eos>) as the answer to `question`
+        about images[i], in answer_distribution's format; differentiable (LoRA)."""
+        checks.check_batch(FAMILY, images, texts, "texts")
         out = []
         for image, text in zip(images, texts):
-            context, seen = self._mmu_context(image, CAPTION_QUESTION)
+            context, seen = self._mmu_context(image, question)
             logp, valid = self._answer_logprobs(context, seen, [text], torch.float32)
             out.append(logp.sum() / valid.sum())
         return torch.stack(out)
@@ -316,26 +321,26 @@ class ShowoModel:
     def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
         """Exact probability of each option as the whole answer, renormalised over the options; the mass
         outside them under OTHER."""
-        hf.check_options(FAMILY, options)
-        return hf.option_distribution(options, self.option_logprobs(image, question, options), OTHER)
+        checks.check_options(FAMILY, options)
+        return chat.option_distribution(options, self.option_logprobs(image, question, options), OTHER)
 
     # -- what fix trains on, and locate's LM hooks ------------------------------------------------------
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The masked-token surrogate of log p(codes | prompt): float32 [B], differentiable (LoRA)."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        checks.check_batch(FAMILY, prompts, tokens, "token rows")
         text = self.t2i_text_ids(prompts)
         return sampling.masked_logprob(lambda codes: self.full_logits(text, codes), tokens.to(self.device),
                                        self.mask_id, seed)
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """token_logprob of each image's MAGVIT-v2 codes given its prompt [B] (differentiable)."""
-        hf.check_batch(FAMILY, prompts, images, "images")
+        checks.check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
 
     def image_token_logits(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
         """For locate: code logits [B, N, codebook] of every position, each predicted with its checkerboard
         half of the grid masked and the other half given (show_o_sampling.checkerboard_logits); fp32."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        checks.check_batch(FAMILY, prompts, tokens, "token rows")
         text = self.t2i_text_ids(prompts)
         return sampling.checkerboard_logits(lambda codes: self.full_logits(text, codes), tokens.to(self.device),
                                             self.mask_id)
@@ -398,12 +403,4 @@ def _phi_config(llm_dir: Path) -> Any:
     return cfg
 
 
-def load(checkpoint: str, device: str | None = None, **options: Any) -> ShowoModel:
-    """Build a ShowoModel from a spec argument; options: dtype, vq, llm, clip."""
-    unknown = set(options) - {"dtype", "vq", "llm", "clip"}
-    if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, vq, llm, clip")
-    return ShowoModel(checkpoint, device=device, **{k: str(v) for k, v in options.items()})
-
-
-__all__ = ["MAX_TEXT", "ShowoModel", "load"]
+__all__ = ["MAX_TEXT", "ShowoModel"]

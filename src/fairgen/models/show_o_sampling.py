@@ -5,7 +5,8 @@ One sampling step, all rows at once (N image positions, K codes):
 
     logits  = (1 + w) * cond - w * uncond         guided code logits [B, N, K]; w = cfg - 1 (upstream's
                                                   guidance_scale; fairgen's cfg is the usual scale 1 + w)
-    sampled = draw(softmax(logits), u)            a code for every position; kept codes stay as they are
+    sampled = draw(softmax(logits), u)            a code for every position (models/sampling.draw);
+                                                  kept codes stay as they are
     ratio   = (step + 1) / steps
     n_mask  = clamp(floor(N * cos(ratio * pi/2)), 1, still_masked - 1)
     tau     = tau * (1 - ratio)                   upstream decays the noise temperature multiplicatively
@@ -13,9 +14,9 @@ One sampling step, all rows at once (N image positions, K codes):
     the n_mask least confident positions are masked again; the last step's `sampled` is the image.
 
 upstream draws with torch.multinomial and uniform_ from one generator for the whole batch; fairgen draws
-the same distributions by inverse CDF from each image's own uniforms (`Noise`), so an image depends only on
-its seed. Given the same uniforms the two are the same computation (the equivalence fixtures feed
-upstream's loop these uniforms).
+the same distributions by inverse CDF from each image's own uniforms (`Noise`, from models/sampling.py's
+per-image stream), so an image depends only on its seed. Given the same uniforms the two are the same
+computation (the equivalence fixtures feed upstream's loop and this one the same uniforms).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from ..types import FairgenError
+from . import sampling as common
 from .show_o_lm import TEXT_LEN, additive, t2i_allowed
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # codes [R, N] (mask id where masked) -> fp32 [R, N, K]
@@ -43,22 +45,24 @@ class Settings:
     steps: int
     temperature: float = 1.0
 
-    @classmethod
-    def parse(cls, family: str, defaults: Settings, given: dict[str, Any]) -> Settings:
-        unknown = set(given) - {"cfg", "steps", "temperature", "top_p", "top_k"}
-        if unknown:
-            raise FairgenError(f"{family}: unknown sampling setting(s) {sorted(unknown)}; known: cfg, steps, temperature")
-        if given.get("top_p") not in (None, 1.0) or given.get("top_k") is not None:
-            raise FairgenError(f"{family}: parallel decoding has no top_p / top_k (upstream draws from the full "
-                               f"distribution)")
-        s = cls(**{**asdict(defaults), **{k: v for k, v in given.items() if v is not None and k in
-                                            ("cfg", "steps", "temperature")}})
-        if s.cfg < 1.0 or s.temperature < 0 or int(s.steps) != s.steps or s.steps < 1:
-            raise FairgenError(f"{family}: need cfg >= 1, temperature >= 0 and steps >= 1 (got {s})")
-        return s
-
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "guidance_scale": self.cfg - 1.0}
+
+
+def resolve(defaults: Settings, given: dict[str, Any], family: str) -> Settings:
+    """generate()'s keyword arguments over the checkpoint's defaults, through the common settings
+    (models/sampling.py: unknown keys refused) plus `steps`; top_p / top_k have no meaning here."""
+    base = common.Sampling(cfg=defaults.cfg, temperature=defaults.temperature)
+    s = base.resolve(given, family, extra=("steps",))
+    if s.top_p != 1.0 or s.top_k is not None:
+        raise FairgenError(f"{family}: parallel decoding has no top_p / top_k (upstream draws every code from "
+                           f"the full distribution); leave them unset")
+    steps = given.get("steps")
+    steps = defaults.steps if steps is None else steps
+    if s.cfg < 1.0 or int(steps) != steps or steps < 1:
+        raise FairgenError(f"{family}: need cfg >= 1 (upstream's guidance scale cfg - 1 >= 0) and a whole "
+                           f"number of steps >= 1 (got cfg {s.cfg}, steps {steps})")
+    return Settings(cfg=s.cfg, steps=int(steps), temperature=s.temperature)
 
 
 # Upstream's demo settings (README commands): 512 px w = 5 with 50 steps; 256 px w = 1.75 with 16 steps.
@@ -72,21 +76,18 @@ def defaults_for(n_tokens: int) -> Settings:
 
 
 class Noise:
-    """Each image's uniforms from its own CPU generator: `cat` [B, steps, N] for drawing codes and `gumbel`
-    [B, steps, N] for the re-masking noise, both float32 on the device."""
+    """The sampler's uniforms: `cat` [B, steps, N] for drawing codes and `gumbel` [B, steps, N] for the
+    re-masking noise, float32."""
 
-    def __init__(self, seeds: Sequence[int], steps: int, n: int, device: torch.device) -> None:
-        rows = [torch.rand(2, steps, n, generator=torch.Generator().manual_seed(int(s) & 0xFFFF_FFFF_FFFF_FFFF))
-                for s in seeds]
-        both = torch.stack(rows).to(device)
-        self.cat, self.gumbel = both[:, 0], both[:, 1]
+    def __init__(self, cat: torch.Tensor, gumbel: torch.Tensor) -> None:
+        self.cat, self.gumbel = cat.float(), gumbel.float()
 
-
-def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw of one code per position: probs [B, N, K], u [B, N] in [0, 1) -> LongTensor [B, N]."""
-    cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True).squeeze(-1)
-    return idx.clamp(max=probs.shape[-1] - 1)
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], steps: int, n: int, device: torch.device) -> Noise:
+        """Each image's numbers from its own counter-based stream (models/sampling.py): positions
+        0..steps*N-1 draw codes, the next steps*N the Gumbel noise."""
+        table = common.uniform_table(seeds, 2 * steps * n, device).view(len(seeds), 2, steps, n)
+        return cls(table[:, 0], table[:, 1])
 
 
 def gumbel(u: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,8 @@ def unmask(logits_fn: LogitsFn, batch: int, n: int, mask_id: int, s: Settings, n
             logits = (1 + w) * cond - w * uncond
         probs = logits.softmax(dim=-1)
         unknown = codes == mask_id
-        sampled = torch.where(unknown, draw(probs, noise.cat[:, step]), codes)
+        drawn = common.draw(probs.flatten(0, 1), noise.cat[:, step].flatten().double()).view_as(codes)
+        sampled = torch.where(unknown, drawn, codes)
         ratio = (step + 1) / s.steps
         mask_ratio = torch.cos(torch.tensor(ratio) * math.pi * 0.5)  # float32, as upstream
         selected = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
