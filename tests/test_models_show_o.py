@@ -138,7 +138,8 @@ def test_surrogate_is_deterministic_and_trains_lora(show_o):
 
 def test_surrogate_orders_sequences_as_generation_frequency(tmp_path):
     """Planted: a tiny Show-o with peaked code distributions over a 2x2 grid of 4 codes (256 possible
-    images). Sampled 600 times, the sequences' frequencies and their surrogate scores agree in order."""
+    images). Sampled 600 times, the sequences' frequencies and their surrogate scores agree in order
+    (Spearman's rho over the sequences seen 5 times or more)."""
     from scipy.stats import spearmanr
 
     root = show_o_tiny.write(tmp_path, image_size=8, vq_levels=3, codebook_dim=2, sharpness=6.0, seed=1)
@@ -150,7 +151,7 @@ def test_surrogate_orders_sequences_as_generation_frequency(tmp_path):
     with torch.no_grad():
         score = model.token_logprob(["a nurse"] * int(keep.sum()), seqs[keep])
     rho = spearmanr(counts[keep].numpy(), score.numpy()).statistic
-    assert rho > 0.6, rho
+    assert rho > 0.4, rho  # 0.65 here; 0.47-0.54 with 3000 samples (docs/models.md)
 
 
 def test_locate_and_audit_through_the_cli(show_o_root, tmp_path):
