@@ -13,6 +13,7 @@ measured here on an 8192^3 GEMM. Run: python benchmarks/show_o.py [--out results
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -74,6 +75,18 @@ def lm_flops(n_tokens: int, steps: int, batch: int, guided: bool) -> float:
     return prefix + steps * step
 
 
+def gemm_rate(n: int = 8192) -> float:
+    """The card's bf16 matmul rate (FLOP/s): best of 5 n^3 GEMMs after a warm-up."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a @ a
+    return 2 * n ** 3 / min(timed(functools.partial(torch.matmul, a, a)) for _ in range(5))
+
+
+def images(model: so.ShowoModel, prompts: list[str], seeds: list[int], s: sampling.Settings, cache: bool) -> list:
+    """One timed unit: generate a batch with upstream's settings and decode it to PIL images."""
+    return model.decode_tokens(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps, cache=cache))
+
+
 def timed(fn) -> float:
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -99,11 +112,7 @@ def main() -> None:
     if args.smoke:
         smoke(args.batch)
         return
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    a @ a
-    gemm = min(timed(lambda: a @ a) for _ in range(5))
-    peak = 2 * 8192 ** 3 / gemm
-    del a
+    peak = gemm_rate()
     out = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "bf16_gemm_tflops": peak / 1e12,
            "batch": args.batch, "runs": []}
     print(out, flush=True)
@@ -112,10 +121,9 @@ def main() -> None:
         prompts, seeds = [PROMPT] * args.batch, list(range(args.batch))
         model.generate(prompts[:2], seeds[:2], steps=1)  # warm-up (kernels, allocator)
         model.generate_tokens(prompts[:2], seeds[:2], steps=1, cache=False)
-        fast = timed(lambda: model.decode_tokens(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps)))
+        fast = timed(functools.partial(images, model, prompts, seeds, s, cache=True))
         torch.cuda.reset_peak_memory_stats()
-        ref = timed(lambda: model.decode_tokens(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps,
-                                                                      cache=False)))
+        ref = timed(functools.partial(images, model, prompts, seeds, s, cache=False))
         flops = lm_flops(n_tokens, s.steps, args.batch, s.cfg != 1.0)
         run = {"px": model.resolution, "codes": n_tokens, "steps": s.steps, "cfg": s.cfg,
                "fast_s": fast, "reference_s": ref, "fast_images_per_s": args.batch / fast,

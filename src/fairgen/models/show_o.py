@@ -128,7 +128,7 @@ class ShowoModel:
                     **{t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}}
         self.defaults = sampling.defaults_for(self.n_tokens)
         self.lora_targets: list[str] = loading.linear_names(self.lm, "model.layers.")
-        self.resolution = vq.factor * int(round(self.n_tokens ** 0.5))
+        self.resolution = vq.factor * round(self.n_tokens ** 0.5)
 
     lm_audit_note = ("show-o decodes in parallel, not left to right: its language-model audit compares, per "
                      "code position, the distribution predicted with that position's checkerboard half of the "
@@ -244,7 +244,7 @@ class ShowoModel:
         """LFQ latents of each image on its code grid, as the MAGVIT-v2 decoder reads them: float32
         [B, C, h, w] of +-1 (C = 13 sign bits for the released tokenizer)."""
         codes = self.encode_image(images)
-        return self.vq.quantize.latents(codes, int(round(codes.shape[1] ** 0.5))).float().cpu()
+        return self.vq.quantize.latents(codes, round(codes.shape[1] ** 0.5)).float().cpu()
 
     @torch.no_grad()
     def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -27,8 +27,9 @@ from .show_o_lm import SPECIALS
 CORPUS = [
     "A photo of the face of a nurse, a person", "A photo of the face of a firefighter, a person",
     "What is the gender of a nurse? Possible answers: male, female, unknown. Answer with a single word.",
-    "male female unknown white black asian indian young old", "USER: \n ASSISTANT: a chat between a curious user "
-    "and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers",
+    "male female unknown white black asian indian young old",
+    ("USER: \n ASSISTANT: a chat between a curious user and an artificial intelligence assistant. The "
+     "assistant gives helpful, detailed, and polite answers"),
     "Describe the image. A photo of a doctor, a teacher, a CEO, a cleaner",
 ] * 3
 EOT = "<|endoftext|>"
