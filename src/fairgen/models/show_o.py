@@ -117,6 +117,8 @@ class ShowoModel:
         self.lm = lm.to(device, self.dtype).eval()
         self.projector = None
         if self.w_clip_vit:
+            if not {"mm_projector.0.weight", "mm_projector.2.weight"} <= set(state):
+                raise FairgenError(f"{FAMILY}: the config says w_clip_vit but the weights hold no mm_projector")
             dims = state["mm_projector.0.weight"].shape, state["mm_projector.2.weight"].shape
             self.projector = torch.nn.Sequential(torch.nn.Linear(dims[0][1], dims[0][0]), torch.nn.GELU(),
                                                  torch.nn.Linear(dims[1][1], dims[1][0]))
