@@ -210,6 +210,8 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
                                                               else "give labelled images with --labelled"))
             if lm_hooks:
                 findings["language_model"] = _lm_stage(gen, prompts, results, cache, lm_looks, budget)
+                if getattr(gen, "lm_audit_note", None):  # what a non-autoregressive family's hooks measure
+                    notes.append(gen.lm_audit_note)
             else:
                 notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
             findings["verdicts"] = verdicts(findings)

@@ -58,6 +58,20 @@ BUILTIN: tuple[Family, ...] = (
                                       "false, the LM only)", flag)},
     ),
     Family(
+        name="show-o", constructor="fairgen.models.show_o:ShowoModel", spec="show-o:<hf id or dir>",
+        description="Show-o (showlab), discrete-diffusion unified model, e.g. show-o:showlab/show-o-512x512",
+        capabilities=UNIFIED, requirements="torch and transformers (installed with fairgen); a CUDA GPU for "
+        "real checkpoints; showlab/magvitv2 and microsoft/phi-1_5's tokenizer beside the checkpoint",
+        options={"dtype": DTYPE,
+                 "vq": Option("MAGVIT-v2 directory or hub id (default: magvitv2/ in or beside the "
+                              "checkpoint's directory, else showlab/magvitv2)", text),
+                 "llm": Option("Phi-1.5 config and tokenizer directory or hub id (default: the checkpoint's "
+                               "llm_model_path, or a directory of that name beside it)", text),
+                 "clip": Option("CLIP vision tower of the -w-clip-vit variants (default: "
+                                "openai/clip-vit-large-patch14-336, or a directory of that name beside the "
+                                "checkpoint's)", text)},
+    ),
+    Family(
         name="diffusers", constructor="fairgen.models.diffusers_t2i:DiffusersModel", spec="diffusers:<hf id or dir>",
         description="text-to-image diffusion pipeline (Stable Diffusion and kin), generation only",
         capabilities=frozenset({"generate"}), check="fairgen.models.diffusers_t2i:diffusers_problem",
