@@ -5,6 +5,7 @@
   folder:<dir>               images already on disk (fairgen's layout or Shen et al.'s)
   janus:<hf id or dir>       Janus / Janus-Pro via transformers (janus.py)
   emu3:<hf id or dir>        Emu3 via transformers (emu3.py)
+  tokenflow:<dir>            TokenFlow text-to-image, native port (tokenflow.py)
   diffusers:<hf id or dir>   Stable Diffusion-family pipelines, generation only (extra `fairgen[diffusers]`)
   plugin:<module>:<Class>    any class implementing the protocol, built with no arguments
   <name>:<arg>               a class installed under the `fairgen.models` entry point group (plugins.py)
@@ -27,11 +28,12 @@ FAMILIES: dict[str, str] = {
     "folder": "images already on disk: `folder:<dir>` (fairgen layout or <dir>/prompt_<i>/img_<j>.png)",
     "janus": "Janus / Janus-Pro (transformers format): `janus:deepseek-community/Janus-Pro-7B` or `janus:<dir>`",
     "emu3": "Emu3 (transformers format): `emu3:BAAI/Emu3-Gen-hf` or `emu3:<dir>`",
+    "tokenflow": "TokenFlow text-to-image (native): `tokenflow:<TokenFlow-t2i dir>` + --model-option tokenizer=<.pt>",
     "diffusers": "text-to-image diffusion pipeline, generation only: `diffusers:<hf id or dir>`",
     "plugin": "your own class: `plugin:<module>:<Class>` implementing models/base.py's protocol",
 }
 # Families that take options (dtype, device_map, ...) through load(**options).
-_HF_FAMILIES = ("janus", "emu3", "diffusers")
+_HF_FAMILIES = ("janus", "emu3", "diffusers", "tokenflow")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -106,6 +108,10 @@ def _build(spec: str, world_spec: str | Path | None, device: str | None, options
         from . import emu3
 
         return emu3.load(arg, device=device, **options)
+    if family == "tokenflow":
+        from . import tokenflow
+
+        return tokenflow.load(arg, device=device, **options)
     if family == "diffusers":
         from . import diffusers_t2i
 
@@ -130,6 +136,8 @@ def describe() -> list[dict[str, Any]]:
     rows = []
     for family, description in FAMILIES.items():
         needs, problem, note = "nothing extra", None, ""
+        if family == "tokenflow":
+            needs, note = "the TokenFlow-t2i directory and tokenizer .pt; a CUDA GPU for real checkpoints", hardware
         if family in ("janus", "emu3"):
             needs = f"transformers>={MIN_TRANSFORMERS}; a CUDA GPU for real checkpoints"
             problem, note = transformers_problem(family), hardware
