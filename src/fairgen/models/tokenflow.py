@@ -35,7 +35,7 @@ from PIL import Image
 from ..store import file_sha256
 from ..types import FairgenError, Prompt, prompt_text
 from . import hf_common as hf
-from .engine import auto_batch, in_batches, kv_bytes_per_image
+from .engine import auto_batch, in_batches
 from .tokenflow_lm import Decoder, KVCache, full_mask
 from .tokenflow_vq import TokenFlowTokenizer, load_tokenizer
 
@@ -62,34 +62,18 @@ class TokenFlowT2I(torch.nn.Module):
 class TokenFlowModel:
     """TokenFlow text-to-image behind the unified model protocol (see the module docstring).
 
-    checkpoint: the TokenFlow-t2i directory (or hub id). tokenizer: the CLIP tokenizer .pt. device, dtype:
-    as for the transformers families (bf16 on GPU, fp32 on CPU by default)."""
+    Built by `from_checkpoint` (what `tokenflow:<dir>` calls), or from modules in memory (benchmarks)."""
 
     capabilities = frozenset({"generate", "image_logprob", "tokenize", "lora"})
 
-    def __init__(self, checkpoint: str, tokenizer: str | None = None, device: str | None = None,
-                 dtype: str | None = None) -> None:
-        from transformers import AutoTokenizer, LlamaConfig
-
-        path, revision = _resolve(checkpoint)
-        raw = json.loads((path / "config.json").read_text())
-        if raw.get("model_type") != "llava_llama":
-            raise FairgenError(f"{FAMILY}: {path} is a {raw.get('model_type')!r} checkpoint, not TokenFlow-t2i "
-                               "(model_type 'llava_llama')")
-        self.tokenizer_path = _tokenizer_file(path, raw, tokenizer)
-        target = hf.resolve_device(device)
-        self.dtype = hf.resolve_dtype(dtype, target)
-        self.vq = load_tokenizer(self.tokenizer_path).to(target, self.dtype)
-        cfg = LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
-        with torch.device("meta"):
-            self.hf = TokenFlowT2I(cfg, self.vq)
-        self.hf.load_state_dict(_weights(path), assign=True)
-        self.hf.model.reset_rope()
-        self.hf.to(target, self.dtype).eval().requires_grad_(False)
-
-        self.text = AutoTokenizer.from_pretrained(path)
-        if self.text.convert_tokens_to_ids("[PAD]") in (None, self.text.unk_token_id):
-            self.text.add_special_tokens({"pad_token": "[PAD]"})  # what upstream's inference does
+    def __init__(self, lm: TokenFlowT2I, vq: TokenFlowTokenizer, text: Any, spec: str,
+                 fingerprint: hf.Fingerprint | None = None, tokenizer_path: Path | None = None) -> None:
+        """From built parts (`from_checkpoint` reads them from the released files): the LM and tokenizer on
+        one device in one dtype, and the text tokenizer holding [PAD] and the <vq_token_i> codes."""
+        self.hf, self.vq, self.text, self.spec = lm, vq, text, spec
+        self.fingerprint, self.tokenizer_path = fingerprint, tokenizer_path
+        self.dtype = lm.lm_head.weight.dtype
+        cfg = lm.model.config
         self.pad_id = self.text.convert_tokens_to_ids("[PAD]")
         self.code_start = self.text.convert_tokens_to_ids(CODE_TOKEN.format(0))
         last = self.text.convert_tokens_to_ids(CODE_TOKEN.format(self.vq.n_codes - 1))
@@ -97,8 +81,6 @@ class TokenFlowModel:
             raise FairgenError(f"{FAMILY}: the tokenizer's {CODE_TOKEN.format('i')} tokens are not "
                                f"{self.vq.n_codes} consecutive ids inside the LM's vocabulary")
         self.start_ids = self.text.encode(IMAGE_START, add_special_tokens=False)
-        self.spec = f"{FAMILY}:{checkpoint}"
-        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
         self.defaults = RECOMMENDED
         # The LM decoder's projections (attention and MLP); not the projector or the tokenizer.
         self.lora_targets: list[str] = hf.linear_names(self.hf, "model.layers.")
@@ -119,7 +101,44 @@ class TokenFlowModel:
     def lora_root(self) -> torch.nn.Module:
         return self.hf
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, tokenizer: str | None = None, device: str | None = None,
+                        dtype: str | None = None) -> TokenFlowModel:
+        """checkpoint: the TokenFlow-t2i directory (or hub id); tokenizer: the CLIP tokenizer .pt (see the
+        module docstring for where it is looked for); device, dtype: as for the transformers families
+        (bf16 on GPU, fp32 on CPU by default)."""
+        from transformers import AutoTokenizer, LlamaConfig
+        from transformers.utils import logging
+
+        path, revision = _resolve(checkpoint)
+        raw = json.loads((path / "config.json").read_text())
+        if raw.get("model_type") != "llava_llama":
+            raise FairgenError(f"{FAMILY}: {path} is a {raw.get('model_type')!r} checkpoint, not TokenFlow-t2i "
+                               "(model_type 'llava_llama')")
+        tokenizer_path = _tokenizer_file(path, raw, tokenizer)
+        target = hf.resolve_device(device)
+        torch_dtype = hf.resolve_dtype(dtype, target)
+        vq = load_tokenizer(tokenizer_path).to(target, torch_dtype)
+        cfg = LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
+        with torch.device("meta"):
+            lm = TokenFlowT2I(cfg, vq)
+        lm.load_state_dict(_weights(path), assign=True)
+        lm.model.reset_rope()
+        lm.to(target, torch_dtype).eval().requires_grad_(False)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that llava_llama is unknown
+        try:
+            text = AutoTokenizer.from_pretrained(path)
+        finally:
+            logging.set_verbosity(verbosity)
+        if text.convert_tokens_to_ids("[PAD]") in (None, text.unk_token_id):
+            text.add_special_tokens({"pad_token": "[PAD]"})  # what upstream's inference does
+        return cls(lm, vq, text, f"{FAMILY}:{checkpoint}", hf.Fingerprint(path, checkpoint, revision), tokenizer_path)
+
     def provenance(self) -> dict[str, Any]:
+        if self.fingerprint is None:
+            return {"family": FAMILY, "source": "built in memory (no checkpoint)",
+                    "dtype": str(self.dtype).removeprefix("torch.")}
         return {"family": FAMILY, **self.fingerprint.as_dict(),
                 "tokenizer": {"path": str(self.tokenizer_path), "sha256": file_sha256(self.tokenizer_path)},
                 "dtype": str(self.dtype).removeprefix("torch."), "default_sampling": asdict(self.defaults)}
@@ -172,11 +191,6 @@ class TokenFlowModel:
         length = len(self.prompt_ids(prompts[:1])[0]) + self.n_image_tokens - 1
         batch = auto_batch(self.hf.model, length, twins)
         return in_batches(lambda a, b: self._codes(prompts[a:b], seeds[a:b], s, cached=True), len(prompts), batch)
-
-    def kv_bytes(self, prompts: int = 1, twins: int = 2) -> int:
-        """KV-cache bytes of `prompts` images (for benchmarks and batch planning)."""
-        length = TEXT_TOKENS + len(self.start_ids) + self.n_image_tokens - 1
-        return prompts * kv_bytes_per_image(self.hf.model, length, twins)
 
     def _codes(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling,
                cached: bool) -> torch.Tensor:
@@ -364,7 +378,7 @@ def load(checkpoint: str, device: str | None = None, **options: Any) -> TokenFlo
     unknown = set(options) - {"dtype", "tokenizer"}
     if unknown:
         raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, tokenizer")
-    return TokenFlowModel(checkpoint, device=device, **options)
+    return TokenFlowModel.from_checkpoint(checkpoint, device=device, **options)
 
 
 __all__ = ["NEGATIVE_PROMPT", "RECOMMENDED", "TokenFlowModel", "load"]

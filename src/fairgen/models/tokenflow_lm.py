@@ -148,7 +148,7 @@ class Decoder(nn.Module):
 
     def reset_rope(self) -> None:
         """Recompute RoPE's frequencies (after building on the meta device and loading weights)."""
-        self.inv_freq = self._inv_freq()
+        self.inv_freq = self._inv_freq().to(self.embed_tokens.weight.device)
 
     def rope(self, start: int, stop: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(start, stop, device=self.inv_freq.device, dtype=torch.float32)
