@@ -65,7 +65,7 @@ class _LazyProgress:
 
 @app.command()
 def audit(
-    model: str = typer.Option(DEFAULT_MODEL, help="Model spec: world, tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, diffusers:<id|dir>, "
+    model: str = typer.Option(DEFAULT_MODEL, help="Model spec: world, tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, tokenflow:<dir>, diffusers:<id|dir>, "
         "folder:<dir>, plugin:<module>:<Class> or <entry-point plugin>:<arg> (see `fairgen models`)."),
     suite: str = typer.Option("occupations:test", help="Suite NAME[:split] or a suite file."),
     images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per prompt."),
@@ -85,7 +85,7 @@ def audit(
     ),
     model_option: Optional[list[str]] = typer.Option(
         None, "--model-option", help="KEY=VALUE option of the model's family, repeatable (janus: dtype=fp32, "
-        "device_map=auto, graphs=false; emu3: image_area=65536)."),
+        "device_map=auto, graphs=false; emu3: image_area=65536; tokenflow: tokenizer=<.pt>)."),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
     from .audit import PAPER_PRESET

@@ -40,7 +40,7 @@ class _Bars:
 
 
 def fix_command(
-    model: str = typer.Option(..., help="Model spec to fix (needs LoRA): tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>."),
+    model: str = typer.Option(..., help="Model spec to fix (needs LoRA): tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, tokenflow:<dir>."),
     train_suite: str = typer.Option("occupations:train", "--train-suite",
                                     help="Suite NAME:split the balanced set is built from."),
     test_suite: str = typer.Option("occupations:test", "--test-suite", help="Suite NAME:split audited before and after."),

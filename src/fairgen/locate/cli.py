@@ -40,7 +40,7 @@ class _StageProgress:
 
 
 def locate_command(
-    model: Annotated[str, typer.Option(help="Model spec: tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, ...")],
+    model: Annotated[str, typer.Option(help="Model spec: tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, tokenflow:<dir>, ...")],
     out: Annotated[Path, typer.Option(help="Output directory (re-run the same command to resume).")],
     suite: Annotated[str, typer.Option(help="Suite NAME[:split] or a suite file.")] = "occupations:test",
     audit: Annotated[Path | None, typer.Option(
