@@ -71,7 +71,9 @@ def test_tokenizer_is_upstreams(tf):
     assert torch.allclose(decoded, torch.tensor(UPSTREAM["image_decoded"]), atol=1e-4)
 
 
-@pytest.mark.parametrize("settings", [{}, {"cfg": 1.0}, {"cfg": 3.0, "temperature": 0.8, "top_k": 20, "top_p": 0.9}])
+@pytest.mark.parametrize(
+    "settings", [{}, {"cfg": 1.0}, {"cfg": 3.0, "temperature": 0.8, "top_k": 20, "top_p": 0.9}]
+)
 def test_cached_engine_is_upstreams_recompute_loop(tf, settings):
     """The per-scale KV cache gives the codes of upstream's loop, which runs the whole sequence at every
     scale (sampled, not greedy: the same per-image random numbers pick the same codes)."""
@@ -105,7 +107,9 @@ def test_logprob_is_differentiable_through_lora(tokenflow_dir):
     assert model.lora_targets and all(t.startswith("model.layers.") for t in model.lora_targets)
     images = [Image.fromarray(np.full((40, 48, 3), 60 * i, dtype=np.uint8)) for i in range(2)]
     before = model.image_token_logprob(PROMPTS, images).detach()
-    peft_model = get_peft_model(model.lora_root, LoraConfig(r=2, target_modules=model.lora_targets, init_lora_weights=False))
+    peft_model = get_peft_model(
+        model.lora_root, LoraConfig(r=2, target_modules=model.lora_targets, init_lora_weights=False)
+    )
     logp = model.image_token_logprob(PROMPTS, images)
     logp.sum().backward()
     grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -115,7 +119,10 @@ def test_logprob_is_differentiable_through_lora(tokenflow_dir):
 
 def test_tokenizer_round_trip_and_embeddings(tf):
     """Any image size goes through upstream's centre crop to the tokenizer's resolution; codes decode back."""
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (70, 50, 3), dtype=np.uint8)) for i in range(2)]
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (70, 50, 3), dtype=np.uint8))
+        for i in range(2)
+    ]
     codes = tf.encode_image(images)
     assert codes.shape == (2, 817) and codes.max() < 64
     assert [im.size for im in tf.decode_tokens(codes)] == [(32, 32), (32, 32)]

@@ -28,8 +28,23 @@ def suite(tmp_path_factory):
 
 
 def test_audit(tokenflow_dir, suite, tmp_path, cli):  # noqa: F811
-    proc = cli("audit", "--model", f"tokenflow:{tokenflow_dir}", "--suite", str(suite), "-n", "2", "--perception",
-               "world", "--batch-size", "2", "--model-option", "dtype=fp32", "--out", str(tmp_path / "run"))
+    proc = cli(
+        "audit",
+        "--model",
+        f"tokenflow:{tokenflow_dir}",
+        "--suite",
+        str(suite),
+        "-n",
+        "2",
+        "--perception",
+        "world",
+        "--batch-size",
+        "2",
+        "--model-option",
+        "dtype=fp32",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == f"tokenflow:{tokenflow_dir}"
@@ -38,8 +53,25 @@ def test_audit(tokenflow_dir, suite, tmp_path, cli):  # noqa: F811
 
 
 def test_locate(tokenflow_dir, suite, tmp_path):  # noqa: F811
-    proc = invoke("locate", "--model", f"tokenflow:{tokenflow_dir}", "--suite", str(suite), "-n", "2", "--perception",
-               "world", "--labelled", "world:8", "--sequences", "2", "--batch-size", "4", "--out", str(tmp_path / "loc"))
+    proc = invoke(
+        "locate",
+        "--model",
+        f"tokenflow:{tokenflow_dir}",
+        "--suite",
+        str(suite),
+        "-n",
+        "2",
+        "--perception",
+        "world",
+        "--labelled",
+        "world:8",
+        "--sequences",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "loc"),
+    )
     assert proc.exit_code == 0, proc.output
     findings = json.loads((tmp_path / "loc" / "findings.json").read_text())
     assert {"tokenizer", "language_model", "verdicts"} <= set(findings) and "understanding" not in findings
@@ -48,11 +80,45 @@ def test_locate(tokenflow_dir, suite, tmp_path):  # noqa: F811
 
 
 def test_fix(tokenflow_dir, suite, tmp_path):  # noqa: F811
-    proc = invoke("fix", "--model", f"tokenflow:{tokenflow_dir}", "--train-suite", str(suite), "--test-suite", str(suite),
-               "--method", "bpo", "--data-source", "world", "--perception", "world", "--images-per-group", "1",
-               "--sft-steps", "2", "--bpo-steps", "2", "--units-per-batch", "2", "-n", "1", "--explicit-concepts", "0",
-               "--check-suites", "none", "--understanding-images", "0", "--batch-size", "4", "--device", "cpu",
-               "--dtype", "fp32", "--out", str(tmp_path / "fix"))
+    proc = invoke(
+        "fix",
+        "--model",
+        f"tokenflow:{tokenflow_dir}",
+        "--train-suite",
+        str(suite),
+        "--test-suite",
+        str(suite),
+        "--method",
+        "bpo",
+        "--data-source",
+        "world",
+        "--perception",
+        "world",
+        "--images-per-group",
+        "1",
+        "--sft-steps",
+        "2",
+        "--bpo-steps",
+        "2",
+        "--units-per-batch",
+        "2",
+        "-n",
+        "1",
+        "--explicit-concepts",
+        "0",
+        "--check-suites",
+        "none",
+        "--understanding-images",
+        "0",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--out",
+        str(tmp_path / "fix"),
+    )
     assert proc.exit_code == 0, proc.output
     assert (tmp_path / "fix" / "adapter" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (tmp_path / "fix" / "train_log.jsonl").read_text().splitlines()]

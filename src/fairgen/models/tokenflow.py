@@ -1,4 +1,4 @@
-"""`tokenflow:<dir>`: TokenFlow (ByteFlow-AI, CVPR 2025) text-to-image, native: no upstream code, no hub fetch.
+"""`tokenflow:<dir>`: TokenFlow (ByteFlow-AI, CVPR 2025) text-to-image, native: no upstream code or fetch.
 
 Two parts, loaded from the released files:
   <dir>        ByteFlow-AI/TokenFlow-t2i: config.json (model_type llava_llama), the Llama-2-7B weights with
@@ -41,9 +41,11 @@ from .tokenflow_vq import TokenFlowTokenizer, load_tokenizer
 
 FAMILY = "tokenflow"
 RECOMMENDED = hf.Sampling(cfg=8.5, temperature=1.0, top_p=0.6, top_k=600)
-NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
-                   "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
-                   "username, blurry.")
+NEGATIVE_PROMPT = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
+    "username, blurry."
+)
 TEXT_TOKENS = 128  # upstream's max_text_token_num
 IMAGE_START = "<img>"
 CODE_TOKEN = "<vq_token_{}>"
@@ -55,7 +57,9 @@ class TokenFlowT2I(torch.nn.Module):
 
     def __init__(self, cfg, tokenizer: TokenFlowTokenizer) -> None:
         super().__init__()
-        self.model = Decoder(cfg, tokenizer.n_tokens, len(tokenizer.scales) + 1, sum(tokenizer.quantize.split))
+        self.model = Decoder(
+            cfg, tokenizer.n_tokens, len(tokenizer.scales) + 1, sum(tokenizer.quantize.split)
+        )
         self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
 
@@ -66,8 +70,15 @@ class TokenFlowModel:
 
     capabilities = frozenset({"generate", "image_logprob", "tokenize", "lora"})
 
-    def __init__(self, lm: TokenFlowT2I, vq: TokenFlowTokenizer, text: Any, spec: str,
-                 fingerprint: hf.Fingerprint | None = None, tokenizer_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        lm: TokenFlowT2I,
+        vq: TokenFlowTokenizer,
+        text: Any,
+        spec: str,
+        fingerprint: hf.Fingerprint | None = None,
+        tokenizer_path: Path | None = None,
+    ) -> None:
         """From built parts (`from_checkpoint` reads them from the released files): the LM and tokenizer on
         one device in one dtype, and the text tokenizer holding [PAD] and the <vq_token_i> codes."""
         self.hf, self.vq, self.text, self.spec = lm, vq, text, spec
@@ -78,8 +89,10 @@ class TokenFlowModel:
         self.code_start = self.text.convert_tokens_to_ids(CODE_TOKEN.format(0))
         last = self.text.convert_tokens_to_ids(CODE_TOKEN.format(self.vq.n_codes - 1))
         if last != self.code_start + self.vq.n_codes - 1 or last >= cfg.vocab_size:
-            raise FairgenError(f"{FAMILY}: the tokenizer's {CODE_TOKEN.format('i')} tokens are not "
-                               f"{self.vq.n_codes} consecutive ids inside the LM's vocabulary")
+            raise FairgenError(
+                f"{FAMILY}: the tokenizer's {CODE_TOKEN.format('i')} tokens are not "
+                f"{self.vq.n_codes} consecutive ids inside the LM's vocabulary"
+            )
         self.start_ids = self.text.encode(IMAGE_START, add_special_tokens=False)
         self.defaults = RECOMMENDED
         # The LM decoder's projections (attention and MLP); not the projector or the tokenizer.
@@ -102,8 +115,13 @@ class TokenFlowModel:
         return self.hf
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str, tokenizer: str | None = None, device: str | None = None,
-                        dtype: str | None = None) -> TokenFlowModel:
+    def from_checkpoint(
+        cls,
+        checkpoint: str,
+        tokenizer: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> TokenFlowModel:
         """checkpoint: the TokenFlow-t2i directory (or hub id); tokenizer: the CLIP tokenizer .pt (see the
         module docstring for where it is looked for); device, dtype: as for the transformers families
         (bf16 on GPU, fp32 on CPU by default)."""
@@ -113,8 +131,10 @@ class TokenFlowModel:
         path, revision = _resolve(checkpoint)
         raw = json.loads((path / "config.json").read_text())
         if raw.get("model_type") != "llava_llama":
-            raise FairgenError(f"{FAMILY}: {path} is a {raw.get('model_type')!r} checkpoint, not TokenFlow-t2i "
-                               "(model_type 'llava_llama')")
+            raise FairgenError(
+                f"{FAMILY}: {path} is a {raw.get('model_type')!r} checkpoint, not TokenFlow-t2i "
+                "(model_type 'llava_llama')"
+            )
         tokenizer_path = _tokenizer_file(path, raw, tokenizer)
         target = hf.resolve_device(device)
         torch_dtype = hf.resolve_dtype(dtype, target)
@@ -133,15 +153,24 @@ class TokenFlowModel:
             logging.set_verbosity(verbosity)
         if text.convert_tokens_to_ids("[PAD]") in (None, text.unk_token_id):
             text.add_special_tokens({"pad_token": "[PAD]"})  # what upstream's inference does
-        return cls(lm, vq, text, f"{FAMILY}:{checkpoint}", hf.Fingerprint(path, checkpoint, revision), tokenizer_path)
+        return cls(
+            lm, vq, text, f"{FAMILY}:{checkpoint}", hf.Fingerprint(path, checkpoint, revision), tokenizer_path
+        )
 
     def provenance(self) -> dict[str, Any]:
         if self.fingerprint is None:
-            return {"family": FAMILY, "source": "built in memory (no checkpoint)",
-                    "dtype": str(self.dtype).removeprefix("torch.")}
-        return {"family": FAMILY, **self.fingerprint.as_dict(),
-                "tokenizer": {"path": str(self.tokenizer_path), "sha256": file_sha256(self.tokenizer_path)},
-                "dtype": str(self.dtype).removeprefix("torch."), "default_sampling": asdict(self.defaults)}
+            return {
+                "family": FAMILY,
+                "source": "built in memory (no checkpoint)",
+                "dtype": str(self.dtype).removeprefix("torch."),
+            }
+        return {
+            "family": FAMILY,
+            **self.fingerprint.as_dict(),
+            "tokenizer": {"path": str(self.tokenizer_path), "sha256": file_sha256(self.tokenizer_path)},
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "default_sampling": asdict(self.defaults),
+        }
 
     # -- building the sequence ---------------------------------------------------------------------------
     def prompt_ids(self, prompts: Sequence[Prompt | str]) -> torch.Tensor:
@@ -166,20 +195,21 @@ class TokenFlowModel:
         return torch.cat([x[:, :-1], x[:, -1:] + lm.pos_1LC[:1]], dim=1)
 
     def _image_embeds(self, features: torch.Tensor, k: int) -> torch.Tensor:
-        """The LM inputs of scale k >= 1 from its next-scale features [B, s_k^2, 40] (from the scales before)."""
+        """The LM inputs of scale k >= 1 from its features [B, s_k^2, 40] (made from the earlier scales)."""
         lm = self.hf.model
         a, b = self.offsets[k], self.offsets[k + 1]
         return lm.mm_projector(features.to(self.dtype)) + lm.lvl_embed.weight[k + 1] + lm.pos_1LC[a:b]
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Image-code logits (float32) of hidden states [..., D]: the LM head's code rows only."""
-        w = self.hf.lm_head.weight[self.code_start:self.code_start + self.vq.n_codes]
+        w = self.hf.lm_head.weight[self.code_start : self.code_start + self.vq.n_codes]
         return torch.nn.functional.linear(hidden, w).float()
 
     # -- generation --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], engine: bool = True,
-                        **sampling: Any) -> torch.Tensor:
+    def generate_tokens(
+        self, prompts: Sequence[Prompt | str], seeds: Sequence[int], engine: bool = True, **sampling: Any
+    ) -> torch.Tensor:
         """Codes LongTensor [B, 817] of one image per (prompt, seed). engine: one forward per scale with a
         KV cache, in batches that fit the free memory; False: upstream's loop, the whole sequence again at
         every scale (the reference the engine is tested and benchmarked against), one batch."""
@@ -190,10 +220,13 @@ class TokenFlowModel:
             return self._codes(prompts, seeds, s, cached=False)
         length = len(self.prompt_ids(prompts[:1])[0]) + self.n_image_tokens - 1
         batch = auto_batch(self.hf.model, length, twins)
-        return in_batches(lambda a, b: self._codes(prompts[a:b], seeds[a:b], s, cached=True), len(prompts), batch)
+        return in_batches(
+            lambda a, b: self._codes(prompts[a:b], seeds[a:b], s, cached=True), len(prompts), batch
+        )
 
-    def _codes(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling,
-               cached: bool) -> torch.Tensor:
+    def _codes(
+        self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling, cached: bool
+    ) -> torch.Tensor:
         guided = s.cfg != 1.0
         ids = self._rows(prompts, guided)
         n, p = ids.shape
@@ -203,15 +236,17 @@ class TokenFlowModel:
         codes: list[torch.Tensor] = []
         running: torch.Tensor | float = 0.0
         lm, last = self.hf.model, len(self.scales) - 1
-        cache = KVCache(lm.config, n, p + self.n_image_tokens - 1, self.dtype, self.device) if cached else None
+        cache = (
+            KVCache(lm.config, n, p + self.n_image_tokens - 1, self.dtype, self.device) if cached else None
+        )
         if cached:
             hidden = lm(x, full_mask(valid[:, :p], p, self.scales[:1])[..., :p, :p], 0, cache)[:, -1:]
         for k in range(len(self.scales)):
             if not cached:  # upstream: the whole sequence so far, again
                 stop = p - 1 + self.offsets[k + 1]
                 mask = full_mask(valid, p, self.scales)[..., :stop, :stop]
-                hidden = lm(x, mask)[:, p - 1 + self.offsets[k]:]
-            u = uniforms[:, self.offsets[k]:self.offsets[k + 1]].reshape(-1)
+                hidden = lm(x, mask)[:, p - 1 + self.offsets[k] :]
+            u = uniforms[:, self.offsets[k] : self.offsets[k + 1]].reshape(-1)
             code = self._sample(hidden, s, k / last, u).view(len(prompts), -1)
             codes.append(code)
             if k == last:
@@ -223,7 +258,7 @@ class TokenFlowModel:
             new = torch.cat([new, new]) if guided else new
             if cached:
                 start = p - 1 + self.offsets[k + 1]
-                mask = valid[:, None, None, :start + nxt * nxt].expand(-1, 1, nxt * nxt, -1)
+                mask = valid[:, None, None, : start + nxt * nxt].expand(-1, 1, nxt * nxt, -1)
                 hidden = lm(new, mask, start, cache)
             else:
                 x = torch.cat([x, new], dim=1)
@@ -240,11 +275,13 @@ class TokenFlowModel:
             b = min(rows, a + CHUNK)
             logits = self._head(flat[a:b])
             if s.cfg != 1.0:
-                logits = (1 + t) * logits - t * self._head(flat[rows + a:rows + b])
+                logits = (1 + t) * logits - t * self._head(flat[rows + a : rows + b])
             out.append(hf.sample_codes(logits, s, u[a:b]))
         return torch.cat(out)
 
-    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
+    def generate(
+        self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any
+    ) -> list[Image.Image]:
         """One 256x256 image per (prompt, seed); the same prompt, seed and settings give the same image."""
         return self.decode_tokens(self.generate_tokens(prompts, seeds, **sampling))
 
@@ -261,7 +298,7 @@ class TokenFlowModel:
             im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.BICUBIC)
             a = np.asarray(im)
             y, x = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
-            out.append(torch.from_numpy(a[y:y + size, x:x + size].copy()))
+            out.append(torch.from_numpy(a[y : y + size, x : x + size].copy()))
         x = torch.stack(out).permute(0, 3, 1, 2).float() / 255.0
         return (x * 2 - 1).to(self.device, self.dtype)
 
@@ -292,11 +329,13 @@ class TokenFlowModel:
         n, p = ids.shape
         with torch.no_grad():
             features = self.vq.next_scale_inputs(tokens)
-        images = [self._image_embeds(features[:, self.offsets[k] - 1:self.offsets[k + 1] - 1], k)
-                  for k in range(1, len(self.scales))]
+        images = [
+            self._image_embeds(features[:, self.offsets[k] - 1 : self.offsets[k + 1] - 1], k)
+            for k in range(1, len(self.scales))
+        ]
         x = torch.cat([self._text_embeds(ids), *images], dim=1)
         valid = torch.cat([ids != self.pad_id, ids.new_ones(n, self.n_image_tokens - 1, dtype=torch.bool)], 1)
-        hidden = self.hf.model(x, full_mask(valid, p, self.scales))[:, p - 1:]
+        hidden = self.hf.model(x, full_mask(valid, p, self.scales))[:, p - 1 :]
         return self._head(hidden)
 
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
@@ -304,7 +343,9 @@ class TokenFlowModel:
         logp = torch.log_softmax(self.image_token_logits(prompts, tokens), dim=-1)
         return logp.gather(-1, tokens.to(self.device).unsqueeze(-1)).squeeze(-1).mean(-1)
 
-    def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
+    def image_token_logprob(
+        self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]
+    ) -> torch.Tensor:
         """Mean per-code log-probability [B] of each image's codes given its prompt (differentiable)."""
         hf.check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
@@ -329,8 +370,10 @@ def _resolve(checkpoint: str) -> tuple[Path, str | None]:
         try:
             path = Path(snapshot_download(checkpoint, allow_patterns=[*hf.CHECKPOINT_PATTERNS, "*.bin"]))
         except Exception as e:  # noqa: BLE001  (offline, unknown repo: one answer)
-            raise FairgenError(f"{FAMILY}: cannot fetch {checkpoint} ({str(e).splitlines()[0][:200]}); "
-                               "give a local directory") from None
+            raise FairgenError(
+                f"{FAMILY}: cannot fetch {checkpoint} ({str(e).splitlines()[0][:200]}); "
+                "give a local directory"
+            ) from None
         return path, path.name
     if not (path / "config.json").is_file():
         raise FairgenError(f"{FAMILY}: {path} is not a checkpoint directory (no config.json)")
@@ -345,14 +388,16 @@ def _tokenizer_file(path: Path, config: dict, given: str | None) -> Path:
             raise FairgenError(f"{FAMILY}: tokenizer {found} is not a file")
         return found
     named = config.get("mm_vision_tower")
-    for candidate in ([Path(named), path / named, path / Path(named).name] if named else []):
+    for candidate in [Path(named), path / named, path / Path(named).name] if named else []:
         if candidate.is_file():
             return candidate
     found = sorted(path.glob("*.pt"))
     if len(found) == 1:
         return found[0]
-    raise FairgenError(f"{FAMILY}: which tokenizer? give --model-option tokenizer=PATH "
-                       "(tokenflow_clipb_32k_enhanced.pt from ByteFlow-AI/TokenFlow)")
+    raise FairgenError(
+        f"{FAMILY}: which tokenizer? give --model-option tokenizer=PATH "
+        "(tokenflow_clipb_32k_enhanced.pt from ByteFlow-AI/TokenFlow)"
+    )
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -366,15 +411,21 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
         files = sorted(path.glob("*.bin"))
         if not files:
             raise FairgenError(f"{FAMILY}: {path} holds no *.safetensors or *.bin weights")
-        sd = {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True, mmap=True).items()}
+        sd = {
+            k: v
+            for f in files
+            for k, v in torch.load(f, map_location="cpu", weights_only=True, mmap=True).items()
+        }
     return {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
 
 
 def load(checkpoint: str, device: str | None = None, **options: Any) -> TokenFlowModel:
     """Build a TokenFlowModel from a spec argument; options: tokenizer (path of the .pt), dtype."""
     if "understanding" in options:
-        raise FairgenError(f"{FAMILY}: the understanding model (Tokenflow-llava-qwen2.5-14B) is not supported "
-                           "yet; generation, the tokenizer and the LM audit work without it")
+        raise FairgenError(
+            f"{FAMILY}: the understanding model (Tokenflow-llava-qwen2.5-14B) is not supported "
+            "yet; generation, the tokenizer and the LM audit work without it"
+        )
     unknown = set(options) - {"dtype", "tokenizer"}
     if unknown:
         raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, tokenizer")

@@ -68,8 +68,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=bias)
         self.qknorm = QKNorm(self.head_dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
         n, length, _ = x.shape
         q = self.q_proj(x).view(n, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(n, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -121,9 +127,9 @@ class KVCache:
         self.start, self.stop = self.stop, self.stop + n
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer][:, :, self.start:self.stop] = k
-        self.v[layer][:, :, self.start:self.stop] = v
-        return self.k[layer][:, :, :self.stop], self.v[layer][:, :, :self.stop]
+        self.k[layer][:, :, self.start : self.stop] = k
+        self.v[layer][:, :, self.start : self.stop] = v
+        return self.k[layer][:, :, : self.stop], self.v[layer][:, :, : self.stop]
 
 
 class Decoder(nn.Module):
@@ -144,7 +150,9 @@ class Decoder(nn.Module):
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_attention_heads
         theta = float(getattr(cfg, "rope_theta", None) or 10000.0)
-        return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
+        return 1.0 / theta ** (
+            torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+        )
 
     def reset_rope(self) -> None:
         """Recompute RoPE's frequencies (after building on the meta device and loading weights)."""
@@ -156,8 +164,9 @@ class Decoder(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, start: int = 0, cache: KVCache | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, start: int = 0, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Input embeddings [N, L, D] at positions start..start+L-1 -> final-norm hidden states [N, L, D].
         mask: bool [N, 1, L, keys] (True = may attend); keys = start + L with a cache, else L."""
         if cache is not None:
@@ -177,10 +186,10 @@ def full_mask(key_valid: torch.Tensor, prompt: int, scales: tuple[int, ...]) -> 
     """The teacher-forced pass's attention: bool [N, 1, L, L], L = prompt + 816. Causal over the prompt with
     invalid ([PAD]) keys masked; block-causal by scale from the last prompt token on. Every position may
     see itself, so a [PAD] query never has an empty row (its output is read by nobody)."""
-    n, length = key_valid.shape[0], prompt + sum(s * s for s in scales) - 1
+    length = prompt + sum(s * s for s in scales) - 1
     idx = torch.arange(length, device=key_valid.device)
     level = torch.full((length,), -1, dtype=torch.long, device=key_valid.device)
-    level[prompt - 1:] = torch.tensor(scale_levels(scales), device=key_valid.device)
+    level[prompt - 1 :] = torch.tensor(scale_levels(scales), device=key_valid.device)
     causal = idx[None, :] <= idx[:, None]
     block = (level[None, :] <= level[:, None]) & (level[:, None] >= 0) & (level[None, :] >= 0)
     allowed = (causal | block)[None] & key_valid[:, None, :]

@@ -1,4 +1,4 @@
-"""TokenFlow's vision tokenizer (ByteFlow-AI/TokenFlow, `tokenflow/tokenizer/vq_model.py`), text-to-image variant.
+"""TokenFlow's vision tokenizer (ByteFlow-AI/TokenFlow, `tokenflow/tokenizer/vq_model.py`), T2I variant.
 
 Two branches read the same image and share one code index:
   semantic  CLIP ViT-B/16 (its patch tokens after ln_post, position table interpolated from 14x14 to 16x16
@@ -111,7 +111,8 @@ class PixelEncoder(nn.Module):
         last = len(channels) - 1
         self.conv_blocks = nn.ModuleList(
             Level(channels[max(i - 1, 0)], c, blocks, i == last, "down" if i < last else None)
-            for i, c in enumerate(channels))
+            for i, c in enumerate(channels)
+        )
         self.mid = _mid(channels[-1])
         self.norm_out, self.conv_out = group_norm(channels[-1]), nn.Conv2d(channels[-1], z, 3, padding=1)
 
@@ -206,8 +207,13 @@ class DualQuantizer(nn.Module):
 
     def codebook(self) -> torch.Tensor:
         """[K, 40]: the L2-normalised semantic and pixel vectors of every code, concatenated."""
-        return torch.cat([F.normalize(self.embedding_vqkd.weight, dim=-1),
-                          F.normalize(self.embedding_vqgan.weight, dim=-1)], dim=-1)
+        return torch.cat(
+            [
+                F.normalize(self.embedding_vqkd.weight, dim=-1),
+                F.normalize(self.embedding_vqgan.weight, dim=-1),
+            ],
+            dim=-1,
+        )
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features [B, 40, h, w] -> (quantised [B, 40, h, w], codes [B, h*w] row-major)."""
@@ -216,7 +222,7 @@ class DualQuantizer(nn.Module):
         parts = [F.normalize(p, dim=-1) for p in z.split(self.split, dim=-1)]
         books = self.codebook().split(self.split, dim=-1)
         # squared distances, expanded as upstream computes them (same float rounding, same argmin on ties)
-        d = sum((p ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * p @ e.t() for p, e in zip(parts, books))
+        d = sum((p**2).sum(1, keepdim=True) + (e**2).sum(1) - 2 * p @ e.t() for p, e in zip(parts, books))
         codes = d.argmin(dim=1)
         zn = torch.cat(parts, dim=-1)
         # z + (z_q - z): upstream's straight-through form, kept because it rounds differently from z_q
@@ -240,8 +246,10 @@ class TokenFlowTokenizer(nn.Module):
         self.quantize = DualQuantizer(codes)
         self.image_size = scales[-1] * 2 ** (len(pixel["enc_channels"]) - 1)
         if self.image_size != scales[-1] * clip["patch"]:
-            raise FairgenError(f"tokenflow tokenizer: CLIP patches ({clip['patch']} px) and the VQGAN's "
-                               f"{self.image_size} px input do not give the same {scales[-1]}x{scales[-1]} grid")
+            raise FairgenError(
+                f"tokenflow tokenizer: CLIP patches ({clip['patch']} px) and the VQGAN's "
+                f"{self.image_size} px input do not give the same {scales[-1]}x{scales[-1]} grid"
+            )
 
     @property
     def n_codes(self) -> int:
@@ -273,7 +281,7 @@ class TokenFlowTokenizer(nn.Module):
         vecs = self.quantize.codebook()[codes]  # [B, T, 40]
         out, start = [], 0
         for s in self.scales:
-            out.append(vecs[:, start:start + s * s].transpose(1, 2).reshape(codes.shape[0], -1, s, s))
+            out.append(vecs[:, start : start + s * s].transpose(1, 2).reshape(codes.shape[0], -1, s, s))
             start += s * s
         return out
 
@@ -306,8 +314,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (a pickle with other objects, a truncated file: one answer)
-        raise FairgenError(f"tokenflow: cannot read the tokenizer {path} with weights_only=True "
-                           f"({str(e).splitlines()[0][:200]})") from None
+        raise FairgenError(
+            f"tokenflow: cannot read the tokenizer {path} with weights_only=True "
+            f"({str(e).splitlines()[0][:200]})"
+        ) from None
     for key in ("ema", "model", "state_dict"):
         if isinstance(ckpt, dict) and key in ckpt:
             return ckpt[key]
@@ -315,34 +325,48 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _count(sd: dict, prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+    return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
 
 
 def load_tokenizer(path: Path, scales: tuple[int, ...] = T2I_SCALES) -> TokenFlowTokenizer:
     """A TokenFlowTokenizer with the sizes and weights of a released (or tiny) tokenizer checkpoint."""
     sd = read_state_dict(path)
     if any(k.startswith("encoder_vqkd.vision_model.") for k in sd):
-        raise FairgenError("tokenflow: this is a SigLIP tokenizer (the understanding model's); text-to-image "
-                           "generation needs the CLIP one (tokenflow_clipb_32k_enhanced.pt)")
+        raise FairgenError(
+            "tokenflow: this is a SigLIP tokenizer (the understanding model's); text-to-image "
+            "generation needs the CLIP one (tokenflow_clipb_32k_enhanced.pt)"
+        )
     if "encoder_vqkd.conv1.weight" not in sd:
         raise FairgenError(f"tokenflow: {path} is not a TokenFlow tokenizer (no CLIP tower)")
     conv1, pos = sd["encoder_vqkd.conv1.weight"], sd["encoder_vqkd.positional_embedding"]
-    clip = {"width": conv1.shape[0], "layers": _count(sd, "encoder_vqkd.transformer.resblocks."),
-            "patch": conv1.shape[-1], "grid": math.isqrt(pos.shape[0] - 1)}
+    clip = {
+        "width": conv1.shape[0],
+        "layers": _count(sd, "encoder_vqkd.transformer.resblocks."),
+        "patch": conv1.shape[-1],
+        "grid": math.isqrt(pos.shape[0] - 1),
+    }
     enc_levels, dec_levels = _count(sd, "encoder.conv_blocks."), _count(sd, "decoder.conv_blocks.")
-    pixel = {"z": sd["encoder.conv_out.weight"].shape[0],
-             "enc_blocks": _count(sd, "encoder.conv_blocks.0.res."),
-             "dec_blocks": _count(sd, "decoder.conv_blocks.0.res.") - 1,
-             "enc_channels": [sd[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] for i in range(enc_levels)],
-             # the decoder lists its levels from the lowest resolution up
-             "dec_channels": [sd[f"decoder.conv_blocks.{dec_levels - 1 - i}.res.0.conv1.weight"].shape[0]
-                              for i in range(dec_levels)]}
+    pixel = {
+        "z": sd["encoder.conv_out.weight"].shape[0],
+        "enc_blocks": _count(sd, "encoder.conv_blocks.0.res."),
+        "dec_blocks": _count(sd, "decoder.conv_blocks.0.res.") - 1,
+        "enc_channels": [
+            sd[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] for i in range(enc_levels)
+        ],
+        # the decoder lists its levels from the lowest resolution up
+        "dec_channels": [
+            sd[f"decoder.conv_blocks.{dec_levels - 1 - i}.res.0.conv1.weight"].shape[0]
+            for i in range(dec_levels)
+        ],
+    }
     model = TokenFlowTokenizer(clip, pixel, sd["quantize.embedding_vqkd.weight"].shape[0], scales)
     kept = {k: v for k, v in sd.items() if not k.startswith(SKIPPED) and k != "encoder_vqkd.proj"}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if missing or unexpected:
-        raise FairgenError(f"tokenflow: {path} does not fit TokenFlow's tokenizer (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+        raise FairgenError(
+            f"tokenflow: {path} does not fit TokenFlow's tokenizer (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model.eval().requires_grad_(False)
 
 
