@@ -151,3 +151,25 @@ def test_bad_inputs_are_one_line_errors(tokenflow_dir, tmp_path):
         models.load(f"tokenflow:{tokenflow_dir}", tokenizer=str(evil))
     with pytest.raises(FairgenError, match="top_p"):
         models.load(f"tokenflow:{tokenflow_dir}").generate(PROMPTS[:1], [0], top_p=0)
+
+
+def test_gradient_checkpointing_keeps_gradients(tokenflow_dir):
+    """fix's checkpointing switch recomputes the layers in backward and gives the same gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    from fairgen.fix.train import _checkpointing
+
+    model = models.load(f"tokenflow:{tokenflow_dir}", device="cpu")
+    peft_model = get_peft_model(
+        model.lora_root, LoraConfig(r=2, target_modules=model.lora_targets, init_lora_weights=False)
+    )
+    codes = torch.tensor(UPSTREAM["greedy_codes"])
+    grads = []
+    for enabled in (False, True):
+        peft_model.zero_grad()
+        with _checkpointing(model, enabled):
+            assert model.hf.model.checkpointing == enabled
+            model.token_logprob(PROMPTS, codes).sum().backward()
+        grads.append([p.grad.clone() for p in peft_model.parameters() if p.requires_grad])
+    assert not model.hf.model.checkpointing
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

@@ -53,7 +53,11 @@ CHUNK = 8192  # code positions per head + sampler call (bounds the [rows, 32768]
 
 
 class TokenFlowT2I(torch.nn.Module):
-    """The checkpoint's module tree: `model.` (tokenflow_lm.Decoder) and `lm_head.`."""
+    """The checkpoint's module tree: `model.` (tokenflow_lm.Decoder) and `lm_head.`. Gradient checkpointing
+    is switched by transformers' method names, which `fairgen fix` calls on a LoRA root that supports it
+    (a 7B BPO step otherwise holds every layer's activations over 2 x 947 positions per image)."""
+
+    supports_gradient_checkpointing = True
 
     def __init__(self, cfg, tokenizer: TokenFlowTokenizer) -> None:
         super().__init__()
@@ -61,6 +65,12 @@ class TokenFlowT2I(torch.nn.Module):
             cfg, tokenizer.n_tokens, len(tokenizer.scales) + 1, sum(tokenizer.quantize.split)
         )
         self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.model.checkpointing = True  # non-reentrant always (the kwargs fix asks for)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.checkpointing = False
 
 
 class TokenFlowModel:

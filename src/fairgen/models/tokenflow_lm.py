@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 QK_EPS = 1e-6  # upstream's QKNorm eps, fixed (the layer norms use the config's rms_norm_eps)
@@ -145,6 +146,7 @@ class Decoder(nn.Module):
         self.lvl_embed = nn.Embedding(n_levels, cfg.hidden_size)
         self.pos_1LC = nn.Parameter(torch.zeros(n_image, cfg.hidden_size))
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        self.checkpointing = False  # gradient checkpointing of the layers (TokenFlowT2I switches it)
 
     def _inv_freq(self) -> torch.Tensor:
         cfg = self.config
@@ -172,8 +174,12 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.advance(x.shape[1])
         rope = self.rope(start, start + x.shape[1], x.dtype)
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, cache, i)
+            if recompute:  # keep each layer's input only; its activations are recomputed in backward
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, i, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache, i)
         return self.norm(x)
 
 
