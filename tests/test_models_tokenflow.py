@@ -131,7 +131,13 @@ def test_tokenizer_round_trip_and_embeddings(tf):
 
 
 def test_capabilities_and_hooks(tf):
-    assert tf.capabilities == {"generate", "image_logprob", "tokenize", "lora"}  # no understanding model
+    """The protocols the registry entry names, and no understanding (no understanding model is loaded)."""
+    from fairgen.models import protocols
+
+    assert models.family("tokenflow").capabilities == {
+        name for name, proto in protocols.CAPABILITIES.items() if isinstance(tf, proto)
+    }
+    assert not isinstance(tf, protocols.Understander)
     assert tf.image_start_hidden(PROMPTS).shape == (2, 64)
     prov = tf.provenance()
     assert prov["family"] == "tokenflow" and len(prov["tokenizer"]["sha256"]) == 64

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,16 @@ from PIL import Image
 
 from ..store import file_sha256
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
+from .hf.checks import check_batch
+from .hf.images import to_pil
+from .hf.loading import CHECKPOINT_PATTERNS, Fingerprint, linear_names, resolve_device, resolve_dtype
 from .engine import auto_batch, in_batches
+from .sampling import Sampling, sample, uniform_table
 from .tokenflow_lm import Decoder, KVCache, full_mask
 from .tokenflow_vq import TokenFlowTokenizer, load_tokenizer
 
 FAMILY = "tokenflow"
-RECOMMENDED = hf.Sampling(cfg=8.5, temperature=1.0, top_p=0.6, top_k=600)
+RECOMMENDED = Sampling(cfg=8.5, temperature=1.0, top_p=0.6, top_k=600)
 NEGATIVE_PROMPT = (
     "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
     "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
@@ -78,7 +80,6 @@ class TokenFlowModel:
 
     Built by `from_checkpoint` (what `tokenflow:<dir>` calls), or from modules in memory (benchmarks)."""
 
-    capabilities = frozenset({"generate", "image_logprob", "tokenize", "lora"})
 
     def __init__(
         self,
@@ -86,7 +87,7 @@ class TokenFlowModel:
         vq: TokenFlowTokenizer,
         text: Any,
         spec: str,
-        fingerprint: hf.Fingerprint | None = None,
+        fingerprint: Fingerprint | None = None,
         tokenizer_path: Path | None = None,
     ) -> None:
         """From built parts (`from_checkpoint` reads them from the released files): the LM and tokenizer on
@@ -106,7 +107,7 @@ class TokenFlowModel:
         self.start_ids = self.text.encode(IMAGE_START, add_special_tokens=False)
         self.defaults = RECOMMENDED
         # The LM decoder's projections (attention and MLP); not the projector or the tokenizer.
-        self.lora_targets: list[str] = hf.linear_names(self.hf, "model.layers.")
+        self.lora_targets: list[str] = linear_names(self.hf, "model.layers.")
         self.scales = self.vq.scales
         self.n_image_tokens = self.vq.n_tokens
         self.offsets = np.cumsum([0, *(s * s for s in self.scales)]).tolist()
@@ -146,8 +147,8 @@ class TokenFlowModel:
                 "(model_type 'llava_llama')"
             )
         tokenizer_path = _tokenizer_file(path, raw, tokenizer)
-        target = hf.resolve_device(device)
-        torch_dtype = hf.resolve_dtype(dtype, target)
+        target = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, target)
         vq = load_tokenizer(tokenizer_path).to(target, torch_dtype)
         cfg = LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
         with torch.device("meta"):
@@ -164,7 +165,7 @@ class TokenFlowModel:
         if text.convert_tokens_to_ids("[PAD]") in (None, text.unk_token_id):
             text.add_special_tokens({"pad_token": "[PAD]"})  # what upstream's inference does
         return cls(
-            lm, vq, text, f"{FAMILY}:{checkpoint}", hf.Fingerprint(path, checkpoint, revision), tokenizer_path
+            lm, vq, text, f"{FAMILY}:{checkpoint}", Fingerprint(path, checkpoint, revision), tokenizer_path
         )
 
     def provenance(self) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class TokenFlowModel:
             **self.fingerprint.as_dict(),
             "tokenizer": {"path": str(self.tokenizer_path), "sha256": file_sha256(self.tokenizer_path)},
             "dtype": str(self.dtype).removeprefix("torch."),
-            "default_sampling": asdict(self.defaults),
+            "default_sampling": self.defaults.as_dict(),
         }
 
     # -- building the sequence ---------------------------------------------------------------------------
@@ -223,8 +224,8 @@ class TokenFlowModel:
         """Codes LongTensor [B, 817] of one image per (prompt, seed). engine: one forward per scale with a
         KV cache, in batches that fit the free memory; False: upstream's loop, the whole sequence again at
         every scale (the reference the engine is tested and benchmarked against), one batch."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        check_batch(FAMILY, prompts, seeds, "seeds")
+        s = self.defaults.resolve(sampling, FAMILY)
         twins = 2 if s.cfg != 1.0 else 1
         if not engine:
             return self._codes(prompts, seeds, s, cached=False)
@@ -235,13 +236,13 @@ class TokenFlowModel:
         )
 
     def _codes(
-        self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling, cached: bool
+        self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling, cached: bool
     ) -> torch.Tensor:
         guided = s.cfg != 1.0
         ids = self._rows(prompts, guided)
         n, p = ids.shape
         valid = torch.cat([ids != self.pad_id, ids.new_ones(n, self.n_image_tokens - 1, dtype=torch.bool)], 1)
-        uniforms = hf.SeededDraws(seeds, self.n_image_tokens, self.device).uniforms
+        uniforms = uniform_table(seeds, self.n_image_tokens, self.device)
         x = self._text_embeds(ids)
         codes: list[torch.Tensor] = []
         running: torch.Tensor | float = 0.0
@@ -274,9 +275,9 @@ class TokenFlowModel:
                 x = torch.cat([x, new], dim=1)
         return torch.cat(codes, dim=1)
 
-    def _sample(self, hidden: torch.Tensor, s: hf.Sampling, ratio: float, u: torch.Tensor) -> torch.Tensor:
+    def _sample(self, hidden: torch.Tensor, s: Sampling, ratio: float, u: torch.Tensor) -> torch.Tensor:
         """Codes of one scale from hidden states [N, n, D] (conditional rows first): guided as upstream,
-        (1 + t) * cond - t * uncond with t = (cfg - 1) * ratio, then hf.sample_codes, CHUNK rows at a time."""
+        (1 + t) * cond - t * uncond with t = (cfg - 1) * ratio, then sampling.sample, CHUNK rows at a time."""
         rows = u.shape[0]
         flat = hidden.reshape(-1, hidden.shape[-1])
         t = (s.cfg - 1.0) * ratio
@@ -286,7 +287,7 @@ class TokenFlowModel:
             logits = self._head(flat[a:b])
             if s.cfg != 1.0:
                 logits = (1 + t) * logits - t * self._head(flat[rows + a : rows + b])
-            out.append(hf.sample_codes(logits, s, u[a:b]))
+            out.append(sample(logits, s, u[a:b]))
         return torch.cat(out)
 
     def generate(
@@ -320,7 +321,7 @@ class TokenFlowModel:
     @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
         """Codes [B, 817] -> images (256x256 for the released tokenizer)."""
-        return hf.to_pil(self.vq.decode(tokens.to(self.device)), [0.5] * 3, [0.5] * 3)
+        return to_pil(self.vq.decode(tokens.to(self.device)), [0.5] * 3, [0.5] * 3)
 
     @torch.no_grad()
     def tokenizer_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -333,7 +334,7 @@ class TokenFlowModel:
         """Teacher-forced logits over the codebook, float32 [B, 817, K], in one block-causal pass: row t is
         the distribution code t is sampled from (no guidance, temperature 1), given the prompt and the
         codes of the scales before t's. Differentiable w.r.t. the LM (and LoRA)."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        check_batch(FAMILY, prompts, tokens, "token rows")
         tokens = tokens.to(self.device)
         ids = self.prompt_ids(prompts)
         n, p = ids.shape
@@ -357,7 +358,7 @@ class TokenFlowModel:
         self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]
     ) -> torch.Tensor:
         """Mean per-code log-probability [B] of each image's codes given its prompt (differentiable)."""
-        hf.check_batch(FAMILY, prompts, images, "images")
+        check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
 
     @torch.no_grad()
@@ -378,7 +379,7 @@ def _resolve(checkpoint: str) -> tuple[Path, str | None]:
         from huggingface_hub import snapshot_download
 
         try:
-            path = Path(snapshot_download(checkpoint, allow_patterns=[*hf.CHECKPOINT_PATTERNS, "*.bin"]))
+            path = Path(snapshot_download(checkpoint, allow_patterns=[*CHECKPOINT_PATTERNS, "*.bin"]))
         except Exception as e:  # noqa: BLE001  (offline, unknown repo: one answer)
             raise FairgenError(
                 f"{FAMILY}: cannot fetch {checkpoint} ({str(e).splitlines()[0][:200]}); "
@@ -430,15 +431,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load(checkpoint: str, device: str | None = None, **options: Any) -> TokenFlowModel:
-    """Build a TokenFlowModel from a spec argument; options: tokenizer (path of the .pt), dtype."""
+    """The registry's constructor (families.py, which checks the options): tokenizer (the .pt), dtype."""
     if "understanding" in options:
         raise FairgenError(
             f"{FAMILY}: the understanding model (Tokenflow-llava-qwen2.5-14B) is not supported "
             "yet; generation, the tokenizer and the LM audit work without it"
         )
-    unknown = set(options) - {"dtype", "tokenizer"}
-    if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, tokenizer")
     return TokenFlowModel.from_checkpoint(checkpoint, device=device, **options)
 
 
