@@ -96,7 +96,7 @@ def test_generation_is_seeded_per_image(tf):
     assert torch.equal(a[1], alone[0]) and torch.equal(a[1], other[1]) and not torch.equal(a[0], other[0])
     images = tf.generate(PROMPTS, [11, 12])
     assert [im.size for im in images] == [(32, 32), (32, 32)]
-    assert np.array_equal(np.asarray(images[0]), np.asarray(tf.decode_tokens(a[:1])[0]))
+    assert np.array_equal(np.asarray(images[1]), np.asarray(tf.decode_tokens(a)[1]))  # generate = decode(codes)
 
 
 def test_logprob_is_differentiable_through_lora(tokenflow_dir):
