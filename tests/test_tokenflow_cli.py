@@ -123,3 +123,32 @@ def test_fix(tokenflow_dir, suite, tmp_path):  # noqa: F811
     assert (tmp_path / "fix" / "adapter" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (tmp_path / "fix" / "train_log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"sft", "bpo"}
+
+
+def test_bad_tokenflow_input_is_one_line(tokenflow_dir, suite, tmp_path):  # noqa: F811
+    """A missing tokenizer file, or an understanding model, is one line and nothing written."""
+    from fairgen.types import FairgenError
+
+    for option, message in (
+        ("tokenizer=/no/such.pt", "is not a file"),
+        ("understanding=/x", "not supported"),
+    ):
+        out = tmp_path / option.partition("=")[0]
+        result = invoke(
+            "audit",
+            "--model",
+            f"tokenflow:{tokenflow_dir}",
+            "--model-option",
+            option,
+            "--suite",
+            str(suite),
+            "-n",
+            "1",
+            "--perception",
+            "world",
+            "--out",
+            str(out),
+        )
+        assert isinstance(result.exception, FairgenError), result.output
+        assert message in str(result.exception) and "\n" not in str(result.exception)
+        assert not out.exists()

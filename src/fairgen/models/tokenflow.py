@@ -80,7 +80,6 @@ class TokenFlowModel:
 
     Built by `from_checkpoint` (what `tokenflow:<dir>` calls), or from modules in memory (benchmarks)."""
 
-
     def __init__(
         self,
         lm: TokenFlowT2I,
