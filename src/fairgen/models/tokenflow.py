@@ -33,10 +33,10 @@ from PIL import Image
 
 from ..store import file_sha256
 from ..types import FairgenError, Prompt, prompt_text
+from .engine import auto_batch, in_batches
 from .hf.checks import check_batch
 from .hf.images import to_pil
 from .hf.loading import CHECKPOINT_PATTERNS, Fingerprint, linear_names, resolve_device, resolve_dtype
-from .engine import auto_batch, in_batches
 from .sampling import Sampling, sample, uniform_table
 from .tokenflow_lm import Decoder, KVCache, full_mask
 from .tokenflow_vq import TokenFlowTokenizer, load_tokenizer
