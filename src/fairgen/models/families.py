@@ -48,10 +48,13 @@ BUILTIN: tuple[Family, ...] = (
                  "negative_prompt": Option("the unconditional prompt of guidance (default: BAAI's)", text)},
     ),
     Family(
-        name="tokenflow", constructor="fairgen.models.tokenflow:load", spec="tokenflow:<TokenFlow-t2i dir or hf id>",
-        description="TokenFlow text-to-image (ByteFlow-AI), native port; the CLIP tokenizer .pt as option tokenizer",
-        capabilities=frozenset({"generate", "image_logprob", "tokenize", "lora", "lm_hooks", "tokenizer_features"}),
-        requirements="the TokenFlow-t2i directory and tokenflow_clipb_32k_enhanced.pt; a CUDA GPU for real checkpoints",
+        name="tokenflow", constructor="fairgen.models.tokenflow:load",
+        spec="tokenflow:<TokenFlow-t2i dir or hf id>",
+        description="TokenFlow text-to-image (ByteFlow-AI), native port; its CLIP tokenizer .pt as `tokenizer`",
+        capabilities=frozenset({"generate", "image_logprob", "tokenize", "lora", "lm_hooks",
+                                "tokenizer_features"}),
+        requirements="the TokenFlow-t2i directory and tokenflow_clipb_32k_enhanced.pt; a CUDA GPU for real "
+                     "checkpoints",
         options={"dtype": DTYPE,
                  "tokenizer": Option("the vision tokenizer checkpoint (.pt; default: config.json's "
                                      "mm_vision_tower, else the one *.pt in the directory)", text),
