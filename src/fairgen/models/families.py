@@ -50,7 +50,7 @@ BUILTIN: tuple[Family, ...] = (
     Family(
         name="tokenflow", constructor="fairgen.models.tokenflow:load",
         spec="tokenflow:<TokenFlow-t2i dir or hf id>",
-        description="TokenFlow text-to-image (ByteFlow-AI), native port; its CLIP tokenizer .pt as `tokenizer`",
+        description="TokenFlow text-to-image (ByteFlow-AI), native port; the CLIP tokenizer .pt: `tokenizer`",
         capabilities=frozenset({"generate", "image_logprob", "tokenize", "lora", "lm_hooks",
                                 "tokenizer_features"}),
         requirements="the TokenFlow-t2i directory and tokenflow_clipb_32k_enhanced.pt; a CUDA GPU for real "
