@@ -96,7 +96,9 @@ def test_generation_is_seeded_per_image(tf):
     assert torch.equal(a[1], alone[0]) and torch.equal(a[1], other[1]) and not torch.equal(a[0], other[0])
     images = tf.generate(PROMPTS, [11, 12])
     assert [im.size for im in images] == [(32, 32), (32, 32)]
-    assert np.array_equal(np.asarray(images[1]), np.asarray(tf.decode_tokens(a)[1]))  # generate = decode(codes)
+    assert np.array_equal(
+        np.asarray(images[1]), np.asarray(tf.decode_tokens(a)[1])
+    )  # generate = decode(codes)
 
 
 def test_logprob_is_differentiable_through_lora(tokenflow_dir):
@@ -179,3 +181,14 @@ def test_gradient_checkpointing_keeps_gradients(tokenflow_dir):
         grads.append([p.grad.clone() for p in peft_model.parameters() if p.requires_grad])
     assert not model.hf.model.checkpointing
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_projector_follows_the_config():
+    """LLaVA's projector names: TokenFlow-t2i's linear one, and mlpNx_gelu with its checkpoint keys."""
+    from fairgen.models.tokenflow_lm import projector
+
+    assert isinstance(projector("linear", 40, 8), torch.nn.Linear)
+    mlp = projector("mlp2x_gelu", 40, 8)
+    assert list(mlp.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    with pytest.raises(FairgenError, match="mm_projector_type"):
+        projector("qformer", 40, 8)

@@ -5,7 +5,7 @@ A Llama-2 decoder with these changes, all in the released checkpoint (`ByteFlow-
             residual adds (x + norm(attn(x)), then x + norm(mlp(x))), not to their inputs as in Llama
   qknorm    per layer, an RMSNorm (eps 1e-6, over the head dimension) on queries and keys, after the
             head split and *before* RoPE
-  mm_projector  Linear 40 -> hidden: the tokenizer's next-scale features into the LM
+  mm_projector  Linear 40 -> hidden (config.json's mm_projector_type; LLaVA's mlpNx_gelu also read)
   lvl_embed     10 x hidden: row 0 is added to every text position, row k+1 to the inputs of scale k
                 (k >= 1; row 1 is never read: scale 0's only input is the last prompt token)
   pos_1LC       817 x hidden: one row per image position, added from the last prompt token on
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+from ..types import FairgenError
 
 QK_EPS = 1e-6  # upstream's QKNorm eps, fixed (the layer norms use the config's rms_norm_eps)
 
@@ -142,7 +144,8 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mm_projector = nn.Linear(feature_dim, cfg.hidden_size)
+        kind = getattr(cfg, "mm_projector_type", None) or "linear"
+        self.mm_projector = projector(kind, feature_dim, cfg.hidden_size)
         self.lvl_embed = nn.Embedding(n_levels, cfg.hidden_size)
         self.pos_1LC = nn.Parameter(torch.zeros(n_image, cfg.hidden_size))
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
@@ -181,6 +184,19 @@ class Decoder(nn.Module):
             else:
                 x = layer(x, rope, mask, cache, i)
         return self.norm(x)
+
+
+def projector(kind: str, features: int, hidden: int) -> nn.Module:
+    """LLaVA's projector by its config name: "linear", or "mlp<N>x_gelu" (N linears with GELU between)."""
+    if kind == "linear":
+        return nn.Linear(features, hidden)
+    depth = kind.removeprefix("mlp").removesuffix("x_gelu")
+    if not (kind.startswith("mlp") and kind.endswith("x_gelu") and depth.isdigit() and int(depth) >= 1):
+        raise FairgenError(f"tokenflow: unknown mm_projector_type {kind!r} (known: linear, mlp<N>x_gelu)")
+    layers: list[nn.Module] = [nn.Linear(features, hidden)]
+    for _ in range(int(depth) - 1):
+        layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+    return nn.Sequential(*layers)
 
 
 def scale_levels(scales: tuple[int, ...]) -> list[int]:
