@@ -102,6 +102,7 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
     model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
+            c.check()
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"

@@ -149,7 +149,7 @@ def calibrate(
     ),
     out: Path = typer.Option(..., help="Calibration file to write (CAL.json)."),
     seed: int = typer.Option(0, help="Seed of the world renders (world[:N] only)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per perception batch."),
+    batch_size: int = typer.Option(AuditConfig.batch_size, "--batch-size", help="Images per perception batch."),
 ) -> None:
     """Measure a perception backend's confusion and detection rates on labelled faces, for --calibration."""
     from .calibrate import calibrate as run_calibrate

@@ -1,7 +1,7 @@
 """Configuration objects: each stage's settings in one frozen dataclass, each default written once.
 
 AuditConfig holds what an audit depends on besides where it writes. `fairgen audit`'s options take their
-defaults from it, `audit()` builds and checks one, locate reuses it for its audit, and fix's FixConfig
+defaults from it, `audit()` builds one and `audit.run` checks it, locate reuses it for its audit, and fix's FixConfig
 builds one for every audit it runs (FixConfig.audit_config). `default(Config, "field")` reads a default for
 a CLI option (docs/architecture.md, "Configuration").
 """
@@ -45,7 +45,9 @@ class AuditConfig:
     adapter: str | None = None
     calibration: str | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise FairgenError for a setting out of range (audit.run calls it where every process of a
+        launch stops together on bad input)."""
         if self.images_per_prompt < 1:
             raise FairgenError(f"images per prompt must be positive (got {self.images_per_prompt})")
         if self.batch_size < 1:

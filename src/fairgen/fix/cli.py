@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -111,17 +112,12 @@ def fix_command(
     from .pipeline import fix, parse_attributes
     from .report import REPORT_JSON, REPORT_MD, markdown
 
-    sampling = settings(preset, cfg=cfg, temperature=temperature, top_p=top_p)
-    config = FixConfig(
-        model=model, train_suite=train_suite, test_suite=test_suite, attributes=parse_attributes(attributes),
-        method=method, data_source=data_source, perception=perception, images_per_group=images_per_group,
-        check_concept=check_concept, train_prompts=train_prompts, sft_steps=sft_steps, bpo_steps=bpo_steps,
-        alpha=alpha, beta=beta, anchor=anchor, lr=lr, rank=rank, units_per_batch=units_per_batch, images_per_prompt=images_per_prompt,
-        explicit_concepts=explicit_concepts, explicit_images=explicit_images, seed=seed, sampling=sampling,
-        batch_size=batch_size, before=str(before) if before else None, check_suites=_suites(check_suites),
-        check_images=check_images, check_prompts=check_prompts, understanding_images=understanding_images,
-        device=device, dtype=dtype, model_options=parse_options(model_option or []),
-        gradient_checkpointing=gradient_checkpointing)
+    given = dict(locals())  # the options, by FixConfig's field names; those below need converting
+    converted = {"attributes": parse_attributes(attributes), "check_suites": _suites(check_suites),
+                 "sampling": settings(preset, cfg=cfg, temperature=temperature, top_p=top_p),
+                 "before": str(before) if before else None, "model_options": parse_options(model_option or [])}
+    config = FixConfig(**{f.name: converted[f.name] if f.name in converted else given[f.name]
+                          for f in fields(FixConfig)})
     bars = _Bars()
     try:
         report = fix(config, out, progress=bars)

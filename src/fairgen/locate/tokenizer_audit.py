@@ -28,6 +28,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ..labelled import LabelledSet
+from ..config import AuditConfig
 from ..models.protocols import TokenizerFeatures, UnderstandingFeatures, VisionTokenizer
 from ..metrics import percentile_interval
 from ..types import ATTRIBUTES, FairgenError
@@ -45,7 +46,7 @@ def _images(labelled: LabelledSet, idx: Sequence[int]) -> list[Image.Image]:
         raise FairgenError(f"labelled set {labelled.source}: cannot read an image ({e})") from None
 
 
-def round_trip(model: Any, labelled: LabelledSet, backend: Any, batch_size: int = 64, replicates: int = REPLICATES,
+def round_trip(model: Any, labelled: LabelledSet, backend: Any, batch_size: int = AuditConfig.batch_size, replicates: int = REPLICATES,
                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Survival of each attribute through encode_image -> decode_tokens (module docstring).
 
@@ -105,7 +106,7 @@ VISION_PATHS: dict[str, tuple[type, Callable[[Any, list[Image.Image]], np.ndarra
 }
 
 
-def vision_probes(model: Any, labelled: LabelledSet, batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+def vision_probes(model: Any, labelled: LabelledSet, batch_size: int = AuditConfig.batch_size, seed: int = 0) -> dict[str, Any]:
     """Held-out linear-probe accuracy of every labelled attribute from every vision path the model exposes.
 
     Returns {path: {"features": F, attr: probes.probe_accuracy(...)}}; {} when the model exposes none."""
