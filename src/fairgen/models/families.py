@@ -72,6 +72,20 @@ BUILTIN: tuple[Family, ...] = (
                                 "checkpoint's)", text)},
     ),
     Family(
+        name="tokenflow", constructor="fairgen.models.tokenflow:load",
+        spec="tokenflow:<TokenFlow-t2i dir or hf id>",
+        description="TokenFlow text-to-image (ByteFlow-AI), native port; the CLIP tokenizer .pt: `tokenizer`",
+        capabilities=frozenset({"generate", "image_logprob", "tokenize", "lora", "lm_hooks",
+                                "tokenizer_features"}),
+        requirements="the TokenFlow-t2i directory and tokenflow_clipb_32k_enhanced.pt; a CUDA GPU for real "
+                     "checkpoints",
+        options={"dtype": DTYPE,
+                 "tokenizer": Option("the vision tokenizer checkpoint (.pt; default: config.json's "
+                                     "mm_vision_tower, else the one *.pt in the directory)", text),
+                 "understanding": Option("the understanding model (not supported yet: refused with a message)",
+                                         text)},
+    ),
+    Family(
         name="diffusers", constructor="fairgen.models.diffusers_t2i:DiffusersModel", spec="diffusers:<hf id or dir>",
         description="text-to-image diffusion pipeline (Stable Diffusion and kin), generation only",
         capabilities=frozenset({"generate"}), check="fairgen.models.diffusers_t2i:diffusers_problem",
