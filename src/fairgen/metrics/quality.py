@@ -131,3 +131,53 @@ def summarize_quality(
 def _interval(b: np.ndarray) -> list[float]:
     lo, hi = np.quantile(b, [0.025, 0.975])
     return [float(lo), float(hi)]
+
+
+QUALITY_RECORDS = "quality.jsonl"
+
+
+def score_run(
+    store: Any,
+    plan: Sequence[tuple[Any, int]],
+    scorer: QualityScorer,
+    batch_size: int = 32,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Score every planned image of a run directory, resumably: quality.jsonl keeps one record per image
+    ({prompt_id, sample, clip_score, clip_iqa}); images already scored are not scored again.
+
+    store: a RunStore (load_image, root). plan: (Prompt, sample) in plan order. progress(n_done) is
+    called after each batch. Images that cannot be read are skipped (the audit counts them as
+    unreadable). Returns the records of the plan, in plan order.
+    """
+    import json
+    import os
+
+    path = Path(store.root) / QUALITY_RECORDS
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if path.exists():
+        data = path.read_bytes()
+        good_end = data.rfind(b"\n") + 1  # a partial last line left by a crash is dropped
+        for line in data[:good_end].splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done.setdefault((rec["prompt_id"], int(rec["sample"])), rec)
+        if good_end < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+    todo = [(p, s) for p, s in plan if (p.id, s) not in done]
+    for start in range(0, len(todo), batch_size):
+        batch = [(p, s, store.load_image(p.id, s)) for p, s in todo[start:start + batch_size]]
+        batch = [(p, s, im) for p, s, im in batch if im is not None]
+        if batch:
+            scores = scorer.score([im for _, _, im in batch], [p.text for p, _, _ in batch])
+            new = [{"prompt_id": p.id, "sample": s, **{m: float(scores[m][i]) for m in QUALITY_METRICS}}
+                   for i, (p, s, _) in enumerate(batch)]
+            with open(path, "ab") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in new).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            done.update({(r["prompt_id"], r["sample"]): r for r in new})
+        if progress is not None:
+            progress(min(start + batch_size, len(todo)))
+    return [done[p.id, s] for p, s in plan if (p.id, s) in done]
