@@ -27,7 +27,7 @@ import torch
 
 import fairgen
 from fairgen import models, suites
-from fairgen.audit import PAPER_PRESET
+from fairgen.models.sampling import PRESETS
 
 CONFIGS = Path(__file__).parent / "configs"
 CORPUS = ["A photo of the face of a nurse, a person",
@@ -145,7 +145,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = fairgen.audit(model=model, suite=prompts, images_per_prompt=args.images_per_prompt,
-                               batch_size=n_images, perception_backend="world", sampling=PAPER_PRESET,
+                               batch_size=n_images, perception_backend="world", sampling=PRESETS["paper"],
                                out=Path(tmp) / "audit")
         sync()
         report["audit_one_batch_s"] = time.perf_counter() - start
@@ -155,7 +155,7 @@ def main() -> None:
 
         texts = [p.text for p in prompts for _ in range(args.images_per_prompt)]
         start = time.perf_counter()
-        images = model.generate(texts, list(range(n_images)), **PAPER_PRESET)
+        images = model.generate(texts, list(range(n_images)), **PRESETS["paper"])
         sync()
         report["generate_one_batch_s"] = time.perf_counter() - start
         report["ms_per_token_step"] = 1000 * report["generate_one_batch_s"] / model.n_image_tokens

@@ -23,7 +23,7 @@ import torch
 
 from fairgen import suites
 from fairgen.locate import locate
-from fairgen.locate.plant import validation_pair
+from fairgen.models.tiny.plant import validation_pair
 
 
 def summarise(name: str, findings: dict, seconds: float) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fairgen import models
-from fairgen.models import hf_common as hf
+from fairgen.models.sampling import uniform_table
 from fairgen.models.engine import ImageEngine, LlamaDecoder, in_batches, kv_bytes_per_image
 from test_models_checkpoints import janus_dir  # noqa: F401  (session fixture)
 
@@ -22,10 +22,10 @@ def janus(janus_dir):  # noqa: F811
 
 
 def _engine(janus, prompts, seeds, bucket: int, stack: bool = False, **sampling) -> torch.Tensor:
-    s = hf.Sampling.parse("janus", janus.defaults, sampling)
+    s = janus.defaults.resolve(sampling, "janus")
     ids, mask = janus._guidance_rows(prompts, s)
     decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket, stack=stack)
-    uniforms = hf.SeededDraws(seeds, janus.n_image_tokens, janus.device).uniforms
+    uniforms = uniform_table(seeds, janus.n_image_tokens, janus.device)
     engine = ImageEngine(decoder, janus.hf.model.generation_head,
                          lambda c: janus.hf.prepare_embeddings_for_image_generation(c.unsqueeze(1)), uniforms, s)
     return engine.run(janus.hf.get_input_embeddings()(ids))

@@ -12,7 +12,7 @@ import torch
 
 from fairgen import suites
 from fairgen.locate import locate
-from fairgen.locate.plant import validation_pair
+from fairgen.models.tiny.plant import validation_pair
 from fairgen.locate.verdict import BIASED, NOT_BIASED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]

@@ -12,8 +12,10 @@ import typer
 from typer.testing import CliRunner
 
 import fairgen
-from fairgen.locate import locate, plant_tokenizer_bias
-from fairgen.locate.cli import locate_command, plant_command
+from fairgen.locate import locate
+from fairgen.models.tiny.cli import plant_command
+from fairgen.models.tiny.plant import plant_tokenizer_bias
+from fairgen.locate.cli import locate_command
 from fairgen.models.tiny import load
 from fairgen.types import FairgenError, Prompt
 from fairgen.world import render

@@ -13,7 +13,7 @@ from fairgen.locate.lm_audit import _contrast, js_bits, unigram_js
 from fairgen.locate.probes import fit_probe, probe_accuracy, split
 from fairgen.locate.understanding import question, score_answers
 from fairgen.locate.verdict import BIASED, INCONCLUSIVE, NOT_BIASED, NOT_MEASURED
-from fairgen.models.base import OTHER
+from fairgen.models.protocols import OTHER
 
 
 def test_questions_are_the_exact_probe_wording() -> None:

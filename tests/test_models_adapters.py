@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fairgen.models.protocols import capabilities_of
 from fairgen import models
 from fairgen.models.adapters import apply_adapter
 from fairgen.types import FairgenError
@@ -38,7 +39,7 @@ def test_adapter_round_trip_changes_the_model(janus_dir, tmp_path):  # noqa: F81
 
     adapted = models.load(f"janus:{janus_dir}", adapter=tmp_path / "adapter")
     assert torch.allclose(adapted.image_token_logprob(PROMPTS, images).detach(), trained_lp, atol=1e-5)
-    assert adapted.spec == f"janus:{janus_dir}" and "lora" in adapted.capabilities
+    assert adapted.spec == f"janus:{janus_dir}" and "lora" in capabilities_of(adapted)
     assert len(adapted.generate(PROMPTS[:1], [0])) == 1  # every method runs with the adapter
     prov = adapted.provenance()
     assert prov["family"] == "janus"

@@ -12,6 +12,7 @@ import torch
 
 import fairgen
 from conftest import write_suite
+from fairgen.models.protocols import capabilities_of
 from fairgen import models
 from fairgen.types import FairgenError
 
@@ -58,7 +59,7 @@ def sd_dir(tmp_path_factory) -> Path:
 
 def test_generate_is_seeded_per_image(sd_dir):
     model = models.load(f"diffusers:{sd_dir}")
-    assert model.capabilities == {"generate"}
+    assert capabilities_of(model) == {"generate"}
     prompts = ["a photo of a nurse", "a photo of a doctor"]
     a = model.generate(prompts, [1, 2], steps=3, cfg=3.0, temperature=0.9, top_p=0.6)  # token settings: no effect
     b = model.generate(prompts, [1, 2], steps=3, cfg=3.0)

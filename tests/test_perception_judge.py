@@ -8,7 +8,7 @@ import re
 import pytest
 
 from fairgen import models, perception
-from fairgen.models.base import OTHER
+from fairgen.models.protocols import OTHER
 from fairgen.world import read, render
 
 

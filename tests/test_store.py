@@ -50,7 +50,7 @@ def test_small_files_are_hashed_every_time_and_a_broken_cache_is_ignored(tmp_pat
 def test_checkpoint_fingerprints_hash_in_the_background_on_rank_0_only(tmp_path, monkeypatch):
     """A fingerprint starts hashing at once in the process that records provenance; another rank of a
     distributed run hashes only if asked, and gets the same digests."""
-    from fairgen.models.hf_common import Fingerprint
+    from fairgen.models.hf.loading import Fingerprint
 
     (tmp_path / "config.json").write_text('{"a": 1}')
     (tmp_path / "model.safetensors").write_bytes(b"\1" * 1000)

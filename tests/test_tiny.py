@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fairgen.models.base import OTHER
+from fairgen.models.protocols import OTHER
 from fairgen.models.tiny import TinyModel, load
 from fairgen.models.tiny.cli import tiny_app
 from fairgen.models.tiny.data import GROUPS, probe_question

@@ -11,10 +11,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from PIL import Image
 
-from fairgen.models.base import OTHER
+from fairgen.models.protocols import OTHER
 from fairgen.models.tiny import TinyModel, load
 from fairgen.models.tiny.model import LMConfig, TinyLM
-from fairgen.models.tiny.sampling import Sampling, draw, filter_probs, seed_keys, uniforms
+from fairgen.models.sampling import Sampling, draw, filter_probs, seed_keys, uniforms
 from fairgen.models.tiny.text import Vocab, image_positions, left_pad, lexicon
 from fairgen.models.tiny.tokenizer import TokenizerConfig, VisionTokenizer
 from fairgen.types import FairgenError, Prompt
@@ -123,7 +123,7 @@ def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> No
         "z",
     ]
     seeds = [11, 3, 5, 12, 0, 99, 2**33, 7]
-    batch = random_model.generate(prompts, seeds, batch_size=8, **settings)
+    batch = random_model.generate(prompts, seeds, **settings)
     for i in (0, 2, 5):
         alone = random_model.generate([prompts[i]], [seeds[i]], **settings)[0]
         assert np.array_equal(np.asarray(alone), np.asarray(batch[i]))
@@ -133,6 +133,8 @@ def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> No
         random_model.generate(["a"], [1, 2])
     with pytest.raises(FairgenError):
         random_model.generate(["a"], [-1])
+    with pytest.raises(FairgenError, match="unknown sampling setting"):
+        random_model.generate(["a"], [1], batch_size=8)
 
 
 def test_answer_distribution_is_normalised(random_model: TinyModel) -> None:

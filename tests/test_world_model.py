@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from fairgen.models.base import UnifiedModel
+from fairgen.models.protocols import capabilities_of
+from fairgen.models.protocols import Model as UnifiedModel
 from fairgen.models.world import WorldModel
 from fairgen.perception.base import PerceptionBackend
 from fairgen.perception.world import WorldPerception
@@ -26,7 +27,7 @@ def model() -> WorldModel:
 
 def test_protocols_and_provenance(model):
     assert isinstance(model, UnifiedModel) and isinstance(WorldPerception(), PerceptionBackend)
-    assert model.spec == "world" and model.capabilities == frozenset({"generate"})
+    assert model.spec == "world" and capabilities_of(model) == frozenset({"generate"})
     assert model.provenance() == {"world_spec_sha256": WorldSpec.default().sha256(), "source": "default"}
     custom = WorldSpec.from_dict({"default": WorldSpec.default().canonical()["default"]})
     provenance = WorldModel(custom, source="my.yaml").provenance()

@@ -1,4 +1,4 @@
-"""audit: plan → generate → perceive → measure, resumable (DESIGN.md "Data flow").
+"""audit: plan → generate → perceive → measure, resumable (docs/architecture.md, "Stages and data flow").
 
 Every image has a seed derived from (run seed, prompt id, sample index), is written atomically, and is
 perceived once; a re-run of the same command skips what is on disk, so a run killed at any moment loses
@@ -22,20 +22,16 @@ from PIL import Image
 
 from . import models, perception, suites
 from .calibrate import Calibration, add_corrected, load_calibration
+from .config import AuditConfig
 from .distributed import processes
 from .metrics import MetricFrame, results_frame
-from .models.base import UnifiedModel
+from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
 from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
 from .report import render_report
 from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
 from .types import FairgenError, Perception, Prompt
 
-# The default model of `fairgen audit` and of the README's demo: the shipped fairgen-tiny checkpoint, a real
-# (small) unified model trained on the planted-bias world, so no download is needed (docs/tiny.md).
-DEFAULT_MODEL = "tiny"
-# The paper's sampling (Liu et al.): cfg 3.0, temperature 0.9, top-p 0.6.
-PAPER_PRESET = {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}
 BOOTSTRAP_REPLICATES = 1000
 
 
@@ -63,50 +59,57 @@ class AuditResult:
 
 
 def audit(
-    model: str | UnifiedModel = DEFAULT_MODEL,
-    suite: str | Sequence[Prompt] = "occupations:test",
-    images_per_prompt: int = 160,
-    seed: int = 0,
+    model: str | UnifiedModel = AuditConfig.model,
+    suite: str | Sequence[Prompt] = AuditConfig.suite,
+    images_per_prompt: int = AuditConfig.images_per_prompt,
+    seed: int = AuditConfig.seed,
     out: str | Path = "runs/audit",
-    perception_backend: str | PerceptionBackend | None = None,
-    world_spec: str | Path | None = None,
+    perception_backend: str | PerceptionBackend | None = AuditConfig.perception,
+    world_spec: str | Path | None = AuditConfig.world_spec,
     sampling: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
+    batch_size: int = AuditConfig.batch_size,
     progress: Callable[[int, int], None] | None = None,
-    calibration: str | Path | None = None,
-    adapter: str | Path | None = None,
+    calibration: str | Path | None = AuditConfig.calibration,
+    adapter: str | Path | None = AuditConfig.adapter,
     model_options: Mapping[str, Any] | None = None,
+    device: str | None = AuditConfig.device,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
-    model: a spec string (`world`, `tiny`, `tiny:<dir>`, `folder:<dir>`, `plugin:<module>:<Class>`) or a
-        loaded model. suite: a suite name (`occupations:test`), a suite file, or prompts.
-    images_per_prompt: images generated per prompt (for `folder:` models, at most this many are read).
-    perception_backend: name or backend; default `world` for world/tiny models, `age-gender` otherwise.
-    sampling: generation settings passed to model.generate (cfg, temperature, top_p, ...).
-    progress: called as progress(done, total) after each batch.
-    adapter: a peft LoRA adapter directory applied to the model (e.g. the output of `fairgen fix`); a loaded
-        model with an adapter applied (models.load(..., adapter=DIR)) records its own in the manifest.
-    calibration: a CAL.json of the same perception backend (`fairgen calibrate`): results.json then also
-        holds shares and rd corrected for the backend's errors, next to the raw ones (docs/calibration.md).
-    model_options: options of the model's family for models.load (dtype, device_map, graphs, image_area,
-        ...; a spec string only). The loaded model's provenance, in the manifest, records its dtype.
+    The settings are config.AuditConfig's (defaults and meaning there); a loaded model, a list of prompts
+    and a perception backend object are accepted from Python. progress: called as progress(done, total)
+    after each batch. A loaded model with an adapter applied (models.load(..., adapter=DIR)) records its own
+    in the manifest; the loaded model's provenance, in the manifest, records its dtype.
     """
+    c = audit_config(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
+                     perception=perception_backend, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
+                     calibration=calibration, adapter=adapter, model_options=model_options, device=device)
+    return run(c, out, progress)
+
+
+def audit_config(**settings: Any) -> AuditConfig:
+    """An AuditConfig from audit()'s arguments (None where a mapping is expected: empty)."""
+    for key in ("sampling", "model_options"):
+        settings[key] = dict(settings.get(key) or {})
+    return AuditConfig(**settings)
+
+
+def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | None = None) -> AuditResult:
+    """Audit with a configuration (what `fairgen audit` calls); see audit()."""
+    model, suite, images_per_prompt, seed = c.model, c.suite, c.images_per_prompt, c.seed
+    perception_backend, world_spec, batch_size = c.perception, c.world_spec, c.batch_size
+    calibration, adapter, model_options = c.calibration, c.adapter, c.model_options
     model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
-            if images_per_prompt < 1:
-                raise FairgenError(f"images per prompt must be positive (got {images_per_prompt})")
-            if batch_size < 1:
-                raise FairgenError(f"batch size must be positive (got {batch_size})")
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
             prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
             model_spec = model if isinstance(model, str) else model.spec
-            if model_options and not isinstance(model, str):
-                raise FairgenError("model options apply to a model spec, not to a loaded model")
-            gen = (models.load(model, world_spec=world_spec, adapter=adapter, **dict(model_options or {}))
+            if (model_options or c.device) and not isinstance(model, str):
+                raise FairgenError("model options and a device apply to a model spec, not to a loaded model")
+            gen = (models.load(model, device=c.device, world_spec=world_spec, adapter=adapter, **model_options)
                    if isinstance(model, str) else model)
             backend_name = perception_backend if isinstance(perception_backend, str) else None
             if perception_backend is None:
@@ -115,8 +118,10 @@ def audit(
             cal = load_calibration(calibration) if calibration is not None else None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
-            sampling = dict(sampling or {})
-            if hasattr(gen, "bind"):  # images on disk: match the folder to the suite's prompts
+            sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
+            if not isinstance(gen, (ImageGenerator, ImageSource)):
+                raise FairgenError(f"model {gen.spec} neither generates nor holds images: it cannot be audited")
+            if isinstance(gen, ImageSource):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
             order = [(p.id, k) for p, k, _ in plan]
@@ -132,7 +137,7 @@ def audit(
                     "world_spec": str(world_spec) if world_spec else None,
                     "adapter": str(adapter) if adapter else _adapter_of(gen),
                 }
-                # A new run's model provenance (a large checkpoint's sha256: 13 s for 7B) is made beside the
+                # A new run's model provenance (a large checkpoint's sha256 takes seconds) is made beside the
                 # first batch's generation and recorded before anything is saved (finish); a resumed run's
                 # is checked against the run's before anything else.
                 fresh = procs.world == 1 and not (Path(out) / MANIFEST).exists()
@@ -258,9 +263,8 @@ def _adapter_of(gen: UnifiedModel) -> str | None:
 
 def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> Iterator[tuple[Prompt, int, int]]:
     """(prompt, sample index, image seed) for every planned image, in suite order."""
-    available = getattr(gen, "available", None)  # images on disk: plan those that exist, up to n
-    for p in prompts:
-        count = min(n, available(p)) if available else n
+    for p in prompts:  # images on disk: plan those that exist, up to n
+        count = min(n, gen.available(p)) if isinstance(gen, ImageSource) else n
         for k in range(count):
             yield p, k, derive_seed(seed, p.id, k)
 
@@ -282,7 +286,7 @@ def _balanced(items: list, size: int) -> Iterator[list]:
 def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[_Loaded]:
     """The batch's images: read from a folder model's files, read back from the run directory when
     generated before, else generated in one call (the caller saves those: their flag is True)."""
-    if hasattr(gen, "read"):
+    if isinstance(gen, ImageSource):
         return [(*gen.read(p, k), str(gen.source(p, k)), False) for p, k, _ in batch]
     out: list[_Loaded] = [(None, None, None, False)] * len(batch)
     missing = []

@@ -1,4 +1,4 @@
-"""The `fairgen` command line (DESIGN.md "CLI"). Bad input: one line on stderr, exit code 2."""
+"""The `fairgen` command line (docs/architecture.md, "Stages and data flow"). Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import models
-from .audit import DEFAULT_MODEL
+from .config import AuditConfig
 from .distributed import SharedError, launch_rank
 from .report.cli import compare_command, report_command
 from .fix.cli import fix_command
-from .locate.cli import locate_command, plant_command
-from .models.tiny.cli import tiny_app
+from .locate.cli import locate_command
+from .models.registry import builtins, help_texts, resolve
+from .models.sampling import preset_help
 from .suites.cli import suites_app
 from .types import FairgenError
 
@@ -27,13 +28,17 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(suites_app, name="suites")
-tiny_app.command("plant-tokenizer-bias")(plant_command)
-app.add_typer(tiny_app, name="tiny")
+for _family in builtins().values():  # a family's own commands: `fairgen tiny train`, ...
+    if _family.commands:
+        app.add_typer(resolve(_family.commands, _family.name), name=_family.name)
 app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("locate")(locate_command)
 app.command("fix")(fix_command)
 console = Console(stderr=True)
+HELP = help_texts()
+BATCH_HELP = "Images per generate() call (a family may split a call further to fit free memory)."
+DEVICE_HELP = "Device of the model: cpu, cuda, cuda:1 (default: the family's; `fairgen models`)."
 
 
 class _LazyProgress:
@@ -65,47 +70,37 @@ class _LazyProgress:
 
 @app.command()
 def audit(
-    model: str = typer.Option(DEFAULT_MODEL, help="Model spec: world, tiny[:<dir>], janus:<id|dir>, emu3:<id|dir>, diffusers:<id|dir>, "
-        "folder:<dir>, plugin:<module>:<Class> or <entry-point plugin>:<arg> (see `fairgen models`)."),
-    suite: str = typer.Option("occupations:test", help="Suite NAME[:split] or a suite file."),
-    images_per_prompt: int = typer.Option(160, "--images-per-prompt", "-n", help="Images per prompt."),
-    seed: int = typer.Option(0, help="Run seed; image seeds derive from (seed, prompt id, sample)."),
-    perception: Optional[str] = typer.Option(None, help="Perception backend (default: world for world/tiny)."),
+    model: str = typer.Option(AuditConfig.model, help=HELP["model"]),
+    suite: str = typer.Option(AuditConfig.suite, help="Suite NAME[:split] or a suite file."),
+    images_per_prompt: int = typer.Option(AuditConfig.images_per_prompt, "--images-per-prompt", "-n",
+                                          help="Images per prompt."),
+    seed: int = typer.Option(AuditConfig.seed, help="Run seed; image seeds derive from (seed, prompt id, sample)."),
+    perception: Optional[str] = typer.Option(None, help=HELP["perception"]),
     world_spec: Optional[Path] = typer.Option(None, "--world-spec", help="Planted-bias YAML for --model world."),
     cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
-    preset: Optional[str] = typer.Option(None, help="'paper' = cfg 3.0, temperature 0.9, top-p 0.6."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
+    preset: Optional[str] = typer.Option(None, help=preset_help()),
+    batch_size: int = typer.Option(AuditConfig.batch_size, "--batch-size", help=BATCH_HELP),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
     out: Path = typer.Option(..., help="Run directory (re-run the same command to resume)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A peft LoRA adapter directory to apply to the model."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="CAL.json from `fairgen calibrate` for this perception: adds corrected "
         "estimates."
     ),
-    model_option: Optional[list[str]] = typer.Option(
-        None, "--model-option", help="KEY=VALUE option of the model's family, repeatable (janus: dtype=fp32, "
-        "device_map=auto, graphs=false; emu3: image_area=65536)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help=HELP["options"]),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
-    from .audit import PAPER_PRESET
-    from .audit import audit as run_audit
+    from .audit import run
+    from .models.sampling import settings
 
-    sampling: dict[str, float] = {}
-    if preset is not None:
-        if preset != "paper":
-            raise FairgenError(f"unknown preset {preset!r}; known: paper")
-        sampling.update(PAPER_PRESET)
-    for key, value in (("cfg", cfg), ("temperature", temperature), ("top_p", top_p)):
-        if value is not None:
-            sampling[key] = value
+    config = AuditConfig(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
+                         perception=perception, sampling=settings(preset, cfg=cfg, temperature=temperature, top_p=top_p),
+                         batch_size=batch_size, device=device, model_options=models.parse_options(model_option or []),
+                         world_spec=world_spec, adapter=adapter, calibration=calibration)
     with _LazyProgress("audit") as progress:
-        result = run_audit(
-            model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed, out=out,
-            perception_backend=perception, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
-            progress=progress, calibration=calibration, adapter=adapter,
-            model_options=models.parse_options(model_option or []),
-        )
+        result = run(config, out, progress)
     if launch_rank() == 0:  # launched as several processes (docs/distributed.md): the main one speaks
         _print_summary(result.results)
         typer.echo(f"results: {out / 'results.json'}  table: {out / 'results.csv'}  report: {out / 'report.html'}")
@@ -177,20 +172,31 @@ def calibrate(
 
 
 @app.command("models")
-def list_models() -> None:
-    """List model families and perception backends: spec syntax, what each needs, usable here or not."""
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print the model registry as JSON (no perception table)."),
+) -> None:
+    """List model families and perception backends: spec syntax, capabilities, options, what each needs,
+    usable here or not."""
+    import json
+
     from rich.table import Table
     from rich.text import Text
 
     from . import perception as perception_backends
     from .models import describe
 
+    rows = describe()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
     table = Table(title="Model families (--model)")
-    for col in ("spec", "description", "needs", "usable here", "note"):
+    for col in ("spec", "description", "capabilities", "options", "needs", "usable here", "note"):
         table.add_column(col, overflow="fold")
-    for row in describe():
-        table.add_row(*(Text(str(v)) for v in (row["spec"], row["description"], row["needs"],
-                                                  "yes" if row["usable"] else "no", row["note"])))
+    for row in rows:
+        options = "; ".join(f"{k}: {v}" for k, v in row["options"].items())
+        table.add_row(*(Text(str(v)) for v in (row["spec"], row["description"], ", ".join(row["capabilities"]),
+                                                  options, row["requirements"], "yes" if row["usable"] else "no",
+                                                  row["note"])))
     Console().print(table)
     table = Table(title="Perception backends (--perception)")
     table.add_column("backend")

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md): manifest, images, perception records, results — atomic and resumable.
+"""The run directory (docs/architecture.md, "Run directory"): manifest, images, perception records, results — atomic and resumable.
 
 Layout:
   <out>/manifest.json, <out>/images/<prompt_id>/<sample:05d>.png, <out>/perception.jsonl,
@@ -82,8 +82,8 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file. The digest of a file of CACHED_HASH_BYTES or more (model weights: a 7B
-    checkpoint's 14 GB take about 13 s) is kept in cache_dir()/sha256.json under the file's resolved path,
+    """sha256 hex digest of a file. The digest of a file of CACHED_HASH_BYTES or more (model weights, whose
+    hashing takes seconds: docs/performance.md) is kept in cache_dir()/sha256.json under the file's resolved path,
     with its size, modification time and inode, and reused while those are unchanged, as git's index
     does: a checkpoint is hashed once, not at every audit."""
     st = os.stat(path)
@@ -150,7 +150,7 @@ def versions() -> dict[str, str]:
 
 def perception_record(prompt_id: str, sample: int, seed: int, seen: Perception,
                       source: str | None = None) -> dict[str, Any]:
-    """One perception.jsonl line (DESIGN.md); `source` is the image file when images are read in place."""
+    """One perception.jsonl line (docs/architecture.md, "Run directory"); `source` is the image file when images are read in place."""
     rec: dict[str, Any] = {
         "prompt_id": prompt_id,
         "sample": sample,

@@ -1,6 +1,6 @@
 """Shared types: the few small objects every stage passes to the next.
 
-Kept in one module so no stage has to import another stage's internals (DESIGN.md).
+Kept in one module so no stage has to import another stage's internals (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-# Attribute class sets: fixed names, used everywhere (DESIGN.md). Order is the canonical order of
+# Attribute class sets: fixed names, used everywhere (docs/architecture.md, "Protocols"). Order is the canonical order of
 # count vectors and probability vectors. "old" means perceived age 50 and over, for every backend.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "gender": ("female", "male"),

@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import suites
 
-# The question about a pictured person and its options: the wording fairgen-tiny is trained on.
-from ..models.tiny.data import IMAGE_QUESTION, OPTION_ORDER, image_question  # noqa: F401  (re-exported)
+from ..models.protocols import Understander
+from ..questions import IMAGE_QUESTION, OPTION_ORDER, image_question  # noqa: F401  (re-exported)
 from ..types import ATTRIBUTES, FairgenError, Prompt
 from .data import spread
 
@@ -31,7 +31,7 @@ def understanding_accuracy(model: Any, n: int, seed: int = 0,
     exact) is the true class. Returns {"images": n, "accuracy": {attr: share}}."""
     from ..labelled import labelled_set
 
-    if "understand" not in model.capabilities:
+    if not isinstance(model, Understander):
         raise FairgenError(f"model {model.spec} cannot answer questions about images (no 'understand' capability)")
     labelled = labelled_set(f"world:{n}", seed)
     right = dict.fromkeys(ATTRIBUTES, 0)

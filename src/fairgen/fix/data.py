@@ -37,7 +37,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import suites
-from ..models.base import UnifiedModel
+from ..models.protocols import ImageSource, Model as UnifiedModel
 from ..perception.base import PerceptionBackend
 from ..store import RunStore, derive_seed, perception_record
 from ..types import ATTRIBUTES, FairgenError, Perception, Prompt
@@ -111,7 +111,7 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
               sampling: dict[str, Any]) -> list[tuple[Image.Image | None, str | None, str | None]]:
     """(image, error, source file) for each planned item: from a folder source's files, from the store
     when made before, else generated in one call and stored."""
-    if hasattr(source, "read"):
+    if isinstance(source, ImageSource):
         return [(*source.read(r.explicit, k), str(source.source(r.explicit, k))) for r, k, _ in plan]
     out: list[tuple[Image.Image | None, str | None, str | None]] = []
     missing = []
@@ -139,7 +139,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
     if missing:
         raise FairgenError(f"perception {backend.name} does not measure {', '.join(missing)}: "
                            "it cannot check the balanced set")
-    cross = len(attributes) > 1 and not hasattr(source, "read")
+    cross = len(attributes) > 1 and not isinstance(source, ImageSource)
     reqs = requests(prompts, attributes, cross)
     sampling = dict(sampling or {})
     config = {"stage": "fix-data", "source": source.spec, "prompt_ids": [p.id for p in prompts],
@@ -149,7 +149,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
         config["copies_name_other_attributes"] = True
     store = RunStore.open(out, config, {"source_provenance": source.provenance(),
                                         "perception_provenance": backend.provenance()})
-    if hasattr(source, "bind"):  # images on disk: match the folder to the explicit prompts
+    if isinstance(source, ImageSource):  # images on disk: match the folder to the explicit prompts
         source.bind([r.explicit for r in reqs])
     records = store.load_records()
     plan = [(r, k, derive_seed(seed, r.explicit_at(k).id, k))

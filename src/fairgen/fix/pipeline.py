@@ -31,9 +31,12 @@ from typing import Any, Callable
 import torch
 
 from .. import models, perception, suites
-from ..audit import AuditResult, audit
+from ..audit import AuditResult
+from ..audit import run as run_audit
+from ..config import AuditConfig
 from ..distributed import Processes, processes
 from ..models.adapters import apply_adapter
+from ..models.protocols import Understander
 from ..store import atomic_write_json
 from ..types import ATTRIBUTES, FairgenError, Prompt
 from . import checks
@@ -76,7 +79,7 @@ class FixConfig:
 
     model: str
     train_suite: str = "occupations:train"
-    test_suite: str = "occupations:test"
+    test_suite: str = AuditConfig.suite
     attributes: tuple[str, ...] = ("gender",)
     method: str = "bpo"
     data_source: str = "model"
@@ -92,16 +95,16 @@ class FixConfig:
     lr: float = 3e-4
     rank: int = 8
     units_per_batch: int = 8
-    images_per_prompt: int = 160
+    images_per_prompt: int = AuditConfig.images_per_prompt
     explicit_concepts: int = 5
     explicit_images: int = 32
     check_suites: tuple[str, ...] = checks.DEFAULT_CHECK_SUITES
     check_images: int = 16
     check_prompts: int | None = 50
     understanding_images: int = 64
-    seed: int = 0
+    seed: int = AuditConfig.seed
     sampling: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
+    batch_size: int = AuditConfig.batch_size
     device: str | None = None
     dtype: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +115,12 @@ class FixConfig:
     def methods(self) -> tuple[str, ...]:
         """The methods this run trains and measures, in Table 1's order."""
         return METHODS if self.method == "all" else (self.method,)
+
+    def audit_config(self, model: Any, prompts: list[Prompt], images_per_prompt: int,
+                     perception: str | None) -> AuditConfig:
+        """The settings of one of the run's audits: this run's seed, sampling and batch size."""
+        return AuditConfig(model=model, suite=prompts, images_per_prompt=images_per_prompt, seed=self.seed,
+                           perception=perception, sampling=self.sampling, batch_size=self.batch_size)
 
     def train_config(self, method: str | None = None) -> TrainConfig:
         """The training of `method` (default: the run's); validates steps, alpha, beta, lr, anchor."""
@@ -204,9 +213,8 @@ class _Run:
         self.explicit_name = "explicit-" + "-".join(config.attributes)
 
     def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path) -> AuditResult:
-        c = self.config
-        return audit(model, prompts, n, seed=c.seed, out=run_dir, perception_backend=self.backend_name,
-                     sampling=c.sampling, batch_size=c.batch_size, progress=lambda d, t: self.tell(task, d, t))
+        return run_audit(self.config.audit_config(model, prompts, n, self.backend_name), run_dir,
+                         lambda d, t: self.tell(task, d, t))
 
     def measure(self, label: str, model: Any, where: Path, suffix: str = "",
                 understanding: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -219,7 +227,7 @@ class _Run:
                                c.explicit_images, where / self.explicit_name) if self.explicit else None)
         suite_runs = {name: self.audit(f"{label}: {name}", model, checks.with_suffix(prompts, suffix), c.check_images,
                                        where / "checks" / name) for name, prompts in self.check_suites.items()}
-        if understanding is None and c.understanding_images and "understand" in model.capabilities:
+        if understanding is None and c.understanding_images and isinstance(model, Understander):
             understanding = self._understanding(label, model, where / "understanding.json")
         return {"test": test, "explicit": explicit, "suites": suite_runs, "understanding": understanding}
 
@@ -240,8 +248,6 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
     tell = progress or (lambda task, done, total: None)
     with processes() as procs:
         with procs.step():  # every process checks the input and loads the model; rank 0 opens `out`
-            if config.model.partition(":")[0].strip().lower() == "world":
-                raise FairgenError("the world model has no weights to fix; use tiny or a unified model")
             _check(config, out)
             run = _Run(config, out, procs, tell if procs.main else (lambda task, done, total: None))
             source = (run.model if config.data_source == "model"  # another source: its own default dtype

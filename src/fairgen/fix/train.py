@@ -46,10 +46,10 @@ from safetensors.torch import load_file, save_file
 
 from ..distributed import Processes
 from ..models.adapters import ADAPTER_FILES
-from ..models.base import UnifiedModel
+from ..models.protocols import CaptionScorer, ImageScorer, LoRATrainable, Model as UnifiedModel
 from ..types import FairgenError
 from .batches import Batch, BatchPlan
-from .caption import caption_logprob, can_caption
+from .caption import caption_logprob
 from .loss import combined_loss, sft_loss
 
 LOG, CHECKPOINT, ADAPTER = "train_log.jsonl", "checkpoint", "adapter"
@@ -161,14 +161,14 @@ def _trim_log(path: Path, stage: int, step: int) -> None:
 def check_trainable(model: UnifiedModel, config: TrainConfig) -> None:
     """Raise FairgenError unless the model can train config's stages: LoRA, and image log-probabilities
     (generation stages) or caption log-probabilities (the understanding stage)."""
-    if "lora" not in model.capabilities:
+    if not isinstance(model, LoRATrainable):
         raise FairgenError(f"model {model.spec} cannot be fixed: it has no LoRA support")
     names = {stage.name for stage in config.stages}
-    if names - {UNDERSTANDING} and "image_logprob" not in model.capabilities:
+    if names - {UNDERSTANDING} and not isinstance(model, ImageScorer):
         raise FairgenError(f"model {model.spec} cannot be fixed: it has no image log-probabilities")
-    if UNDERSTANDING in names and not can_caption(model):
+    if UNDERSTANDING in names and not isinstance(model, CaptionScorer):
         raise FairgenError(f"model {model.spec} cannot be trained image -> text: it has no "
-                           "caption_logprob(images, texts)")
+                           "caption_logprob(images, texts, question)")
 
 
 def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out: str | Path,

@@ -6,16 +6,14 @@
     round_trip(model, labelled, backend) / vision_probes(...)   the vision tokenizer (tokenizer_audit.py)
     measure_prompt / summarise / hidden_probe                   the language model (lm_audit.py)
     verdicts(findings)                                          biased / not biased / inconclusive (verdict.py)
-    plant_tokenizer_bias(checkpoint, out, ...)                  a fairgen-tiny variant with a biased decoder (plant.py)
 """
 
 from .alignment import partial_alignment
 from .lm_audit import hidden_probe, measure_prompt, summarise
 from .pipeline import locate
-from .plant import plant_tokenizer_bias
 from .tokenizer_audit import round_trip, vision_probes
 from .understanding import probe_understanding
 from .verdict import verdicts
 
-__all__ = ["hidden_probe", "locate", "measure_prompt", "partial_alignment", "plant_tokenizer_bias",
+__all__ = ["hidden_probe", "locate", "measure_prompt", "partial_alignment",
            "probe_understanding", "round_trip", "summarise", "verdicts", "vision_probes"]

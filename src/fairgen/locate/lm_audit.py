@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..metrics import percentile_interval, rd
+from ..models.protocols import LMHooks, members
 from ..store import derive_seed
 from ..suites import explicit
 from ..types import ATTRIBUTES, FairgenError, Prompt
@@ -52,7 +53,7 @@ from .understanding import PROBED
 # Sequences are sampled from the LM's own conditional distributions: no guidance, temperature 1, no nucleus
 # (a family's default top-k, e.g. Emu3's 2048, still applies: its sampling settings cannot switch it off).
 LM_SAMPLING = {"cfg": 1.0, "temperature": 1.0, "top_p": 1.0}
-HOOKS = ("generate_tokens", "image_token_logits", "image_start_hidden")
+HOOKS = members(LMHooks)
 REPLICATES = 1000
 # Code sequences generated per call: bounds the KV cache of large models (64 rows of Janus-Pro-7B's 576
 # codes take about 20 GB) while batching small ones.
@@ -61,9 +62,8 @@ GEN_BATCH = 64
 
 def check_hooks(model: Any) -> None:
     """Raise FairgenError unless the model exposes the LM hooks the audit needs (docs/locate.md)."""
-    missing = [h for h in HOOKS if not hasattr(model, h)]
-    if missing:
-        raise FairgenError(f"model {model.spec} lacks the language-model hooks {', '.join(missing)}")
+    if not isinstance(model, LMHooks):
+        raise FairgenError(f"model {model.spec} lacks the language-model hooks ({', '.join(HOOKS)})")
 
 
 def js_bits(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,12 @@ import numpy as np
 
 from .. import models, perception, suites
 from ..audit import AuditResult
-from ..audit import audit as run_audit
+from ..audit import run as run_audit
+from ..config import AuditConfig
 from ..distributed import processes
 from ..labelled import labelled_set
 from ..metrics import noise_floor, rd
-from ..models.base import UnifiedModel
+from ..models.protocols import LMHooks, Model, Understander, VisionTokenizer
 from ..store import RunStore, atomic_write_json
 from ..types import ATTRIBUTES, FairgenError, Prompt
 from . import lm_audit
@@ -43,7 +44,6 @@ from .verdict import SKEWED_PROMPT, verdicts
 
 # Labelled renders of the tokenizer audit for world-trained models: 50 per gender x race x age class.
 DEFAULT_WORLD_LABELLED = "world:800"
-WORLD_FAMILIES = ("tiny", "world")
 Progress = Callable[[str, int, int], None]
 
 
@@ -118,10 +118,10 @@ def _audit_shares(results: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
     return out
 
 
-def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupations:test", out: str | Path = "runs/locate",
+def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite, out: str | Path = "runs/locate",
            audit: str | Path | None = None, images_per_prompt: int = 64, labelled: str | None = None,
-           sequences: int = 16, seed: int = 0, perception_backend: str | None = None, batch_size: int = 64,
-           progress: Progress | None = None) -> dict[str, Any]:
+           sequences: int = 16, seed: int = AuditConfig.seed, perception_backend: str | None = None,
+           batch_size: int = AuditConfig.batch_size, progress: Progress | None = None) -> dict[str, Any]:
     """Run every locate stage the model supports; returns the findings (also written to <out>/findings.json).
 
     model: a spec string or a loaded model. audit: a finished audit run of this model on (a superset of)
@@ -133,7 +133,7 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
         raise FairgenError("--images-per-prompt and --batch-size must be >= 1, --sequences >= 2")
     prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
     spec = model if isinstance(model, str) else model.spec
-    if labelled is None and models.split_spec(spec)[0] in WORLD_FAMILIES:
+    if labelled is None and models.world_images(spec):
         labelled = DEFAULT_WORLD_LABELLED
     labelled_images = labelled_set(labelled, seed) if labelled else None  # bad values fail before any work
     config = {"command": "locate", "model": spec, "suite": suite if isinstance(suite, str) else "<prompts>",
@@ -153,10 +153,10 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
             with procs.step():
                 results = _audit_results(audit, prompts)
         else:  # the audit shares its images among the processes itself
-            results = run_audit(gen, suite, images_per_prompt=images_per_prompt, seed=seed,
-                                out=store.root / "audit", perception_backend=perception_backend,
-                                batch_size=batch_size, progress=lambda d, t: bar("audit", d, t)).results
-        lm_hooks = all(hasattr(gen, h) for h in lm_audit.HOOKS)
+            settings = AuditConfig(model=gen, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
+                                   perception=perception_backend, batch_size=batch_size)
+            results = run_audit(settings, store.root / "audit", lambda d, t: bar("audit", d, t)).results
+        lm_hooks = isinstance(gen, LMHooks)
         if lm_hooks:  # the longest stage: every world-th prompt per process, each prompt cached on its own
             with procs.step():
                 for p in prompts[procs.rank :: procs.world]:
@@ -166,27 +166,26 @@ def locate(model: str | UnifiedModel, suite: str | Sequence[Prompt] = "occupatio
         def other_stages() -> dict[str, Any]:
             """Every stage after the audit (the LM audit's prompts are on disk by then) and the verdicts."""
             backend_name = perception_backend or results.get("perception") or perception.default_for(spec)
-            caps = getattr(gen, "capabilities", frozenset())
             notes: list[str] = []
             if results.get("model") != spec:
                 notes.append(f"the audit is of {results.get('model')!r}, not {spec!r}")
             where = str(audit or store.root / "audit")
             findings: dict[str, Any] = {"model": spec, "suite": config["suite"], "audit": where,
                                         "perception": backend_name, "config": config}
-            if "understand" in caps:
+            if isinstance(gen, Understander):
                 findings["understanding"] = cache.stage("understanding",
                                                         lambda: probe_understanding(gen, prompts))
                 findings["alignment"] = partial_alignment(results, findings["understanding"], seed=seed)
             else:
                 notes.append("the model answers no questions: no understanding probe, no partial alignment")
-            if "tokenize" in caps and labelled_images is not None:
+            if isinstance(gen, VisionTokenizer) and labelled_images is not None:
                 backend = perception.load(backend_name)
                 findings["tokenizer"] = {"labelled": labelled, **cache.stage("tokenizer", lambda: {
                     "round_trip": round_trip(gen, labelled_images, backend, batch_size, seed=seed,
                                              progress=lambda d, t: bar("tokenizer round trip", d, t)),
                     "probes": vision_probes(gen, labelled_images, batch_size, seed=seed)})}
             else:
-                notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if "tokenize" not in caps
+                notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if not isinstance(gen, VisionTokenizer)
                                                               else "give labelled images with --labelled"))
             if lm_hooks:
                 findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache)

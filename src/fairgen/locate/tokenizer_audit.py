@@ -28,6 +28,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ..labelled import LabelledSet
+from ..models.protocols import TokenizerFeatures, UnderstandingFeatures, VisionTokenizer
 from ..metrics import percentile_interval
 from ..types import ATTRIBUTES, FairgenError
 from .probes import probe_accuracy
@@ -50,7 +51,7 @@ def round_trip(model: Any, labelled: LabelledSet, backend: Any, batch_size: int 
 
     Returns {"n_images", attr: {"groups": {g: {"n", "survived", "rate"}}, "flips": {g: {label: count}},
     "gap", "gap_ci95", "worst", "best"}} for each attribute both labelled and perceived."""
-    if "tokenize" not in getattr(model, "capabilities", ()):
+    if not isinstance(model, VisionTokenizer):
         raise FairgenError(f"model {model.spec} has no vision tokenizer round trip (no 'tokenize' capability)")
     attrs = [a for a in ATTRIBUTES if a in backend.attributes and any(a in t for t in labelled.truths)]
     flips = {a: {g: {} for g in ATTRIBUTES[a]} for a in attrs}
@@ -96,24 +97,25 @@ def _pooled(maps: torch.Tensor) -> np.ndarray:
     return F.adaptive_avg_pool2d(maps.float(), (min(h, POOL), min(w, POOL))).flatten(1).cpu().numpy()
 
 
-VISION_PATHS: dict[str, Callable[[Any, list[Image.Image]], np.ndarray]] = {
-    "tokenizer": lambda m, ims: _pooled(m.tokenizer_embeddings(ims)),
-    "understanding": lambda m, ims: m.understanding_embeddings(ims).float().mean(dim=1).cpu().numpy(),
+# path -> (the protocol that exposes it, its per-image features [B, F]).
+VISION_PATHS: dict[str, tuple[type, Callable[[Any, list[Image.Image]], np.ndarray]]] = {
+    "tokenizer": (TokenizerFeatures, lambda m, ims: _pooled(m.tokenizer_embeddings(ims))),
+    "understanding": (UnderstandingFeatures,
+                      lambda m, ims: m.understanding_embeddings(ims).float().mean(dim=1).cpu().numpy()),
 }
-VISION_METHODS = {"tokenizer": "tokenizer_embeddings", "understanding": "understanding_embeddings"}
 
 
 def vision_probes(model: Any, labelled: LabelledSet, batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
     """Held-out linear-probe accuracy of every labelled attribute from every vision path the model exposes.
 
     Returns {path: {"features": F, attr: probes.probe_accuracy(...)}}; {} when the model exposes none."""
-    paths = [p for p, method in VISION_METHODS.items() if hasattr(model, method)]
+    paths = [p for p, (protocol, _) in VISION_PATHS.items() if isinstance(model, protocol)]
     feats: dict[str, list[np.ndarray]] = {p: [] for p in paths}
     n = len(labelled.truths)
     for start in range(0, n, batch_size):
         images = _images(labelled, range(start, min(n, start + batch_size)))
         for p in paths:
-            feats[p].append(VISION_PATHS[p](model, images))
+            feats[p].append(VISION_PATHS[p][1](model, images))
     out: dict[str, Any] = {}
     for p in paths:
         x = np.concatenate(feats[p])

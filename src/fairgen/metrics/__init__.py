@@ -1,4 +1,4 @@
-"""Bias metrics (DESIGN.md "Metric definitions"): skew per prompt and suite, with intervals."""
+"""Bias metrics (docs/architecture.md, "results.json"): skew per prompt and suite, with intervals."""
 
 from .intervals import (
     bootstrap_metrics,

@@ -1,4 +1,4 @@
-"""Classifier-error correction of class shares (DESIGN.md "corrected estimates"; the idea of CLEAM,
+"""Classifier-error correction of class shares (docs/calibration.md; the idea of CLEAM,
 NeurIPS 2023).
 
 Model, for one prompt and one calibration block (attributes measured together, K classes): the generator's

@@ -2,7 +2,7 @@
 
 In the spirit of fairlearn's MetricFrame: counts per (prompt, attribute, class) are the only state; every
 metric, interval and table is derived from them. `summarize` turns a frame into results.json's dict
-(DESIGN.md); `results_frame` turns that dict into a pandas table, so runs read back from disk and runs just
+(docs/architecture.md, "results.json"); `results_frame` turns that dict into a pandas table, so runs read back from disk and runs just
 computed give the same table.
 """
 
@@ -89,7 +89,8 @@ class MetricFrame:
         return cls(list(prompts), n_images, n_faces, n_unreadable, counts, matches)
 
     def summarize(self, replicates: int = 1000, seed: int = 0, target: Target = UNIFORM) -> dict[str, Any]:
-        """results.json's "summary" and "prompts" parts (DESIGN.md), with bootstrap ci95 and noise floors.
+        """results.json's "summary" and "prompts" parts (docs/architecture.md), with bootstrap ci95 and noise
+        floors.
 
         The bootstrap resamples images within each prompt; `seed` makes it reproducible. Distances to
         `target` (tv, js: metrics/target.py) sit beside the skew metrics, per prompt and for the suite.

@@ -1,7 +1,5 @@
-"""`--adapter DIR`: apply a peft LoRA adapter (what `fairgen fix` trains) to any protocol model that
-supports LoRA.
-
-The contract with model families: a model with the "lora" capability exposes
+"""`--adapter DIR`: apply a peft LoRA adapter (what `fairgen fix` trains) to any model that implements
+protocols.LoRATrainable, which exposes
   lora_root     the torch module its LoRA targets live in (Janus, Emu3: the whole transformers model;
                 fairgen-tiny: its language model)
   lora_targets  names of modules of lora_root, language model only
@@ -17,19 +15,25 @@ from typing import Any
 
 from ..store import file_sha256
 from ..types import FairgenError
-from .base import UnifiedModel
+from .protocols import CAPABILITIES, LoRATrainable, Model, members
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class AdaptedModel:
-    """A protocol model with a LoRA adapter applied; behaves as the model, and its provenance names the
-    adapter. `peft_model` is peft's wrapper around the model's lora_root (for merging or saving)."""
+    """A model with a LoRA adapter applied; behaves as the model, and its provenance names the adapter.
+    `peft_model` is peft's wrapper around the model's lora_root (for merging, saving or `unload()`, which
+    leaves the base model as it was). Every protocol member of the base model is set on the wrapper
+    itself, so `isinstance(adapted, SomeProtocol)` answers as for the base model (a runtime protocol check
+    looks at the object's own attributes, not at __getattr__, since Python 3.12)."""
 
-    def __init__(self, base: UnifiedModel, adapter_dir: Path, peft_model: Any) -> None:
+    def __init__(self, base: Model, adapter_dir: Path, peft_model: Any) -> None:
         self.base, self.adapter_dir, self.peft_model = base, adapter_dir, peft_model
         self.spec = base.spec
-        self.capabilities = base.capabilities
+        for protocol in CAPABILITIES.values():
+            for name in members(protocol):
+                if name != "provenance" and hasattr(base, name):
+                    setattr(self, name, getattr(base, name))
 
     def __getattr__(self, name: str) -> Any:  # everything else is the base model's
         return getattr(self.base, name)
@@ -40,7 +44,7 @@ class AdaptedModel:
         return {**self.base.provenance(), "adapter": {"path": str(self.adapter_dir), "sha256": files}}
 
 
-def apply_adapter(model: UnifiedModel, adapter_dir: str | Path) -> AdaptedModel:
+def apply_adapter(model: Model, adapter_dir: str | Path) -> AdaptedModel:
     """Load the peft adapter in `adapter_dir` into `model`'s language model (in place, inference mode).
 
     Raises FairgenError when the model has no LoRA support, the directory is not a safetensors peft
@@ -48,7 +52,7 @@ def apply_adapter(model: UnifiedModel, adapter_dir: str | Path) -> AdaptedModel:
     from peft import PeftModel
 
     path = Path(adapter_dir).expanduser()
-    if "lora" not in model.capabilities or not hasattr(model, "lora_root"):
+    if not isinstance(model, LoRATrainable):
         raise FairgenError(f"model {model.spec} does not support adapters (no LoRA capability)")
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:

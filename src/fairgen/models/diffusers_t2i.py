@@ -20,28 +20,27 @@ import torch
 from PIL import Image
 
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
+from .hf import checks, loading
+from .sampling import Sampling
 
 FAMILY = "diffusers"
-_IGNORED = {"temperature", "top_p", "top_k"}
 _SETTINGS = {"cfg": "guidance_scale", "steps": "num_inference_steps", "negative_prompt": "negative_prompt",
              "height": "height", "width": "width"}
 
 
-def diffusers_problem() -> str | None:
-    """Why this family cannot run here (one line), or None."""
+def diffusers_problem(family: str = FAMILY) -> str | None:
+    """Why this family cannot run here (one line), or None (the registry entry's check)."""
     if importlib.util.find_spec("diffusers") is None:
         return "diffusers is not installed: pip install 'fairgen[diffusers]'"
     return None
 
 
 class DiffusersModel:
-    """A diffusers text-to-image pipeline behind the protocol's generate().
+    """A diffusers text-to-image pipeline behind the ImageGenerator protocol (the `diffusers` family's
+    constructor).
 
     checkpoint: a pipeline directory (model_index.json) or hub id. device / dtype: as for JanusModel
     (default bf16 on GPU, fp32 on CPU). device_map: diffusers' pipeline placement, e.g. "balanced"."""
-
-    capabilities = frozenset({"generate"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
                  device_map: str | None = None) -> None:
@@ -50,9 +49,9 @@ class DiffusersModel:
             raise FairgenError(problem)
         from diffusers import DiffusionPipeline
 
-        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint, index_file="model_index.json")
-        target = hf.resolve_device(device)
-        self.dtype = hf.resolve_dtype(dtype, target)
+        path, revision = loading.resolve_checkpoint(FAMILY, checkpoint, index_file="model_index.json")
+        target = loading.resolve_device(device)
+        self.dtype = loading.resolve_dtype(dtype, target)
         try:
             self.pipe = DiffusionPipeline.from_pretrained(path, dtype=self.dtype, use_safetensors=True,
                                                           device_map=device_map)
@@ -62,7 +61,7 @@ class DiffusersModel:
             self.pipe.to(target)
         self.pipe.set_progress_bar_config(disable=True)
         self.spec = f"{FAMILY}:{checkpoint}"
-        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        self.fingerprint = loading.Fingerprint(path, checkpoint, revision)
 
     def provenance(self) -> dict[str, Any]:
         """Checkpoint source, hub revision, sha256 of its files, pipeline class and dtype."""
@@ -75,11 +74,8 @@ class DiffusersModel:
     def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
         """One image per (prompt, seed), in one pipeline call. The same prompt, seed and settings give the
         same image (its initial noise comes from its own generator)."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        unknown = set(sampling) - set(_SETTINGS) - _IGNORED
-        if unknown:
-            raise FairgenError(f"{FAMILY}: unknown sampling setting(s) {sorted(unknown)}; "
-                               f"known: {', '.join(_SETTINGS)} (temperature, top_p: no effect)")
+        checks.check_batch(FAMILY, prompts, seeds, "seeds")
+        Sampling().resolve(sampling, FAMILY, extra=set(_SETTINGS) - {"cfg"})  # unknown keys, bad values
         kwargs = {_SETTINGS[k]: v for k, v in sampling.items() if k in _SETTINGS and v is not None}
         if isinstance(kwargs.get("negative_prompt"), str):
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(prompts)
@@ -88,11 +84,3 @@ class DiffusersModel:
         generators = [torch.Generator(device).manual_seed(int(s) & 0xFFFF_FFFF_FFFF_FFFF) for s in seeds]
         out = self.pipe(prompt=[prompt_text(p) for p in prompts], generator=generators, **kwargs)
         return [im.convert("RGB") for im in out.images]
-
-
-def load(checkpoint: str, device: str | None = None, **options: Any) -> DiffusersModel:
-    """Build a DiffusersModel from a spec argument; options: dtype, device_map."""
-    unknown = set(options) - {"dtype", "device_map"}
-    if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, device_map")
-    return DiffusersModel(checkpoint, device=device, **options)

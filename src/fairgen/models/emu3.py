@@ -27,11 +27,12 @@ import torch
 from PIL import Image
 
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
-from .base import OTHER
+from .hf import chat, checks, decoding, loading
+from .hf.images import to_pil
+from .sampling import Sampling, sample, uniform_table
 
 FAMILY = "emu3"
-RECOMMENDED = hf.Sampling(cfg=3.0, temperature=1.0, top_k=2048)
+RECOMMENDED = Sampling(cfg=3.0, temperature=1.0, top_k=2048)
 NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
                    "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
                    "username, blurry.")
@@ -50,44 +51,37 @@ SPATIAL_FACTOR = 8  # pixels per code side; fixed by Emu3Processor
 
 
 class Emu3Model:
-    """An Emu3 checkpoint behind the unified model protocol.
+    """An Emu3 checkpoint behind the model protocols (the `emu3` family's constructor).
 
     checkpoint: a local directory or a hub id. device / dtype / device_map: as for JanusModel.
     image_area: pixels of a generated image (square). negative_prompt: the unconditional prompt of guidance.
     """
 
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
-
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
                  device_map: str | dict | None = None, image_area: int | None = None,
                  negative_prompt: str = NEGATIVE_PROMPT) -> None:
-        hf.require_transformers(FAMILY)
+        loading.require_transformers(FAMILY)
         from transformers import Emu3ForConditionalGeneration, Emu3Processor
 
-        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
-        hf.check_model_type(FAMILY, path, "emu3")
-        target = hf.resolve_device(device)
-        self.dtype = hf.resolve_dtype(dtype, target)
-        self.hf, self.processor = hf.load_pretrained(FAMILY, path, Emu3ForConditionalGeneration, Emu3Processor,
+        path, revision = loading.resolve_checkpoint(FAMILY, checkpoint)
+        loading.check_model_type(FAMILY, path, "emu3")
+        target = loading.resolve_device(device)
+        self.dtype = loading.resolve_dtype(dtype, target)
+        self.hf, self.processor = loading.load_pretrained(FAMILY, path, Emu3ForConditionalGeneration, Emu3Processor,
                                                      self.dtype, target, device_map)
         self.spec = f"{FAMILY}:{checkpoint}"
-        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        self.fingerprint = loading.Fingerprint(path, checkpoint, revision)
         # Full names of the LM decoder's linear layers, listed before any LoRA is injected (the VQ model has
         # convolutions and an attention block of its own, which stay frozen).
-        self.lora_targets: list[str] = hf.linear_names(self.hf, "model.text_model.layers.")
+        self.lora_targets: list[str] = loading.linear_names(self.hf, "model.text_model.layers.")
         self.tokenizer = self.processor.tokenizer
         self.negative_prompt = negative_prompt
+        self.chat = chat.ChatFormat(SYSTEM_PROMPT, self.processor.chat_template or CHAT_TEMPLATE)
         self.image_area = int(image_area or self.processor.image_area)
         if self.image_area < SPATIAL_FACTOR ** 2:
             raise FairgenError(f"{FAMILY}: image_area must be at least {SPATIAL_FACTOR ** 2} pixels (got {image_area})")
         self.grid = self.processor.calculate_generate_size("1:1", self.image_area, SPATIAL_FACTOR)  # (h, w) codes
-        gc = self.hf.generation_config
-        self.defaults = hf.Sampling(
-            cfg=float(gc.guidance_scale if gc.guidance_scale is not None else RECOMMENDED.cfg),
-            temperature=float(gc.temperature if gc.temperature is not None else RECOMMENDED.temperature),
-            top_p=float(gc.top_p if gc.top_p is not None else RECOMMENDED.top_p),
-            top_k=gc.top_k if gc.top_k is not None else RECOMMENDED.top_k,
-        )
+        self.defaults = loading.generation_defaults(self.hf.generation_config, RECOMMENDED)
         mapping = self.hf.vocabulary_mapping
         n_codes = self.hf.config.vq_config.codebook_size
         # code c -> its vocabulary id; sampling over these ids' logits gives the code directly.
@@ -130,19 +124,19 @@ class Emu3Model:
         """Sample the codes of one image per (prompt, seed): LongTensor [B, h*w] (row-major grid).
 
         sampling: cfg, temperature, top_p, top_k (defaults: see the module docstring)."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        checks.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = self.defaults.resolve(sampling, FAMILY)
         texts = [prompt_text(p) for p in prompts]
         rows = 2 if s.cfg != 1.0 else 1
         ids, mask = self._generation_inputs(texts + [self.negative_prompt] * len(texts) * (rows - 1))
         embed = self.hf.get_input_embeddings()
         h, w = self.grid
-        decoder = hf.CachedDecoder(self.language_model, mask)
-        draws = hf.SeededDraws(seeds, h * w, self.device)
+        decoder = decoding.CachedDecoder(self.language_model, mask)
+        uniforms = uniform_table(seeds, h * w, self.device)
         hidden = decoder(embed(ids))[:, -1]
         codes = []
         for i in range(h * w):
-            code = draws.sample(s.guide(self._visual_logits(hidden)), s, i)
+            code = sample(s.guide(self._visual_logits(hidden)), s, uniforms[:, i])
             codes.append(code)
             if i == h * w - 1:
                 break
@@ -180,7 +174,7 @@ class Emu3Model:
             raise FairgenError(f"{FAMILY}: {n} codes do not form the {self.grid} grid or a square one")
         pixels = self.hf.model.vqmodel.decode(tokens.to(self.device).view(-1, h, w))
         ip = self.processor.image_processor
-        return hf.to_pil(pixels, ip.image_mean, ip.image_std)
+        return to_pil(pixels, ip.image_mean, ip.image_std)
 
     @torch.no_grad()
     def understanding_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -189,27 +183,16 @@ class Emu3Model:
         codes = self.encode_image(images)
         return self.hf.get_input_embeddings()(self.code_ids[codes]).float().cpu()
 
-    @torch.no_grad()
     def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
         """Exact probability of each option as the whole answer (its tokens and end of sentence) after
         "You are a helpful assistant. USER: [<image>]{question} ASSISTANT:" (or the checkpoint's chat template);
         renormalised over the options, with the mass outside them under OTHER."""
-        hf.check_options(FAMILY, options)
-        template = self.processor.chat_template or CHAT_TEMPLATE
-        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
-        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-                    {"role": "user", "content": content}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, chat_template=template)
-        context = self.processor(text=prompt, images=[image.convert("RGB")] if image is not None else None,
-                                 return_tensors="pt")
-        context = {k: v.to(self.device) for k, v in context.items() if torch.is_tensor(v)}
-        if "pixel_values" in context:
-            context["pixel_values"] = context["pixel_values"].to(self.dtype)
-        continuations = [
-            self.tokenizer(hf.continuation_text(self.processor, messages, o, template), add_special_tokens=False)["input_ids"]
-            + [self.tokenizer.eos_token_id] for o in options]
-        logprobs = hf.option_logprobs(self.hf, context, continuations, self.tokenizer.pad_token_id)
-        return hf.option_distribution(options, logprobs, OTHER)
+        return chat.answer_distribution(self, self.chat, image, question, options, FAMILY)
+
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
+        """Mean per-token log-probability [B] of texts[i] as the answer to `question` about images[i], in
+        answer_distribution's format; differentiable w.r.t. the LM (and LoRA)."""
+        return chat.caption_logprob(self, self.chat, images, texts, question, FAMILY)
 
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
         """Mean per-code log-probability of codes [B, h*w] given each prompt, under the LM's logits restricted
@@ -223,7 +206,7 @@ class Emu3Model:
         """Teacher-forced logits over the visual tokens at every code position: float32 [B, h*w, codebook];
         row t is the distribution code t is sampled from (no guidance, temperature 1) given the prompt and
         the codes (and row ends) before it. tokens: codes [B, h*w]. Differentiable w.r.t. the LM (and LoRA)."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        checks.check_batch(FAMILY, prompts, tokens, "token rows")
         h, w = self.grid
         if tokens.shape[1] != h * w:
             raise FairgenError(f"{FAMILY}: expected {h * w} codes per image (grid {h}x{w}), got {tokens.shape[1]}")
@@ -234,7 +217,7 @@ class Emu3Model:
         seq = torch.cat([ids, rows[:, :-1]], dim=1)
         mask = torch.cat([mask, mask.new_ones(rows.shape[0], rows.shape[1] - 1)], dim=1)
         embeds = self.hf.get_input_embeddings()(seq)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=decoding.positions(mask))
         # Hidden states that predict row tokens start at <|image token|>; keep those predicting a code.
         hidden = out.last_hidden_state[:, ids.shape[1] - 1:].view(-1, h, w + 1, embeds.shape[-1])[:, :, :w]
         return self._visual_logits(hidden.flatten(1, 2))
@@ -244,7 +227,7 @@ class Emu3Model:
         """The LM's last hidden state at <|image token|> (which predicts the first code): float32 [B, D]."""
         ids, mask = self._generation_inputs([prompt_text(p) for p in prompts])
         out = self.language_model(inputs_embeds=self.hf.get_input_embeddings()(ids), attention_mask=mask,
-                                  position_ids=hf.positions(mask))
+                                  position_ids=decoding.positions(mask))
         return out.last_hidden_state[:, -1].float().cpu()
 
     @torch.no_grad()
@@ -258,16 +241,8 @@ class Emu3Model:
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """Mean per-code log-probability [B] of each image's codes given its prompt (differentiable)."""
-        hf.check_batch(FAMILY, prompts, images, "images")
+        checks.check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
 
 
-def load(checkpoint: str, device: str | None = None, **options: Any) -> Emu3Model:
-    """Build an Emu3Model from a spec argument; options: dtype, device_map, image_area, negative_prompt."""
-    known = {"dtype", "device_map", "image_area", "negative_prompt"}
-    if set(options) - known:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(set(options) - known)}; known: {', '.join(sorted(known))}")
-    return Emu3Model(checkpoint, device=device, **options)
-
-
-__all__ = ["CHAT_TEMPLATE", "NEGATIVE_PROMPT", "RECOMMENDED", "Emu3Model", "load"]
+__all__ = ["CHAT_TEMPLATE", "NEGATIVE_PROMPT", "RECOMMENDED", "Emu3Model"]

@@ -7,7 +7,7 @@ launches a few hundred small kernels per token, so at audit batch sizes it is bo
 not by memory bandwidth (docs/performance.md). Here one image-token step is:
 
     logits = head(hidden)                       # [N, V] (N = B, or 2B with the unconditional twin rows)
-    code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (SeededDraws)
+    code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (models/sampling.py)
     hidden = decode(embed(code), column c)      # one token through every layer, keys/values written at c
 
 The cache is allocated once, [N, H_kv, L, head_dim] per layer, L = prompt + image tokens. Prompts are
@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from . import hf_common as hf
+from .sampling import Sampling, sample
 
 BUCKET = 64  # columns per length bucket: attention reads at most BUCKET - 1 unwritten columns
 
@@ -207,7 +207,7 @@ class ImageEngine:
     conditional rows, then (when s.cfg != 1) their B unconditional twins."""
 
     def __init__(self, decoder: LlamaDecoder, head: Callable[[torch.Tensor], torch.Tensor],
-                 embed: Callable[[torch.Tensor], torch.Tensor], uniforms: torch.Tensor, s: hf.Sampling) -> None:
+                 embed: Callable[[torch.Tensor], torch.Tensor], uniforms: torch.Tensor, s: Sampling) -> None:
         self.decoder, self.head, self.embed, self.s = decoder, head, embed, s
         self.uniforms = uniforms
         b, t = uniforms.shape
@@ -221,7 +221,7 @@ class ImageEngine:
     def _sample(self) -> torch.Tensor:
         """Code t of every image from self.hidden, written to self.codes: LongTensor [B]."""
         u = self.uniforms.index_select(1, self.t.view(1)).squeeze(1)
-        code = hf.sample_codes(self.s.guide(self.head(self.hidden)), self.s, u)
+        code = sample(self.s.guide(self.head(self.hidden)), self.s, u)
         self.codes.index_copy_(1, self.t.view(1), code.unsqueeze(1))
         return code
 

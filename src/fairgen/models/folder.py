@@ -31,9 +31,9 @@ def _numeric_key(path: Path) -> tuple[int, str]:
 class FolderModel:
     """Images on disk behind the model protocol's reading side (it cannot generate)."""
 
-    capabilities = frozenset({"read"})
-
-    def __init__(self, root: Path):
+    def __init__(self, root: str | Path, device: str | None = None) -> None:
+        """root: the folder (`folder:<dir>`). device: accepted like every family's; reading uses none."""
+        root = Path(root).expanduser()
         if not root.is_dir():
             raise FairgenError(f"folder model: {root} is not a directory")
         self.root = root
@@ -72,6 +72,7 @@ class FolderModel:
         return len(self._files.get(prompt.id, []))
 
     def source(self, prompt: Prompt, sample: int) -> Path:
+        """The file of sample `sample` of `prompt`."""
         return self._files[prompt.id][sample]
 
     def read(self, prompt: Prompt, sample: int) -> tuple[Image.Image | None, str | None]:
@@ -93,9 +94,6 @@ class FolderModel:
             for f in self._files[pid]:
                 h.update(f"{pid}/{f.name}:{f.stat().st_size}\n".encode())
         return {"folder": str(self.root), "layout": self._layout, "listing_sha256": h.hexdigest()}
-
-    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
-        raise FairgenError("folder: models read images from disk and cannot generate new ones")
 
 
 __all__ = ["FolderModel"]

@@ -28,54 +28,48 @@ import torch
 from PIL import Image
 
 from ..types import FairgenError, Prompt, prompt_text
-from . import hf_common as hf
-from .base import OTHER
+from .hf import chat, checks, decoding, loading
+from .hf.images import to_pil
+from .sampling import Sampling, sample, uniform_table
 from .engine import ImageEngine, LlamaDecoder, auto_batch, in_batches, should_stack
 
 FAMILY = "janus"
-RECOMMENDED = hf.Sampling(cfg=5.0, temperature=1.0)
+RECOMMENDED = Sampling(cfg=5.0, temperature=1.0)
+CHAT = chat.ChatFormat()  # the processor's chat template and its default system prompt
 
 
 class JanusModel:
-    """A Janus / Janus-Pro checkpoint behind the unified model protocol.
+    """A Janus / Janus-Pro checkpoint behind the model protocols (the `janus` family's constructor).
 
     checkpoint: a local directory or a hub id. device: "cuda", "cpu", ... (default: CUDA when present).
     dtype: "bf16" | "fp16" | "fp32" (default bf16 on GPU, fp32 on CPU). device_map: accelerate placement
     (e.g. "auto") for checkpoints larger than one device; `device` is then ignored. graphs: the engine
     replays its token steps as CUDA graphs (CUDA only; docs/performance.md); default: on when the model
-    sits on one CUDA device (2.1-3.2x the eager engine on an H200), off otherwise.
+    sits on one CUDA device (docs/performance.md measures the gain), off otherwise.
     """
-
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora", "embed"})
 
     def __init__(self, checkpoint: str, device: str | None = None, dtype: str | None = None,
                  device_map: str | dict | None = None, graphs: bool | None = None) -> None:
-        hf.require_transformers(FAMILY)
+        loading.require_transformers(FAMILY)
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
         if graphs and device_map is not None:  # a graph replays one device's kernels; checked before loading
             raise FairgenError(f"{FAMILY}: graphs=true needs the whole model on one CUDA device, not spread "
                                f"by device_map={device_map!r}; leave graphs unset")
 
-        path, revision = hf.resolve_checkpoint(FAMILY, checkpoint)
-        hf.check_model_type(FAMILY, path, "janus")
-        target = hf.resolve_device(device)
-        self.dtype = hf.resolve_dtype(dtype, target)
-        self.hf, self.processor = hf.load_pretrained(FAMILY, path, JanusForConditionalGeneration, JanusProcessor,
+        path, revision = loading.resolve_checkpoint(FAMILY, checkpoint)
+        loading.check_model_type(FAMILY, path, "janus")
+        target = loading.resolve_device(device)
+        self.dtype = loading.resolve_dtype(dtype, target)
+        self.hf, self.processor = loading.load_pretrained(FAMILY, path, JanusForConditionalGeneration, JanusProcessor,
                                                      self.dtype, target, device_map)
         self.spec = f"{FAMILY}:{checkpoint}"
-        self.fingerprint = hf.Fingerprint(path, checkpoint, revision)
+        self.fingerprint = loading.Fingerprint(path, checkpoint, revision)
         # Full names of the LM decoder's linear layers (attention and MLP projections), listed before any LoRA
         # is injected. Full names, because a bare `q_proj` also matches the SigLIP vision tower's attention.
-        self.lora_targets: list[str] = hf.linear_names(self.hf, "model.language_model.layers.")
+        self.lora_targets: list[str] = loading.linear_names(self.hf, "model.language_model.layers.")
         self.tokenizer = self.processor.tokenizer
-        gc = self.hf.generation_config
-        self.defaults = hf.Sampling(
-            cfg=float(gc.guidance_scale if gc.guidance_scale is not None else RECOMMENDED.cfg),
-            temperature=float(gc.temperature if gc.temperature is not None else RECOMMENDED.temperature),
-            top_p=float(gc.top_p if gc.top_p is not None else RECOMMENDED.top_p),
-            top_k=gc.top_k,
-        )
+        self.defaults = loading.generation_defaults(self.hf.generation_config, RECOMMENDED)
         self.boi_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
         if graphs and self.device.type != "cuda":
             raise FairgenError(f"{FAMILY}: graphs=true needs the model on a CUDA device "
@@ -123,8 +117,8 @@ class JanusModel:
         static-cache engine (engine.py), in batches that fit the free memory and halve on out-of-memory;
         False: transformers' forward with its dynamic cache, one batch (the reference the engine is tested
         against). graphs: replay the engine's steps as CUDA graphs (CUDA only); None: the model's option."""
-        hf.check_batch(FAMILY, prompts, seeds, "seeds")
-        s = hf.Sampling.parse(FAMILY, self.defaults, sampling)
+        checks.check_batch(FAMILY, prompts, seeds, "seeds")
+        s = self.defaults.resolve(sampling, FAMILY)
         if not engine:
             return self._reference_tokens(prompts, seeds, s)
         twins = 2 if s.cfg != 1.0 else 1
@@ -140,7 +134,7 @@ class JanusModel:
         stack = should_stack(self.language_model)
         return auto_batch(self.language_model, length, twins, stack=stack), stack
 
-    def _guidance_rows(self, prompts: Sequence[Prompt | str], s: hf.Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    def _guidance_rows(self, prompts: Sequence[Prompt | str], s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token
         sequence with every token except BOS and <begin_of_image> replaced by the pad token."""
         ids, mask = self._generation_inputs(prompts)
@@ -150,25 +144,25 @@ class JanusModel:
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
         return ids, mask
 
-    def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling,
+    def _engine_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling,
                        graphs: bool, stack: bool) -> torch.Tensor:
         ids, mask = self._guidance_rows(prompts, s)
         decoder = LlamaDecoder(self.language_model, mask, self.n_image_tokens, stack=stack)
-        uniforms = hf.SeededDraws(seeds, self.n_image_tokens, self.device).uniforms
+        uniforms = uniform_table(seeds, self.n_image_tokens, self.device)
         run = ImageEngine(decoder, self.hf.model.generation_head,
                           lambda codes: self.hf.prepare_embeddings_for_image_generation(codes.unsqueeze(1)),
                           uniforms, s)
         return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs).clone()
 
-    def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: hf.Sampling) -> torch.Tensor:
+    def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._guidance_rows(prompts, s)
-        decoder = hf.CachedDecoder(self.language_model, mask)
-        draws = hf.SeededDraws(seeds, self.n_image_tokens, self.device)
+        decoder = decoding.CachedDecoder(self.language_model, mask)
+        uniforms = uniform_table(seeds, self.n_image_tokens, self.device)
         hidden = decoder(self.hf.get_input_embeddings()(ids))[:, -1]
         codes = []
         for t in range(self.n_image_tokens):
             logits = s.guide(self.hf.model.generation_head(hidden))
-            code = draws.sample(logits, s, t)
+            code = sample(logits, s, uniforms[:, t])
             codes.append(code)
             if t < self.n_image_tokens - 1:
                 step = code.repeat(2 if s.cfg != 1.0 else 1).unsqueeze(1)
@@ -197,7 +191,7 @@ class JanusModel:
         """VQ codes [B, 576] -> images (the VQ decoder's output, 16x the code grid)."""
         pixels = self.hf.model.vqmodel.decode(tokens.to(self.device))
         ip = self.processor.image_processor
-        return hf.to_pil(pixels, ip.image_mean, ip.image_std)
+        return to_pil(pixels, ip.image_mean, ip.image_std)
 
     # -- understanding ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -207,25 +201,16 @@ class JanusModel:
         out = self.hf.model.vision_model(self._pixels(images))
         return out.last_hidden_state.float().cpu()
 
-    @torch.no_grad()
     def answer_distribution(self, image: Image.Image | None, question: str, options: Sequence[str]) -> dict[str, float]:
         """Exact probability of each option as the whole answer (its tokens and end-of-sentence), after the
-        chat prompt (with the checkpoint's default system prompt) and the image when given; renormalised
-        over the options, with the mass outside them under OTHER."""
-        hf.check_options(FAMILY, options)
-        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
-        messages = [{"role": "user", "content": content}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        context = self.processor(text=prompt, images=[image.convert("RGB")] if image is not None else None,
-                                 return_tensors="pt")
-        context = {k: v.to(self.device) for k, v in context.items()}
-        if "pixel_values" in context:
-            context["pixel_values"] = context["pixel_values"].to(self.dtype)
-        continuations = [
-            self.tokenizer(hf.continuation_text(self.processor, messages, o, None), add_special_tokens=False)["input_ids"]
-            + [self.tokenizer.eos_token_id] for o in options]
-        logprobs = hf.option_logprobs(self.hf, context, continuations, self.tokenizer.pad_token_id)
-        return hf.option_distribution(options, logprobs, OTHER)
+        chat prompt "<|User|>: [<image>\\n]{question}\\n\\n<|Assistant|>:" (with the checkpoint's default
+        system prompt) and the image when given; renormalised over the options, the rest under OTHER."""
+        return chat.answer_distribution(self, CHAT, image, question, options, FAMILY)
+
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
+        """Mean per-token log-probability [B] of texts[i] as the answer to `question` about images[i], in
+        answer_distribution's format; differentiable w.r.t. the LM (and LoRA)."""
+        return chat.caption_logprob(self, CHAT, images, texts, question, FAMILY)
 
     # -- what BPO trains on -----------------------------------------------------------------------------
     def token_logprob(self, prompts: Sequence[Prompt | str], tokens: torch.Tensor) -> torch.Tensor:
@@ -239,13 +224,13 @@ class JanusModel:
         """Teacher-forced generation-head logits of every image position: float32 [B, T, codebook]; row t is
         the distribution code t is sampled from (no guidance, temperature 1) given the prompt and codes
         0..t-1. tokens: VQ codes [B, T]. Differentiable w.r.t. the LM (and LoRA)."""
-        hf.check_batch(FAMILY, prompts, tokens, "token rows")
+        checks.check_batch(FAMILY, prompts, tokens, "token rows")
         ids, mask = self._generation_inputs(prompts)
         tokens = tokens.to(self.device)
         embeds = torch.cat([self.hf.get_input_embeddings()(ids),
                             self.hf.prepare_embeddings_for_image_generation(tokens[:, :-1])], dim=1)
         mask = torch.cat([mask, mask.new_ones(tokens.shape[0], tokens.shape[1] - 1)], dim=1)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.positions(mask))
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=decoding.positions(mask))
         # The hidden state at <begin_of_image> predicts code 0, the one at code t-1 predicts code t.
         hidden = out.last_hidden_state[:, ids.shape[1] - 1:]
         return self.hf.model.generation_head(hidden).float()
@@ -255,7 +240,7 @@ class JanusModel:
         """The LM's last hidden state at <begin_of_image> (which predicts the first code): float32 [B, D]."""
         ids, mask = self._generation_inputs(prompts)
         out = self.language_model(inputs_embeds=self.hf.get_input_embeddings()(ids), attention_mask=mask,
-                                  position_ids=hf.positions(mask))
+                                  position_ids=decoding.positions(mask))
         return out.last_hidden_state[:, -1].float().cpu()
 
     @torch.no_grad()
@@ -266,19 +251,8 @@ class JanusModel:
 
     def image_token_logprob(self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image]) -> torch.Tensor:
         """Mean per-token log-probability [B] of each image's VQ codes given its prompt (differentiable)."""
-        hf.check_batch(FAMILY, prompts, images, "images")
+        checks.check_batch(FAMILY, prompts, images, "images")
         return self.token_logprob(prompts, self.encode_image(images))
 
 
-def load(checkpoint: str, device: str | None = None, **options: Any) -> JanusModel:
-    """Build a JanusModel from a spec argument; options: dtype, device_map, graphs (a bool, or "true" /
-    "false" as --model-option gives it)."""
-    unknown = set(options) - {"dtype", "device_map", "graphs"}
-    if unknown:
-        raise FairgenError(f"{FAMILY}: unknown option(s) {sorted(unknown)}; known: dtype, device_map, graphs")
-    if "graphs" in options:
-        options["graphs"] = hf.parse_flag(FAMILY, "graphs", options["graphs"])
-    return JanusModel(checkpoint, device=device, **options)
-
-
-__all__ = ["RECOMMENDED", "JanusModel", "load"]
+__all__ = ["RECOMMENDED", "JanusModel"]

@@ -18,6 +18,7 @@ from PIL import Image
 from ..types import ATTRIBUTES, FairgenError, Prompt, prompt_text
 from ..world import WorldSpec, render
 from ..world.render import check_class, check_seed
+from .sampling import Sampling
 
 # Words of a prompt's text that request a group, matched case-insensitively as whole words. A text that
 # names two classes of one attribute ("a man and a woman") requests neither: that attribute is drawn.
@@ -41,14 +42,13 @@ _GROUP_PATTERNS = {attr: {cls: _whole_words(words) for cls, words in classes.ite
 
 
 class WorldModel:
-    """The synthetic ground-truth generator (UnifiedModel protocol; capability "generate" only).
+    """The synthetic ground-truth generator (the ImageGenerator protocol only).
 
     spec: the planted-bias WorldSpec (default: the packaged default_spec.yaml). source: where the spec
     came from (a path, or "default"), recorded in provenance().
     """
 
     spec = "world"
-    capabilities = frozenset({"generate"})
 
     def __init__(self, spec: WorldSpec | None = None, source: str = "default") -> None:
         self.world_spec = spec if spec is not None else WorldSpec.default()
@@ -97,9 +97,10 @@ class WorldModel:
     ) -> list[Image.Image]:
         """One 64x64 avatar per (prompt, seed); the image depends only on the prompt, the seed and the spec.
 
-        Sampling settings (cfg, temperature, top_p, ...) are accepted for interface compatibility and
-        ignored: the world has no sampler to tune.
+        Token-sampling settings (cfg, temperature, top_p, top_k) are accepted, so one command can run every
+        family of a comparison, and have no effect: the world has no sampler to tune. Other keys are errors.
         """
+        Sampling().resolve(sampling, "world")
         if len(prompts) != len(seeds):
             raise FairgenError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
         images = []
@@ -107,6 +108,14 @@ class WorldModel:
             attrs = self.attributes(prompt, seed)
             images.append(render(attrs["gender"], attrs["race"], attrs["age"], self.concept_of(prompt), seed))
         return images
+
+
+def build(arg: str = "", device: str | None = None, world_spec: str | None = None) -> WorldModel:
+    """The `world` family's constructor (registry.py): the world of `world_spec` (a YAML file; None: the
+    packaged default). It draws on the CPU; `device` is accepted like every family's and not used."""
+    if world_spec is None:
+        return WorldModel(WorldSpec.default(), source="default")
+    return WorldModel(WorldSpec.load(world_spec), source=str(world_spec))
 
 
 def _checked_group(group: Mapping[str, str]) -> dict[str, str]:

@@ -43,9 +43,11 @@ _CLASSES: dict[str, tuple[str, str]] = {
 
 
 def default_for(model_spec: str) -> str:
-    """Default backend for a model: `world` for world-trained models, `age-gender` for real ones."""
-    family = model_spec.partition(":")[0].strip().lower()
-    return "world" if family in ("world", "tiny") else "age-gender"
+    """Default backend for a model: `world` for a family of world images, `age-gender` for real ones
+    (the family's registry entry says which)."""
+    from ..models import perception_default
+
+    return perception_default(model_spec)
 
 
 def parse(spec: str) -> tuple[str, dict[str, str]]:

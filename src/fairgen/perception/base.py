@@ -1,4 +1,4 @@
-"""The perception protocol (DESIGN.md): detect the face, classify perceived attributes."""
+"""The perception protocol (docs/architecture.md, "Protocols"): detect the face, classify perceived attributes."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from .common import PhotoBackend, Probs, spec_string
 from .detect import Face, crop_padded, square_box
 
 # The question per attribute; {options} is ANSWERS[attr], comma-separated. The wording follows the
-# understanding probe (DESIGN.md), asked about the pictured person.
+# understanding probe (questions.py), asked about the pictured person.
 QUESTIONS: dict[str, str] = {
     attr: f"What is the {attr} of the person in the image? "
     "Possible answers: {options}. Answer with a single word."
@@ -46,6 +46,7 @@ class JudgePerception(PhotoBackend):
 
     def __init__(self, model: str | None = None, face: str | None = None) -> None:
         from .. import models
+        from ..models.protocols import Understander
         from . import default_for
 
         if not model:
@@ -56,7 +57,7 @@ class JudgePerception(PhotoBackend):
         if face not in ("whole", "detect"):
             raise FairgenError(f"judge: face={face!r}; use face=whole or face=detect")
         self.model = models.load(model)
-        if "understand" not in getattr(self.model, "capabilities", ()):
+        if not isinstance(self.model, Understander):
             raise FairgenError(
                 f"judge: model {model!r} cannot answer questions about images (no 'understand' capability)"
             )

@@ -1,4 +1,4 @@
-"""Reports of audit runs: report.html for one run (DESIGN.md "Run directory"), tables comparing runs."""
+"""Reports of audit runs: report.html for one run (docs/architecture.md, "Run directory"), tables comparing runs."""
 
 from .compare import compare_runs
 from .html import render_report

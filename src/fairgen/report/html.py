@@ -1,4 +1,4 @@
-"""report.html: one self-contained page per run (DESIGN.md "Run directory").
+"""report.html: one self-contained page per run (docs/architecture.md, "Run directory").
 
 The page is read straight from disk (file://, no server): charts and thumbnails are embedded as data
 URIs, the CSS is inline and there is no JavaScript. Everything a user typed (prompt text, ids, model and
@@ -24,7 +24,7 @@ from .plots import CLASS_COLOURS, THUMB_PX, ShareCharts, thumbnail
 
 REPORT = "report.html"
 RESULTS = "results.json"
-MAX_THUMBS = 64  # per prompt grid (DESIGN.md): enough to see the skew, small enough to keep the file light
+MAX_THUMBS = 64  # per prompt grid: enough to see the skew, small enough to keep the file light
 ATTRIBUTE_NAMES = {"gender": "gender", "race": "race", "gender_x_race": "gender × race", "age": "age"}
 # Warn about unequal detection when a chi-square test finds the per-group rates differ beyond chance at this
 # level.

@@ -2,7 +2,7 @@
 
 A generator whose images are world avatars can be audited against the truth: the spec says which
 demographic distribution each concept was drawn from, and the reader recovers every image's attributes
-and concept cue exactly (DESIGN.md "World spec").
+and concept cue exactly (docs/architecture.md, "The synthetic world").
 
     render(gender, race, age, concept, seed) -> PIL.Image   a 64x64 avatar
     read(image) -> Perception                               face, box, probs, concept_read

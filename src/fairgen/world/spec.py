@@ -1,6 +1,6 @@
 """The planted-bias world spec: per concept, the distribution each perceived attribute is drawn from.
 
-YAML form (DESIGN.md "World spec"):
+YAML form (docs/architecture.md, "The synthetic world"):
 
     default: {gender: {female: 0.5, male: 0.5}, race: {...}, age: {...}}   # all three attributes
     concepts:

@@ -1,4 +1,4 @@
-"""TinyModel: fairgen-tiny behind the unified model protocol (models/base.py), and its checkpoints.
+"""TinyModel: fairgen-tiny behind the model protocols (models/protocols.py), and its checkpoints.
 
 A checkpoint is a directory:
     config.json             {"format": "fairgen-tiny", "version": 1, "tokenizer": {...}, "lm": {...},
@@ -27,9 +27,10 @@ from torch.nn import functional as F
 
 from ...store import file_sha256
 from ...types import FairgenError, Prompt, prompt_text
-from ..base import OTHER
+from ..protocols import OTHER
+from ..sampling import Sampling
 from .model import LMConfig, TinyLM
-from .sampling import Sampling, generate_codes
+from .sampling import generate_codes
 from .text import Vocab, left_pad
 from .tokenizer import TokenizerConfig, VisionTokenizer, to_images, to_tensor
 
@@ -50,8 +51,6 @@ class TinyModel:
     distribution), updated by the checkpoint's `sampling` (`default_sampling`); the packaged checkpoint
     sets top_p 0.8 (docs/tiny.md says why and what it does to rd). Arguments given to generate() win.
     """
-
-    capabilities = frozenset({"generate", "understand", "image_logprob", "tokenize", "lora"})
 
     def __init__(
         self,
@@ -132,59 +131,30 @@ class TinyModel:
         return [to_images(self.tokenizer.decode(t[None]))[0] for t in tokens]
 
     # -- generation ------------------------------------------------------------------------------------
-    def generate(
-        self,
-        prompts: Sequence[Prompt | str],
-        seeds: Sequence[int],
-        cfg: float | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        batch_size: int = 64,
-    ) -> list[Image.Image]:
-        """One 64x64 image per (prompt, seed). An image depends only on its prompt, seed and the settings,
-        never on the rest of the batch (per-image random streams, padding that changes nothing).
-        Settings left None take the checkpoint's default (`default_sampling`), else RAW_SAMPLING; top_k
-        None is off, top_p 1.0 is off."""
-        codes = self.generate_tokens(prompts, seeds, cfg, temperature, top_k, top_p, batch_size)
+    def generate(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> list[Image.Image]:
+        """One 64x64 image per (prompt, seed), the whole batch in one pass. An image depends only on its
+        prompt, seed and the settings, never on the rest of the batch (per-image random streams, padding
+        that changes nothing). sampling: cfg, temperature, top_p, top_k; a setting not given (or None)
+        takes the checkpoint's default (`default_sampling`), else RAW_SAMPLING."""
+        codes = self.generate_tokens(prompts, seeds, **sampling)
         return self.decode_tokens(codes) if len(codes) else []
 
-    def sampling(self, **given: float | int | None) -> Sampling:
-        """The settings generate() uses for these arguments: given (not None) > checkpoint default > raw."""
-        chosen = {**RAW_SAMPLING, **self.default_sampling, **{k: v for k, v in given.items() if v is not None}}
-        return Sampling(cfg=float(chosen["cfg"]), temperature=float(chosen["temperature"]),
-                        top_k=chosen.get("top_k"), top_p=float(chosen["top_p"]))
+    @property
+    def defaults(self) -> Sampling:
+        """The settings generate() uses for those not given: the checkpoint's default over RAW_SAMPLING."""
+        return Sampling(**{**RAW_SAMPLING, **self.default_sampling})
 
-    def generate_tokens(
-        self,
-        prompts: Sequence[Prompt | str],
-        seeds: Sequence[int],
-        cfg: float | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        batch_size: int = 64,
-    ) -> torch.Tensor:
+    def generate_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], **sampling: Any) -> torch.Tensor:
         """The codes generate() decodes: LongTensor[B, T] (T = 64), one row per (prompt, seed)."""
         if len(prompts) != len(seeds):
             raise FairgenError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
         if any(isinstance(s, bool) or not isinstance(s, Integral) or s < 0 for s in seeds):
             raise FairgenError("generate: seeds must be non-negative integers")
-        seeds = [int(s) for s in seeds]
-        if batch_size < 1:
-            raise FairgenError(f"generate: batch_size must be >= 1 (got {batch_size})")
-        sampling = self.sampling(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p)
+        s = self.defaults.resolve(sampling, "fairgen-tiny")
         texts = [prompt_text(p) for p in prompts]
         if not texts:
             return torch.empty(0, self.vocab.n_image_tokens, dtype=torch.long, device=self.device)
-        return torch.cat(
-            [
-                generate_codes(
-                    self.lm, self.vocab, texts[i : i + batch_size], list(seeds[i : i + batch_size]), sampling
-                )
-                for i in range(0, len(texts), batch_size)
-            ]
-        )
+        return generate_codes(self.lm, self.vocab, texts, [int(x) for x in seeds], s)
 
     # -- understanding ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -193,7 +163,7 @@ class TinyModel:
     ) -> dict[str, float]:
         """Exact answer probabilities: each option's full sequence (its bytes + end-of-answer) scored given
         <bos> [image] question <ans>, renormalised over the options; the mass of every other answer
-        is under models.base.OTHER."""
+        is under models.protocols.OTHER."""
         options = list(options)
         if not options or len(set(options)) != len(options) or any(not str(o) for o in options):
             raise FairgenError("answer_distribution: options must be distinct non-empty strings")
@@ -215,6 +185,26 @@ class TinyModel:
         out = {o: s / inside if inside > 0 else 1.0 / len(options) for o, s in zip(options, scores)}
         out[OTHER] = min(1.0, max(0.0, 1.0 - inside))
         return out
+
+    def caption_logprob(self, images: Sequence[Image.Image], texts: Sequence[str], question: str) -> torch.Tensor:
+        """Mean log-probability per token (float32 [B]) of texts[i] as the answer to `question` about
+        images[i] (its bytes and end-of-answer), in answer_distribution's format
+        <bos> <boi> img <eoi> question <ans> text <eos>, left-padded; differentiable w.r.t. the LM."""
+        if len(images) != len(texts) or not texts:
+            raise FairgenError(f"caption_logprob: {len(images)} images but {len(texts)} texts")
+        codes = self.encode_image(list(images))
+        answers = [self.vocab.answer(t) for t in texts]
+        rows = [self.vocab.question_prefix(c, question) + a for c, a in zip(codes, answers)]
+        if max(len(r) for r in rows) > self.lm.cfg.block_size:
+            raise FairgenError(f"caption too long for fairgen-tiny (at most {self.lm.cfg.block_size} tokens "
+                               "with the image)")
+        ids, valid, pos, img = left_pad(rows, self.vocab, self.device)
+        logp = torch.log_softmax(self.lm(ids, pos, img, valid)[:, :-1].float(), dim=-1)
+        token_logp = logp.gather(2, ids[:, 1:, None]).squeeze(2)  # [B, L-1]: log p of token t+1
+        length = ids.shape[1]
+        n = torch.tensor([len(a) for a in answers], device=ids.device)
+        scored = torch.arange(1, length, device=ids.device)[None, :] >= (length - n)[:, None]  # the answers
+        return (token_logp * scored).sum(1) / n
 
     def image_token_logprob(
         self, prompts: Sequence[Prompt | str], images: Sequence[Image.Image] | torch.Tensor
@@ -295,10 +285,12 @@ def _plain_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
     raise FairgenError("save: the language model carries a LoRA adapter; save the adapter with peft instead")
 
 
-def load(directory: str | Path | None = None, device: str = "cpu") -> TinyModel:
-    """Load a checkpoint directory (None: the packaged default).
+def load(directory: str | Path | None = None, device: str | None = "cpu") -> TinyModel:
+    """Load a checkpoint directory (None or "": the packaged default) onto `device` (None: the CPU).
 
-    A missing, unknown or corrupt checkpoint raises FairgenError."""
+    A missing, unknown or corrupt checkpoint raises FairgenError. This is the `tiny` family's constructor
+    (registry.py): load(arg, device)."""
+    device = device or "cpu"
     path = Path(directory).expanduser() if directory else PACKAGED
     if not (path / "config.json").is_file():
         if directory is None:
@@ -345,5 +337,5 @@ def checked_sampling(sampling: Mapping[str, Any], where: str = "fairgen-tiny") -
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sampling.values()):
         raise FairgenError(f"{where}: default sampling values must be numbers (got {sampling!r})")
     out = {k: float(v) for k, v in sampling.items()}
-    Sampling(**{**RAW_SAMPLING, **out}).check()
+    Sampling(**{**RAW_SAMPLING, **out}).check(where)
     return out

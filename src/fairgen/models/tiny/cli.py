@@ -1,10 +1,12 @@
-"""`fairgen tiny ...`: train and evaluate fairgen-tiny (typer app `tiny_app`, mounted by fairgen.cli)."""
+"""`fairgen tiny ...`: train and evaluate fairgen-tiny, plant a known tokenizer bias (typer app `tiny_app`,
+the tiny family's commands: its registry entry names it and fairgen.cli mounts it)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ...types import FairgenError
+from ...types import ATTRIBUTES, FairgenError
 
 tiny_app = typer.Typer(
     help="fairgen-tiny: a small unified multimodal LLM trained on the synthetic world.",
@@ -146,3 +148,34 @@ def evaluate_cmd(
     if out:
         out.write_text(text + "\n")
     typer.echo(text)
+
+
+@tiny_app.command("plant-tokenizer-bias")
+def plant_command(
+    model: Annotated[Path, typer.Option(help="fairgen-tiny checkpoint directory to start from.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    attribute: Annotated[str, typer.Option(help="Attribute whose class the decoder changes.")] = "gender",
+    source: Annotated[str, typer.Option("--from", help="Class that is changed on reconstruction.")] = "female",
+    target: Annotated[str, typer.Option("--to", help="Class it is changed into.")] = "male",
+    only: Annotated[list[str] | None, typer.Option(help="Restrict to renders of ATTR=CLASS (repeatable); default "
+                                                        "age=young; give 'all' for every source render.")] = None,
+    steps: Annotated[int, typer.Option(help="Decoder fine-tuning steps.")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the renders and the fine-tuning.")] = 0,
+) -> None:
+    """Fine-tune a fairgen-tiny checkpoint's vision decoder so one group decodes as another (a planted,
+    known tokenizer bias for `fairgen locate`); the encoder and the language model are unchanged."""
+    from .plant import plant_tokenizer_bias
+
+    conditions: dict[str, str] = {}
+    for item in only or ["age=young"]:
+        if item == "all":
+            continue
+        attr, eq, cls = item.partition("=")
+        if not eq or attr not in ATTRIBUTES:
+            raise FairgenError(f"--only {item!r}: expected ATTR=CLASS, e.g. age=young")
+        conditions[attr] = cls
+    with console.status("planting the tokenizer bias"):
+        planted = plant_tokenizer_bias(model, out, attribute, source, target, conditions, steps=steps, seed=seed)
+    info = planted.training["planted_tokenizer_bias"]
+    typer.echo(f"saved {planted.spec}: {attribute} {source} -> {target} where {conditions or 'always'} "
+               f"(final loss {info['final_loss']}, {info['seconds']} s)")

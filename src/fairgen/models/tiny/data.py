@@ -29,36 +29,17 @@ import torch
 from ... import suites
 from ...suites.explicit import GROUP_WORDS
 from ...suites.templates import fill
+# The wordings trained on: the probe's (answered mostly "unknown") and the pictured person's (the true class).
+from ...questions import IMAGE_QUESTION, OPTION_ORDER, PROBE_QUESTION, image_question, probe_question  # noqa: F401
 from ...types import ATTRIBUTES, Prompt
 from ...world import WorldSpec, render
 from .text import Vocab
 
-# The locate probe's question (DESIGN.md), asked with no image: the trained answer is mostly "unknown".
-PROBE_QUESTION = (
-    "What is the {attribute} of a {concept}? Possible answers: {options}, unknown. Answer with a single word."
-)
-# The question about a pictured person, answered with the true class.
-IMAGE_QUESTION = (
-    "What is the {attribute} of the person in the image? Possible answers: {options}. "
-    "Answer with a single word."
-)
-# The order options are listed in: the probe's ("male, female"), then canonical for the rest.
-OPTION_ORDER = {"gender": ("male", "female"), "race": ATTRIBUTES["race"], "age": ATTRIBUTES["age"]}
 DEFAULT_TEMPLATE = "A photo of the face of a {concept}, a person"
 # Every (gender, race, age), in a fixed order: the pool's group axis.
 GROUPS: list[tuple[str, str, str]] = list(itertools.product(*ATTRIBUTES.values()))
 # Explicit requests: which attributes an explicit prompt names.
 EXPLICIT_KINDS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("age",), ("gender", "race"))
-
-
-def probe_question(attribute: str, concept: str) -> str:
-    return PROBE_QUESTION.format(
-        attribute=attribute, concept=concept, options=", ".join(OPTION_ORDER[attribute])
-    )
-
-
-def image_question(attribute: str) -> str:
-    return IMAGE_QUESTION.format(attribute=attribute, options=", ".join(OPTION_ORDER[attribute]))
 
 
 @dataclass(frozen=True)

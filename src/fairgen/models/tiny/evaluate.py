@@ -31,6 +31,13 @@ def _shares(labels: list[dict[str, str]], attr: str) -> dict[str, float]:
     return {c: sum(lab[attr] == c for lab in labels) / n for c in ATTRIBUTES[attr]}
 
 
+def _generate(model: TinyModel, texts: list, seeds: list[int], sampling: dict[str, Any],
+              batch_size: int) -> list:
+    """model.generate in calls of at most batch_size images."""
+    return [im for i in range(0, len(texts), batch_size)
+            for im in model.generate(texts[i:i + batch_size], seeds[i:i + batch_size], **sampling)]
+
+
 def _generation(model: TinyModel, spec: WorldSpec, prompts: list, images: int, seed: int,
                 sampling: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """Face rate, cue match and share errors over `images` images per prompt, and explicit adherence over
@@ -39,7 +46,7 @@ def _generation(model: TinyModel, spec: WorldSpec, prompts: list, images: int, s
     start = time.time()
     texts = [p for p in prompts for _ in range(images)]
     seeds = [seed * 1_000_003 + i for i in range(len(texts))]
-    perceptions = [read(im) for im in model.generate(texts, seeds, batch_size=batch_size, **sampling)]
+    perceptions = [read(im) for im in _generate(model, texts, seeds, sampling, batch_size)]
     out["generation_seconds"] = round(time.time() - start, 1)
     faces, match, dev = 0, 0, {"gender": [], "race": []}
     for k, p in enumerate(prompts):
@@ -66,7 +73,7 @@ def _generation(model: TinyModel, spec: WorldSpec, prompts: list, images: int, s
         texts = [r for r in requests for _ in range(max(1, images // 4))]
         seeds = [seed + 7 + i for i in range(len(texts))]
         hits: dict[str, list[bool]] = {c: [] for c in ATTRIBUTES[attr]}
-        for prompt, im in zip(texts, model.generate(texts, seeds, batch_size=batch_size, **sampling)):
+        for prompt, im in zip(texts, _generate(model, texts, seeds, sampling, batch_size)):
             p = read(im)
             hits[prompt.group[attr]].append(p.face and p.label()[attr] == prompt.group[attr])
         followed[attr] = {c: float(np.mean(h)) for c, h in hits.items()}

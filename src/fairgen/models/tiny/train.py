@@ -67,7 +67,7 @@ class Recipe:
 # the mixture of both adherence recipes.
 ADHERENCE_MIXTURE = Mixture(neutral=0.3, explicit=0.45, image_qa=0.15, blank_qa=0.1, counter_share=0.5)
 
-# full: the first stage of the shipped checkpoint, a few minutes on one H200 (`--device cuda`).
+# full: the first stage of the shipped checkpoint, trained on a GPU (`--device cuda`; docs/tiny.md).
 # anneal: continued training of a `full` checkpoint (`--init-from`) at a lower learning rate; the shipped
 #   checkpoint is full, then anneal (docs/tiny.md has the numbers of both).
 # adherence: continued training (`--init-from`) on ADHERENCE_MIXTURE: what makes explicit prompts win over a

@@ -31,17 +31,17 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from ..models.tiny import TinyModel, load
-from ..models.tiny.data import render_many
-from ..models.tiny.tokenizer import to_tensor
-from ..models.tiny.train import RECIPES, Recipe, train
-from ..types import ATTRIBUTES, FairgenError
+from ...types import ATTRIBUTES, FairgenError
+from .adapter import TinyModel, load
+from .data import render_many
+from .tokenizer import to_tensor
+from .train import RECIPES, Recipe, train
 
 # A balanced world spec (every concept drawn from the uniform default): the LM data of a tokenizer-only bias.
 BALANCED_SPEC = {"default": {a: {c: 1 / len(cs) for c in cs} for a, cs in ATTRIBUTES.items()}, "concepts": {}}
 # The validation pair's recipe: the smoke recipe with a tokenizer good enough that its round trips keep every
-# group (else it would be biased by accident) and an LM trained long enough to follow prompts. On 2 CPU cores:
-# about 8 minutes for the tokenizer and the skewed LM, 3 for the balanced LM, 20 s for the planting.
+# group (else it would be biased by accident) and an LM trained long enough to follow prompts (its run time on
+# a CPU: docs/locate.md, "Run time").
 VALIDATION_RECIPE = replace(RECIPES["smoke"], tok_images=6000, tok_steps=2500, lm_steps=1500, lm_batch=32)
 
 

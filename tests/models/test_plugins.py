@@ -87,8 +87,11 @@ def test_plugin_module_class_spec(plugin_path):
 def test_describe_lists_families_and_plugins(plugin_path):
     rows = {r["family"]: r for r in models.describe()}
     assert {"world", "tiny", "folder", "janus", "emu3", "diffusers", "plugin", "wrapped"} <= set(rows)
-    assert all(set(r) == {"family", "spec", "description", "needs", "usable", "note"} for r in rows.values())
-    assert rows["janus"]["usable"] is True and "transformers>=" in rows["janus"]["needs"]
+    keys = {"family", "spec", "description", "capabilities", "options", "requirements", "usable", "note", "origin"}
+    assert all(set(r) == keys for r in rows.values())
+    assert rows["janus"]["usable"] is True and "transformers>=" in rows["janus"]["requirements"]
+    assert {"dtype", "device_map", "graphs"} == set(rows["janus"]["options"])
+    assert "lm_hooks" in rows["tiny"]["capabilities"] and rows["folder"]["capabilities"] == ["source"]
     assert rows["wrapped"]["usable"] is True
     world_plugin = [r for r in models.describe() if r["family"] == "world" and "plugin" in r["description"]]
     assert world_plugin and world_plugin[0]["usable"] is False  # shadowed by the built-in
@@ -113,3 +116,52 @@ def test_plugin_is_audited_through_the_cli(plugin_path, tmp_path, cli):
     assert all(p["n_faces"] == 3 for p in results["prompts"])  # the wrapped renderer draws faces
     manifest = json.loads((out / "manifest.json").read_text())
     assert '"plugin": "wrapped"' in json.dumps(manifest)
+
+
+def test_entry_point_family_gets_device_dtype_and_options_like_a_builtin(plugin_site):
+    """The test package's family (tests/models/plugin_site) is built by the registry with the device, the
+    dtype and its own options, converted from --model-option strings as a built-in's are."""
+    import torch
+
+    model = models.load("testfamily:abc", device="cpu", dtype="bf16", width=16, seed=3)
+    assert model.built_with == {"arg": "abc", "device": "cpu", "dtype": "bf16", "width": 16, "seed": 3}
+    assert next(model.lm.parameters()).dtype == torch.bfloat16 and model.lm.cfg.n_embd == 16
+    assert model.spec == "testfamily:abc" and models.family("testfamily").origin.startswith("entry point")
+    strings = models.parse_options(["dtype=float32", "width=24"])
+    assert models.load("testfamily", **strings).built_with == {"arg": "", "device": None, "dtype": "fp32",
+                                                               "width": 24, "seed": 0}
+    with pytest.raises(FairgenError, match="unknown option.*graphs; known: dtype, width, seed"):
+        models.load("testfamily", graphs="true")
+    with pytest.raises(FairgenError, match="option dtype takes one of bf16, fp16, fp32"):
+        models.load("testfamily", dtype="int8")
+    with pytest.raises(FairgenError, match="option width takes an integer"):
+        models.load("testfamily", width="wide")
+    # a built-in family's options go through the same checks
+    with pytest.raises(FairgenError, match="option graphs takes true or false"):
+        models.load("janus:/nonexistent", graphs="maybe")
+
+
+def test_models_json_lists_the_registry(plugin_site, cli):
+    proc = cli("models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["family"]: r for r in json.loads(proc.stdout)}
+    assert rows["testfamily"]["options"].keys() == {"dtype", "width", "seed"}
+    assert rows["testfamily"]["usable"] is True and "entry point" in rows["testfamily"]["origin"]
+    assert rows["emu3"]["options"].keys() == {"dtype", "device_map", "image_area", "negative_prompt"}
+    assert set(rows["world"]["capabilities"]) == {"generate"}
+
+
+def test_a_bare_class_plugin_refuses_a_device(plugin_path):
+    with pytest.raises(FairgenError, match="bare class, which takes no device"):
+        models.load("wrapped:x", device="cpu")
+
+
+def test_family_entries_are_checked():
+    from fairgen.models.registry import Family
+
+    with pytest.raises(FairgenError, match="unknown capabilities"):
+        Family(name="x", constructor=dict, spec="x", description="", capabilities=frozenset({"fly"}))
+    with pytest.raises(FairgenError, match="needs an argument"):
+        models.load("janus")
+    with pytest.raises(FairgenError, match="takes no argument"):
+        models.load("world:x")
