@@ -88,3 +88,38 @@ def test_run_pass_resumes_and_summarises(clip_dir, tmp_path):
     assert summary["prompts"]["nurse"]["clip_score"]["mean"] == pytest.approx(np.mean(nurse))
     suite = summary["suite"]["clip_iqa"]
     assert suite["ci95"][0] <= suite["mean"] <= suite["ci95"][1]
+
+
+def test_audit_cli_reports_quality_and_the_distance_to_a_target(clip_dir, tmp_path):
+    import json
+
+    from conftest import run_cli, write_suite
+
+    suite = write_suite(tmp_path / "suite.yaml", ["nurse", "pilot"])
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.75, male: 0.25}\n")
+    run = tmp_path / "run"
+    proc = run_cli("audit", "--model", "world", "--suite", str(suite), "-n", "4", "--out", str(run),
+                   "--quality", str(clip_dir), "--target", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert "quality: clip_score" in proc.stdout and "distance to target" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    scored = [json.loads(x) for x in (run / "quality.jsonl").read_text().splitlines()]
+    assert len(scored) == 8 and {r["model"] for r in scored} == {str(clip_dir)}
+    nurse = [r["clip_iqa"] for r in scored if r["prompt_id"] == "nurse"]
+    assert results["quality"]["prompts"]["nurse"]["clip_iqa"]["mean"] == pytest.approx(np.mean(nurse))
+    # distances to the file's target, from the counts in results.json
+    for p in results["prompts"]:
+        f = p["counts"]["gender"]["female"] / (p["counts"]["gender"]["female"] + p["counts"]["gender"]["male"])
+        assert p["tv"]["gender"] == pytest.approx(abs(f - 0.75))
+    assert results["target"]["default"]["gender"] == {"female": 0.75, "male": 0.25}
+
+
+def test_audit_cli_refuses_a_bad_target_before_the_run(tmp_path):
+    from conftest import run_cli
+
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.7, male: 0.2}\n")
+    proc = run_cli("audit", "--model", "world", "-n", "2", "--out", str(tmp_path / "run"), "--target", str(target))
+    assert proc.returncode == 2 and "sum to 0.9000" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -25,6 +25,8 @@ from .calibrate import Calibration, add_corrected, load_calibration
 from .config import AuditConfig
 from .distributed import processes
 from .metrics import MetricFrame, results_frame
+from .metrics.quality import QualityScorer, score_run, summarize_quality
+from .metrics.target import UNIFORM, Target, load_target
 from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
 from .models.engine import even_chunk
 from .perception.base import PerceptionBackend
@@ -73,6 +75,8 @@ def audit(
     adapter: str | Path | None = AuditConfig.adapter,
     model_options: Mapping[str, Any] | None = None,
     device: str | None = AuditConfig.device,
+    target: str | Path = AuditConfig.target,
+    quality: str | Path | None = AuditConfig.quality,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
@@ -83,7 +87,8 @@ def audit(
     """
     c = audit_config(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
                      perception=perception_backend, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
-                     calibration=calibration, adapter=adapter, model_options=model_options, device=device)
+                     calibration=calibration, adapter=adapter, model_options=model_options, device=device,
+                     target=str(target), quality=None if quality is None else str(quality))
     return run(c, out, progress)
 
 
@@ -116,6 +121,8 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
                 backend_name = perception.default_for(model_spec)
             backend = perception.load(backend_name) if backend_name else perception_backend
             cal = load_calibration(calibration) if calibration is not None else None
+            goal = load_target(c.target)  # checked before any work, like the calibration
+            scorer = QualityScorer(c.quality, device=_device_of(gen)) if c.quality and procs.main else None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
             sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
@@ -206,8 +213,9 @@ def run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] | 
                 if bar:
                     bar(len(plan), len(plan))
                 store.settle_records(order)
+                quality = _quality(store, plan, scorer, batch_size) if scorer is not None else None
                 result = _measure(store, prompts, store.load_records(), order, backend, model_spec,
-                                  suite_name, images_per_prompt, seed, sampling, cal)
+                                  suite_name, images_per_prompt, seed, sampling, cal, goal, quality)
         return result if procs.main else AuditResult.load(out)
 
 
@@ -223,9 +231,12 @@ def _measure(
     seed: int,
     sampling: Mapping[str, Any],
     cal: Calibration | None,
+    goal: Target = UNIFORM,
+    quality: dict[str, Any] | None = None,
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
-    the manifest finished."""
+    the manifest finished. goal: the target the distances are taken to; quality: results.json's "quality"
+    part (summarize_quality), or None when no quality model was given."""
     concept_match = None
     if getattr(backend, "reads_concept", False):  # backends reading the world's concept cue
         from .world import concept_matches
@@ -243,8 +254,10 @@ def _measure(
         "perception": backend.name,
         "sampling": dict(sampling),
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
-        **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
+        **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed, target=goal),
     }
+    if quality is not None:
+        results["quality"] = quality
     if cal is not None:
         add_corrected(results, frame.counts, cal, BOOTSTRAP_REPLICATES, seed)
     store.write_json("results.json", results)
@@ -253,6 +266,23 @@ def _measure(
     store.finish()
     render_report(store.root)
     return result
+
+
+def _quality(store: RunStore, plan: Sequence[tuple[Prompt, int, int]], scorer: QualityScorer,
+             batch_size: int) -> dict[str, Any]:
+    """Score the run's images with the quality model (quality.jsonl, resumable) and summarise them."""
+    from rich.progress import Progress
+
+    items = [(p, k) for p, k, _ in plan]
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"quality ({scorer.spec})", total=len(items))
+        records = score_run(store, items, scorer, batch_size, progress=lambda n: bar.update(task, completed=n))
+    return {"model": scorer.spec, **summarize_quality(list(dict.fromkeys(p.id for p, _, _ in plan)), records)}
+
+
+def _device_of(gen: Any) -> str:
+    """Where a loaded model runs ('cpu' when it does not say): the quality model goes beside it."""
+    return str(getattr(gen, "device", None) or "cpu")
 
 
 def _adapter_of(gen: UnifiedModel) -> str | None:

@@ -144,7 +144,8 @@ def score_run(
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Score every planned image of a run directory, resumably: quality.jsonl keeps one record per image
-    ({prompt_id, sample, clip_score, clip_iqa}); images already scored are not scored again.
+    and quality model ({prompt_id, sample, model, clip_score, clip_iqa}); images already scored by the
+    same model are not scored again, and another model's scores are never mixed in.
 
     store: a RunStore (load_image, root). plan: (Prompt, sample) in plan order. progress(n_done) is
     called after each batch. Images that cannot be read are skipped (the audit counts them as
@@ -161,7 +162,8 @@ def score_run(
         for line in data[:good_end].splitlines():
             if line.strip():
                 rec = json.loads(line)
-                done.setdefault((rec["prompt_id"], int(rec["sample"])), rec)
+                if rec.get("model") == scorer.spec:
+                    done.setdefault((rec["prompt_id"], int(rec["sample"])), rec)
         if good_end < len(data):
             with open(path, "r+b") as f:
                 f.truncate(good_end)
@@ -171,7 +173,8 @@ def score_run(
         batch = [(p, s, im) for p, s, im in batch if im is not None]
         if batch:
             scores = scorer.score([im for _, _, im in batch], [p.text for p, _, _ in batch])
-            new = [{"prompt_id": p.id, "sample": s, **{m: float(scores[m][i]) for m in QUALITY_METRICS}}
+            new = [{"prompt_id": p.id, "sample": s, "model": scorer.spec,
+                    **{m: float(scores[m][i]) for m in QUALITY_METRICS}}
                    for i, (p, s, _) in enumerate(batch)]
             with open(path, "ab") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in new).encode())
