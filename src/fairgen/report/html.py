@@ -152,6 +152,9 @@ def _context(root: Path, results: Mapping[str, Any], manifest: Mapping[str, Any]
         "floor_run": noise_floor(n_per_prompt, 2) if n_per_prompt else None,
         "names": ATTRIBUTE_NAMES,
         "corrected": _corrected(results),
+        "target": results.get("target") or {"name": "uniform"},
+        "quality": (results.get("quality") or {}).get("suite"),
+        "quality_model": (results.get("quality") or {}).get("model"),
     }
 
 
