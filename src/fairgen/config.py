@@ -29,7 +29,9 @@ class AuditConfig:
     sampling: generate() settings (cfg, temperature, top_p, ... ; models/sampling.py). batch_size: images
     per generate() call. device: where the model runs (None: the family's default). model_options: the
     family's options (`fairgen models`). world_spec: the world family's planted-bias YAML. adapter: a peft
-    LoRA adapter directory. calibration: a CAL.json of the perception backend (corrected estimates)."""
+    LoRA adapter directory. calibration: a CAL.json of the perception backend (corrected estimates).
+    target: "uniform" or a targets YAML (distances to it in results.json; metrics/target.py). quality: a CLIP
+    checkpoint (directory or hub id) for CLIP score and CLIP-IQA per image (metrics/quality.py), or None."""
 
     model: Any = DEFAULT_MODEL
     suite: Any = "occupations:test"
@@ -43,6 +45,8 @@ class AuditConfig:
     world_spec: str | None = None
     adapter: str | None = None
     calibration: str | None = None
+    target: str = "uniform"
+    quality: str | None = None
 
     def check(self) -> None:
         """Raise FairgenError for a setting out of range: sizes, seed, finite sampling values in range (keys a
