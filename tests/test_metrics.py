@@ -143,7 +143,8 @@ def test_metric_frame_counts_and_summary_schema():
     assert s["gender"]["rd"]["mean"] == pytest.approx(0.8)  # prompt b has no faces: excluded from the mean
     assert s["gender"]["n_prompts"] == 1
     assert s["race"]["rd"]["mean"] == pytest.approx(0.5)
-    assert s["face_rate"] == pytest.approx(10 / 12)
+    assert s["face_rate"] == pytest.approx(10 / 11)  # the unreadable image is outside the denominator
+    assert s["n_images"] == 12 and s["n_unreadable"] == 1
     assert s["fidelity"] is None
     a, b = out["prompts"]
     assert a["counts"]["gender"] == {"female": 9, "male": 1}
