@@ -164,7 +164,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
             folder = None
             if isinstance(gen, ImageSource):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
-                folder = gen.coverage(prompts, images_per_prompt) if hasattr(gen, "coverage") else None
+                folder = gen.coverage(prompts, images_per_prompt)
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
             order = [(p.id, k) for p, k, _ in plan]
             if procs.main:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
+from ..models.registry import world_images
 from ..models.sampling import PRESETS as SAMPLING_PRESETS
 from ..types import FairgenError
 
@@ -43,8 +44,9 @@ PAPER = {"alpha": 0.0, "beta": 1.0, "anchor": 0.0, "lr": 1e-4, "bpo_lr": 8e-7, "
 
 
 def family(model: str) -> str:
-    """The recipe a model spec gets: 'tiny' for tiny[:dir], else 'default'."""
-    return "tiny" if model.partition(":")[0].strip().lower() == "tiny" else "default"
+    """The recipe a model spec gets: 'tiny' (small, trained on the synthetic world, so the world draws its
+    balanced set) for a family of world images (the registry's world_images), else 'default'."""
+    return "tiny" if world_images(model) else "default"
 
 
 def anchor_for(attributes: tuple[str, ...]) -> float:

@@ -149,8 +149,7 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
     tick = progress or (lambda stage, done, total: None)
     with processes() as procs:  # one process, or every process of a launch (docs/distributed.md)
         gen = models.load(model) if isinstance(model, str) else model
-        if not ({"understand", "tokenize"} & set(getattr(gen, "capabilities", ()))
-                or all(hasattr(gen, h) for h in lm_audit.HOOKS)):
+        if not isinstance(gen, (Understander, VisionTokenizer, LMHooks)):
             raise FairgenError(f"model {spec} has none of the components locate measures (understanding, vision "
                                "tokenizer, language model): nothing to locate; `fairgen audit` measures its skew")
         with procs.step():  # rank 0 opens (or resumes) the run directory; the others wait for it
