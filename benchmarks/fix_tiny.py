@@ -1,137 +1,137 @@
-"""Benchmark of `fairgen fix` on fairgen-tiny: the paper's three settings, before/after on occupations:test.
+"""Benchmark of `fairgen fix` on fairgen-tiny: the paper's three settings, each with the command's defaults
+and with `--preset paper`, over several seeds, every run the plain CLI command as a user types it.
 
-    python benchmarks/fix_tiny.py --out runs/fix_tiny                       # the packaged `tiny` model
-    python benchmarks/fix_tiny.py --out runs/fix_tiny4 --methods all --settings gender --device cuda
-                                                      # the four methods of the paper's Table 1, one table
+    python benchmarks/fix_tiny.py --out runs/fix_tiny                                # 3 settings x 3 seeds
+    python benchmarks/fix_tiny.py --out runs/fix_tiny --presets default,paper --jobs 12 \
+        --extra "--device cuda --batch-size 256"                                     # on a GPU, in parallel
 
-Settings (docs/fix.md): gender, race, mix (gender and race), each stage 1 SFT then stage 2 BPO (150 then
-300 steps, lr 1e-3, beta 1; alpha 1 and an explicit anchor, 2 for gender and 3 for race and mix by default,
-where the paper has 0 and 0: see docs/fix.md), a balanced set drawn by the world renderer, LoRA on the language model. The before audits are
-shared by the three settings. Targets (issue 9): gender setting cuts gender rd by >= 70%, race setting
-race rd by >= 45%, mix each by >= 30%; fidelity (concept match) drops by at most 3 points; explicit
-prompts still followed >= 95%. Prints the table and writes <out>/fix_tiny.json and <out>/fix_tiny.md.
-
---methods all runs `fairgen fix --method all` per setting instead (prompt engineering, understanding-sft,
-sft, bpo on the same balanced set and budget, plus the after-fix checks) and writes each setting's
-Table-1-layout table to <out>/<setting>/fix_table.md, and all of them to <out>/fix_tiny_methods.md.
+Each run is `python -m fairgen fix --model tiny --attributes A --seed S --out OUT/<preset>/<setting>/seed-S`
+plus `--preset paper` for the paper preset and `--extra`'s options (nothing else: the defaults are what
+is measured). Runs go `--jobs` at a time, one CPU thread each (OMP_NUM_THREADS=1; `--threads` to change).
+Targets (issue 26, test suite at 160 images per prompt): the gender setting cuts gender rd by >= 70 %,
+race race rd by >= 45 %, mix each by >= 30 %, and every guardrail of the verdict passes. Writes
+OUT/fix_tiny.md and OUT/fix_tiny.json: one row per run (rd cut per fixed attribute, each guardrail,
+the step kept, wall time, audit speed before and after), then the mean over seeds. A run cut off by
+`--timeout` is listed with how far it got.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
-from fairgen.fix import FixConfig, fix
-from fairgen.fix.checks import DEFAULT_CHECK_SUITES
-from fairgen.fix.table import markdown as table_markdown
-
-SETTINGS = {"gender": ("gender",), "race": ("race",), "mix": ("gender", "race")}
-# Minimum relative rd cut per (setting, attribute), from issue 9.
+SETTINGS = {"gender": "gender", "race": "race", "mix": "gender,race"}
+# Minimum relative rd cut per (setting, attribute), from issue 26.
 TARGETS = {("gender", "gender"): 0.70, ("race", "race"): 0.45, ("mix", "gender"): 0.30, ("mix", "race"): 0.30}
-MAX_FIDELITY_DROP_POINTS, MIN_EXPLICIT = 3.0, 0.95
-# Explicit-anchor weight per setting (docs/fix.md: 3 kept gender at -69.9 %, just short of its target; 2
-# passes it, with explicit gender prompts still followed 0.98; race and mix keep 3 for explicit race).
-ANCHORS = {"gender": 2.0, "race": 3.0, "mix": 3.0}
 
 
-def run(model: str, out: Path, settings: list[str], method: str, anchor: float | None = None, **options) -> dict:
-    """Every setting's fix run with `method` ("bpo" or "all"); returns {setting: fix report, or with
-    method "all" the fix table}. anchor: for every setting (None: ANCHORS). options: FixConfig fields
-    shared by the settings."""
-    reports = {}
-    for name in settings:
-        config = FixConfig(model=model, attributes=SETTINGS[name], method=method, data_source="world",
-                           images_per_group=4, beta=1.0, before=str(out / "before"),
-                           anchor=ANCHORS[name] if anchor is None else anchor, **options)
-        started = time.time()
-        reports[name] = fix(config, out / name)
-        print(f"{name}: {time.time() - started:.0f} s")
-    return reports
+def run_one(out: Path, preset: str, setting: str, seed: int, extra: list[str], threads: int,
+            timeout: float | None) -> dict:
+    """One `fairgen fix` command; returns {"preset", "setting", "seed", "out", "seconds", "rc", "report"}."""
+    where = out / preset / setting / f"seed-{seed}"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "fairgen", "fix", "--model", "tiny", "--attributes", SETTINGS[setting],
+           "--seed", str(seed), "--out", str(where), *(["--preset", preset] if preset != "default" else []), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    began = time.time()
+    with open(str(where) + ".log", "w") as log:
+        log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    report = where / "fix_report.json"
+    return {"preset": preset, "setting": setting, "seed": seed, "out": str(where), "rc": rc,
+            "seconds": round(time.time() - began, 1),
+            "report": json.loads(report.read_text()) if report.is_file() else None, "progress": _progress(where)}
+
+
+def _progress(where: Path) -> str:
+    """How far an unfinished run got (its last training log line and validation step)."""
+    parts = []
+    log, val = where / "train_log.jsonl", where / "validation.jsonl"
+    if log.is_file() and log.read_text().strip():
+        last = json.loads(log.read_text().splitlines()[-1])
+        parts.append(f"{last['stage']} step {last['step']} at {last['elapsed_s']} s")
+    if val.is_file() and val.read_text().strip():
+        parts.append(f"validated to step {json.loads(val.read_text().splitlines()[-1])['step']}")
+    return "; ".join(parts) or "before training"
 
 
 def _f(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def table(reports: dict) -> tuple[str, dict]:
-    """The markdown table and the pass/fail verdicts."""
-    lines = ["| setting | attribute | rd before | rd after | change | target | face rate | fidelity Δ (pts) "
-             "| explicit before → after | pass |", "| --- " * 10 + "|"]
+def row(r: dict) -> tuple[str, dict]:
+    """A run's markdown row and its verdicts ({attribute: target met}, guardrails passed)."""
+    rep = r["report"]
+    head = f"| {r['preset']} | {r['setting']} | {r['seed']} |"
+    if rep is None:
+        return head + f" not finished ({r['rc']}, {r['seconds']:.0f} s; {r['progress']}) |" + " |" * 7, {}
+    cuts, met = [], {}
+    for attr in SETTINGS[r["setting"]].split(","):
+        ch = rep["rd_change"].get(attr)
+        rel = ch["relative"] if ch else None
+        met[attr] = rel is not None and -rel >= TARGETS[(r["setting"], attr)]
+        cuts.append(f"{attr} {_f(ch and ch['before'])} → {_f(ch and ch['after'])} "
+                    f"({'–' if rel is None else f'{100 * rel:+.1f} %'}{'' if met[attr] else ' ✗'})")
+    guards = {g["name"]: g["passed"] for g in rep["verdict"]["guardrails"]}
+    word = {True: "pass", False: "**FAIL**", None: "n/m"}
+    by_group = rep["explicit_adherence_by_group"]["after"]
+    low = min(((g, v) for gs in by_group.values() for g, v in gs.items()), key=lambda gv: gv[1] or 0, default=None)
+    val = rep.get("validation") or {}
+    rate = rep.get("audit_rate") or {}
+    cells = ["; ".join(cuts), f"{_f(rep['fidelity_change_points'], '+.1f')}",
+             f"{low[0]} {_f(low[1])}" if low else "–",
+             " / ".join(word[guards.get(k)] for k in ("fidelity", "explicit adherence", "generalisation", "face rate")),
+             str(val.get("kept_step", "last")), f"{r['seconds']:.0f}",
+             f"{_f(rate.get('before'), '.0f')} → {_f(rate.get('after'), '.0f')}"]
+    return head + " " + " | ".join(cells) + " |", {"targets": met, "guardrails": rep["verdict"]["passed"]}
+
+
+def table(results: list[dict]) -> tuple[str, dict]:
+    lines = ["| preset | setting | seed | rd before → after (change; ✗ = target missed) | fidelity Δ (pts) | "
+             "explicit, lowest group after | guardrails: fidelity / explicit / generalisation / face rate | "
+             "step kept | wall (s) | audit images/s before → after |", "| --- " * 10 + "|"]
     verdicts = {}
-    for name, rep in reports.items():
-        fid = rep["fidelity_change_points"]
-        explicit = rep["explicit_adherence"]
-        faces = f"{_f(rep['before']['face_rate'])} → {_f(rep['after']['face_rate'])}"
-        for attr in SETTINGS[name]:
-            ch = rep["rd_change"].get(attr, {"before": None, "after": None, "relative": None})
-            target = TARGETS[(name, attr)]
-            ok = (ch["relative"] is not None and -ch["relative"] >= target
-                  and (fid is None or fid >= -MAX_FIDELITY_DROP_POINTS)
-                  and all(v is not None and v >= MIN_EXPLICIT for v in explicit["after"].values()))
-            verdicts[f"{name}/{attr}"] = ok
-            adherence = ", ".join(f"{a} {_f(explicit['before'].get(a))} → {_f(v)}" for a, v in explicit["after"].items())
-            change = "–" if ch["relative"] is None else f"{100 * ch['relative']:+.1f}%"
-            lines.append(f"| {name} | {attr} | {_f(ch['before'])} | {_f(ch['after'])} | {change} | -{100 * target:.0f}% "
-                         f"| {faces} | {_f(fid, '+.1f')} | {adherence} | {'yes' if ok else 'NO'} |")
+    for r in sorted(results, key=lambda r: (r["preset"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        line, v = row(r)
+        lines.append(line)
+        verdicts[f"{r['preset']}/{r['setting']}/seed-{r['seed']}"] = v
     return "\n".join(lines) + "\n", verdicts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="tiny", help="model spec (default: the packaged checkpoint)")
-    parser.add_argument("--images-per-prompt", type=int, default=160)
-    parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: all)")
-    parser.add_argument("--sft-steps", type=int, default=150)
-    parser.add_argument("--bpo-steps", type=int, default=300)
-    parser.add_argument("--alpha", type=float, default=1.0, help="stage 2 SFT weight (paper: 0; see docs/fix.md)")
-    parser.add_argument("--anchor", type=float, default=None,
-                        help="explicit-prompt SFT weight for every setting (paper: 0; default: gender 2, race and mix 3)")
-    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--settings", default="gender,race,mix")
-    parser.add_argument("--methods", choices=("bpo", "all"), default="bpo",
-                        help="bpo (the targets table) or all (prompt, understanding-sft, sft, bpo: Table 1)")
-    parser.add_argument("--units-per-batch", type=int, default=8)
-    parser.add_argument("--explicit-concepts", type=int, default=5)
-    parser.add_argument("--explicit-images", type=int, default=32)
-    parser.add_argument("--check-suites", default=",".join(DEFAULT_CHECK_SUITES), help="'none': no check suites")
-    parser.add_argument("--check-images", type=int, default=16)
-    parser.add_argument("--check-prompts", type=int, default=50)
-    parser.add_argument("--understanding-images", type=int, default=64)
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the model's; tiny: cpu)")
-    parser.add_argument("--dtype", default=None, help="bf16, fp16, fp32: transformers models (--model janus:...)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per generation batch")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--presets", default="default", help="default, paper, or both: default,paper")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--extra", default="", help="more `fairgen fix` options for every run, e.g. '--device cuda'")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    checks = tuple(s for s in args.check_suites.split(",") if s.strip() and s.strip() != "none")
-    reports = run(model, args.out, args.settings.split(","), "all" if args.methods == "all" else "bpo",
-                  train_prompts=args.train_prompts, sft_steps=args.sft_steps, bpo_steps=args.bpo_steps,
-                  alpha=args.alpha, anchor=args.anchor, lr=args.lr, units_per_batch=args.units_per_batch,
-                  images_per_prompt=args.images_per_prompt, explicit_concepts=args.explicit_concepts,
-                  explicit_images=args.explicit_images, check_suites=checks, check_images=args.check_images,
-                  check_prompts=args.check_prompts, understanding_images=args.understanding_images,
-                  device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    if args.methods == "all":
-        text = "\n".join(f"## {name} setting\n\n" + table_markdown(t).split("\n", 2)[2]
-                         for name, t in reports.items())
-        print(text)
-        (args.out / "fix_tiny_methods.md").write_text(text)
-        (args.out / "fix_tiny_methods.json").write_text(json.dumps({"model": model, "tables": reports}, indent=1)
-                                                         + "\n")
-        return
-    text, verdicts = table(reports)
-    header = f"fairgen fix on {model}, occupations:test at {args.images_per_prompt} images per prompt\n\n"
+    runs = [(p, s, int(seed)) for p in args.presets.split(",") for s in args.settings.split(",")
+            for seed in args.seeds.split(",")]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_one(args.out, *job, shlex.split(args.extra), args.threads,
+                                                    args.timeout), runs))
+    text, verdicts = table(results)
+    header = (f"fairgen fix on tiny, occupations:test at 160 images per prompt; options beyond the defaults: "
+              f"{args.extra or 'none'}; {args.jobs} runs at a time, {args.threads} thread(s) each\n\n")
     print(header + text)
     (args.out / "fix_tiny.md").write_text(header + text)
-    (args.out / "fix_tiny.json").write_text(json.dumps({"model": model, "verdicts": verdicts, "reports": reports},
-                                                       indent=1) + "\n")
+    (args.out / "fix_tiny.json").write_text(json.dumps({"extra": args.extra, "jobs": args.jobs, "verdicts": verdicts,
+                                                        "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,9 +44,24 @@ def _fix_sums(spec: dict) -> dict:
     return spec
 
 
+# False-failure budget of test_recovery_of_planted_bias, per seed: each bound below is exact or a stated upper
+# bound, so a correct pipeline fails it with probability at most 96e-6 + 2e-4 + 1.4e-5 < 3.2e-4 per seed (under
+# 1e-3 for the three), whatever the seeds. (The former thresholds, at most 1 of 12 concepts outside the range
+# and the mean within 0.025, failed for about half of fresh seed sets.)
+CLASS_ALPHA = 1e-6  # per class share: exact binomial interval (12 concepts x 8 classes = 96 of them)
+BAND_P_MAX = 0.06  # per concept: P(rd outside its 95 % sampling range) <= 0.05, + 0.01 for its Monte Carlo ends
+BAND_ALPHA = 1e-4  # per attribute: binomial tail of the count of concepts outside their ranges
+MEAN_Z = 4.5  # per attribute: mean rd vs mean E[rd], in standard errors (two-sided 7e-6)
+
+
 @pytest.mark.parametrize("spec_seed", [1, 2, 3])
 def test_recovery_of_planted_bias(tmp_path, spec_seed):
-    """At 200 images/prompt the measured counts are consistent with the planted spec."""
+    """At 200 images/prompt the measured counts are consistent with the planted spec: every class share in
+    its exact binomial range, the concepts whose rd leaves its 95 % sampling range no more than a binomial
+    count allows, and the mean rd over concepts within MEAN_Z standard errors of its expectation. The
+    bounds are set from the false-failure budget above, not from the seeds."""
+    from scipy.stats import binom
+
     planted = random_spec(np.random.default_rng(spec_seed))
     spec_path = write_spec(tmp_path / "spec.yaml", planted)
     suite = write_suite(tmp_path / "suite.yaml", CONCEPTS)
@@ -56,24 +71,29 @@ def test_recovery_of_planted_bias(tmp_path, spec_seed):
     spec = WorldSpec.load(spec_path)
     outside_rd = {"gender": 0, "race": 0}
     expected = {"gender": [], "race": []}
+    variance = {"gender": [], "race": []}
     measured = {"gender": [], "race": []}
+    sims = np.random.default_rng(0)
     for p in res.results["prompts"]:
         assert p["n_faces"] == n  # the world always draws a readable face
         dist = spec.distribution(p["concept"])
         for attr in ("gender", "race", "age"):
             shares = np.array([dist[attr][c] for c in ATTRIBUTES[attr]])
             counts = np.array([p["counts"][attr][c] for c in ATTRIBUTES[attr]])
-            # 99.99% binomial range of every class share (normal approximation with continuity margin)
-            sd = np.sqrt(shares * (1 - shares) / n)
-            assert np.all(np.abs(counts / n - shares) <= 3.89 * sd + 1 / n), (p["id"], attr, counts, shares)
+            lo, hi = binom.interval(1 - CLASS_ALPHA, n, shares)
+            assert np.all((lo <= counts) & (counts <= hi)), (p["id"], attr, counts, shares)
             if attr in outside_rd:
                 lo, hi = rd_sampling_range(shares, n)
                 outside_rd[attr] += not (lo <= p["rd"][attr] <= hi)
                 expected[attr].append(expected_rd(shares, n))
+                variance[attr].append(np.var(rd(sims.multinomial(n, shares, size=20_000))))
                 measured[attr].append(p["rd"][attr])
+    allowed = int(binom.isf(BAND_ALPHA, len(CONCEPTS), BAND_P_MAX))  # P(count > allowed) <= BAND_ALPHA
+    assert allowed == 5  # P(> 5 of 12 outside) = 3.1e-5: half the concepts outside their ranges fails it
     for attr in outside_rd:
-        assert outside_rd[attr] <= 0.1 * len(CONCEPTS)
-        assert abs(np.mean(measured[attr]) - np.mean(expected[attr])) <= 0.025
+        assert outside_rd[attr] <= allowed, (attr, outside_rd[attr])
+        se = np.sqrt(np.sum(variance[attr])) / len(CONCEPTS)
+        assert abs(np.mean(measured[attr]) - np.mean(expected[attr])) <= MEAN_Z * se, (attr, se)
         assert res.summary[attr]["rd"]["mean"] == pytest.approx(np.mean(measured[attr]))
 
 

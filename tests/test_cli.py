@@ -36,7 +36,7 @@ def test_audit_runs_and_says_where_results_are(tmp_path, suite):
     [
         (["--suite", "no/such/suite.yaml"], ["suite.yaml"]),
         (["--suite", "nosuchsuite"], ["nosuchsuite"]),
-        (["--model", "gpt5:foo"], ["unknown model family", "gpt5"]),
+        (["--model", "gpt5:foo"], ["unknown model", "gpt5"]),
         (["-n", "0"], ["images per prompt", "positive"]),
         (["-n", "-3"], ["images per prompt"]),
         (["-n", "many"], ["images-per-prompt"]),

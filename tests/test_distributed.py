@@ -168,8 +168,9 @@ def test_distributed_input_error_is_one_line_and_exit_2(reference, suite):
     procs = _mpirun_style(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [2, 2]
-    assert outs[0][1].strip().splitlines() == [f"error: {reference} holds a run with seed=7, not 8; use "
-                                               "another --out or the same settings to resume"]
+    assert outs[0][1].strip().splitlines() == [
+        f"error: {reference} holds a run made with a different seed (7 -> 8); use another --out, or the same "
+        "inputs to resume (only --images-per-prompt may change)"]
     assert outs[1][1].strip() == ""
 
 

@@ -107,8 +107,13 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_gradients(janus_dir)
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         peft_model.zero_grad(set_to_none=True)
         calls.clear()
-        with _checkpointing(model, checkpointing):
+        with _checkpointing(model, checkpointing) as pause:
             model.image_token_logprob(PROMPTS, images).mean().backward()
+            if checkpointing:  # the validation's pause: eval mode and the KV cache back, then on again
+                with pause():
+                    assert not model.hf.model.language_model.layers[0].training
+                    assert model.hf.config.get_text_config().use_cache
+                assert model.hf.model.language_model.layers[0].training
         return {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
 
     plain, plain_calls = grads(False), len(calls)
@@ -117,3 +122,29 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_gradients(janus_dir)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
     assert not model.hf.model.language_model.layers[0].training  # back in eval mode afterwards
+
+
+def test_merged_adapter_on_janus_matches_the_applied_one_and_restores_exactly(janus_dir, tmp_path):  # noqa: F811
+    """The after audits' merge on a transformers family: the merged model's image log-probabilities are the
+    peft-applied ones, and every weight is bit-for-bit the original afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    from fairgen.models.adapters import applied_adapter, merged_adapter
+
+    model = models.load(f"janus:{janus_dir}")
+    peft_model = get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_targets,
+                                                            init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_model.unload()
+    original = {k: v.clone() for k, v in model.lora_root.state_dict().items()}
+    images = random_images(2)
+    with torch.no_grad():
+        plain = model.image_token_logprob(PROMPTS, images)
+        with applied_adapter(model, tmp_path / "adapter") as adapted:
+            applied = adapted.image_token_logprob(PROMPTS, images)
+        with merged_adapter(model, tmp_path / "adapter") as adapted:
+            merged = adapted.image_token_logprob(PROMPTS, images)
+    assert not torch.allclose(applied, plain, atol=1e-5)
+    torch.testing.assert_close(merged, applied, atol=1e-4, rtol=1e-4)
+    restored = model.lora_root.state_dict()
+    assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)

@@ -182,7 +182,7 @@ def test_two_process_training_matches_one_process(mini, suites_dir, tmp_path):
          "--main_process_port", str(_free_port()), "-m", "fairgen", "fix", "--model", f"tiny:{mini}",
          "--train-suite", str(suites_dir / "train.yaml"), "--test-suite", str(suites_dir / "test.yaml"),
          "--data-source", "world", "--attributes", "gender,race", "--images-per-group", "2", "--sft-steps", "8",
-         "--bpo-steps", "8", "--units-per-batch", "4", "--lr", "3e-3", "-n", "4", "--explicit-concepts", "0",
+         "--bpo-steps", "8", "--units-per-batch", "4", "--lr", "3e-3", "--alpha", "0", "--anchor", "0", "-n", "4", "--explicit-concepts", "0",
          "--batch-size", "32", "--check-suites", "none", "--understanding-images", "0", "--out", str(two)],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

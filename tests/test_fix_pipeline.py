@@ -20,17 +20,41 @@ from fairgen import models
 from fairgen.fix import FixConfig, fix, parse_attributes
 from fairgen.cli import app
 from fairgen.fix.batches import BatchPlan
+from fairgen.metrics import rd
 from fairgen.fix.data import BalancedSet, Request, mismatch, rebalance
 from fairgen.fix.train import TrainConfig, stages_for, train_adapter
 from fairgen.suites import explicit
 from fairgen.types import ATTRIBUTES, FairgenError, Prompt
 
+from conftest import FIX_CONCEPTS
+
 def _config(mini, suites_dir, **kw) -> FixConfig:
     base = dict(model=f"tiny:{mini}", train_suite=str(suites_dir / "train.yaml"), test_suite=str(suites_dir / "test.yaml"),
                 data_source="world", images_per_group=3, sft_steps=30, bpo_steps=30, lr=3e-3, units_per_batch=2,
+                alpha=0.0, anchor=0.0,
                 images_per_prompt=12, explicit_concepts=1, explicit_images=4, batch_size=32, check_suites=(),
                 understanding_images=0)
     return FixConfig(**{**base, **kw})
+
+
+def _held_out_set(folder) -> BalancedSet:
+    """Renders of a female and a male of the test suite's concept (never trained on), as a balanced set with
+    the test suite's neutral prompt: 4 of each."""
+    import pandas as pd
+
+    from fairgen.fix.data import COLUMNS
+    from fairgen.world import render
+
+    folder.mkdir()
+    concept, rows = FIX_CONCEPTS[2], []
+    for group in ("female", "male"):
+        for k in range(4):
+            name = f"{group}-{k}.png"
+            render(group, "white", "young", concept, 500 + k).save(folder / name)
+            rows.append({"prompt": f"A photo of the face of a {group} {concept}, a person",
+                         "neutral_prompt": f"A photo of the face of a {concept}, a person", "prompt_id": concept,
+                         "attribute": "gender", "group": group, "sample": k, "image": name})
+    return BalancedSet(folder, pd.DataFrame(rows, columns=list(COLUMNS)), {})
 
 
 def _pair_gap(model, data: BalancedSet) -> float:
@@ -69,8 +93,33 @@ def test_fix_end_to_end_and_resume(mini, suites_dir, tmp_path):
     # the adapter loads through the model protocol and narrows the gap BPO works on
     data = BalancedSet.load(out / "data")
     gap_before = _pair_gap(models.load(f"tiny:{mini}"), data)
-    gap_after = _pair_gap(models.load(f"tiny:{mini}", adapter=out / "adapter"), data)
+    adapted = models.load(f"tiny:{mini}", adapter=out / "adapter")
+    gap_after = _pair_gap(adapted, data)
     assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+    # ... and on the held-out concept of the test suite, which it never trained on: the same measure over
+    # fresh renders of a female and a male baker, given the test suite's neutral prompt.
+    held_out = _held_out_set(tmp_path / "held_out")
+    held_before = _pair_gap(models.load(f"tiny:{mini}"), held_out)
+    held_after = _pair_gap(adapted, held_out)
+    assert held_after < 0.7 * held_before, (held_before, held_after)
+
+    # the after-fix rd in the report is the after audit's, recomputed here from its per-prompt counts
+    results = json.loads((out / "after" / "test" / "results.json").read_text())
+    assert report["after"]["run_dir"] == str(out / "after" / "test")
+    for attr in ("gender", "race"):
+        per_prompt = [rd([c for c in p["counts"][attr].values()]) for p in results["prompts"]
+                      if p["counts"].get(attr) and sum(p["counts"][attr].values())]
+        after_rd = report["after"]["rd"][attr]
+        if per_prompt:
+            assert after_rd["mean"] == pytest.approx(sum(per_prompt) / len(per_prompt))
+            assert 0.0 <= after_rd["mean"] <= 1.0
+            change = report["rd_change"].get(attr)
+            if report["before"]["rd"][attr]:
+                assert change["after"] == after_rd["mean"] and change["before"] == report["before"]["rd"][attr]["mean"]
+                assert change["relative"] == pytest.approx((change["after"] - change["before"]) / change["before"])
+        else:  # this barely trained tokenizer's images are seldom faces: no face, no rd (never a 0)
+            assert after_rd is None or after_rd["mean"] is None
+            assert report["rd_change"].get(attr, {}).get("after") is None
 
     # the re-audit ran with the adapter, and the report holds every part
     manifest = json.loads((out / "after" / "test" / "manifest.json").read_text())

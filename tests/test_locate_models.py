@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from fairgen import models, perception
 from fairgen.labelled import labelled_set
 from fairgen.locate import hidden_probe, measure_prompt, round_trip, summarise, vision_probes
-from fairgen.locate.lm_audit import sequence_js
+from fairgen.locate.lm_audit import merge, score_sequences
 from fairgen.models.tiny import TinyModel
 from fairgen.models.tiny.model import LMConfig, TinyLM
 from fairgen.models.tiny.text import Vocab, lexicon
@@ -92,23 +92,33 @@ def test_probes_and_lm_audit_run_end_to_end(name, request) -> None:
         acc = probes[path]["gender"]["balanced_accuracy"]
         assert probes[path]["features"] > 0 and 0.0 <= acc <= 1.0
     assert set(probes["tokenizer"]["race"]["accuracy"]) == {"white", "black", "asian", "indian"}
-    rt = round_trip(model, labelled_set("world:16"), perception.load("world"), batch_size=8, replicates=50)
-    assert rt["n_images"] == 16
-    measured = [measure_prompt(model, p, sequences=2, seed=1) for p in PROMPTS]
-    assert np.array(measured[0]["race"]["js_seq"]).shape == (4, 4)
+    rt = round_trip(model, labelled_set("world:16"), perception.load("world"), batch_size=8)
+    assert rt["n_images"] == 16 and rt["looks_used"] == 1
+    measured = [measure_prompt(model, p, 0, 2, seed=1) for p in PROMPTS]
+    assert np.array(measured[0]["race"]["loglik"]).shape == (4, 2)
+    # a later look's sequences continue the first look's: the first two of 0..3 are 0..1
+    longer = measure_prompt(model, PROMPTS[0], 0, 3, seed=1)
+    assert np.allclose(np.array(longer["gender"]["loglik"])[:, :2], measured[0]["gender"]["loglik"], atol=1e-4)
     majority = {"nurse": {"gender": "female", "race": "white"}}
-    controlled = summarise(PROMPTS, measured, majority, replicates=50)
+    controlled = summarise(PROMPTS, [merge([m]) for m in measured], majority)
     s = controlled["gender"]["summary"]
-    assert s["n_prompts"] == 1 and s["hit_rate"] in (0.0, 1.0) and s["contrast_ci95"][0] <= s["contrast_ci95"][1]
+    assert s["n_prompts"] == 2 and s["n_scored"] == 1 and s["hit_rate"] in (0.0, 1.0)
+    assert s["skew_ci"][0] <= s["skew_ci"][1]
     assert controlled["race"]["prompts"][1]["hit"] is None  # no audit majority: not scored
+    assert sum(controlled["race"]["prompts"][0]["shares"].values()) == pytest.approx(1.0)
     probe = hidden_probe(model, PROMPTS, {"nurse": {"gender": {"female": 0.9, "male": 0.1}}})
     assert probe["gender"]["n_variants"] == 2 * 10 and probe["gender"]["agreement"] in (0.0, 1.0)
     assert sum(probe["race"]["prompts"][0]["probe_shares"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_teacher_forced_js_is_zero_for_the_same_prompt(tiny) -> None:
+def test_sequence_scores_are_the_models_own_likelihoods(tiny) -> None:
+    """log P(s | v) equals the model's own per-token score (image_token_logprob, a mean) times T; JS of a
+    prompt to itself is 0 and to another prompt positive, at most 1 bit."""
     codes = tiny.generate_tokens(PROMPTS[:1] * 3, [0, 1, 2])
-    same = sequence_js(tiny, PROMPTS[0], PROMPTS[0], codes)
-    other = sequence_js(tiny, PROMPTS[0], PROMPTS[1], codes)
-    assert same.shape == (3,) and np.allclose(same, 0.0, atol=1e-6)
-    assert (other > 10 * np.abs(same).max()).all() and (other <= 1.0).all()
+    loglik, js = score_sequences(tiny, PROMPTS[0], [PROMPTS[0], PROMPTS[1]], codes)
+    with torch.no_grad():
+        own = tiny.image_token_logprob(PROMPTS[:1] * 3, codes).double().numpy() * codes.shape[1]
+        other = tiny.image_token_logprob(PROMPTS[1:] * 3, codes).double().numpy() * codes.shape[1]
+    assert loglik.shape == (2, 3) and np.allclose(loglik[0], own, rtol=1e-4) and np.allclose(loglik[1], other, rtol=1e-4)
+    assert np.allclose(js[0], 0.0, atol=1e-6)
+    assert (js[1] > 10 * np.abs(js[0]).max()).all() and (js[1] <= 1.0).all()

@@ -64,7 +64,9 @@ def test_cli_writes_findings_and_a_self_contained_page_and_resumes(checkpoint, s
         assert findings["verdicts"][key]["verdict"] in ("biased", "not biased", "inconclusive")
     assert (out / "audit" / "results.json").is_file()
     stages = sorted(p.name for p in (out / "stages").rglob("*.json"))
-    assert stages == ["hidden_probe.json", "judge.json", "nurse.json", "tokenizer.json", "understanding.json"]
+    looks = findings["language_model"]["controlled"]["looks_used"]
+    assert stages == sorted(["hidden_probe.json", "tokenizer.json", "understanding.json",
+                             *(f"{k}.json" for k in range(looks) for _ in ("judge", "nurse"))])
     html = (out / "locate.html").read_text()
     assert "Content-Security-Policy" in html and "<script" not in html
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
@@ -144,6 +146,6 @@ def test_two_process_accelerate_locate_equals_one_process(checkpoint, suite_file
         return json.loads(json.dumps(findings).replace(str(run), "<out>"))
 
     assert comparable(tmp_path / "two") == comparable(tmp_path / "one")
-    same = ("audit/results.json", "audit/perception.jsonl", "stages/lm/nurse.json", "stages/lm/judge.json")
+    same = ("audit/results.json", "audit/perception.jsonl", "stages/lm/nurse/0.json", "stages/lm/judge/0.json")
     for name in same:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

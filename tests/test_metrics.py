@@ -14,6 +14,7 @@ from fairgen.metrics import (
     normalized_entropy,
     percentile_interval,
     rd,
+    rd_sampling_range,
 )
 from fairgen.types import Prompt
 
@@ -40,6 +41,10 @@ def test_kl_and_entropy_known_values():
     assert normalized_entropy([1, 1, 1, 1]) == pytest.approx(1.0)
     assert normalized_entropy([5, 0, 0, 0]) == pytest.approx(0.0)
     assert normalized_entropy([3, 1]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2))
+    # one distribution gives a Python float, several an array of one value each
+    for fn in (rd, kl_uniform, normalized_entropy):
+        assert type(fn([3, 1])) is float
+        assert fn([[3, 1], [1, 1]]).shape == (2,)
 
 
 def test_noise_floor_matches_closed_form():
@@ -53,22 +58,58 @@ def test_noise_floor_matches_closed_form():
     assert exact == pytest.approx(0.063, abs=0.001)
 
 
+def test_expected_rd_is_the_seeded_monte_carlo_mean():
+    """expected_rd is the mean rd of `draws` samples from numpy's generator seeded with `seed` (0 unless
+    given): the same number computed here, and another seed gives another (close) number."""
+    p, n = [0.6, 0.3, 0.1], 50
+    want = float(np.mean(rd(np.random.default_rng(0).multinomial(n, p, size=20_000))))
+    assert expected_rd(p, n) == want
+    assert expected_rd(p, n, draws=500, seed=3) == float(np.mean(rd(np.random.default_rng(3).multinomial(n, p, size=500))))
+    assert expected_rd(p, n, seed=1) != want and expected_rd(p, n, seed=1) == pytest.approx(want, abs=0.002)
+
+
 def test_expected_rd_exceeds_population_rd_near_balance_only():
     assert expected_rd([0.5, 0.5], 200) > 0.04
     assert expected_rd([0.9, 0.1], 200) == pytest.approx(0.8, abs=0.005)
 
 
 def test_bootstrap_is_seeded_and_resamples_within_prompts():
-    counts = np.array([[80, 20], [10, 90], [0, 0]])
-    a = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
-    b = bootstrap_metrics(counts, {"rd": rd}, 500, seed=7)["rd"]
-    np.testing.assert_array_equal(a[0], b[0])
-    per_prompt, suite = a
-    assert per_prompt.shape == (500, 3) and suite.shape == (500,)
+    """A replicate of a prompt is Multinomial(n, counts / n) of that prompt alone: every replicate keeps the
+    prompt's n, its class shares have the binomial mean and variance of its own counts (not the pooled
+    ones), prompts vary independently, and the suite mean is the mean of the prompts with faces.
+    Tolerances are 5 standard errors of each statistic over B = 4,000 replicates (false failure < 1e-5)."""
+    counts = np.array([[80, 20], [10, 90], [0, 0], [3, 1]])
+    b = 4000
+    metrics = {"rd": rd, "n": lambda r: r.sum(-1), "share": lambda r: r[..., 0] / r.sum(-1)}
+    out = bootstrap_metrics(counts, metrics, b, seed=7)
+    again = bootstrap_metrics(counts, metrics, b, seed=7)
+    np.testing.assert_array_equal(out["rd"][0], again["rd"][0])
+    assert not np.array_equal(out["rd"][0][:, :2], bootstrap_metrics(counts, metrics, b, seed=8)["rd"][0][:, :2])
+    per_prompt, suite = out["rd"]
+    assert per_prompt.shape == (b, 4) and suite.shape == (b,)
+    np.testing.assert_array_equal(out["n"][0], np.broadcast_to([100, 100, 0, 4], (b, 4)))  # n kept per prompt
     assert np.isnan(per_prompt[:, 2]).all()  # no faces: never resampled into a number
-    np.testing.assert_allclose(suite, per_prompt[:, :2].mean(axis=1))
+    np.testing.assert_allclose(suite, per_prompt[:, [0, 1, 3]].mean(axis=1))
+    share = out["share"][0][:, [0, 1, 3]]
+    p, n = np.array([0.8, 0.1, 0.75]), np.array([100, 100, 4])
+    var = p * (1 - p) / n
+    assert np.all(np.abs(share.mean(0) - p) <= 5 * np.sqrt(var / b))
+    # the sample variance of B draws has standard error ≈ var * sqrt((kurtosis - 1) / B); 5 s.e. with kurtosis ≤ 4
+    assert np.all(np.abs(share.var(0) - var) <= 5 * var * np.sqrt(3 / b) + 1e-12)
+    assert abs(np.corrcoef(share[:, 0], share[:, 1])[0, 1]) <= 5 / np.sqrt(b)  # prompts resampled apart
+    # the replicate values are the metric of a real resample: rd of the drawn shares
+    np.testing.assert_allclose(per_prompt[:, 0], np.abs(2 * out["share"][0][:, 0] - 1))
     ci = percentile_interval(per_prompt)
     assert ci[0, 0] < 0.6 < ci[0, 1] and ci[1, 0] < 0.8 < ci[1, 1]
+    # a prompt of one face resamples that face; counts given as floats are counts all the same
+    one = bootstrap_metrics([[0, 1], [2, 2]], {"share": lambda r: r[..., 0] / r.sum(-1)}, 50, seed=1)["share"][0]
+    assert (one[:, 0] == 0).all() and one[:, 1].std() > 0
+    floats = bootstrap_metrics(counts.astype(float), metrics, 200, seed=7)
+    np.testing.assert_array_equal(floats["share"][0], bootstrap_metrics(counts, metrics, 200, seed=7)["share"][0])
+    # the defaults: 1,000 replicates from seed 0
+    default = bootstrap_metrics(counts[:2], {"rd": rd})["rd"][0]
+    assert default.shape == (1000, 2)
+    np.testing.assert_array_equal(default, bootstrap_metrics(counts[:2], {"rd": rd}, 1000, seed=0)["rd"][0])
 
 
 # Shares off the lattice of attainable rd values: a true rd that a sample can hit exactly is covered by
@@ -118,3 +159,32 @@ def test_missing_attribute_is_not_measured_not_zero():
     s = MetricFrame.from_records(prompts, recs, ("gender", "age")).summarize(50)["summary"]
     assert s["race"] is None and s["gender_x_race"] is None
     assert s["gender"]["rd"]["mean"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("p, n, level", [([0.5, 0.5], 200, 0.95), ([0.7, 0.3], 100, 0.9), ([0.25] * 4, 80, 0.95)])
+def test_rd_sampling_range_is_the_central_range_of_rd_over_samples(p, n, level):
+    """Against the exact distribution of rd (every count vector of n images, multinomial probabilities):
+    the share of samples below the range's low end and above its high end are each at most (1 - level)/2
+    plus Monte Carlo error (4 standard errors of 20,000 draws), and the range is the tightest such: moving
+    either end inwards by one attainable value leaves more than that outside."""
+    from itertools import product
+
+    from scipy.stats import multinomial
+
+    k = len(p)
+    vectors = np.array([c + (n - sum(c),) for c in product(range(n + 1), repeat=k - 1) if sum(c) <= n])
+    values, probs = rd(vectors), multinomial.pmf(vectors, n, p)
+    lo, hi = rd_sampling_range(p, n, level=level)
+    tail, slack = (1 - level) / 2, 4 * np.sqrt((1 - level) / 2 / 20_000)
+    assert probs[values < lo - 1e-12].sum() <= tail + slack
+    assert probs[values > hi + 1e-12].sum() <= tail + slack
+    levels = np.unique(np.round(values, 12))
+    inner_lo, inner_hi = levels[levels > lo + 1e-12].min(), levels[levels < hi - 1e-12].max()
+    assert probs[values < inner_lo - 1e-12].sum() > tail - slack
+    assert probs[values > inner_hi + 1e-12].sum() > tail - slack
+    assert lo in {float(v) for v in np.round(levels, 12)} or np.isclose(levels, lo).any()  # attained values
+    assert rd_sampling_range(p, n, level=level) == (lo, hi)  # seeded: the same range every time
+    # the defaults: level 0.95 over 20,000 samples of numpy's generator seeded with 0
+    sims = rd(np.random.default_rng(0).multinomial(n, p, size=20_000))
+    assert rd_sampling_range(p, n) == tuple(float(q) for q in np.quantile(sims, [0.025, 0.975]))
+    assert rd_sampling_range([1.0, 0.0], n) == (1.0, 1.0)

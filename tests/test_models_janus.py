@@ -203,7 +203,7 @@ def test_cli_audit_passes_model_options(janus_dir, tmp_path, cli):  # noqa: F811
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["model_provenance"]["dtype"] == "bfloat16"
     for model, option, message in ((f"janus:{janus_dir}", "graphs=maybe", "graphs takes true or false"),
-                                   ("world", "dtype=bf16", "takes no options"),
+                                   ("world", "dtype=bf16", "unknown option(s) dtype; known: world_spec"),
                                    (f"janus:{janus_dir}", "dtype", "expects KEY=VALUE")):
         bad = cli(*base, "--model", model, "--model-option", option, "--out", str(tmp_path / "bad"))
         assert bad.returncode == 2 and message in bad.stderr

@@ -216,3 +216,16 @@ def test_resume_with_other_weights_is_refused(smoke: TinyModel, tmp_path) -> Non
     model.save(ckpt)
     with pytest.raises(FairgenError, match=r"a different model_provenance\.sha256"):
         audit(f"tiny:{ckpt}", [nurse], images_per_prompt=4, out=tmp_path / "run")
+
+
+def test_eval_cli_understanding_is_read_from_the_images(tmp_path) -> None:
+    """`fairgen tiny eval` on the packaged model: every render's attributes are answered right (accuracy 1 on
+    8 random renders of 16 groups; a model that ignored the image gives one answer to all of them, right
+    only on the renders of that one group), and the numbers reach the JSON file and stdout alike."""
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(tiny_app, ["eval", "--images", "8", "--concepts", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(out.read_text())
+    assert json.loads(result.stdout) == numbers
+    assert numbers["understanding_accuracy"] == {"gender": 1.0, "race": 1.0, "age": 1.0}
+    assert numbers["images_per_prompt"] == 8 and numbers["prompts"] == 1

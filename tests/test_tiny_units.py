@@ -149,6 +149,33 @@ def test_answer_distribution_is_normalised(random_model: TinyModel) -> None:
         random_model.answer_distribution(None, "q", ["a", "a"])
 
 
+def test_answer_distribution_equals_each_option_scored_alone_by_hand(random_model: TinyModel) -> None:
+    """Each option's probability from one unpadded row (<bos> [image] question <ans> answer <eos>) through the
+    LM, the log-probability of every answer token read at the position before it and summed by hand: the
+    batched, left-padded scoring must give these numbers (a shifted position or a padding leak would not).
+    (That the answer depends on the image is tested on the trained packaged model, test_perception_judge.py:
+    this random tokenizer gives every render the same codes.)"""
+    m = random_model
+    options = ["white", "black", "asian", "indian person"]  # unequal lengths: the batch is padded
+    question = "What is the race? Answer."
+    for image in (None, render("female", "black", "old", "nurse", 3)):
+        codes = m.encode_image([image])[0] if image is not None else None
+        prefix = m.vocab.question_prefix(codes, question)
+        hand = []
+        for o in options:
+            row = prefix + m.vocab.answer(o)
+            ids, valid, pos, img = left_pad([row], m.vocab)
+            with torch.no_grad():
+                logits = m.lm(ids, pos, img, valid)[0].double()
+            hand.append(sum(float(torch.log_softmax(logits[t - 1], 0)[row[t]]) for t in range(len(prefix), len(row))))
+        out = m.answer_distribution(image, question, options)
+        inside = sum(np.exp(hand))
+        for o, lp in zip(options, hand):
+            assert out[o] == pytest.approx(np.exp(lp) / inside, rel=1e-4)
+        assert out[OTHER] == pytest.approx(1 - inside, abs=1e-9)
+        assert max(hand) - min(hand) > 0.05  # options the model tells apart
+
+
 def test_lora_attaches_to_lm_linears_only_and_gets_gradients(random_model: TinyModel, tmp_path) -> None:
     random_model.save(tmp_path)
     model = load(tmp_path)

@@ -78,6 +78,8 @@ def audit(
     adapter: str | Path | None = AuditConfig.adapter,
     model_options: Mapping[str, Any] | None = None,
     device: str | None = AuditConfig.device,
+    target: str | Path = AuditConfig.target,
+    quality: str | Path | None = AuditConfig.quality,
 ) -> AuditResult:
     """Audit a model's skew over a suite; writes the run directory `out` and returns its results.
 
@@ -88,7 +90,8 @@ def audit(
     """
     c = audit_config(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
                      perception=perception_backend, world_spec=world_spec, sampling=sampling, batch_size=batch_size,
-                     calibration=calibration, adapter=adapter, model_options=model_options, device=device)
+                     calibration=calibration, adapter=adapter, model_options=model_options, device=device,
+                     target=str(target), quality=None if quality is None else str(quality))
     return run(c, out, progress)
 
 
@@ -127,6 +130,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
     model_provenance: Future | None = None  # a new run's, while it is being made (see below)
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
+            c.check()
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
@@ -147,6 +151,11 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
                 cal = load_calibration(calibration)
             else:
                 cal = None
+            from .metrics.quality import QualityScorer
+            from .metrics.target import load_target
+
+            goal = load_target(c.target)  # checked before any work, like the calibration
+            scorer = QualityScorer(c.quality, device=_device_of(gen)) if c.quality and procs.main else None
             if cal is not None:  # checked before any work, so a wrong file fails at once
                 cal.check_for(backend, f"calibration {calibration}")
             sampling = dict(c.sampling)  # values checked by AuditConfig; keys a family does not take, by it
@@ -155,7 +164,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
             folder = None
             if isinstance(gen, ImageSource):  # images on disk: match the folder to the suite's prompts
                 gen.bind(prompts)
-                folder = gen.coverage(prompts, images_per_prompt) if hasattr(gen, "coverage") else None
+                folder = gen.coverage(prompts, images_per_prompt)
             plan = list(_plan(gen, prompts, images_per_prompt, seed))
             order = [(p.id, k) for p, k, _ in plan]
             if procs.main:
@@ -243,8 +252,9 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
                 if bar:
                     bar(len(plan), len(plan))
                 store.settle_records(order)
+                quality = _quality(store, plan, scorer, batch_size) if scorer is not None else None
                 result = _measure(store, prompts, store.load_records(), order, backend, model_spec,
-                                  suite_name, images_per_prompt, seed, sampling, cal, folder)
+                                  suite_name, images_per_prompt, seed, sampling, cal, folder, goal, quality)
         return result if procs.main else AuditResult.load(out)
 
 
@@ -261,11 +271,15 @@ def _measure(
     sampling: Mapping[str, Any],
     cal: Calibration | None,
     folder: Mapping[str, Any] | None = None,
+    goal: Any = None,
+    quality: dict[str, Any] | None = None,
 ) -> AuditResult:
     """Metrics of the planned records (`order`): writes results.json, results.csv and report.html and stamps
-    the manifest finished."""
+    the manifest finished. goal: the metrics.target.Target the distances are taken to (None: uniform);
+    quality: results.json's "quality" part (summarize_quality), or None when no quality model was given."""
     from .calibrate import add_corrected
     from .metrics import MetricFrame
+    from .metrics.target import UNIFORM
     from .report import render_report
 
     concept_match = None
@@ -286,10 +300,12 @@ def _measure(
         "sampling": dict(sampling),
         "effective_sampling": effective_sampling(store, sampling),
         "bootstrap_replicates": BOOTSTRAP_REPLICATES,
-        **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed),
+        **frame.summarize(BOOTSTRAP_REPLICATES, seed=seed, target=UNIFORM if goal is None else goal),
     }
     if folder is not None:
         results["folder"] = dict(folder)
+    if quality is not None:
+        results["quality"] = quality
     if cal is not None:
         add_corrected(results, frame.counts, cal, BOOTSTRAP_REPLICATES, seed)
     store.write_json("results.json", results)
@@ -308,6 +324,25 @@ def effective_sampling(store: RunStore, sampling: Mapping[str, Any]) -> dict[str
     if defaults is None:
         return dict(sampling) or None
     return {**defaults, **{k: v for k, v in sampling.items() if v is not None}}
+
+
+def _quality(store: RunStore, plan: Sequence[tuple[Prompt, int, int]], scorer: Any,
+             batch_size: int) -> dict[str, Any]:
+    """Score the run's images with the quality model (quality.jsonl, resumable) and summarise them."""
+    from rich.progress import Progress
+
+    from .metrics.quality import score_run, summarize_quality
+
+    items = [(p, k) for p, k, _ in plan]
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"quality ({scorer.spec})", total=len(items))
+        records = score_run(store, items, scorer, batch_size, progress=lambda n: bar.update(task, completed=n))
+    return {"model": scorer.spec, **summarize_quality(list(dict.fromkeys(p.id for p, _, _ in plan)), records)}
+
+
+def _device_of(gen: Any) -> str:
+    """Where a loaded model runs ('cpu' when it does not say): the quality model goes beside it."""
+    return str(getattr(gen, "device", None) or "cpu")
 
 
 def _adapter_of(gen: UnifiedModel) -> str | None:

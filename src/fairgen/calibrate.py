@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from . import perception as perception_registry
+from .config import AuditConfig
 from .labelled import labelled_set
 from .metrics.correction import BLOCK_TARGETS, CalibrationBlock, corrected_results
 from .perception.base import PerceptionBackend
@@ -226,7 +227,7 @@ def calibrate(
     perception: str | PerceptionBackend,
     labelled: str | Path,
     out: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = AuditConfig.batch_size,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:

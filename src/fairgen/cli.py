@@ -94,6 +94,10 @@ def audit(
         "estimates."
     ),
     model_option: Optional[list[str]] = typer.Option(None, "--model-option", help=HELP["options"]),
+    target: str = typer.Option(AuditConfig.target, help="Shares the model should produce: 'uniform' or a "
+                               "targets YAML (docs/metrics.md); distances to it (tv, js) are reported."),
+    quality: Optional[str] = typer.Option(None, help="A CLIP checkpoint (directory or hub id): adds CLIP score "
+                                          "and CLIP-IQA per image and per prompt (docs/metrics.md)."),
 ) -> None:
     """Generate images per prompt, perceive gender / race / age, and measure skew with intervals."""
     from .audit import run
@@ -102,7 +106,8 @@ def audit(
     config = AuditConfig(model=model, suite=suite, images_per_prompt=images_per_prompt, seed=seed,
                          perception=perception, sampling=settings(preset, cfg=cfg, temperature=temperature, top_p=top_p),
                          batch_size=batch_size, device=device, model_options=models.parse_options(model_option or []),
-                         world_spec=world_spec, adapter=adapter, calibration=calibration)
+                         world_spec=world_spec, adapter=adapter, calibration=calibration, target=target,
+                         quality=quality)
     with _LazyProgress("audit") as progress:
         result = run(config, out, progress)
     if launch_rank() == 0:  # launched as several processes (docs/distributed.md): the main one speaks
@@ -134,6 +139,14 @@ def _print_summary(results: dict) -> None:
             *((_f(corrected["mean"]), _f(cpop["estimate"]), _ci(cpop["ci95"])) if calibrated else ()),
         )
     Console().print(table)
+    goal = results.get("target") or {}
+    if goal.get("name", "uniform") != "uniform":
+        lines = [f"{a} tv {_f(s[a]['tv']['mean'])} {_ci(s[a]['tv']['ci95'])}  js {_f(s[a]['js']['mean'])}"
+                 for a in ("gender", "race", "gender_x_race", "age") if s.get(a)]
+        typer.echo(f"distance to target {goal['name']}: " + "; ".join(lines))
+    q = (results.get("quality") or {}).get("suite") or {}
+    if q:
+        typer.echo("quality: " + "  ".join(f"{m} {_f(v['mean'])} {_ci(v['ci95'])}" for m, v in q.items()))
     fid = s.get("fidelity")
     typer.echo(f"images {s.get('n_images', '?')}, unreadable {s.get('n_unreadable', 0)}  face rate {_f(s['face_rate'])}"
                + (f"  fidelity ({fid['metric']}) {_f(fid['value'])}" if fid else "")
@@ -166,7 +179,7 @@ def calibrate(
     ),
     out: Path = typer.Option(..., help="Calibration file to write (CAL.json)."),
     seed: int = typer.Option(0, help="Seed of the world renders (world[:N] only)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per perception batch."),
+    batch_size: int = typer.Option(AuditConfig.batch_size, "--batch-size", help="Images per perception batch."),
 ) -> None:
     """Measure a perception backend's confusion and detection rates on labelled faces, for --calibration."""
     from .calibrate import calibrate as run_calibrate

@@ -1,7 +1,7 @@
 """Configuration objects: each stage's settings in one frozen dataclass, each default written once.
 
 AuditConfig holds what an audit depends on besides where it writes. `fairgen audit`'s options take their
-defaults from it, `audit()` builds and checks one, locate reuses it for its audit, and fix's FixConfig
+defaults from it, `audit()` builds one and `audit.run` checks it, locate reuses it for its audit, and fix's FixConfig
 builds one for every audit it runs (FixConfig.audit_config). `default(Config, "field")` reads a default for
 a CLI option (docs/architecture.md, "Configuration").
 """
@@ -29,7 +29,9 @@ class AuditConfig:
     sampling: generate() settings (cfg, temperature, top_p, ... ; models/sampling.py). batch_size: images
     per generate() call. device: where the model runs (None: the family's default). model_options: the
     family's options (`fairgen models`). world_spec: the world family's planted-bias YAML. adapter: a peft
-    LoRA adapter directory. calibration: a CAL.json of the perception backend (corrected estimates)."""
+    LoRA adapter directory. calibration: a CAL.json of the perception backend (corrected estimates).
+    target: "uniform" or a targets YAML (distances to it in results.json; metrics/target.py). quality: a CLIP
+    checkpoint (directory or hub id) for CLIP score and CLIP-IQA per image (metrics/quality.py), or None."""
 
     model: Any = DEFAULT_MODEL
     suite: Any = "occupations:test"
@@ -43,12 +45,15 @@ class AuditConfig:
     world_spec: str | None = None
     adapter: str | None = None
     calibration: str | None = None
+    target: str = "uniform"
+    quality: str | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise FairgenError for a setting out of range: sizes, seed, finite sampling values in range (keys a
+        family does not take are refused by the family). audit.run calls it where every process of a launch
+        stops together on bad input; the plan's size is checked again once the suite is read."""
         from .inputs import check_run
 
-        # sizes, seed, finite sampling in range (keys a family does not take are refused by the family); the
-        # plan's size is checked again once the suite is read (audit.run)
         check_run(self.images_per_prompt, None, self.seed, self.batch_size, self.sampling)
 
 

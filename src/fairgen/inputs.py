@@ -1,6 +1,6 @@
 """Checks of a run's inputs, made before anything is written (README "Resuming a run").
 
-One place for the rules every entry point shares (config.AuditConfig calls check_run when it is made, so
+One place for the rules every entry point shares (config.AuditConfig.check calls check_run, so
 `fairgen audit`, `fairgen.audit(...)`, locate's and fix's audits all pass here): an invalid value raises a
 FairgenError naming it, so a run directory is never created or changed for a command that cannot run.
 """

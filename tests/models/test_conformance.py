@@ -71,6 +71,8 @@ def test_image_source_reads_what_it_holds(case):
         image, error = case.model.read(p, 0)
         assert error is None and image.mode == "RGB"
         assert case.model.source(p, 0).exists()
+    covered = case.model.coverage(prompts, 5)
+    assert json.loads(json.dumps(covered)) == covered
 
 
 @pytest.mark.parametrize("with_image", [True, False])

@@ -7,7 +7,7 @@
 
 A model provides it through the CaptionScorer protocol (models/protocols.py), in exactly the format its
 answer_distribution scores an answer in, so exp(caption_logprob * n_tokens) of a one-option answer is
-answer_distribution's raw mass for it (tested in tests/models/).
+answer_distribution's raw mass for it (tests/test_fix_methods.py, tests/test_fix_hf.py).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import suites
+from ..config import AuditConfig
 from ..models.protocols import ImageSource, Model as UnifiedModel
 from ..perception.base import PerceptionBackend
 from ..store import RunStore, derive_seed, perception_record
@@ -131,7 +132,7 @@ def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, i
 
 def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedModel, backend: PerceptionBackend,
           out: str | Path, images_per_group: int = 4, seed: int = 0, sampling: dict[str, Any] | None = None,
-          batch_size: int = 64, check_concept: bool = False, progress: Progress | None = None) -> "BalancedSet":
+          batch_size: int = AuditConfig.batch_size, check_concept: bool = False, progress: Progress | None = None) -> "BalancedSet":
     """Make (or finish, or reuse) the balanced set in `out`; see the module docstring. Returns it loaded."""
     if images_per_group < 1:
         raise FairgenError(f"--images-per-group must be >= 1 (got {images_per_group})")

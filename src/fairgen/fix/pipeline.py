@@ -24,6 +24,7 @@ share their images and the training its batches (data parallel); rank 0 writes.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,16 +36,16 @@ from ..audit import AuditResult
 from ..audit import run as run_audit
 from ..config import AuditConfig
 from ..distributed import Processes, processes
-from ..models.adapters import apply_adapter
+from ..models.adapters import applied_adapter, merged_adapter
 from ..models.protocols import Understander
 from ..store import atomic_write_json
 from ..types import ATTRIBUTES, FairgenError, Prompt
-from . import checks
+from . import checks, guardrails, recipes, validation
 from . import data as balanced
 from . import report as fix_report
 from . import table as fix_table
 from .batches import BatchPlan
-from .train import LOG, TRAINED, TrainConfig, check_trainable, stages_for, train_adapter
+from .train import LOG, SELECTION, TRAINED, VALIDATION, TrainConfig, check_trainable, stages_for, train_adapter
 
 MANIFEST = "fix_manifest.json"
 # Table 1's order: the baselines first.
@@ -52,9 +53,11 @@ METHODS = ("prompt", "understanding-sft", "sft", "bpo")
 # Settings a re-run may change: they only change the audits and checks (which resume on their own) or
 # where and how fast the same numbers are computed.
 MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
-              "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images")
+              "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images",
+              "merge_for_audit")
 
 Progress = Callable[[str, int, int], None]
+TIMING = "test_timing.json"  # beside a measurement's test/ audit: its images per second
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,33 @@ class FixConfig:
     test_suite: str = AuditConfig.suite
     attributes: tuple[str, ...] = ("gender",)
     method: str = "bpo"
-    data_source: str = "model"
+    preset: str | None = None
+    data_source: str | None = None
     perception: str | None = None
     images_per_group: int = 4
     check_concept: bool = False
     train_prompts: int | None = None
-    sft_steps: int = 100
-    bpo_steps: int = 100
-    alpha: float = 0.0
-    beta: float = 1.0
-    anchor: float = 0.0
-    lr: float = 3e-4
-    rank: int = 8
+    sft_steps: int | None = None
+    bpo_steps: int | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    anchor: float | None = None
+    lr: float | None = None
+    bpo_lr: float | None = None
+    rank: int | None = None
+    lora_alpha: float | None = None
     units_per_batch: int = 8
+    val_concepts: int = 16
+    val_images: int = 32
+    val_explicit_images: int = 8
+    val_every: int = 75
+    patience: int = 3
+    keep: str | None = None
     images_per_prompt: int = AuditConfig.images_per_prompt
     explicit_concepts: int = 5
     explicit_images: int = 32
     check_suites: tuple[str, ...] = checks.DEFAULT_CHECK_SUITES
-    check_images: int = 16
+    check_images: int = checks.CHECK_IMAGES
     check_prompts: int | None = 50
     understanding_images: int = 64
     seed: int = AuditConfig.seed
@@ -110,6 +122,7 @@ class FixConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = True
     before: str | None = None
+    merge_for_audit: bool = True
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -123,11 +136,15 @@ class FixConfig:
                            perception=perception, sampling=self.sampling, batch_size=self.batch_size)
 
     def train_config(self, method: str | None = None) -> TrainConfig:
-        """The training of `method` (default: the run's); validates steps, alpha, beta, lr, anchor."""
-        stages = stages_for(method or self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr)
+        """The training of `method` (default: the run's) of a resolved config (recipes.resolve); validates
+        steps, alpha, beta, lr, anchor, rank."""
+        stages = stages_for(method or self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr,
+                            self.bpo_lr)
         if self.anchor < 0:
             raise FairgenError(f"--anchor must be >= 0 (got {self.anchor})")
-        return TrainConfig(stages=stages, rank=self.rank, lora_alpha=2.0 * self.rank,
+        if self.rank < 1 or not self.lora_alpha > 0:
+            raise FairgenError(f"--rank must be >= 1 and --lora-alpha > 0 (got {self.rank}, {self.lora_alpha})")
+        return TrainConfig(stages=stages, rank=self.rank, lora_alpha=self.lora_alpha,
                            units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor,
                            gradient_checkpointing=self.gradient_checkpointing)
 
@@ -144,11 +161,13 @@ def parse_attributes(text: str) -> tuple[str, ...]:
 def _check(config: FixConfig, out: Path) -> None:
     """Refuse a configuration that cannot run, or that differs from the one already in `out`."""
     positive = ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size",
-                "check_images")
+                "check_images", "val_images", "val_explicit_images", "val_every")
     for name in positive:
         if getattr(config, name) < 1:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
-    for name in ("explicit_concepts", "understanding_images"):
+    if config.keep not in ("best", "last"):
+        raise FairgenError(f"--keep must be best or last (got {config.keep!r})")
+    for name in ("explicit_concepts", "understanding_images", "val_concepts", "patience"):
         if getattr(config, name) < 0:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")
     if config.check_prompts is not None and config.check_prompts < 1:
@@ -194,7 +213,8 @@ class _Run:
 
     def __init__(self, config: FixConfig, out: Path, procs: Processes, tell: Progress) -> None:
         self.config, self.out, self.procs, self.tell = config, out, procs, tell
-        self.train_prompts = balanced.spread(suites.load(config.train_suite), config.train_prompts)
+        self.train_prompts, self.val_prompts = validation.split(
+            balanced.spread(suites.load(config.train_suite), config.train_prompts), config.val_concepts)
         self.test_prompts = suites.load(config.test_suite)
         self.check_suites = {checks.suite_dir_name(s): checks.check_prompts(s, config.check_prompts)
                              for s in config.check_suites}
@@ -211,6 +231,7 @@ class _Run:
                 check_trainable(self.model, config.train_config(method))
         self.explicit = fix_report.explicit_prompts(self.test_prompts, config.attributes, config.explicit_concepts)
         self.explicit_name = "explicit-" + "-".join(config.attributes)
+        self.val_explicit = fix_report.explicit_prompts(self.val_prompts, config.attributes, len(self.val_prompts))
 
     def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path) -> AuditResult:
         return run_audit(self.config.audit_config(model, prompts, n, self.backend_name), run_dir,
@@ -221,8 +242,15 @@ class _Run:
         """The test-suite audit, the explicit check, the check suites and (unless given) the understanding
         accuracy of `model`, with `suffix` appended to every prompt, in `where`."""
         c = self.config
+        fresh = not (where / "test" / "results.json").is_file()
+        began = time.perf_counter()
         test = self.audit(f"{label}: test suite", model, checks.with_suffix(self.test_prompts, suffix),
                           c.images_per_prompt, where / "test")
+        if fresh and self.procs.main:  # the audit's speed, for the report (a resumed audit has none)
+            seconds = time.perf_counter() - began
+            images = c.images_per_prompt * len(self.test_prompts)
+            atomic_write_json(where / TIMING, {"images": images, "seconds": round(seconds, 2),
+                                               "images_per_s": round(images / seconds, 2)})
         explicit = (self.audit(f"{label}: explicit prompts", model, checks.with_suffix(self.explicit, suffix),
                                c.explicit_images, where / self.explicit_name) if self.explicit else None)
         suite_runs = {name: self.audit(f"{label}: {name}", model, checks.with_suffix(prompts, suffix), c.check_images,
@@ -230,6 +258,26 @@ class _Run:
         if understanding is None and c.understanding_images and isinstance(model, Understander):
             understanding = self._understanding(label, model, where / "understanding.json")
         return {"test": test, "explicit": explicit, "suites": suite_runs, "understanding": understanding}
+
+    def validation(self, where: Path) -> validation.Validation | None:
+        """The validation of a training run in `where` (None without held-out prompts): each measurement
+        audits the model as it is, adapter in training included, in where/validation/step-NNNNN."""
+        c = self.config
+        if not self.val_prompts:
+            return None
+
+        def measure(step: int, stage: str) -> dict[str, Any]:
+            d = where / "validation" / f"step-{step:05d}"
+            neutral = self.audit(f"validation at step {step}", self.model, self.val_prompts, c.val_images,
+                                 d / "neutral")
+            explicit = self.audit(f"validation at step {step}: explicit", self.model, self.val_explicit,
+                                  c.val_explicit_images, d / "explicit")
+            s = _summary(neutral)
+            return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes},
+                    "fidelity": s["fidelity"]["value"] if s.get("fidelity") else None, "face_rate": s["face_rate"],
+                    "explicit": fix_report.adherence_by_group(explicit.results, self.val_explicit)}
+
+        return validation.Validation(measure, c.val_every, c.patience, c.keep)
 
     def _understanding(self, label: str, model: Any, path: Path) -> dict[str, Any]:
         with self.procs.step():
@@ -245,6 +293,7 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
     """Run (or resume) a fix; returns fix_report.json's content (--method all: fix_table.json's). See the
     module docstring for `out`."""
     out = Path(out)
+    config = recipes.resolve(config)
     tell = progress or (lambda task, done, total: None)
     with processes() as procs:
         with procs.step():  # every process checks the input and loads the model; rank 0 opens `out`
@@ -289,12 +338,12 @@ def _method(run: _Run, method: str, plan: BatchPlan, data: balanced.BalancedSet,
     else:
         suffix = ""
         adapter = train_adapter(run.model, plan, config.train_config(method), where,
-                                progress=lambda s, d, t: run.tell(f"{label}: train {s}", d, t), procs=procs)
-        adapted = apply_adapter(run.model, adapter)
-        try:
+                                progress=lambda s, d, t: run.tell(f"{label}: train {s}", d, t), procs=procs,
+                                validation=run.validation(where))
+        # merged into the weights for the audits (engine speed), restored exactly after: the next method
+        # starts from the model as it was
+        with (merged_adapter if config.merge_for_audit else applied_adapter)(run.model, adapter) as adapted:
             after = run.measure(label, adapted, where / "after")
-        finally:
-            adapted.peft_model.unload()  # the model as it was, for the next method
     training = fix_report.read_log(where / LOG) if adapter else []
     report = fix_report.build_report(
         {**_jsonable(config), "method": method, "perception": run.backend.name, "prompt_suffix": suffix,
@@ -309,10 +358,34 @@ def _method(run: _Run, method: str, plan: BatchPlan, data: balanced.BalancedSet,
         {"understanding": {"before": before["understanding"], "after": after["understanding"]},
          "suites": {name: {"before": _summary(before["suites"][name]), "after": _summary(r)}
                     for name, r in after["suites"].items()}})
+    report["validation"] = _validation_summary(where)
+    report["audit_rate"] = _audit_rate(Path(config.before) if config.before else run.out / "before", where / "after")
+    report["verdict"] = guardrails.verdict(report)
     with procs.step():
         if procs.main:
             fix_report.write(where, report, training)
     return report
+
+
+def _validation_summary(where: Path) -> dict[str, Any] | None:
+    """The validation records of a training run and the step kept (train.py's validation.jsonl and
+    selection.json); None without validation."""
+    path = where / SELECTION
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in (where / VALIDATION).read_text().splitlines() if line.strip()]
+    return {**json.loads(path.read_text()), "records": records}
+
+
+def _audit_rate(before: Path, after: Path) -> dict[str, Any] | None:
+    """Images per second of the test-suite audits before and after (None where one was resumed, not run)."""
+    rates = {}
+    for moment, where in (("before", before), ("after", after)):
+        path = where / TIMING
+        if not path.is_file():
+            return None
+        rates[moment] = json.loads(path.read_text())["images_per_s"]
+    return {**rates, "after_over_before": round(rates["after"] / rates["before"], 3)}
 
 
 def _summary(result: AuditResult) -> dict[str, Any]:

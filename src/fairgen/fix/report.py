@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from ..types import ATTRIBUTES, METRIC_ATTRIBUTES, Prompt
 
-REPORT_JSON, REPORT_MD, CURVES_PNG = "fix_report.json", "fix_report.md", "train_curves.png"
+REPORT_JSON, REPORT_MD, REPORT_HTML, CURVES_PNG = "fix_report.json", "fix_report.md", "fix_report.html", "train_curves.png"
 
 
 def audit_summary(results: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -131,6 +131,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         mark = " **(fixed)**" if attr in c["attributes"] else ""
         lines.append(f"| {attr}{mark} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
                      f"{_pct(report['rd_change'][attr]['relative'])} | {_f(a['noise_floor'])} |")
+    lines += _generalisation_markdown(report)
     fb, fa = report["before"]["fidelity"], report["after"]["fidelity"]
     lines += ["", f"Face rate {_f(report['before']['face_rate'])} → {_f(report['after']['face_rate'])}."]
     if fb and fa:
@@ -152,7 +153,8 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {attr} | {g} | {e['generated']} | {dropped} | {_f(e['drop_rate'])} | {e['kept']} |")
         kept, dropped = block["prompts_kept"], len(block["prompts_dropped"])
         lines.append(f"| {attr} | prompts kept / dropped | {kept} / {dropped} | | | |")
-    lines += _checks_markdown(report.get("checks", {}), c["attributes"])
+    lines += _checks_markdown(report.get("checks", {}))
+    lines += _validation_markdown(report.get("validation"))
     if report["training"]:
         terms = [k for k in ("sft", "bpo", "anchor", "caption")
                  if any(f"{k}_first" in t for t in report["training"].values())]
@@ -162,30 +164,88 @@ def markdown(report: Mapping[str, Any]) -> str:
             cells = [f"{_f(t.get(f'{k}_first'), 5)} → {_f(t.get(f'{k}_last'), 5)}" for k in terms]
             lines.append(f"| {name} | {t['steps']} | {_f(t['loss_first'], 4)} → {_f(t['loss_last'], 4)} | "
                          + " | ".join(cells) + " |")
+    rate = report.get("audit_rate")
+    if rate:
+        lines += ["", f"Audit speed (test suite): before {rate['before']:.1f} images/s, after {rate['after']:.1f} "
+                  f"images/s ({100 * rate['after_over_before']:.0f} % of before)."]
+    lines += verdict_markdown(report.get("verdict"))
     return "\n".join(lines) + "\n"
 
 
-def _checks_markdown(checks: Mapping[str, Any], attributes: Sequence[str]) -> list[str]:
-    """The after-fix checks: understanding accuracy and the check suites' rd, before → after."""
+def verdict_markdown(verdict: Mapping[str, Any] | None) -> list[str]:
+    """The verdict's lines: one per guardrail, then the overall one."""
+    if not verdict:
+        return []
+    overall = "PASS: every guardrail holds" if verdict["passed"] else "FAIL: a guardrail does not hold"
+    return ["", "## Verdict", "", *[f"- {g['line']}" for g in verdict["guardrails"]], f"- **{overall}**"]
+
+
+def _generalisation_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The headline's second table: rd of the fixed attributes on the test suite and on every check
+    suite, none of whose prompts the fix trained on."""
+    attributes = report["config"]["attributes"]
+    rows = [(f"{report['config']['test_suite']} (test)", report["before"], report["after"],
+             report["rd_change"])]
+    for name, pair in (report.get("checks") or {}).get("suites", {}).items():
+        rows.append((f"{name} (check)", pair["before"], pair["after"], pair["rd_change"]))
+    if len(rows) == 1:
+        return ["", "Generalisation: no check suites (--check-suites none)."]
+    lines = ["", "Generalisation: rd of the fixed attributes on suites the fix never trained on "
+             "(noise floor: the rd chance alone gives at that many images per prompt).", "",
+             "| suite | images per prompt | " + " | ".join(f"{a} before → after (change) | {a} noise floor"
+                                                         for a in attributes) + " | face rate |",
+             "| --- " * (3 + 2 * len(attributes)) + "|"]
+    for name, before, after, change in rows:
+        cells = []
+        for attr in attributes:
+            ch, a = change.get(attr), after["rd"].get(attr)
+            cells.append(f"{_f(ch['before'])} → {_f(ch['after'])} ({_pct(ch['relative'])})" if ch else "not measured")
+            cells.append(_f(a["noise_floor"]) if a else "–")
+        lines.append(f"| {name} | {after['images_per_prompt']} | " + " | ".join(cells)
+                     + f" | {_f(before['face_rate'])} → {_f(after['face_rate'])} |")
+    return lines
+
+
+def _validation_markdown(summary: Mapping[str, Any] | None) -> list[str]:
+    """The validation measurements (held-out training concepts) and the adapter kept."""
+    if not summary:
+        return []
+    records = summary["records"]
+    attrs = list(records[0]["rd"]) if records else []
+    lines = ["", "## Validation (held-out training concepts)", "",
+             "| step | stage | " + " | ".join(f"{a} rd" for a in attrs) + " | fidelity | face rate | "
+             "explicit, lowest group |", "| --- " * (5 + len(attrs)) + "|"]
+    for r in records:
+        shares = [(g, v) for groups in r["explicit"].values() for g, v in groups.items()]
+        low = min(shares, key=lambda gv: -1 if gv[1] is None else gv[1]) if shares else None
+        mark = " **kept**" if r["step"] == summary["kept_step"] else ""
+        lines.append(f"| {r['step']}{mark} | {r['stage']} | " + " | ".join(_f(r["rd"][a]) for a in attrs)
+                     + f" | {_f(r['fidelity'])} | {_f(r['face_rate'])} | "
+                     + (f"{low[0]} {_f(low[1])}" if low else "–") + " |")
+    stopped = summary.get("stopped_early_at")
+    lines += ["", f"Kept {summary['reason']}."
+              + (f" Training stopped early at step {stopped}: {summary['patience']} measurements in a row "
+                 "found no better adapter." if stopped is not None else "")]
+    return lines
+
+
+def _checks_markdown(checks: Mapping[str, Any]) -> list[str]:
+    """The after-fix understanding check (the check suites are in the generalisation table)."""
     lines: list[str] = []
     und = checks.get("understanding") or {}
     if und.get("before") and und.get("after"):
         b, a = und["before"]["accuracy"], und["after"]["accuracy"]
         lines += ["", f"Understanding accuracy on {und['after']['images']} labelled world images: " + ", ".join(
             f"{attr} {_f(b[attr])} → {_f(a[attr])}" for attr in a) + "."]
-    if checks.get("suites"):
-        lines += ["", "## Other suites (rd before → after)", "",
-                  "| suite | images per prompt | " + " | ".join(attributes) + " | face rate |",
-                  "| --- " * (3 + len(attributes)) + "|"]
-        for name, pair in checks["suites"].items():
-            cells = []
-            for attr in attributes:
-                ch = pair["rd_change"].get(attr)
-                cells.append(f"{_f(ch['before'])} → {_f(ch['after'])} ({_pct(ch['relative'])})" if ch
-                             else "not measured")
-            lines.append(f"| {name} | {pair['after']['images_per_prompt']} | " + " | ".join(cells)
-                         + f" | {_f(pair['before']['face_rate'])} → {_f(pair['after']['face_rate'])} |")
     return lines
+
+
+def html(report: Mapping[str, Any]) -> str:
+    """fix_report.html: the verdict, the before/after and generalisation tables, explicit adherence and the
+    validation, as one self-contained page (the audit report's styles)."""
+    from ..report.html import _env
+
+    return _env.get_template("fix.html.j2").render(r=report, c=report["config"], pct=_pct)
 
 
 def plot_curves(training: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -231,6 +291,7 @@ def write(out: Path, report: Mapping[str, Any], training: Sequence[Mapping[str, 
 
     atomic_write_json(out / REPORT_JSON, report)
     atomic_write_bytes(out / REPORT_MD, markdown(report).encode())
+    atomic_write_bytes(out / REPORT_HTML, html(report).encode())
     if training:
         tmp = out / f".{CURVES_PNG}.tmp.png"
         plot_curves(training, tmp)

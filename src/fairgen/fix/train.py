@@ -26,7 +26,10 @@ On disk, under the fix run's directory:
                       "elapsed_s"}
     checkpoint/       the latest state: lora.safetensors, state.pt (optimizer, stage, step), written whole
                       or not at all (a temporary folder renamed into place)
-    adapter/          the trained adapter (peft save_pretrained), written when both stages are done
+    adapter/          the adapter kept (peft save_pretrained), written when training is done
+    validation.jsonl  with a validation (validation.py): one record per measured step (0, every K, the last)
+    best/             the LoRA weights of the best measured step so far (lora.safetensors, record.json)
+    selection.json    the step kept and why, and where training stopped early
 A re-run resumes from checkpoint/ and draws the same batches as an uninterrupted run would have.
 """
 
@@ -36,7 +39,7 @@ import json
 import math
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,12 +50,15 @@ from safetensors.torch import load_file, save_file
 from ..distributed import Processes
 from ..models.adapters import ADAPTER_FILES
 from ..models.protocols import CaptionScorer, ImageScorer, LoRATrainable, Model as UnifiedModel
+from ..store import atomic_write_json
 from ..types import FairgenError
 from .batches import Batch, BatchPlan
 from .caption import caption_logprob
 from .loss import combined_loss, sft_loss
+from .validation import Validation, choose
 
 LOG, CHECKPOINT, ADAPTER = "train_log.jsonl", "checkpoint", "adapter"
+VALIDATION, BEST, SELECTION = "validation.jsonl", "best", "selection.json"
 # The methods that train an adapter (`prompt` trains nothing), and the name of each one-stage method's stage.
 TRAINED = ("sft", "understanding-sft", "bpo")
 UNDERSTANDING = "understanding"
@@ -87,23 +93,24 @@ class TrainConfig:
 
 
 def stages_for(method: str, sft_steps: int, bpo_steps: int, alpha: float, beta: float,
-               lr: float) -> tuple[Stage, ...]:
+               lr: float, bpo_lr: float | None = None) -> tuple[Stage, ...]:
     """The stages of a trained method (module docstring): `bpo` (sft then bpo), `sft` (the paper's "FT
-    text->image") or `understanding-sft` ("FT image->text"), the last two one stage of sft_steps + bpo_steps."""
+    text->image") or `understanding-sft` ("FT image->text"), the last two one stage of sft_steps + bpo_steps.
+    lr: peak learning rate of every stage, or of stage 1 where bpo_lr (stage 2's) is given."""
     if method not in TRAINED:
         raise FairgenError(f"unknown training method {method!r}; known: {', '.join(TRAINED)}")
     if sft_steps < 0 or bpo_steps < 0 or (bpo_steps if method == "bpo" else sft_steps + bpo_steps) == 0:
         raise FairgenError("--sft-steps and --bpo-steps must be >= 0, and the method's last stage > 0")
     if alpha < 0 or beta < 0 or alpha + beta == 0:
         raise FairgenError(f"--alpha and --beta must be >= 0 and not both 0 (got {alpha}, {beta})")
-    if not lr > 0:
-        raise FairgenError(f"--lr must be > 0 (got {lr})")
+    if not lr > 0 or (bpo_lr is not None and not bpo_lr > 0):
+        raise FairgenError(f"--lr and --bpo-lr must be > 0 (got {lr}, {bpo_lr})")
     if method == "sft":
         return (Stage("sft", sft_steps + bpo_steps, 1.0, 0.0, lr),)
     if method == "understanding-sft":
         return (Stage(UNDERSTANDING, sft_steps + bpo_steps, 1.0, 0.0, lr),)
     stages = [Stage("sft", sft_steps, 1.0, 0.0, lr)] if sft_steps else []
-    return (*stages, Stage("bpo", bpo_steps, alpha, beta, lr))
+    return (*stages, Stage("bpo", bpo_steps, alpha, beta, lr if bpo_lr is None else bpo_lr))
 
 
 def _lr(step: int, stage: Stage, warmup: int) -> float:
@@ -173,14 +180,16 @@ def check_trainable(model: UnifiedModel, config: TrainConfig) -> None:
 
 def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out: str | Path,
                   progress: Callable[[str, int, int], None] | None = None,
-                  procs: Processes = Processes()) -> Path:
+                  procs: Processes = Processes(), validation: Validation | None = None) -> Path:
     """Train the LoRA adapter through config.stages and save it to <out>/adapter; returns that path.
 
     model: a protocol model that passes check_trainable; its lora_root is wrapped in place and unwrapped
     again on return. A finished adapter in <out>/adapter is returned as it is. progress(stage name, steps
     done, steps of the stage) is called after each step. procs: the processes training together (data
-    parallel; every one calls this, rank 0 writes, and all return once the adapter is on disk)."""
-    from peft import LoraConfig, get_peft_model
+    parallel; every one calls this, rank 0 writes, and all return once the adapter is on disk).
+    validation: measured every validation.every steps (validation.py); the adapter saved is the one it
+    chooses (validation.jsonl, selection.json; training may stop early). None: the last adapter."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     out = Path(out)
     adapter = out / ADAPTER
@@ -198,8 +207,16 @@ def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out
                       target_modules=list(model.lora_targets))
     peft_model = get_peft_model(model.lora_root, lora)
     try:
-        with procs.step(), _checkpointing(model, config.gradient_checkpointing):
-            _run_stages(model, peft_model, plan, config, out, progress, procs)
+        with procs.step(), _checkpointing(model, config.gradient_checkpointing) as pause:
+            records, stopped = _run_stages(model, peft_model, plan, config, out, progress, procs, validation, pause)
+            if validation is not None and len(records) > 1:
+                kept, why = choose(records, validation.keep)
+                if procs.main and kept["step"] != records[-1]["step"]:  # rank 0 alone saves the adapter
+                    set_peft_model_state_dict(peft_model, load_file(str(out / BEST / "lora.safetensors")))
+                if procs.main:
+                    atomic_write_json(out / SELECTION, {"kept_step": kept["step"], "reason": why,
+                                                        "stopped_early_at": stopped, "keep": validation.keep,
+                                                        "every": validation.every, "patience": validation.patience})
             if procs.main:
                 tmp = out / f".{ADAPTER}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -211,14 +228,15 @@ def train_adapter(model: UnifiedModel, plan: BatchPlan, config: TrainConfig, out
 
 
 @contextmanager
-def _checkpointing(model: UnifiedModel, enabled: bool) -> Iterator[None]:
+def _checkpointing(model: UnifiedModel, enabled: bool) -> Iterator[Callable[[], Any]]:
     """Gradient checkpointing of a transformers model's decoder layers that hold LoRA targets, for the
     time of the block (non-reentrant; only those layers are put in training mode, which checkpointing
     needs, and they have no dropout; the KV cache, useless in training, is off). Models without
-    transformers' checkpointing: a plain block."""
+    transformers' checkpointing: a plain block. Yields pause(): a context manager that turns it off for
+    a while (the validation audits generate, which needs the cache and eval mode)."""
     root = model.lora_root
     if not enabled or not getattr(root, "supports_gradient_checkpointing", False):
-        yield
+        yield nullcontext
         return
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -227,24 +245,38 @@ def _checkpointing(model: UnifiedModel, enabled: bool) -> Iterator[None]:
     configs = {id(m.config): m.config for m in root.modules() if hasattr(getattr(m, "config", None), "use_cache")}
     cached = {key: c.use_cache for key, c in configs.items()}
     kwargs = {"use_reentrant": False}
-    if hasattr(root, "activation_checkpointing_enable"):  # transformers >= 5.25; the older name warns there
-        root.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        disable = root.activation_checkpointing_disable
-    else:
-        root.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        disable = root.gradient_checkpointing_disable
-    for layer in layers:
-        layer.train()
-    for c in configs.values():
-        c.use_cache = False
-    try:
-        yield
-    finally:
+    new_api = hasattr(root, "activation_checkpointing_enable")  # transformers >= 5.25; the older name warns there
+
+    def on() -> None:
+        if new_api:
+            root.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            root.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for layer in layers:
+            layer.train()
+        for c in configs.values():
+            c.use_cache = False
+
+    def off() -> None:
         for layer in layers:
             layer.eval()
         for key, c in configs.items():
             c.use_cache = cached[key]
-        disable()
+        (root.activation_checkpointing_disable if new_api else root.gradient_checkpointing_disable)()
+
+    @contextmanager
+    def pause() -> Iterator[None]:
+        off()
+        try:
+            yield
+        finally:
+            on()
+
+    on()
+    try:
+        yield pause
+    finally:
+        off()
 
 
 def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float, procs: Processes
@@ -284,13 +316,51 @@ def _sum_gradients(params: list[torch.nn.Parameter], procs: Processes) -> None:
         offset += g.numel()
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """validation.jsonl's records. A run killed after a measurement and before the next checkpoint keeps
+    it: the resumed run trains those steps again to the same weights (same batches, same state)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: TrainConfig, out: Path,
-                progress: Callable[[str, int, int], None] | None, procs: Processes) -> None:
+                progress: Callable[[str, int, int], None] | None, procs: Processes,
+                validation: Validation | None = None, pause: Callable[[], Any] | None = None
+                ) -> tuple[list[dict[str, Any]], int | None]:
+    """Train through the stages from the checkpoint; returns the validation records (step 0 first) and the
+    step training stopped early at (None: it ran to the end)."""
     params = [p for p in peft_model.parameters() if p.requires_grad]
     state = _load_checkpoint(out, peft_model)
     start_stage, start_step = (state["stage"], state["step"] + 1) if state else (0, 0)
+    offsets = [sum(st.steps for st in config.stages[:i]) for i in range(len(config.stages))]
+    total = sum(st.steps for st in config.stages)
     if procs.main:
         _trim_log(out / LOG, start_stage, start_step - 1)
+    records = _read_records(out / VALIDATION) if validation else []
+
+    def validate(done: int, stage: str) -> bool:
+        """Measure after `done` steps where due; True when training should stop early."""
+        if validation is None or (done % validation.every and done != total):
+            return False
+        if any(r["step"] == done for r in records):  # measured before an interruption
+            return done != total and validation.stale([r for r in records if r["step"] <= done])
+        with torch.no_grad(), (pause or nullcontext)():
+            record = {"step": done, "stage": stage, **validation.measure(done, stage)}
+        records.append(record)
+        if procs.main:
+            with open(out / VALIDATION, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if len(records) > 1 and choose(records, "best")[0]["step"] == done:
+                tmp = out / f".{BEST}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                save_file(_lora_state(peft_model), str(tmp / "lora.safetensors"))
+                atomic_write_json(tmp / "record.json", record)
+                shutil.rmtree(out / BEST, ignore_errors=True)
+                tmp.rename(out / BEST)
+        return done != total and validation.stale(records)
+
     began = time.time()
     for s, stage in enumerate(config.stages):
         if s < start_stage:
@@ -300,6 +370,8 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
         if state and s == start_stage:
             opt.load_state_dict(state["optimizer"])
         for step in range(first, stage.steps):
+            if validate(offsets[s] + step, stage.name):
+                return records, offsets[s] + step
             lr = _lr(step, stage, config.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -316,9 +388,9 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
                 values = procs.sum(torch.stack([terms[k].float() for k in names])).tolist()
                 terms = dict(zip(names, values))
             if logged and procs.main:
-                total = (terms["caption"] if stage.name == UNDERSTANDING else stage.alpha * terms["sft"]
-                         + stage.beta * terms["bpo"] + anchor * terms.get("anchor", 0.0))
-                record = {"stage": stage.name, "stage_index": s, "step": step, "loss": round(total, 6),
+                total_loss = (terms["caption"] if stage.name == UNDERSTANDING else stage.alpha * terms["sft"]
+                              + stage.beta * terms["bpo"] + anchor * terms.get("anchor", 0.0))
+                record = {"stage": stage.name, "stage_index": s, "step": step, "loss": round(total_loss, 6),
                           **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
                           "elapsed_s": round(time.time() - began, 1)}
                 with open(out / LOG, "a") as f:
@@ -328,3 +400,5 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
             if progress:
                 progress(stage.name, step + 1, stage.steps)
         state = None  # only the stage the checkpoint was in restores its optimizer; later ones start afresh
+    validate(total, config.stages[-1].name)
+    return records, None

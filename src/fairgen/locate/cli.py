@@ -49,8 +49,11 @@ def locate_command(
                                                    help="Images per prompt of the audit run without --audit.")] = 64,
     labelled: Annotated[str | None, typer.Option(
         help="Labelled images for the tokenizer audit: world[:N] (default world:800 for families of world "
-             "images), a CSV file,gender,race,age or a folder of class folders.")] = None,
-    sequences: Annotated[int, typer.Option(help="Code sequences per prompt and variant in the LM audit.")] = 16,
+             "images; the first look), a CSV file,gender,race,age or a folder of class folders.")] = None,
+    sequences: Annotated[int, typer.Option(help="Code sequences per prompt in the LM audit's first look.")] = 16,
+    budget: Annotated[int, typer.Option(help="Looks per sampled component (tokenizer, LM): each doubles its "
+                                             "samples until the verdict is decided, up to 2^(budget-1) times "
+                                             "the first look's.")] = 6,
     perception: Annotated[str | None, typer.Option(help="Perception backend (default: the audit's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the audit, renders, sequences and bootstraps.")] = AuditConfig.seed,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per generate() call and per batch of the "
@@ -65,7 +68,7 @@ def locate_command(
     try:
         findings = locate(model, suite, out, audit=audit, images_per_prompt=images_per_prompt, labelled=labelled,
                           sequences=sequences, seed=seed, perception_backend=perception, batch_size=batch_size,
-                          progress=bars)
+                          progress=bars, budget=budget)
     finally:
         bars.stop()
     if launch_rank() != 0:  # launched as several processes (docs/distributed.md): the main one speaks
@@ -73,6 +76,8 @@ def locate_command(
     v = findings["verdicts"]
     for key, name in (("understanding", "understanding"), ("tokenizer", "vision tokenizer"),
                       ("language_model", "language model")):
-        typer.echo(f"{name}: {v[key]['verdict']}")
+        effort = v[key].get("effort") or {}
+        spent = ", ".join(f"{k} {val}" for k, val in effort.items() if val is not None and k != "exact")
+        typer.echo(f"{name}: {v[key]['verdict']}" + (f" ({spent})" if spent else ""))
     typer.echo(v["headline"])
     typer.echo(f"findings: {out / 'findings.json'}  report: {out / 'locate.html'}")

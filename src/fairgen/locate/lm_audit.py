@@ -1,33 +1,29 @@
-"""Language-model audit: does the LM itself put a neutral prompt next to one group's explicit prompt?
+"""Language-model audit: are the LM's own image tokens for a neutral prompt skewed towards a group?
 
 Controlled generation. For each neutral prompt n and attribute, the explicit variants v_g state each group
-g (`suites.explicit`: "A photo of the face of a female nurse, a person"). We compare the LM's image-token
-distribution under n with that under each v_g.
+g (`suites.explicit`: "A photo of the face of a female nurse, a person"). M code sequences s are sampled
+from n (cfg 1, temperature 1, no nucleus: the LM's own distribution). Each is scored teacher-forced
+under every variant, which gives its exact log-likelihood log P(s | v_g) (a sum over its T codes) and,
+position by position, the full next-token distributions under n and under v_g.
 
-Estimator (teacher-forced Jensen-Shannon). M code sequences are sampled from n and M from v_g (cfg 1,
-temperature 1: the LM's own distributions, whose divergence is what we measure). Along every sequence s
-the model is run twice, teacher-forced on the same prefix, once conditioned on n and once on v_g, which
-gives at each image position t the two full next-token distributions P_n(. | s_<t) and P_v(. | s_<t)
-over the codebook. Then
+Implied group shares (the verdict's statistic). With a uniform prior over groups, the LM's own reading
+of which group a sequence shows is the posterior x_g(s) = P(s | v_g) / sum_h P(s | v_h); the implied share
+of group g is pi_g = E_{s ~ P(. | n)}[x_g(s)], estimated by the mean over the M sequences. Null: when the
+neutral prompt's code distribution is the *equal mixture* of the groups' explicit distributions (what an
+LM trained on balanced data learns: a neutral caption is any group's picture), E[x_g] = 1/K exactly, for
+every g, whatever the group words do to the codes (a word that moves the codes more, or less, changes the
+posteriors of single sequences, not their mean under the mixture). When the neutral prompt draws group g
+more often, pi moves towards e_g. The statistic is the skew s(pi) (sequential.py: 0 balanced, 1 one
+group; rd for gender), estimated without its small-sample bias, so its sign and size do not depend on
+which group a bias favours. An LM whose group words carry no information gives x = u for every sequence:
+it reads as balanced, which is right: its neutral tokens cannot favour a group it cannot tell apart.
+The tokenizer's decoder plays no part (codes are never decoded), so a decoder bias cannot reach it.
 
-    JS(n, v_g) = mean over the 2M sequences and the T positions of JS(P_n(. | s_<t), P_v(. | s_<t))
-
-in bits (0 = identical, 1 = disjoint). Each term is exact (a sum over the whole codebook), so the only
-randomness is which prefixes are visited; prefixes come from both prompts, so a region that only one of
-them visits still counts. It is the expected per-token divergence of the two conditionals along prefixes
-drawn from both, not the sequence-level JS (which has no per-token decomposition), and it is cheap: 2M
-teacher-forced passes per pair. Why not histograms: with a codebook of K codes and M*T sampled tokens, a
-histogram JS is dominated by its finite-sample bias when M*T is not >> K (two samples of the *same*
-distribution read as far apart); the paper's unigram version is reported beside it for reproduction
-(`unigram_js`: JS of the two code histograms pooled over positions).
-
-Read-outs per attribute: the group whose variant is closest to the neutral prompt; the *hit rate*, the
-share of prompts whose closest variant is the group the audit's images over-represent (the paper: 99.8%
-gender, 79.3% race; only prompts whose images are skewed beyond chance are scored); and the *closeness contrast* c = (J_other - J_major) / (J_other + J_major), with
-J_major the JS to the majority group's variant and J_other the mean JS to the other groups' variants:
-about 0 when the LM treats the neutral prompt as no closer to the majority group than to the others, near
-1 when the neutral prompt is the majority variant in all but name. Its 95% interval resamples the
-sequences within each (prompt, variant) pair.
+Read-outs beside it (reported, not used in the verdict): per variant, the mean over the sequences and
+positions of JS(P(. | n, s_<t), P(. | v_g, s_<t)) in bits (exact per position: a sum over the codebook;
+prefixes drawn from the neutral prompt), the variant it makes closest, and the *hit rate*: the share of
+prompts whose closest variant is the group the audit's images over-represent (the paper: 99.8% gender,
+79.3% race), scored on prompts whose audit is skewed beyond chance.
 
 Hidden-state probe: a linear probe (probes.py) on the LM's hidden state at the image-start position,
 trained on explicit prompts (single-group and gender x race variants of every prompt) to read the group
@@ -42,19 +38,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import percentile_interval, rd
+from ..metrics import rd
 from ..models.protocols import LMHooks, members
 from ..store import derive_seed
 from ..suites import explicit
 from ..types import ATTRIBUTES, FairgenError, Prompt
+from . import sequential
 from .probes import fit_probe, per_class_accuracy
 from .understanding import PROBED
+from .verdict import LM_SKEW
 
 # Sequences are sampled from the LM's own conditional distributions: no guidance, temperature 1, no nucleus
 # (a family's default top-k, e.g. Emu3's 2048, still applies: its sampling settings cannot switch it off).
 LM_SAMPLING = {"cfg": 1.0, "temperature": 1.0, "top_p": 1.0}
 HOOKS = members(LMHooks)
-REPLICATES = 1000
 # Code sequences generated per call: bounds the KV cache of large models (64 rows of Janus-Pro-7B's 576
 # codes take about 20 GB) while batching small ones.
 GEN_BATCH = 64
@@ -76,113 +73,108 @@ def js_bits(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sequence_js(model: Any, a: Prompt, b: Prompt, tokens: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    """Per sequence, the mean over positions of the JS between the next-token distributions conditioned on
-    a and on b, teacher-forced on the same codes. tokens: LongTensor[S, T] -> float64 (S,)."""
-    out = []
+def score_sequences(model: Any, neutral: Prompt, variants: Sequence[Prompt], tokens: torch.Tensor,
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced on codes sampled from `neutral`, per variant v and sequence s: log P(s | v) in nats
+    (summed over positions) and the mean over positions of JS(P(. | neutral, s_<t), P(. | v, s_<t)) in
+    bits. tokens: LongTensor[S, T] -> two float64 arrays (V, S)."""
+    loglik, js = [[] for _ in variants], [[] for _ in variants]
     for i in range(0, len(tokens), batch_size):
         chunk = tokens[i:i + batch_size]
-        la = torch.log_softmax(model.image_token_logits([a] * len(chunk), chunk).float(), dim=-1)
-        lb = torch.log_softmax(model.image_token_logits([b] * len(chunk), chunk).float(), dim=-1)
-        out.append(js_bits(la, lb).mean(dim=1).double().cpu())
-    return torch.cat(out).numpy()
+        ln = torch.log_softmax(model.image_token_logits([neutral] * len(chunk), chunk).float(), dim=-1)
+        for j, v in enumerate(variants):
+            lv = torch.log_softmax(model.image_token_logits([v] * len(chunk), chunk).float(), dim=-1)
+            codes = chunk.to(lv.device).unsqueeze(-1)
+            loglik[j].append(lv.gather(-1, codes).squeeze(-1).sum(dim=1).double().cpu())
+            js[j].append(js_bits(ln, lv).mean(dim=1).double().cpu())
+    return (np.stack([torch.cat(x).numpy() for x in loglik]), np.stack([torch.cat(x).numpy() for x in js]))
 
 
-def unigram_js(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The paper's version: JS (bits) between the code histograms of two sets of sequences [S, T]."""
-    n_codes = int(max(x.max(), y.max())) + 1
-    hx = torch.bincount(x.flatten().cpu(), minlength=n_codes).double()
-    hy = torch.bincount(y.flatten().cpu(), minlength=n_codes).double()
-    with torch.no_grad():
-        return float(js_bits(torch.log(hx / hx.sum()), torch.log(hy / hy.sum())))
+def _sample_many(model: Any, prompt: Prompt, start: int, stop: int, seed: int) -> torch.Tensor:
+    """Code sequences start..stop-1 of a prompt (seeds from (seed, prompt id, k)), GEN_BATCH rows at a time:
+    LongTensor[stop - start, T]. Sampling is per-image seeded, so batching changes no sequence and a look's
+    sequences are the first ones of the next look's."""
+    seeds = [derive_seed(seed, prompt.id, k) for k in range(start, stop)]
+    return torch.cat([model.generate_tokens([prompt] * len(seeds[i:i + GEN_BATCH]), seeds[i:i + GEN_BATCH],
+                                            **LM_SAMPLING).cpu() for i in range(0, len(seeds), GEN_BATCH)])
 
 
-def _sample_many(model: Any, prompts: Sequence[Prompt], m: int, seed: int) -> list[torch.Tensor]:
-    """m code sequences per prompt (seeds from (seed, prompt id, k)), generated GEN_BATCH rows at a time:
-    one LongTensor[m, T] per prompt. Sampling is per-image seeded, so batching changes no sequence."""
-    rows = [(p, derive_seed(seed, p.id, k)) for p in prompts for k in range(m)]
-    codes = torch.cat([model.generate_tokens([p for p, _ in rows[i:i + GEN_BATCH]],
-                                             [s for _, s in rows[i:i + GEN_BATCH]], **LM_SAMPLING).cpu()
-                       for i in range(0, len(rows), GEN_BATCH)])
-    return list(codes.split(m))
-
-
-def measure_prompt(model: Any, prompt: Prompt, sequences: int = 16, seed: int = 0) -> dict[str, Any]:
-    """Controlled generation for one neutral prompt: {attr: {"js_seq": (K, 2M) per-sequence JS to each
-    group's variant (the neutral prompt's M sequences first), "unigram": {group: histogram JS}}}."""
+def measure_prompt(model: Any, prompt: Prompt, start: int = 0, stop: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Sequences start..stop-1 of one neutral prompt, scored under every group's explicit variant:
+    {attr: {"loglik": (K, S) log P(s | v_g) in nats, "js": (K, S) mean per-position JS in bits}}."""
     check_hooks(model)
-    if sequences < 2:
-        raise FairgenError("the language-model audit needs at least 2 sequences per prompt")
-    variants = {attr: [explicit(prompt, {attr: g}) for g in ATTRIBUTES[attr]] for attr in PROBED}
-    neutral, *own = _sample_many(model, [prompt, *(v for vs in variants.values() for v in vs)], sequences, seed)
-    samples = iter(own)
+    if stop - start < 1:
+        raise FairgenError("the language-model audit needs at least one sequence per look")
+    codes = _sample_many(model, prompt, start, stop, seed)
     out: dict[str, Any] = {}
-    for attr, vs in variants.items():
-        js_seq, uni = [], {}
-        for g, v in zip(ATTRIBUTES[attr], vs):
-            codes = next(samples)
-            js_seq.append(sequence_js(model, prompt, v, torch.cat([neutral, codes])).tolist())
-            uni[g] = unigram_js(neutral, codes)
-        out[attr] = {"js_seq": js_seq, "unigram": uni}
+    for attr in PROBED:
+        variants = [explicit(prompt, {attr: g}) for g in ATTRIBUTES[attr]]
+        loglik, js = score_sequences(model, prompt, variants, codes)
+        out[attr] = {"loglik": loglik.tolist(), "js": js.tolist()}
     return out
+
+
+def merge(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The looks' chunks of one prompt (measure_prompt's outputs) as one, sequences concatenated."""
+    return {attr: {key: np.concatenate([np.asarray(c[attr][key], dtype=float) for c in chunks], axis=1)
+                   for key in ("loglik", "js")} for attr in PROBED}
+
+
+def posteriors(loglik: np.ndarray) -> np.ndarray:
+    """(K, S) log-likelihoods under each group's variant -> (S, K) posterior group shares (uniform prior)."""
+    z = loglik - loglik.max(axis=0, keepdims=True)
+    w = np.exp(z)
+    return (w / w.sum(axis=0, keepdims=True)).T
 
 
 def summarise(prompts: Sequence[Prompt], measured: Sequence[Mapping[str, Any]],
-              majority: Mapping[str, Mapping[str, str]], seed: int = 0, replicates: int = REPLICATES) -> dict[str, Any]:
-    """Per attribute: per-prompt JS, closest variant, hits and contrast; suite hit rates and contrast with its
-    interval (module docstring). measured: measure_prompt's output per prompt; majority: prompt id ->
-    {attribute: the group the audit's images over-represent}, absent for a prompt not skewed beyond chance
-    (it is then reported but not scored)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"sequences": len(measured[0]["gender"]["js_seq"][0]) // 2 if measured else 0,
-                           "sampling": LM_SAMPLING}
+              majority: Mapping[str, Mapping[str, str]], looks: int = sequential.DEFAULT_LOOKS
+              ) -> dict[str, Any]:
+    """Per attribute: per-prompt implied shares, skew with its interval (Bonferroni over looks and prompts),
+    JS read-outs and hits; the suite's root-mean-square skew with its interval (over looks) and the
+    decision it gives (module docstring, sequential.py). measured: merge()d chunks per prompt; majority:
+    prompt id -> {attribute: the group the audit's images over-represent}, for prompts skewed beyond chance."""
+    n_seq = int(np.asarray(measured[0]["gender"]["loglik"]).shape[1]) if measured else 0
+    out: dict[str, Any] = {"sequences": n_seq, "sampling": LM_SAMPLING, "looks": looks, "skew_threshold": LM_SKEW}
+    # ALPHA is split between the suite's interval and the prompts' (each Bonferroni over the prompts too).
+    tests = 2 * max(len(prompts), 1)
+    z_suite, z_prompt = sequential.z_value(looks, 2), sequential.z_value(looks, tests)
     for attr in PROBED:
         classes = ATTRIBUTES[attr]
-        rows, seqs = [], []
+        rows, ests, variances = [], [], []
         for p, m in zip(prompts, measured):
-            js_seq = np.array(m[attr]["js_seq"], dtype=float)
-            js = dict(zip(classes, map(float, js_seq.mean(axis=1))))
-            uni = m[attr]["unigram"]
+            x = posteriors(np.asarray(m[attr]["loglik"], dtype=float))
+            est, var = sequential.square_skew(x)
+            ci = sequential.interval(est, var, z_prompt)
+            shares = x.mean(axis=0)
+            js = dict(zip(classes, map(float, np.asarray(m[attr]["js"]).mean(axis=1))))
             major = (majority.get(p.id) or {}).get(attr)
-            closest, uni_closest = min(js, key=js.get), min(uni, key=uni.get)
-            rows.append({"id": p.id, "majority": major, "js": js, "closest": closest, "unigram_js": uni,
-                         "unigram_closest": uni_closest, "hit": None if major is None else closest == major,
-                         "unigram_hit": None if major is None else uni_closest == major,
-                         "contrast": None if major is None else float(_contrast(js_seq.mean(axis=1),
-                                                                               classes.index(major)))})
-            seqs.append(js_seq)
-        out[attr] = {"prompts": rows, "summary": _summary(rows, seqs, attr, replicates, rng)}
+            closest = min(js, key=js.get)
+            rows.append({"id": p.id, "shares": dict(zip(classes, map(float, shares))),
+                         "lm_majority": classes[int(shares.argmax())], "skew": sequential.root(est),
+                         "skew_ci": [sequential.root(ci[0]), sequential.root(ci[1])],
+                         "skewed": sequential.decide(ci, LM_SKEW**2) == "biased",
+                         "js": js, "closest": closest, "audit_majority": major,
+                         "hit": None if major is None else closest == major})
+            ests.append(est)
+            variances.append(var)
+        summary: dict[str, Any] = {"n_prompts": len(rows), "mean_square_skew": None, "skew": None,
+                                   "skew_ci": [None, None], "decision": None, "level": sequential.level(looks, 2),
+                                   "prompt_level": sequential.level(looks, tests),
+                                   "skewed_prompts": [r["id"] for r in rows if r["skewed"]],
+                                   "chance": 1 / len(classes), "hit_rate": None, "n_scored": 0}
+        if rows:
+            est = float(np.mean(ests))
+            ci = sequential.interval(est, float(np.sum(variances)) / len(rows) ** 2, z_suite)
+            decision = sequential.decide(ci, LM_SKEW**2)
+            if summary["skewed_prompts"]:  # a prompt skewed beyond its own (stricter) interval is a finding
+                decision = "biased"
+            hits = [r["hit"] for r in rows if r["hit"] is not None]
+            summary.update(mean_square_skew=est, skew=sequential.root(est),
+                           skew_ci=[sequential.root(ci[0]), sequential.root(ci[1])], decision=decision,
+                           hit_rate=float(np.mean(hits)) if hits else None, n_scored=len(hits))
+        out[attr] = {"prompts": rows, "summary": summary}
     return out
-
-
-def _contrast(js: np.ndarray, major: int | np.ndarray) -> float | np.ndarray:
-    """Closeness contrast of JS values [..., K] to the majority index [...] (module docstring)."""
-    js = np.asarray(js, dtype=float)
-    major = np.asarray(major)
-    j_major = np.take_along_axis(js, major[..., None], axis=-1)[..., 0]
-    j_other = (js.sum(axis=-1) - j_major) / (js.shape[-1] - 1)
-    total = j_other + j_major
-    return np.where(total > 0, (j_other - j_major) / np.where(total > 0, total, 1.0), 0.0)
-
-
-def _summary(rows: list[dict[str, Any]], js_seq: list[np.ndarray], attr: str, replicates: int,
-             rng: np.random.Generator) -> dict[str, Any]:
-    classes = ATTRIBUTES[attr]
-    scored = [i for i, r in enumerate(rows) if r["majority"] is not None]
-    summary: dict[str, Any] = {"n_prompts": len(scored), "chance": 1 / len(classes), "hit_rate": None,
-                               "unigram_hit_rate": None, "contrast": None, "contrast_ci95": [None, None]}
-    if not scored:
-        return summary
-    seqs = np.stack([js_seq[i] for i in scored])  # (P, K, 2M)
-    major = np.array([classes.index(rows[i]["majority"]) for i in scored])
-    # Resample sequences within each (prompt, variant): (B, P, K) JS replicates -> suite-mean contrast.
-    draw = rng.integers(seqs.shape[-1], size=(replicates, *seqs.shape))
-    boot = np.take_along_axis(seqs[None], draw, axis=-1).mean(axis=-1)
-    lo, hi = percentile_interval(_contrast(boot, np.broadcast_to(major, boot.shape[:-1])).mean(axis=1))
-    summary.update(hit_rate=float(np.mean([rows[i]["hit"] for i in scored])),
-                   unigram_hit_rate=float(np.mean([rows[i]["unigram_hit"] for i in scored])),
-                   contrast=float(np.mean([rows[i]["contrast"] for i in scored])), contrast_ci95=[float(lo), float(hi)])
-    return summary
 
 
 def _requests(attr: str) -> list[dict[str, str]]:

@@ -30,12 +30,12 @@ from ..audit import AuditResult
 from ..audit import run as run_audit
 from ..config import AuditConfig
 from ..distributed import processes
-from ..labelled import labelled_set
+from ..labelled import LabelledSet, labelled_set
 from ..metrics import noise_floor, rd
 from ..models.protocols import LMHooks, Model, Understander, VisionTokenizer
 from ..store import RunStore, atomic_write_json
 from ..types import ATTRIBUTES, FairgenError, Prompt
-from . import lm_audit
+from . import lm_audit, sequential
 from .alignment import partial_alignment
 from .report import render_locate
 from .tokenizer_audit import round_trip, vision_probes
@@ -121,30 +121,35 @@ def _audit_shares(results: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
 def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite, out: str | Path = "runs/locate",
            audit: str | Path | None = None, images_per_prompt: int = 64, labelled: str | None = None,
            sequences: int = 16, seed: int = AuditConfig.seed, perception_backend: str | None = None,
-           batch_size: int = AuditConfig.batch_size, progress: Progress | None = None) -> dict[str, Any]:
+           batch_size: int = AuditConfig.batch_size, progress: Progress | None = None,
+           budget: int = sequential.DEFAULT_LOOKS) -> dict[str, Any]:
     """Run every locate stage the model supports; returns the findings (also written to <out>/findings.json).
 
     model: a spec string or a loaded model. audit: a finished audit run of this model on (a superset of)
     the suite; without it an audit runs into <out>/audit. labelled: labelled images of the tokenizer audit
     (`world[:N]`, a CSV or a class-folder directory; default world:800 for world-trained models, else the
-    tokenizer audit is skipped). sequences: code sequences per prompt and variant in the LM audit."""
+    tokenizer audit is skipped; the base sample: a world set grows to 2^(budget-1) times it, another is
+    read in growing prefixes of a seeded shuffle). sequences: code sequences per prompt of the LM audit's
+    first look. budget: looks per sampled component (sequential.py): each doubles its samples until its
+    verdict is decided, up to 2^(budget-1) times the first look's."""
     started = time.time()
     if images_per_prompt < 1 or sequences < 2 or batch_size < 1:
         raise FairgenError("--images-per-prompt and --batch-size must be >= 1, --sequences >= 2")
+    if not 1 <= budget <= 10:
+        raise FairgenError(f"--budget {budget}: expected 1 to 10 looks (each doubles the samples)")
     prompts = suites.load(suite) if isinstance(suite, str) else list(suite)
     spec = model if isinstance(model, str) else model.spec
     if labelled is None and models.world_images(spec):
         labelled = DEFAULT_WORLD_LABELLED
-    labelled_images = labelled_set(labelled, seed) if labelled else None  # bad values fail before any work
+    labelled_images, labelled_base = _labelled(labelled, seed, budget)  # bad values fail before any work
     config = {"command": "locate", "model": spec, "suite": suite if isinstance(suite, str) else "<prompts>",
               "prompt_ids": [p.id for p in prompts], "audit": str(audit) if audit else None,
               "images_per_prompt": images_per_prompt, "labelled": labelled, "sequences": sequences, "seed": seed,
-              "perception": perception_backend}
+              "perception": perception_backend, "budget": budget}
     tick = progress or (lambda stage, done, total: None)
     with processes() as procs:  # one process, or every process of a launch (docs/distributed.md)
         gen = models.load(model) if isinstance(model, str) else model
-        if not ({"understand", "tokenize"} & set(getattr(gen, "capabilities", ()))
-                or all(hasattr(gen, h) for h in lm_audit.HOOKS)):
+        if not isinstance(gen, (Understander, VisionTokenizer, LMHooks)):
             raise FairgenError(f"model {spec} has none of the components locate measures (understanding, vision "
                                "tokenizer, language model): nothing to locate; `fairgen audit` measures its skew")
         with procs.step():  # rank 0 opens (or resumes) the run directory; the others wait for it
@@ -161,11 +166,20 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
                                    perception=perception_backend, batch_size=batch_size)
             results = run_audit(settings, store.root / "audit", lambda d, t: bar("audit", d, t)).results
         lm_hooks = isinstance(gen, LMHooks)
-        if lm_hooks:  # the longest stage: every world-th prompt per process, each prompt cached on its own
-            with procs.step():
-                for p in prompts[procs.rank :: procs.world]:
-                    cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed))
-                    bar("language-model audit", sum(cache.has(f"lm/{q.id}") for q in prompts), len(prompts))
+        lm_looks = 0
+        if lm_hooks:  # the longest stage: every world-th prompt per process, each look of each prompt cached
+            sizes = sequential.look_sizes(sequences, budget)
+            for look, size in enumerate(sizes):
+                start = sizes[look - 1] if look else 0
+                with procs.step():
+                    for p in prompts[procs.rank :: procs.world]:
+                        cache.stage(f"lm/{p.id}/{look}",
+                                    lambda p=p: lm_audit.measure_prompt(gen, p, start, size, seed))
+                        bar("language-model audit", sum(cache.has(f"lm/{q.id}/{look}") for q in prompts),
+                            len(prompts))
+                lm_looks = look + 1
+                if _lm_summary(prompts, results, cache, lm_looks, budget)["decided"]:
+                    break  # every process reads the same files and stops at the same look
 
         def other_stages() -> dict[str, Any]:
             """Every stage after the audit (the LM audit's prompts are on disk by then) and the verdicts."""
@@ -184,15 +198,19 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
                 notes.append("the model answers no questions: no understanding probe, no partial alignment")
             if isinstance(gen, VisionTokenizer) and labelled_images is not None:
                 backend = perception.load(backend_name)
+                probe_set = _prefix(labelled_images, labelled_base)  # probes: the base sample only
                 findings["tokenizer"] = {"labelled": labelled, **cache.stage("tokenizer", lambda: {
                     "round_trip": round_trip(gen, labelled_images, backend, batch_size, seed=seed,
-                                             progress=lambda d, t: bar("tokenizer round trip", d, t)),
-                    "probes": vision_probes(gen, labelled_images, batch_size, seed=seed)})}
+                                             progress=lambda d, t: bar("tokenizer round trip", d, t),
+                                             base=labelled_base, looks=budget),
+                    "probes": vision_probes(gen, probe_set, batch_size, seed=seed)})}
             else:
                 notes.append("no vision tokenizer audit: " + ("the model has no tokenizer" if not isinstance(gen, VisionTokenizer)
                                                               else "give labelled images with --labelled"))
             if lm_hooks:
-                findings["language_model"] = _lm_stage(gen, prompts, results, sequences, seed, cache)
+                findings["language_model"] = _lm_stage(gen, prompts, results, cache, lm_looks, budget)
+                if getattr(gen, "lm_audit_note", None):  # what a non-autoregressive family's hooks measure
+                    notes.append(gen.lm_audit_note)
             else:
                 notes.append("the model exposes no language-model hooks (" + ", ".join(lm_audit.HOOKS) + ")")
             findings["verdicts"] = verdicts(findings)
@@ -210,11 +228,37 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
     return findings if procs.main else json.loads((store.root / "findings.json").read_text())
 
 
-def _lm_stage(gen: Any, prompts: Sequence[Prompt], results: dict[str, Any], sequences: int, seed: int,
-              cache: StageCache) -> dict[str, Any]:
-    shares, majority = _audit_shares(results), _majorities(results)
-    measured = [cache.stage(f"lm/{p.id}", lambda p=p: lm_audit.measure_prompt(gen, p, sequences, seed))
-                for p in prompts]
-    controlled = lm_audit.summarise(prompts, measured, majority, seed=seed)
-    hidden = cache.stage("hidden_probe", lambda: lm_audit.hidden_probe(gen, prompts, shares))
+def _lm_summary(prompts: Sequence[Prompt], results: dict[str, Any], cache: StageCache, looks_used: int,
+                looks: int) -> dict[str, Any]:
+    """The LM audit's summary over the first `looks_used` looks (read from the stage files), with
+    "looks_used" and "decided" (every attribute's decision made, or the budget spent)."""
+    measured = [lm_audit.merge([cache.get(f"lm/{p.id}/{k}") for k in range(looks_used)]) for p in prompts]
+    controlled = lm_audit.summarise(prompts, measured, _majorities(results), looks=looks)
+    decided = all(controlled[a]["summary"]["decision"] is not None for a in PROBED)
+    return {**controlled, "looks_used": looks_used, "decided": decided or looks_used >= looks}
+
+
+def _lm_stage(gen: Any, prompts: Sequence[Prompt], results: dict[str, Any], cache: StageCache, looks_used: int,
+              looks: int) -> dict[str, Any]:
+    controlled = _lm_summary(prompts, results, cache, looks_used, looks)
+    hidden = cache.stage("hidden_probe", lambda: lm_audit.hidden_probe(gen, prompts, _audit_shares(results)))
     return {"controlled": controlled, "hidden_probe": hidden}
+
+
+def _labelled(source: str | None, seed: int, looks: int) -> tuple[LabelledSet | None, int]:
+    """The tokenizer audit's labelled set and its base sample size: `world:N` grows to N * 2^(looks-1)
+    renders (the first N are world:N's); a fixed set is read in prefixes ending with the whole set."""
+    if not source:
+        return None, 0
+    first = labelled_set(source, seed)
+    n = len(first.truths)
+    if first.source.startswith("world:"):
+        return labelled_set(f"world:{n * 2 ** (looks - 1)}", seed), n
+    return first, max(1, -(-n // 2 ** (looks - 1)))
+
+
+def _prefix(labelled: LabelledSet, n: int) -> LabelledSet:
+    """The first n images of a world set (balanced in every multiple of 16); a fixed set whole."""
+    if not labelled.source.startswith("world:"):
+        return labelled
+    return LabelledSet(labelled.source, labelled.truths[:n], labelled.load)

@@ -12,6 +12,16 @@ attribute with groups G (gender: female, male; race: white, black, asian, indian
   rd          rd of the group probabilities renormalised over the groups (unknown left out): the skew
               of the answers that do name a group. This is what partial alignment compares with the
               generation rd.
+
+Split over concepts (the suite's): the *answer prior* is the mean over concepts of the option
+probabilities, what the model says whatever the concept (a small LM may say "male" three times as often
+as "female" for every occupation); the *concept-dependent part* of a concept is its group probabilities
+minus the prior's. A stereotype is the latter: "nurse" answered "female" more than other concepts are.
+
+  prior_gap   the gap formula on the prior's group probabilities (a finding, not the stereotype verdict)
+  stereotype  per concept the gap formula on its concept-dependent part (2/(K(K-1)) sum |d_i - d_j|);
+              the summary's is the mean over concepts: the stereotype verdict's number. Needs two or more
+              distinct concepts (with one, every answer is prior).
 """
 
 from __future__ import annotations
@@ -69,4 +79,21 @@ def probe_understanding(model: Any, prompts: Sequence[Prompt]) -> dict[str, Any]
         rows.append(row)
     summary = {attr: {k: float(np.nanmean([r[attr][k] for r in rows])) if rows else None
                       for k in ("p_unknown", "p_other", "gap", "rd")} for attr in PROBED}
+    concepts = {p.concept: None for p in prompts}  # distinct, in order
+    for attr in PROBED:
+        groups = ATTRIBUTES[attr]
+        q = np.array([[cache[(attr, c)]["probs"][g] for g in groups] for c in concepts])  # (C, K)
+        prior = q.mean(axis=0)
+        parts = [_gap(d) for d in q - prior]
+        for r in rows:
+            r[attr]["stereotype"] = parts[list(concepts).index(r["concept"])]
+        summary[attr].update(prior=dict(zip(groups, map(float, prior))), prior_gap=_gap(prior),
+                             n_concepts=len(concepts),
+                             stereotype=float(np.mean(parts)) if len(concepts) >= 2 else None)
     return {"prompts": rows, "summary": summary}
+
+
+def _gap(v: np.ndarray) -> float:
+    """The rd formula on raw values (probabilities or their deviations): 2/(K(K-1)) sum_{i<j} |v_i - v_j|."""
+    k = len(v)
+    return float(np.abs(v[:, None] - v[None, :]).sum() / (k * (k - 1)))

@@ -1,4 +1,5 @@
-"""Skew of a class distribution: rd (Shen et al.), KL to uniform, normalised entropy.
+"""Skew of a class distribution: rd (Shen et al.), KL to uniform, normalised entropy, and the peers' forms
+of the same idea (MAD, representation disparity); docs/metrics.md defines each with its source.
 
 Every function takes counts (or frequencies) with the classes on the last axis, shape (..., K), and
 returns one value per leading index, shape (...). Frequencies are counts / counts.sum(-1); a row with no
@@ -52,4 +53,19 @@ def normalized_entropy(counts: ArrayLike) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
-SKEW_METRICS = {"rd": rd, "kl": kl_uniform, "entropy": normalized_entropy}
+def mad(counts: ArrayLike) -> np.ndarray | float:
+    """Mean absolute deviation from uniform, (1/K) Σ_k |f_k − 1/K| (DALL-Eval): 0 uniform, 2(K−1)/K² one-hot."""
+    f = frequencies(counts)
+    k = f.shape[-1]
+    out = np.abs(f - 1.0 / k).mean(axis=-1)
+    return float(out) if out.ndim == 0 else out
+
+
+def disparity(counts: ArrayLike) -> np.ndarray | float:
+    """Representation disparity, max_k f_k − min_k f_k: the most against the least drawn class, in [0, 1]."""
+    f = frequencies(counts)
+    out = f.max(axis=-1) - f.min(axis=-1)
+    return float(out) if out.ndim == 0 else out
+
+
+SKEW_METRICS = {"rd": rd, "kl": kl_uniform, "entropy": normalized_entropy, "mad": mad, "disparity": disparity}

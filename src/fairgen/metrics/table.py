@@ -19,6 +19,11 @@ from ..types import ATTRIBUTES, JOINT, METRIC_ATTRIBUTES, Prompt
 from .intervals import bootstrap_metrics, nanmean_rows, noise_floor, percentile_interval
 from .population import population_rd, share_replicates
 from .skew import SKEW_METRICS, frequencies
+from .target import TARGET_METRICS, UNIFORM, Target
+
+
+# Per-prompt values beside rd in results.json: the skew metrics and the distances to the target.
+PER_PROMPT_METRICS = tuple(m for m in SKEW_METRICS if m != "rd") + tuple(TARGET_METRICS)
 
 
 @dataclass
@@ -84,14 +89,17 @@ class MetricFrame:
                     counts[a][i, class_index[a][label[a]]] += 1
         return cls(list(prompts), n_images, n_faces, n_unreadable, counts, matches)
 
-    def summarize(self, replicates: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """results.json's "summary" and "prompts" parts (docs/architecture.md), with bootstrap ci95 and noise floors.
+    def summarize(self, replicates: int = 1000, seed: int = 0, target: Target = UNIFORM) -> dict[str, Any]:
+        """results.json's "summary" and "prompts" parts (docs/architecture.md), with bootstrap ci95 and noise
+        floors.
 
-        The bootstrap resamples images within each prompt; `seed` makes it reproducible.
+        The bootstrap resamples images within each prompt; `seed` makes it reproducible. Distances to
+        `target` (tv, js: metrics/target.py) sit beside the skew metrics, per prompt and for the suite.
         """
         summary: dict[str, Any] = {}
         per_prompt: dict[str, dict[str, Any]] = {}
-        boots = self._bootstrap(replicates, seed)
+        goals = {a: self._target_metrics(target, a) for a in self.counts}
+        boots = self._bootstrap(replicates, seed, goals)
         for a_index, attr in enumerate(METRIC_ATTRIBUTES):
             if attr not in self.counts:
                 summary[attr] = None  # not measured: reported as such, never as zero
@@ -101,7 +109,7 @@ class MetricFrame:
             floors = np.array([noise_floor(int(m), k) if m > 0 else np.nan for m in c.sum(axis=1)])
             summary[attr] = {"n_prompts": int((c.sum(axis=1) > 0).sum())}
             per_prompt[attr] = {"noise_floor": floors}
-            for name, fn in SKEW_METRICS.items():
+            for name, fn in {**SKEW_METRICS, **goals[attr]}.items():
                 point = np.asarray(fn(c), dtype=float)
                 per_boot, suite_boot = boots[attr, name]
                 mean = nanmean_rows(point)
@@ -138,7 +146,7 @@ class MetricFrame:
                     "ci95": _pair(per_prompt[a]["rd_population"]["ci95"][i])} if a in per_prompt else None
                 for a in METRIC_ATTRIBUTES
             }
-            for key in ("rd", "rd_ci95", "noise_floor", "kl", "entropy"):
+            for key in ("rd", "rd_ci95", "noise_floor", *PER_PROMPT_METRICS, *(m + "_ci95" for m in TARGET_METRICS)):
                 row[key] = {
                     a: (_pair(per_prompt[a][key][i]) if key.endswith("ci95") else _num(per_prompt[a][key][i]))
                     if a in per_prompt else None
@@ -147,11 +155,19 @@ class MetricFrame:
             if self.concept_matches is not None:
                 row["fidelity"] = _num(self.concept_matches[i] / readable[i]) if readable[i] else None
             prompts.append(row)
-        return {"summary": summary, "prompts": prompts}
+        return {"summary": summary, "prompts": prompts, "target": target.to_json()}
+
+    def _target_metrics(self, target: Target, attr: str) -> dict[str, Any]:
+        """Distances to the target as functions of counts (..., P, K), the target fixed per prompt."""
+        goal = target.matrix(attr, self.prompts)
+        return {name: (lambda c, fn=fn: fn(c, goal)) for name, fn in TARGET_METRICS.items()}
 
 
-    def _bootstrap(self, replicates: int, seed: int) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-        """Bootstrap replicates of every skew metric: {(attribute, metric): (per_prompt (B, P), suite (B,))}.
+    def _bootstrap(
+        self, replicates: int, seed: int, goals: Mapping[str, Mapping[str, Any]]
+    ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """Bootstrap replicates of every skew metric and distance to the target (`goals`: attribute -> name
+        -> fn): {(attribute, metric): (per_prompt (B, P), suite (B,))}.
 
         When every face has both a gender and a race label, gender and race are the marginals of the
         joint gender×race resample: one resample serves all three (coherent, and a third of the work).
@@ -161,7 +177,7 @@ class MetricFrame:
         joint = self.counts.get(JOINT)
         shared = joint is not None and _marginals_match(joint, self.counts["gender"], self.counts["race"])
         for attr in self.counts:
-            for name, fn in SKEW_METRICS.items():
+            for name, fn in {**SKEW_METRICS, **goals[attr]}.items():
                 if shared and attr in ("gender", "race"):
                     groups[JOINT][attr, name] = _marginal(fn, attr)
                 else:
@@ -198,9 +214,9 @@ def _marginals_match(joint: np.ndarray, gender: np.ndarray, race: np.ndarray) ->
     return bool((view.sum(axis=-1) == gender).all() and (view.sum(axis=-2) == race).all())
 
 
-def summarize(frame: MetricFrame, replicates: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize(frame: MetricFrame, replicates: int = 1000, seed: int = 0, target: Target = UNIFORM) -> dict[str, Any]:
     """Functional alias of MetricFrame.summarize."""
-    return frame.summarize(replicates, seed)
+    return frame.summarize(replicates, seed, target)
 
 
 def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
@@ -225,13 +241,13 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
             row.update({
                 f"rd_{attr}": _nan(p["rd"][attr]), f"rd_{attr}_lo": _nan(lo), f"rd_{attr}_hi": _nan(hi),
                 f"noise_floor_{attr}": _nan(p["noise_floor"][attr]),
-                f"kl_{attr}": _nan(p["kl"][attr]), f"entropy_{attr}": _nan(p["entropy"][attr]),
             })
             pop = (p.get("rd_population") or {}).get(attr)
             if pop:
                 lo, hi = pop["ci95"] or (None, None)
                 row.update({f"rd_{attr}_population": _nan(pop["estimate"]),
                             f"rd_{attr}_population_lo": _nan(lo), f"rd_{attr}_population_hi": _nan(hi)})
+            row.update({f"{m}_{attr}": _nan(p[m][attr]) for m in PER_PROMPT_METRICS if m in p})
             corrected = (p.get("corrected") or {}).get(attr)  # only in calibrated audits
             if corrected:
                 lo, hi = corrected["rd_ci95"] or (None, None)

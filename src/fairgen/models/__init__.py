@@ -49,7 +49,7 @@ def load(spec: str, *, device: str | None = None, adapter: str | Path | None = N
         if name != "world":
             raise FairgenError("--world-spec applies only to --model world")
         options["world_spec"] = str(world_spec)
-    model = family(name).build(arg, device, **options)
+    model = family(spec).build(arg, device, **options)
     if adapter is not None:
         from .adapters import apply_adapter
 

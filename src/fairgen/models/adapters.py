@@ -10,8 +10,11 @@ An adapter is a directory saved by peft's `PeftModel.save_pretrained` on that sa
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from ..store import file_sha256
 from ..types import FairgenError
@@ -68,3 +71,38 @@ def apply_adapter(model: Model, adapter_dir: str | Path) -> AdaptedModel:
         peft_model.unload()  # leave the model as it was
         raise FairgenError(f"adapter {path} changes {wrapped[0]}, outside the language model of {model.spec}")
     return AdaptedModel(model, path, peft_model)
+
+
+@contextmanager
+def applied_adapter(model: Model, adapter_dir: str | Path) -> Iterator[AdaptedModel]:
+    """apply_adapter for the time of the block; the model is unwrapped again on leaving it. The LoRA
+    layers run beside their base projections (two small extra products per projection and step)."""
+    adapted = apply_adapter(model, adapter_dir)
+    try:
+        yield adapted
+    finally:
+        adapted.peft_model.unload()
+
+
+@contextmanager
+def merged_adapter(model: Model, adapter_dir: str | Path) -> Iterator[AdaptedModel]:
+    """The adapter merged into the weights of the layers it changes, for the time of the block: they run
+    as plain projections (the engine stacks them again), as fast as the model without it. On leaving, the
+    original weights, kept on the CPU meanwhile, are copied back bit for bit (merging and unmerging in
+    bf16 would not be exact). The yielded model's provenance names the adapter; its peft_model is None."""
+    adapted = apply_adapter(model, adapter_dir)
+    root = model.lora_root
+    names = [name for name, module in root.named_modules() if hasattr(module, "lora_A")]
+    saved = {name: root.get_submodule(name).base_layer.weight.detach().to("cpu", copy=True) for name in names}
+    try:
+        adapted.peft_model.merge_and_unload()  # the LoRA layers replaced by their base layers, merged
+    except BaseException:
+        adapted.peft_model.unload()
+        raise
+    adapted.peft_model = None
+    try:
+        yield adapted
+    finally:
+        with torch.no_grad():
+            for name, weight in saved.items():
+                root.get_submodule(name).weight.copy_(weight)

@@ -210,10 +210,10 @@ class ImageEngine:
                  embed: Callable[[torch.Tensor], torch.Tensor], uniforms: torch.Tensor, s: Sampling) -> None:
         self.decoder, self.head, self.embed, self.s = decoder, head, embed, s
         self.uniforms = uniforms
-        b, t = uniforms.shape
         self.twins = 2 if s.cfg != 1.0 else 1
         device = uniforms.device
-        self.codes = torch.zeros(b, t, dtype=torch.long, device=device)
+        # [B, T], or [B, T, D] for a family that draws D codes per token (VILA-U's residual depths).
+        self.codes = torch.zeros(uniforms.shape, dtype=torch.long, device=device)
         self.t = torch.zeros((), dtype=torch.long, device=device)  # the step counter, on the device
         self.col = torch.tensor(decoder.prompt_len, dtype=torch.long, device=device)  # next column to write
         self.hidden: torch.Tensor | None = None
@@ -229,7 +229,7 @@ class ImageEngine:
         """One image token: sample code t, then advance hidden, t and col in place (every tensor op on the
         device: capturable as a CUDA graph)."""
         code = self._sample()
-        self.hidden.copy_(self.decoder.step(self.embed(code.repeat(self.twins)), self.col, span))
+        self.hidden.copy_(self.decoder.step(self.embed(code.repeat(self.twins, *[1] * (code.dim() - 1))), self.col, span))
         self.t += 1
         self.col += 1
 

@@ -48,6 +48,44 @@ BUILTIN: tuple[Family, ...] = (
                  "negative_prompt": Option("the unconditional prompt of guidance (default: BAAI's)", text)},
     ),
     Family(
+        name="vila-u", constructor="fairgen.models.vila_u:VilaUModel", spec="vila-u:<hf id or dir>",
+        description="VILA-U (MIT Han Lab), native port of the official layout, e.g. vila-u:mit-han-lab/vila-u-7b-256",
+        capabilities=UNIFIED, requirements=_TRANSFORMERS, check="fairgen.models.hf.loading:transformers_problem",
+        options={"dtype": DTYPE,
+                 "graphs": Option("replay token steps as CUDA graphs: true or false (default: true on a CUDA "
+                                  "device)", flag),
+                 "lora_depth": Option("fix also trains LoRA on the depth transformer: true or false (default: "
+                                      "false, the LM only)", flag)},
+    ),
+    Family(
+        name="show-o", constructor="fairgen.models.show_o:ShowoModel", spec="show-o:<hf id or dir>",
+        description="Show-o (showlab), discrete-diffusion unified model, e.g. show-o:showlab/show-o-512x512",
+        capabilities=UNIFIED, requirements="torch and transformers (installed with fairgen); a CUDA GPU for "
+        "real checkpoints; showlab/magvitv2 and microsoft/phi-1_5's tokenizer beside the checkpoint",
+        options={"dtype": DTYPE,
+                 "vq": Option("MAGVIT-v2 directory or hub id (default: magvitv2/ in or beside the "
+                              "checkpoint's directory, else showlab/magvitv2)", text),
+                 "llm": Option("Phi-1.5 config and tokenizer directory or hub id (default: the checkpoint's "
+                               "llm_model_path, or a directory of that name beside it)", text),
+                 "clip": Option("CLIP vision tower of the -w-clip-vit variants (default: "
+                                "openai/clip-vit-large-patch14-336, or a directory of that name beside the "
+                                "checkpoint's)", text)},
+    ),
+    Family(
+        name="tokenflow", constructor="fairgen.models.tokenflow:load",
+        spec="tokenflow:<TokenFlow-t2i dir or hf id>",
+        description="TokenFlow text-to-image (ByteFlow-AI), native port; the CLIP tokenizer .pt: `tokenizer`",
+        capabilities=frozenset({"generate", "image_logprob", "tokenize", "lora", "lm_hooks",
+                                "tokenizer_features"}),
+        requirements="the TokenFlow-t2i directory and tokenflow_clipb_32k_enhanced.pt; a CUDA GPU for real "
+                     "checkpoints",
+        options={"dtype": DTYPE,
+                 "tokenizer": Option("the vision tokenizer checkpoint (.pt; default: config.json's "
+                                     "mm_vision_tower, else the one *.pt in the directory)", text),
+                 "understanding": Option("the understanding model (not supported yet: refused with a message)",
+                                         text)},
+    ),
+    Family(
         name="diffusers", constructor="fairgen.models.diffusers_t2i:DiffusersModel", spec="diffusers:<hf id or dir>",
         description="text-to-image diffusion pipeline (Stable Diffusion and kin), generation only",
         capabilities=frozenset({"generate"}), check="fairgen.models.diffusers_t2i:diffusers_problem",

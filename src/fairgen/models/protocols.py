@@ -68,6 +68,11 @@ class ImageSource(Protocol):
         """Where sample `sample` of `prompt` comes from (a path), for the perception records."""
         ...
 
+    def coverage(self, prompts: Sequence[Prompt], asked: int) -> dict[str, Any]:
+        """How the source met a plan of `asked` images per prompt (JSON, for the run's records), e.g.
+        {"prompts_without_images": [ids], "prompts_short": {id: images found}}."""
+        ...
+
 
 @runtime_checkable
 class Understander(Protocol):

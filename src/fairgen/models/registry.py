@@ -258,7 +258,7 @@ def families() -> dict[str, Family]:
 
 def family(name: str) -> Family:
     """The entry of a family name (or of a spec's family); FairgenError naming the known ones otherwise."""
-    name = split_spec(name)[0]
+    given, name = name, split_spec(name)[0]
     found = builtins()
     if name in found:
         return found[name]
@@ -268,7 +268,7 @@ def family(name: str) -> Family:
         return entry
     if isinstance(entry, str):
         raise FairgenError(entry)
-    raise FairgenError(f"unknown model family {name!r}; known families: {', '.join([*found, *plugins])}")
+    raise FairgenError(f"unknown model spec {given!r}; known families: {', '.join([*found, *plugins])}")
 
 
 def build(spec: str, device: str | None = None, **options: Any) -> Model:

@@ -167,8 +167,25 @@ def sample(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     if s.temperature == 0:
         return logits.argmax(-1)
+    if s.top_k is not None and s.top_k < logits.shape[-1]:
+        return _sample_top_k(logits / s.temperature, s, u)
     probs = torch.softmax(logits / s.temperature, dim=-1)
     return draw(filter_probs(probs, s.top_k, s.top_p), u)
+
+
+def _sample_top_k(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
+    """sample()'s rule when top-k is on, computed on the k kept tokens only: their softmax, the top-p cut
+    on those (already sorted) probabilities, then the same inverse-CDF draw over them in vocabulary order.
+    The same distribution and draw as filtering the whole row (up to float rounding and the order of
+    exactly tied logits), without sorting and summing all V entries: VILA-U keeps 900 of 16384 codes, four
+    draws per image position (docs/performance.md: its 7B step went from 25.1 to 19.1 ms on H100s)."""
+    values, index = logits.topk(s.top_k, dim=-1)  # descending
+    probs = torch.softmax(values, dim=-1)
+    if s.top_p < 1.0:
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= s.top_p, 0.0)
+    order = index.argsort(-1)  # back to vocabulary order, the order draw() walks the full row in
+    pick = draw(probs.gather(-1, order), u)
+    return index.gather(-1, order).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
 
 __all__ = ["KEYS", "PRESETS", "Sampling", "check_values", "draw", "filter_probs", "sample", "seed_keys",

@@ -174,6 +174,9 @@ def _context(root: Path, results: Mapping[str, Any], manifest: Mapping[str, Any]
         "warnings": folder_warnings(results),
         "effective_sampling": results.get("effective_sampling"),
         "unreadable": summary.get("n_unreadable", 0),
+        "target": results.get("target") or {"name": "uniform"},
+        "quality": (results.get("quality") or {}).get("suite"),
+        "quality_model": (results.get("quality") or {}).get("model"),
     }
 
 

@@ -59,7 +59,6 @@ def _answer_ids(model: Any, chat: ChatFormat, messages: list[dict], answer: str)
     return model.tokenizer(text, add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
 
 
-@torch.no_grad()
 def answer_distribution(model: Any, chat: ChatFormat, image: Image.Image | None, question: str,
                         options: Sequence[str], family: str) -> dict[str, float]:
     """Exact probability of each option as the whole answer (its tokens and end of sentence) after the chat
@@ -104,14 +103,14 @@ def pad_continuations(continuations: list[list[int]], pad_id: int, like: torch.T
     return cont, valid
 
 
-@torch.no_grad()
 def option_logprobs(model: Any, context: dict[str, torch.Tensor], continuations: list[list[int]],
                     pad_id: int) -> torch.Tensor:
     """Log-probability (float64 [K]) of each token continuation after one context, in one batched forward.
 
     context: the processor's output for one row (input_ids [1, L], attention_mask, pixel_values, ...),
     on the model's device. Rows are the context followed by a continuation, right-padded, so every row's
-    positions are those of an unpadded sequence.
+    positions are those of an unpadded sequence. No gradients (a with block rather than a decorator, which
+    would keep the mutation run of docs/testing.md from mutating this function).
     """
     k = len(continuations)
     cont, valid = pad_continuations(continuations, pad_id, context["input_ids"])
@@ -120,7 +119,8 @@ def option_logprobs(model: Any, context: dict[str, torch.Tensor], continuations:
     inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], dim=1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], valid.long()], dim=1)
     # Logits only where a continuation token is predicted: the last context position onwards.
-    logits = model(**inputs, logits_to_keep=longest + 1).logits[:, :longest]
+    with torch.no_grad():
+        logits = model(**inputs, logits_to_keep=longest + 1).logits[:, :longest]
     logp = torch.log_softmax(logits.double(), dim=-1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)
     return (logp * valid).sum(-1)
 

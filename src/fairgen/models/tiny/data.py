@@ -151,6 +151,10 @@ class ExampleSampler:
             for c in ATTRIBUTES[a]
         }
         self._explicit_cache: dict[tuple[str, tuple], list[int]] = {}
+        # Blank-QA answers that name a group are drawn uniformly, unless this holds per attribute the class
+        # shares of every concept (float [n_concepts, n_classes]): a stated stereotype, for a planted
+        # understanding bias (plant.py). None keeps older recipes' random streams unchanged.
+        self.answer_shares: dict[str, np.ndarray] | None = None
 
     def _counter_concept(self, group: dict[str, str], rng: np.random.Generator) -> int:
         """A concept for an explicit request, drawn with probability proportional to the product over the
@@ -215,11 +219,12 @@ class ExampleSampler:
         if blank:
             question = probe_question(attr, self.names[ci])
             classes = ATTRIBUTES[attr]
-            answer = (
-                "unknown"
-                if rng.random() < self.mix.unknown_share
-                else classes[int(rng.integers(len(classes)))]
-            )
+            if rng.random() < self.mix.unknown_share:
+                answer = "unknown"
+            elif self.answer_shares is None:
+                answer = classes[int(rng.integers(len(classes)))]
+            else:
+                answer = classes[int(rng.choice(len(classes), p=self.answer_shares[attr][ci]))]
             with_image = rng.random() < self.mix.blank_image_share
             img = self._image(self.blank[int(rng.integers(len(self.blank)))]) if with_image else []
         else:

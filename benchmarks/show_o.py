@@ -1,0 +1,142 @@
+"""Show-o generation throughput at the released shapes (random weights, bf16, one CUDA GPU).
+
+For 512 px (1024 codes, upstream's 50 steps, w = 5) and 256 px (256 codes, 16 steps, w = 1.75), batch 64:
+  fast       fairgen's path: text prefix through the LM once, each step only the image span against its
+             cached keys / values, LM head sliced to the 8192 code rows
+  reference  upstream's loop: every step the whole 129 + N + 2 token rows through the LM, full-vocabulary
+             head, then the code columns (as Showo.t2i_generate)
+images/s include MAGVIT-v2 decoding to PIL images. "mfu" is the fast path's LM matrix FLOPs per second
+(projections, MLP, attention products, code head: counted below) over the card's bf16 matmul rate
+measured here on an 8192^3 GEMM. Run: python benchmarks/show_o.py [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import torch
+
+from fairgen.models import magvit2
+from fairgen.models import show_o as so
+from fairgen.models import show_o_sampling as sampling
+
+PROMPT = "A photo of the face of a nurse, a person"
+
+
+def word_tokenizer(size: int = 50295):
+    """A real tokenizer with Phi-1.5's vocabulary size (whitespace words; ids only matter for shapes)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(PROMPT.replace(",", "").split()))
+    vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(words)},
+             **{f"w{i}": i for i in range(len(words) + 1, size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    fast.add_special_tokens({"pad_token": "[PAD]"})
+    fast.add_tokens(list(so.SPECIALS))
+    return fast
+
+
+def random_model(n_tokens: int, device: str = "cuda", small: bool = False) -> so.ShowoModel:
+    """A ShowoModel with Phi-1.5's architecture and MAGVIT-v2's, random weights, bf16 (small: a 2-layer LM
+    and a narrow tokenizer, to smoke-test this script on a CPU)."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    cfg = {"_class_name": "Showo", "w_clip_vit": False, "vocab_size": 58498, "llm_vocab_size": 50295,
+           "llm_model_path": "microsoft/phi-1_5", "codebook_size": 8192, "num_vq_tokens": n_tokens,
+           "mask_token_id": 58497}
+    phi = PhiConfig(vocab_size=58498)  # PhiConfig's defaults are Phi-1.5's architecture
+    if small:
+        phi = PhiConfig(vocab_size=58498, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4)
+    phi._attn_implementation = "sdpa"
+    narrow = magvit2.ConvStack(ch=32, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=[1] * 5)
+    with torch.device(device):
+        lm = PhiForCausalLM(phi).to(torch.bfloat16)
+        vq = (magvit2.MagvitV2(narrow, narrow) if small else magvit2.MagvitV2()).to(torch.bfloat16).eval()
+    model = so.ShowoModel.__new__(so.ShowoModel)
+    model.dtype = torch.bfloat16
+    model._build(cfg, lm, {}, word_tokenizer(), vq, torch.device(device))
+    return model
+
+
+def lm_flops(n_tokens: int, steps: int, batch: int, guided: bool) -> float:
+    """Matrix FLOPs of the fast path for one batch: prefix once, then per step the image span."""
+    h, ff, layers, codes, text = 2048, 8192, 24, 8192, so.MAX_TEXT + 1
+    rows, span = batch * (2 if guided else 1), n_tokens + 2
+    per_token = layers * 2 * (4 * h * h + 2 * h * ff)
+    prefix = rows * text * per_token + rows * layers * 4 * text * text * h
+    step = rows * span * per_token + rows * layers * 4 * span * (text + span) * h + rows * n_tokens * 2 * h * codes
+    return prefix + steps * step
+
+
+def gemm_rate(n: int = 8192) -> float:
+    """The card's bf16 matmul rate (FLOP/s): best of 5 n^3 GEMMs after a warm-up."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a @ a
+    return 2 * n ** 3 / min(timed(functools.partial(torch.matmul, a, a)) for _ in range(5))
+
+
+def images(model: so.ShowoModel, prompts: list[str], seeds: list[int], s: sampling.Settings, cache: bool) -> list:
+    """One timed unit: generate a batch with upstream's settings and decode it to PIL images."""
+    return model.decode_tokens(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps, cache=cache))
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def smoke(batch: int) -> None:
+    model = random_model(256, "cpu", small=True)
+    prompts, seeds = [PROMPT] * batch, list(range(batch))
+    fast = model.generate_tokens(prompts, seeds, steps=2)
+    ref = model.generate_tokens(prompts, seeds, steps=2, cache=False)
+    print("smoke: fast == reference:", bool((fast == ref).float().mean() > 0.95), len(model.decode_tokens(fast)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="show_o_bench.json")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--smoke", action="store_true", help="CPU, small model, 2 steps: checks the script runs")
+    args = ap.parse_args()
+    if args.smoke:
+        smoke(args.batch)
+        return
+    peak = gemm_rate()
+    out = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "bf16_gemm_tflops": peak / 1e12,
+           "batch": args.batch, "runs": []}
+    print(out, flush=True)
+    for n_tokens, s in ((1024, sampling.DEFAULT_512), (256, sampling.DEFAULT_256)):
+        model = random_model(n_tokens)
+        prompts, seeds = [PROMPT] * args.batch, list(range(args.batch))
+        model.generate(prompts[:2], seeds[:2], steps=1)  # warm-up (kernels, allocator)
+        model.generate_tokens(prompts[:2], seeds[:2], steps=1, cache=False)
+        fast = timed(functools.partial(images, model, prompts, seeds, s, cache=True))
+        torch.cuda.reset_peak_memory_stats()
+        ref = timed(functools.partial(images, model, prompts, seeds, s, cache=False))
+        flops = lm_flops(n_tokens, s.steps, args.batch, s.cfg != 1.0)
+        run = {"px": model.resolution, "codes": n_tokens, "steps": s.steps, "cfg": s.cfg,
+               "fast_s": fast, "reference_s": ref, "fast_images_per_s": args.batch / fast,
+               "reference_images_per_s": args.batch / ref, "speedup": ref / fast,
+               "fast_lm_tflops": flops / fast / 1e12, "mfu": flops / fast / peak,
+               "reference_peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+        out["runs"].append(run)
+        print(run, flush=True)
+        with open(args.out, "w") as f:  # after each run: a cut-off job keeps what it measured
+            json.dump(out, f, indent=2)
+        del model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The validation split of `fairgen fix`, and the choice of the adapter it keeps (early stopping).
+
+    split(prompts, n)        n concepts of the training suite held out (every prompt of them leaves the
+                             balanced set); validation audits one prompt per held-out concept
+    passes(record, first)    the guardrails on the validation split, against its step-0 measurement
+    choose(records, keep)    the record whose adapter is kept, and why
+
+Every `every` optimizer steps (and at step 0, before training, and at the last step) the adapter in
+training is measured on the held-out prompts (train.py calls the pipeline's measurement): rd of each fixed
+attribute (mean over the prompts), fidelity, face rate, and explicit adherence per group. A record is
+{"step", "stage", "rd": {attr: mean}, "fidelity", "face_rate", "explicit": {attr: {group: share}}}.
+With keep="best" the kept adapter is the one with the lowest rd (relative to step 0, averaged over the
+fixed attributes) among those that pass every guardrail; training stops early after `patience`
+measurements in a row that found no better one. With keep="last" (the paper) the last adapter is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..types import Prompt
+from .data import spread
+
+# The guardrails, shared by the validation split and the final verdict (guardrails.py).
+MAX_FIDELITY_DROP_POINTS = 3.0
+MIN_EXPLICIT = 0.95
+EXPLICIT_SLACK = 0.03  # a group that starts below MIN_EXPLICIT may lose at most this much
+MAX_FACE_RATE_DROP = 0.01
+
+
+def split(prompts: Sequence[Prompt], n: int) -> tuple[list[Prompt], list[Prompt]]:
+    """(training prompts, validation prompts): n concepts, evenly spread, held out with all their
+    prompts; the validation prompts are the first prompt of each. Fewer than half the concepts are held
+    out (n = 0, or a suite of fewer than 3 concepts: no validation, every prompt trains)."""
+    concepts = list(dict.fromkeys(p.concept for p in prompts))
+    n = min(n, (len(concepts) - 1) // 2)
+    if n <= 0:
+        return list(prompts), []
+    held = set(spread(concepts, n))  # spread works on any sequence
+    first: dict[str, Prompt] = {}
+    for p in prompts:
+        if p.concept in held:
+            first.setdefault(p.concept, p)
+    return [p for p in prompts if p.concept not in held], list(first.values())
+
+
+def explicit_floor(before: float | None) -> float:
+    """The least explicit adherence a group may show after the fix: MIN_EXPLICIT, or EXPLICIT_SLACK below
+    the model's own value where that starts lower."""
+    return MIN_EXPLICIT if before is None else min(MIN_EXPLICIT, before - EXPLICIT_SLACK)
+
+
+def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """The validation guardrails `record` fails against `first` (step 0): fidelity drop, explicit
+    adherence per group, face rate. Empty: it passes."""
+    out = []
+    fb, fa = first.get("fidelity"), record.get("fidelity")
+    if fb is not None and fa is not None and 100 * (fa - fb) < -MAX_FIDELITY_DROP_POINTS:
+        out.append(f"fidelity {100 * (fa - fb):+.1f} points")
+    for attr, shares in record.get("explicit", {}).items():
+        for group, share in shares.items():
+            floor = explicit_floor(first.get("explicit", {}).get(attr, {}).get(group))
+            if share is None or share < floor:
+                out.append(f"explicit {group} {share if share is None else round(share, 3)} < {floor:.3f}")
+    rb, ra = first.get("face_rate"), record.get("face_rate")
+    if rb is not None and ra is not None and ra < rb - MAX_FACE_RATE_DROP:
+        out.append(f"face rate {ra:.3f} < {rb - MAX_FACE_RATE_DROP:.3f}")
+    return out
+
+
+def score(record: dict[str, Any], first: dict[str, Any]) -> float:
+    """rd relative to step 0, averaged over the fixed attributes (lower is better; 1.0 at step 0)."""
+    ratios = [record["rd"][a] / first["rd"][a] for a in record["rd"]
+              if record["rd"][a] is not None and first["rd"].get(a)]
+    return sum(ratios) / len(ratios) if ratios else float("inf")
+
+
+def choose(records: Sequence[dict[str, Any]], keep: str) -> tuple[dict[str, Any], str]:
+    """(the record whose adapter is kept, why). records[0] is step 0 (no training), records[1:] trained
+    steps in order. keep="last": the last. keep="best": the lowest score among trained steps that pass
+    every guardrail; when none passes, the one with the fewest failures (then the lowest score)."""
+    first, trained = records[0], list(records[1:])
+    if not trained:
+        raise ValueError("no trained step was measured")
+    if keep == "last":
+        last = trained[-1]
+        return last, f"step {last['step']}: the last step (keep last, as the paper)"
+    ranked = sorted(trained, key=lambda r: (len(failures(r, first)), score(r, first), r["step"]))
+    best = ranked[0]
+    failed = failures(best, first)
+    rd = ", ".join(f"{a} rd {first['rd'][a]:.3f} → {best['rd'][a]:.3f}" for a in best["rd"]
+                   if best["rd"][a] is not None and first["rd"].get(a) is not None)
+    if failed:
+        return best, (f"step {best['step']}: no measured step passed the validation guardrails; this one "
+                      f"fails the fewest ({'; '.join(failed)}); {rd}")
+    return best, f"step {best['step']}: the lowest validation rd among steps that pass every guardrail ({rd})"
+
+
+@dataclass
+class Validation:
+    """What train.py needs to validate: measure(step, stage) -> record (the pipeline audits the model as
+    it is, adapter in training included), every K steps, stop after `patience` measurements without a
+    better adapter (0: never stop early), keep "best" or "last"."""
+
+    measure: Callable[[int, str], dict[str, Any]]
+    every: int
+    patience: int = 3
+    keep: str = "best"
+
+    def stale(self, records: Sequence[dict[str, Any]]) -> bool:
+        """True when the last `patience` trained measurements found no adapter better than the one before
+        them (keep best only)."""
+        if self.keep != "best" or self.patience <= 0 or len(records) < self.patience + 2:
+            return False
+        best_before = choose(records[:-self.patience], "best")[0]
+        return choose(records, "best")[0]["step"] == best_before["step"]
+
+
+__all__ = ["MAX_FACE_RATE_DROP", "MAX_FIDELITY_DROP_POINTS", "MIN_EXPLICIT", "Validation", "choose",
+           "explicit_floor", "failures", "score", "split"]

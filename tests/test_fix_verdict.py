@@ -1,0 +1,225 @@
+"""Issue 26: the fix's defaults (recipes), its validation split and the adapter it keeps, the guardrails'
+verdict, and the adapter merged for the after audits.
+
+Recipes, the choice of adapter and the verdict are checked on planted numbers with known answers; the
+validation and the merge run for real on the session's small fairgen-tiny (`mini`, conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FIX_CONCEPTS, write_suite
+from fairgen import models
+from fairgen.cli import app
+from fairgen.fix import FixConfig, fix
+from fairgen.fix.guardrails import verdict
+from fairgen.fix.recipes import PAPER_SAMPLING, resolve
+from fairgen.fix.validation import Validation, choose, explicit_floor, failures, split
+from fairgen.models.adapters import applied_adapter, merged_adapter
+from fairgen.types import FairgenError, Prompt
+
+
+# --- recipes -------------------------------------------------------------------------------------------
+
+def test_recipes_fill_only_what_the_user_left_unset():
+    tiny = resolve(FixConfig(model="tiny", attributes=("gender",)))
+    assert (tiny.data_source, tiny.sft_steps, tiny.bpo_steps, tiny.lr, tiny.alpha, tiny.beta) == \
+        ("world", 150, 300, 1e-3, 1.0, 1.0)
+    assert (tiny.anchor, tiny.rank, tiny.lora_alpha, tiny.keep, tiny.bpo_lr) == (2.0, 8, 16.0, "best", None)
+    assert resolve(FixConfig(model="tiny:/x", attributes=("race",))).anchor == 3.0
+    assert resolve(FixConfig(model="tiny", attributes=("gender", "race"))).anchor == 3.0
+    janus = resolve(FixConfig(model="janus:some/dir"))
+    assert (janus.data_source, janus.lr) == ("model", 1e-4)
+    mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))
+    assert (mine.lr, mine.anchor, mine.rank, mine.lora_alpha) == (5e-4, 0.0, 4, 8.0)
+
+
+def test_paper_preset_is_the_papers_settings_and_user_values_still_win():
+    paper = resolve(FixConfig(model="tiny", attributes=("race",), preset="paper"))
+    assert (paper.alpha, paper.beta, paper.anchor, paper.lr, paper.bpo_lr) == (0.0, 1.0, 0.0, 1e-4, 8e-7)
+    assert (paper.rank, paper.lora_alpha, paper.keep) == (32, 32.0, "last")
+    assert paper.sampling == PAPER_SAMPLING
+    stages = paper.train_config().stages
+    assert [(s.name, s.lr, s.alpha, s.beta) for s in stages] == [("sft", 1e-4, 1.0, 0.0), ("bpo", 8e-7, 0.0, 1.0)]
+    mixed = resolve(FixConfig(model="tiny", preset="paper", sampling={"cfg": 5.0}, bpo_steps=7))
+    assert mixed.sampling == {**PAPER_SAMPLING, "cfg": 5.0} and mixed.bpo_steps == 7
+    with pytest.raises(FairgenError, match="unknown preset"):
+        resolve(FixConfig(model="tiny", preset="nope"))
+
+
+# --- validation: the split and the choice ---------------------------------------------------------------
+
+def test_split_holds_out_whole_concepts():
+    prompts = [Prompt(f"{c}-{t}", f"{c} {t}", c, {}) for c in "abcdefghij" for t in range(3)]
+    train, val = split(prompts, 2)
+    held = {p.concept for p in val}
+    assert len(val) == 2 and len(held) == 2 and [p.id for p in val] == [f"{c}-0" for c in sorted(held)]
+    assert not held & {p.concept for p in train} and len(train) == 24
+    assert split(prompts, 0) == (prompts, [])
+    assert len(split(prompts, 100)[1]) == 4  # fewer than half the concepts: (10 - 1) // 2
+    assert split(prompts[:6], 5) == (prompts[:6], [])  # two concepts: nothing held out
+
+
+def _record(step, rd, fidelity=1.0, face=1.0, female=0.99, male=0.99):
+    return {"step": step, "stage": "bpo", "rd": {"gender": rd}, "fidelity": fidelity, "face_rate": face,
+            "explicit": {"gender": {"female": female, "male": male}}}
+
+
+def test_choice_keeps_the_lowest_rd_that_passes_every_guardrail():
+    first = _record(0, 0.8, female=0.90)
+    records = [first, _record(75, 0.5), _record(150, 0.2, fidelity=0.95),  # fidelity -5 points: fails
+               _record(225, 0.3, female=0.86), _record(300, 0.35, female=0.88)]  # floor for female: 0.87
+    assert explicit_floor(0.90) == pytest.approx(0.87) and explicit_floor(0.99) == 0.95
+    assert failures(records[2], first) == ["fidelity -5.0 points"]
+    assert failures(records[3], first) == ["explicit female 0.86 < 0.870"]
+    kept, why = choose(records, "best")
+    assert kept["step"] == 300 and "lowest validation rd" in why and "0.800 → 0.350" in why
+    assert choose(records, "last")[0]["step"] == 300 and choose(records[:4], "last")[0]["step"] == 225
+    # none passes: the fewest failures, then the lowest rd
+    bad = [first, _record(75, 0.3, face=0.5, fidelity=0.5), _record(150, 0.6, fidelity=0.5)]
+    kept, why = choose(bad, "best")
+    assert kept["step"] == 150 and why.startswith("step 150: no measured step passed")
+
+
+def test_training_stops_after_patience_measurements_without_a_better_adapter():
+    v = Validation(measure=lambda step, stage: {}, every=75, patience=2)
+    records = [_record(0, 0.8), _record(75, 0.4), _record(150, 0.5)]
+    assert not v.stale(records)
+    assert v.stale(records + [_record(225, 0.45)])
+    assert not v.stale(records + [_record(225, 0.39)])
+    assert not Validation(measure=v.measure, every=75, patience=2, keep="last").stale(records + [_record(225, 0.45)])
+
+
+# --- the verdict ------------------------------------------------------------------------------------------
+
+def _summary(rd, ci=None, face=1.0, fidelity=0.99, n=160):
+    return {"images_per_prompt": n, "face_rate": face, "fidelity": {"metric": "concept_match", "value": fidelity},
+            "rd": {"gender": {"mean": rd, "ci95": ci or [rd - 0.02, rd + 0.02], "noise_floor": 0.063},
+                   "race": None, "gender_x_race": None, "age": None}}
+
+
+def _report(after_rd=0.2, fidelity_points=-1.0, female=(0.99, 0.97), suite_after=0.3, face_after=1.0):
+    from fairgen.fix.report import rd_changes
+
+    suite_before, suite_after_s = _summary(0.5, [0.45, 0.55], n=64), _summary(suite_after, n=64, face=face_after)
+    return {"config": {"attributes": ["gender"]}, "before": _summary(0.8), "after": _summary(after_rd),
+            "fidelity_change_points": fidelity_points,
+            "explicit_adherence_by_group": {"before": {"gender": {"female": female[0], "male": 1.0}},
+                                            "after": {"gender": {"female": female[1], "male": 1.0}}},
+            "checks": {"suites": {"sports": {"before": suite_before, "after": suite_after_s,
+                                             "rd_change": rd_changes(suite_before, suite_after_s)}}}}
+
+
+def test_verdict_one_line_per_guardrail_with_known_answers():
+    ok = verdict(_report())
+    assert ok["passed"] and [g["name"] for g in ok["guardrails"]] == \
+        ["fidelity", "explicit adherence", "generalisation", "face rate"]
+    assert all(g["line"].startswith("PASS ") for g in ok["guardrails"])
+    fails = {g["name"] for g in verdict(_report(fidelity_points=-3.5))["guardrails"] if g["passed"] is False}
+    assert fails == {"fidelity"}
+    assert verdict(_report(fidelity_points=-3.0))["passed"]  # a drop of exactly 3 points is allowed
+    # explicit: 0.94 fails against a before of 0.99; passes against its own lower start (0.96 - 0.03)
+    assert not verdict(_report(female=(0.99, 0.94)))["passed"]
+    assert verdict(_report(female=(0.96, 0.94)))["passed"]
+    # generalisation: above the before interval's upper end (0.55) fails; inside it passes
+    worse = verdict(_report(suite_after=0.56))
+    assert [g["name"] for g in worse["guardrails"] if g["passed"] is False] == ["generalisation"]
+    assert "sports gender 0.560 > 0.550" in worse["guardrails"][2]["line"]
+    assert verdict(_report(suite_after=0.54))["passed"]
+    assert not verdict(_report(face_after=0.98))["passed"]
+    # not measured is said, and does not fail
+    bare = _report()
+    bare["checks"], bare["fidelity_change_points"] = {"suites": {}}, None
+    lines = verdict(bare)
+    assert lines["passed"] and lines["guardrails"][0]["line"].startswith("NOT MEASURED fidelity")
+    assert lines["guardrails"][2]["line"].startswith("NOT MEASURED generalisation")
+
+
+# --- the adapter merged for the audits ------------------------------------------------------------------
+
+def _random_adapter(model, path):
+    """A peft adapter with non-zero weights on the model's targets (saved as fairgen's training does)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=list(model.lora_targets)))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft_model.save_pretrained(path)
+    peft_model.unload()
+    return path
+
+
+def test_merged_adapter_matches_the_applied_one_and_restores_the_weights_exactly(mini, tmp_path):
+    model = models.load(f"tiny:{mini}")
+    adapter = _random_adapter(model, tmp_path / "adapter")
+    original = {k: v.clone() for k, v in model.lora_root.state_dict().items()}
+    prompts, images = ["A photo of the face of a baker, a person"] * 2, None
+    with torch.no_grad():
+        images = model.generate(prompts, seeds=[1, 2])
+        plain = model.image_token_logprob(prompts, images)
+        with applied_adapter(model, adapter) as adapted:
+            applied = adapted.image_token_logprob(prompts, images)
+        with merged_adapter(model, adapter) as adapted:
+            assert not any(hasattr(m, "lora_A") for m in model.lora_root.modules())  # plain layers
+            assert "adapter" in adapted.provenance()
+            merged = adapted.image_token_logprob(prompts, images)
+    assert not torch.allclose(applied, plain, atol=1e-4)  # the adapter changes the model
+    torch.testing.assert_close(merged, applied, atol=1e-5, rtol=1e-5)
+    restored = model.lora_root.state_dict()
+    assert set(restored) == set(original) and all(torch.equal(restored[k], original[k]) for k in original)
+
+
+# --- validation end to end, the report's verdict and --strict -----------------------------------------------
+
+def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the_verdict(mini, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    train = write_suite(tmp_path / "train.yaml", FIX_CONCEPTS)  # three concepts: one held out
+    test = write_suite(tmp_path / "test.yaml", FIX_CONCEPTS[2:])
+    settings = dict(model=f"tiny:{mini}", train_suite=str(train), test_suite=str(test), images_per_group=2,
+                    sft_steps=4, bpo_steps=6, units_per_batch=2, val_concepts=1, val_images=4,
+                    val_explicit_images=2, val_every=5, patience=0, images_per_prompt=4, explicit_concepts=1,
+                    explicit_images=2, check_suites=(str(test),), check_images=2, understanding_images=0,
+                    batch_size=16)
+    out = tmp_path / "fix"
+    report = fix(FixConfig(**settings), out)
+    assert report["config"]["data_source"] == "world" and report["config"]["anchor"] == 2.0  # tiny's recipe
+    records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 5, 10]
+    assert all(set(r) >= {"rd", "fidelity", "face_rate", "explicit"} for r in records)
+    held = {p["concept"] for p in json.loads(
+        (out / "validation" / "step-00000" / "neutral" / "results.json").read_text())["prompts"]}
+    assert held <= set(FIX_CONCEPTS) and not held & set(
+        __import__("pandas").read_parquet(out / "data" / "balanced.parquet")["neutral_prompt"].str.extract(
+            r"a (\w+), a person")[0])  # the held-out concept never trains
+    kept, why = choose(records, "best")
+    assert report["validation"]["kept_step"] == kept["step"] and report["validation"]["reason"] == why
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    if kept["step"] != 10:  # the adapter on disk is the kept step's, not the last
+        best = load_file(str(out / "best" / "lora.safetensors"))
+        assert all(torch.equal(saved[k], best[k.replace(".default", "")] if k not in best else best[k])
+                   for k in saved)
+    lines = report["verdict"]["guardrails"]
+    assert len(lines) == 4 and all(g["line"] in (out / "fix_report.md").read_text() for g in lines)
+    html = (out / "fix_report.html").read_text()
+    assert all(g["line"].replace(">", "&gt;").replace("<", "&lt;") in html for g in lines)
+    # the CLI on the finished run (it resumes): the verdict printed, exit 1 under --strict when it fails
+    args = ["fix", "--out", str(out), "--model", settings["model"], "--train-suite", str(train), "--test-suite",
+            str(test), "--images-per-group", "2", "--sft-steps", "4", "--bpo-steps", "6", "--units-per-batch", "2",
+            "--val-concepts", "1", "--val-images", "4", "--val-explicit-images", "2", "--val-every", "5",
+            "--patience", "0", "--images-per-prompt", "4", "--explicit-concepts", "1", "--explicit-images", "2",
+            "--check-suites", str(test), "--check-images", "2", "--understanding-images", "0", "--batch-size", "16"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    assert all(g["line"] in plain.output for g in lines)
+    strict = CliRunner().invoke(app, [*args, "--strict"])
+    assert strict.exit_code == (0 if report["verdict"]["passed"] else 1)

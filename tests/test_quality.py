@@ -1,0 +1,125 @@
+"""Image quality (metrics/quality.py) on a tiny random CLIP saved to a temp dir: each score against its
+formula computed here by hand from the same model, and the run pass's resumability."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_perception_clip import write_clip
+from transformers import CLIPModel, CLIPProcessor
+
+from fairgen.metrics.quality import IQA_ANCHORS, QualityScorer, score_run, summarize_quality
+from fairgen.store import RunStore
+from fairgen.types import FairgenError, Prompt
+
+
+def write_quality_clip(out):
+    """A tiny CLIP whose scores are neither all clipped at 0 nor saturated: token and position embeddings
+    scaled down so texts sit close together and cosines spread around 0 (seeded, so values repeat)."""
+    torch.manual_seed(3)  # a seed whose scores spread (checked below), not one that makes a test pass
+    write_clip(out)
+    model = CLIPModel.from_pretrained(out)
+    with torch.no_grad():
+        model.text_model.embeddings.token_embedding.weight.mul_(0.02)
+        model.text_model.embeddings.position_embedding.weight.mul_(0.05)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return write_quality_clip(tmp_path_factory.mktemp("qclip"))
+
+
+def images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_scores_follow_their_formulas(clip_dir):
+    ims, texts = images(8), ["a nurse", "a ceo", "a cat", "a dog"] * 2
+    got = QualityScorer(clip_dir).score(ims, texts)
+    model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    with torch.no_grad():
+        img = model.get_image_features(**proc(images=ims, return_tensors="pt")).pooler_output
+        txt = model.get_text_features(**proc(text=texts, return_tensors="pt", padding=True)).pooler_output
+        anc = model.get_text_features(**proc(text=list(IQA_ANCHORS), return_tensors="pt", padding=True)).pooler_output
+    img, txt, anc = (v / v.norm(dim=-1, keepdim=True) for v in (img, txt, anc))
+    clip_score = (100 * (img * txt).sum(-1)).clamp(min=0).numpy()
+    cos_good, cos_bad = (img @ anc.T).T.numpy()
+    iqa = 1 / (1 + np.exp(-100 * (cos_good - cos_bad)))  # softmax over the pair, first entry
+    np.testing.assert_allclose(got["clip_score"], clip_score, atol=1e-3)
+    np.testing.assert_allclose(got["clip_iqa"], iqa, atol=1e-5)
+    # the fixture is informative: scores vary per image, some clip at 0, IQA is not saturated
+    assert (got["clip_score"] > 0).sum() >= 3 and got["clip_score"].std() > 1
+    assert 0.01 < got["clip_iqa"].min() and got["clip_iqa"].max() < 0.99 and got["clip_iqa"].std() > 0.01
+
+
+def test_a_bad_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(FairgenError, match="not a loadable CLIP checkpoint") as e:
+        QualityScorer(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_run_pass_resumes_and_summarises(clip_dir, tmp_path):
+    prompts = [Prompt("nurse", "a nurse", "nurse"), Prompt("ceo", "a ceo", "ceo")]
+    store = RunStore(tmp_path)
+    for k, im in enumerate(images(6, seed=1)):
+        store.save_image(im, prompts[k % 2].id, k // 2)
+    plan = [(p, s) for p in prompts for s in range(3)]
+    scorer = QualityScorer(clip_dir)
+    first = score_run(store, plan[:4], scorer, batch_size=3)
+    lines = (tmp_path / "quality.jsonl").read_text().splitlines()
+    assert len(first) == 4 and len(lines) == 4
+    # a crash mid-line: the partial line is cut, the finished records are kept and not rescored
+    with open(tmp_path / "quality.jsonl", "a") as f:
+        f.write('{"prompt_id": "ceo", "sam')
+    full = score_run(store, plan, scorer, batch_size=3)
+    lines = (tmp_path / "quality.jsonl").read_text().splitlines()
+    assert len(full) == 6 and len(lines) == 6 and [json.loads(x) for x in lines[:4]] == first
+    alone = scorer.score([store.load_image("ceo", 2)], ["a ceo"])
+    assert full[-1]["clip_iqa"] == pytest.approx(alone["clip_iqa"][0], abs=1e-6)
+    summary = summarize_quality(["nurse", "ceo"], full, replicates=200)
+    nurse = [r["clip_score"] for r in full if r["prompt_id"] == "nurse"]
+    assert summary["prompts"]["nurse"]["clip_score"]["mean"] == pytest.approx(np.mean(nurse))
+    suite = summary["suite"]["clip_iqa"]
+    assert suite["ci95"][0] <= suite["mean"] <= suite["ci95"][1]
+
+
+def test_audit_cli_reports_quality_and_the_distance_to_a_target(clip_dir, tmp_path):
+    import json
+
+    from conftest import run_cli, write_suite
+
+    suite = write_suite(tmp_path / "suite.yaml", ["nurse", "pilot"])
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.75, male: 0.25}\n")
+    run = tmp_path / "run"
+    proc = run_cli("audit", "--model", "world", "--suite", str(suite), "-n", "4", "--out", str(run),
+                   "--quality", str(clip_dir), "--target", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert "quality: clip_score" in proc.stdout and "distance to target" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    scored = [json.loads(x) for x in (run / "quality.jsonl").read_text().splitlines()]
+    assert len(scored) == 8 and {r["model"] for r in scored} == {str(clip_dir)}
+    nurse = [r["clip_iqa"] for r in scored if r["prompt_id"] == "nurse"]
+    assert results["quality"]["prompts"]["nurse"]["clip_iqa"]["mean"] == pytest.approx(np.mean(nurse))
+    # distances to the file's target, from the counts in results.json
+    for p in results["prompts"]:
+        f = p["counts"]["gender"]["female"] / (p["counts"]["gender"]["female"] + p["counts"]["gender"]["male"])
+        assert p["tv"]["gender"] == pytest.approx(abs(f - 0.75))
+    assert results["target"]["default"]["gender"] == {"female": 0.75, "male": 0.25}
+
+
+def test_audit_cli_refuses_a_bad_target_before_the_run(tmp_path):
+    from conftest import run_cli
+
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.7, male: 0.2}\n")
+    proc = run_cli("audit", "--model", "world", "-n", "2", "--out", str(tmp_path / "run"), "--target", str(target))
+    assert proc.returncode == 2 and "sum to 0.9000" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
