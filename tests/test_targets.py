@@ -133,3 +133,76 @@ def test_summary_reports_distances_to_the_target_with_intervals(tmp_path):
     # uniform target: TV equals half the L1 distance to uniform, which for K = 2 is rd / 2
     uni = frame.summarize(replicates=50, seed=1)
     assert uni["summary"]["gender"]["tv"]["mean"] == pytest.approx(uni["summary"]["gender"]["rd"]["mean"] / 2)
+
+
+def test_loaded_target_records_its_file_and_every_distribution(tmp_path):
+    path = write(tmp_path, 'source: "BLS 2024"\ndefault:\n  age: {young: 0.75, old: 0.25}\nconcepts:\n'
+                           '  nurse:\n    race: {white: 0.5, black: 0.25, asian: 0.125, indian: 0.125}\n')
+    t = load_target(path)
+    assert t.name == str(path)
+    assert t.to_json() == {
+        "name": str(path), "source": "BLS 2024", "default": {"age": {"young": 0.75, "old": 0.25}},
+        "concepts": {"nurse": {"race": {"white": 0.5, "black": 0.25, "asian": 0.125, "indian": 0.125}}}}
+    # the joint target of a concept uses that concept's race shares (and the default's uniform gender)
+    joint = t.shares(JOINT, "nurse")
+    assert joint.tolist() == pytest.approx([0.5 * r for r in (0.5, 0.25, 0.125, 0.125)] * 2)
+    assert load_target(write(tmp_path, "default:\n  gender: {female: 1.0, male: 0}\n")).shares("gender").tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("default: [1]\n", "default: expected attribute: {class: share}"),
+    ("concepts:\n  nurse:\n    height: {}\n",
+     "concept 'nurse': unknown attribute 'height' (known: gender, race, gender_x_race, age)"),
+    ("default:\n  gender: [0.5, 0.5]\n", "default, gender: expected {class: share} for classes female, male"),
+    ("default:\n  age: {young: 0.5, middle: 0.5}\n", "default, age: unknown class 'middle' (classes: young, old)"),
+    ("concepts:\n  ceo:\n    gender: {female: 0.2, male: 0.7}\n",
+     "concept 'ceo', gender: shares sum to 0.9000, not 1 (tolerance 0.005)"),
+])
+def test_bad_target_lines_name_where(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(FairgenError) as e:
+        load_target(path)
+    assert str(e.value) == f"--target {path}: {message}"
+
+
+def test_unreadable_yaml_names_the_parser_error(tmp_path):
+    import yaml
+
+    path = write(tmp_path, "default: [1, 2\n")
+    with pytest.raises(yaml.YAMLError) as parser:
+        yaml.safe_load(path.read_text())
+    with pytest.raises(FairgenError) as e:
+        load_target(path)
+    assert str(e.value) == f"--target {path}: not readable YAML ({type(parser.value).__name__})"
+
+
+def test_distances_are_plain_floats_for_one_prompt_and_rows_for_many():
+    assert type(total_variation([3, 1], [0.5, 0.5])) is float and type(jensen_shannon([3, 1], [0.5, 0.5])) is float
+    # integer targets are shares too: a (1, 0) target against shares (3/4, 1/4)
+    f, t = np.array([0.75, 0.25]), np.array([1.0, 0.0])
+    m = (f + t) / 2
+    hand = 0.5 * (0.75 * np.log2(0.75 / m[0]) + 0.25 * np.log2(0.25 / m[1])) + 0.5 * np.log2(1 / m[0])
+    assert jensen_shannon([3, 1], [1, 0]) == pytest.approx(hand)
+    assert total_variation([3, 1], [1, 0]) == pytest.approx(0.25)
+    # many prompts: each row on its own; a row without faces is NaN, the others are not
+    rows = np.array([[3, 1], [0, 0], [1, 1], [0, 5]])
+    got = jensen_shannon(rows, [0.5, 0.5])
+    for row, value in zip(rows, got):
+        alone = jensen_shannon(row, [0.5, 0.5])
+        assert (math.isnan(alone) and math.isnan(value)) or value == pytest.approx(alone)
+    assert math.isnan(got[1]) and not np.isnan(got[[0, 2, 3]]).any()
+
+
+def test_jensen_shannon_with_zero_shares_over_many_prompts():
+    """Zero shares contribute 0 (0 log 0 = 0) in a large batch too, where scratch memory is fresh."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 3, size=(50_000, 4))
+    counts[:, 0] = 0
+    counts[:, 1] += 1
+    got = jensen_shannon(counts, [0.25] * 4)
+    assert np.isfinite(got).all()
+    for i in (0, 1, 49_999):
+        f = counts[i] / counts[i].sum()
+        m = (f + 0.25) / 2
+        hand = 0.5 * sum(x * math.log2(x / y) for x, y in zip(f, m) if x > 0) + 0.5 * sum(0.25 * np.log2(0.25 / m))
+        assert got[i] == pytest.approx(hand)
