@@ -123,3 +123,63 @@ def test_audit_cli_refuses_a_bad_target_before_the_run(tmp_path):
     proc = run_cli("audit", "--model", "world", "-n", "2", "--out", str(tmp_path / "run"), "--target", str(target))
     assert proc.returncode == 2 and "sum to 0.9000" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_summaries_against_hand_values():
+    recs = [{"prompt_id": "a", "clip_score": 10.0, "clip_iqa": 0.5},
+            {"prompt_id": "a", "clip_score": 10.0, "clip_iqa": 0.5},
+            {"prompt_id": "a", "clip_score": 10.0, "clip_iqa": 0.5},
+            {"prompt_id": "b", "clip_score": 0.0, "clip_iqa": 0.0},
+            {"prompt_id": "b", "clip_score": 40.0, "clip_iqa": 1.0},
+            {"prompt_id": "elsewhere", "clip_score": 99.0, "clip_iqa": 0.9}]
+    out = summarize_quality(["a", "b", "none"], recs, replicates=4000, seed=3)
+    # a prompt whose images all score alike: its interval is that value
+    assert out["prompts"]["a"]["clip_score"] == {"mean": 10.0, "ci95": [10.0, 10.0], "n": 3}
+    # two images scoring 0 and 40: bootstrap means 0, 20, 40 with chances 1/4, 1/2, 1/4, so the 2.5 % and
+    # 97.5 % quantiles of 4000 replicates are the extremes (each misses with chance < 1e-40)
+    assert out["prompts"]["b"]["clip_score"] == {"mean": 20.0, "ci95": [0.0, 40.0], "n": 2}
+    assert set(out["prompts"]) == {"a", "b"}  # no images: no entry; other prompts' records are not read
+    # the suite mean is the mean of the prompt means (not of the images), its interval from both prompts
+    assert out["suite"]["clip_score"] == {"mean": 15.0, "ci95": [5.0, 25.0]}  # (10 + {0, 20, 40}) / 2
+    assert out["suite"]["clip_iqa"]["mean"] == 0.5 and out["suite"]["clip_iqa"]["ci95"] == [0.25, 0.75]
+    assert set(out) == {"prompts", "suite"} and set(out["suite"]) == {"clip_score", "clip_iqa"}
+    assert summarize_quality(["x"], recs) == {"prompts": {}, "suite": {}}
+
+
+def test_summary_defaults_are_1000_replicates_and_seed_0():
+    rng = np.random.default_rng(9)
+    recs = [{"prompt_id": p, "clip_score": float(v), "clip_iqa": float(v) / 100}
+            for p in ("a", "b") for v in rng.uniform(0, 100, size=7)]
+    default = summarize_quality(["a", "b"], recs)
+    assert default == summarize_quality(["a", "b"], recs, replicates=1000, seed=0)
+    assert default != summarize_quality(["a", "b"], recs, replicates=1001, seed=0)
+    assert default != summarize_quality(["a", "b"], recs, replicates=1000, seed=1)
+    # the interval is the 2.5 % and 97.5 % quantiles of the bootstrap means, resampling within the prompt
+    v = np.array([r["clip_score"] for r in recs if r["prompt_id"] == "a"])
+    b = v[np.random.default_rng(0).integers(0, 7, size=(1000, 7))].mean(axis=1)
+    assert default["prompts"]["a"]["clip_score"]["ci95"] == pytest.approx(np.quantile(b, [0.025, 0.975]).tolist())
+
+
+def test_run_pass_keeps_models_apart_skips_missing_images_and_reports_progress(clip_dir, tmp_path):
+    prompts = [Prompt("nurse", "a nurse", "nurse"), Prompt("ceo", "a ceo", "ceo")]
+    store = RunStore(tmp_path)
+    for k, im in enumerate(images(3, seed=2)):
+        store.save_image(im, prompts[k % 2].id, k // 2)  # nurse 0, ceo 0, nurse 1; ceo 1 is missing
+    plan = [(p, s) for p in prompts for s in range(2)]
+    other = {"prompt_id": "nurse", "sample": 0, "model": "another-clip", "clip_score": -1.0, "clip_iqa": -1.0}
+    (tmp_path / "quality.jsonl").write_text(json.dumps(other) + "\n\n")
+    scorer = QualityScorer(clip_dir)
+    assert scorer.provenance() == {"quality_model": str(clip_dir)}
+    seen = []
+    got = score_run(store, plan, scorer, batch_size=2, progress=seen.append)
+    assert seen == [2, 4]  # images done after each batch of the 4 not scored by this model (one missing)
+    assert [(r["prompt_id"], r["sample"], r["model"]) for r in got] == [
+        ("nurse", 0, str(clip_dir)), ("nurse", 1, str(clip_dir)), ("ceo", 0, str(clip_dir))]
+    direct = scorer.score([store.load_image("nurse", 0)], ["a nurse"])
+    assert got[0]["clip_score"] == pytest.approx(direct["clip_score"][0], abs=1e-4)
+    stored = [json.loads(x) for x in (tmp_path / "quality.jsonl").read_text().splitlines() if x]
+    assert stored[0] == other and len(stored) == 4  # the other model's record is kept, never used
+    seen.clear()
+    assert score_run(store, plan, scorer, progress=seen.append) == got and seen == [1]  # the missing image, tried again
+    with pytest.raises(ValueError, match="one prompt per image"):
+        scorer.score(images(2), ["a"])
