@@ -1,0 +1,136 @@
+"""metrics/correction.py's bootstrap of the calibration, its detection-gap test and the results it reports,
+each against a distribution or a formula worked out here (binomial chances, a chi-square by hand)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import chi2
+
+from fairgen.metrics.correction import (
+    CalibrationBlock,
+    corrected_estimates,
+    corrected_results,
+    detection_gap,
+    resample_calibration,
+)
+from fairgen.metrics.population import population_rd
+
+B = 4000
+
+
+def within(share: float, p: float, n: int = B) -> bool:
+    """share of n draws within 5 standard errors of p (false failure < 1e-6)."""
+    return abs(share - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_resampled_calibration_follows_the_binomial_and_keeps_empty_rows():
+    """Class female: 3 labelled, 2 faces found, read (1 female, 1 male). A replicate finds Binomial(3, 2/3)
+    faces: 0 with chance 1/27 (then the observed rates and detection are kept), 1 with 6/27, 2 with 12/27,
+    3 with 8/27; its rate row is Multinomial(found, (1/2, 1/2)) / found."""
+    block = CalibrationBlock("gender", np.array([3, 1000]), np.array([[1, 1], [100, 800]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a replicate without faces is expected, not a warning
+        rates, detection = resample_calibration(block, B, np.random.default_rng(0))
+    assert rates.shape == (B, 2, 2) and detection.shape == (B, 2)
+    assert np.allclose(rates.sum(axis=-1), 1.0)
+    d = detection[:, 0]
+    assert set(np.round(d * 3, 9)) <= {1.0, 2.0, 3.0}  # never 0: no face found keeps 2/3
+    assert within(np.mean(np.isclose(d, 1 / 3)), 6 / 27)
+    assert within(np.mean(np.isclose(d, 2 / 3)), 12 / 27 + 1 / 27)
+    assert within(np.mean(np.isclose(d, 1.0)), 8 / 27)
+    # row (1/2, 1/2): found 2 split evenly (12/27 · 1/2) or no face found (1/27, the observed row kept)
+    half = np.all(np.isclose(rates[:, 0], 0.5), axis=-1)
+    assert within(half.mean(), 6 / 27 + 1 / 27)
+    # the large class: rates and detection scatter around the observed ones with binomial spread
+    assert rates[:, 1, 1].mean() == pytest.approx(8 / 9, abs=5 * math.sqrt(8 / 81 / 900 / B) + 1e-3)
+    assert rates[:, 1, 1].std() == pytest.approx(math.sqrt(8 / 81 / 900), rel=0.1)
+    assert detection[:, 1].mean() == pytest.approx(0.9, abs=1e-3)
+    assert detection[:, 1].std() == pytest.approx(math.sqrt(0.09 / 1000), rel=0.1)
+
+
+def test_detection_gap_against_a_chi_square_by_hand():
+    block = CalibrationBlock("race", np.array([100, 100, 100, 100]),
+                             np.diag([90, 80, 70, 60]).astype(np.int64))
+    got = detection_gap(block)
+    found, missed = np.array([90, 80, 70, 60]), np.array([10, 20, 30, 40])
+    table = np.stack([found, missed], axis=1)
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    stat = ((table - expected) ** 2 / expected).sum()
+    assert got == {"rates": {"white": 0.9, "black": 0.8, "asian": 0.7, "indian": 0.6},
+                   "gap": pytest.approx(0.3), "p_value": pytest.approx(chi2.sf(stat, 3))}
+    # every face found: nothing to compare
+    all_found = CalibrationBlock("age", np.array([50, 70]), np.array([[45, 5], [10, 60]]))
+    assert detection_gap(all_found) == {"rates": {"young": 1.0, "old": 1.0}, "gap": 0.0, "p_value": 1.0}
+
+
+def gender_block():
+    """A symmetric reader: 90 % right on both classes, every face found."""
+    return CalibrationBlock("gender", np.array([200, 200]), np.array([[180, 20], [20, 180]]))
+
+
+def test_corrected_results_report_each_estimate_with_its_interval():
+    counts = {"gender": np.array([[50, 50], [80, 20], [0, 0]])}
+    blocks = {"gender": gender_block()}
+    summary, prompts, gaps = corrected_results(counts, blocks, replicates=300, seed=4)
+    e = corrected_estimates(counts, blocks, 300, 4)["gender"]
+    pop = population_rd(e["shares"], e["shares_boot"])
+    classes = ("female", "male")
+    assert len(prompts) == 3 and all(set(p) == {"gender"} for p in prompts)
+    for i in range(2):
+        row = prompts[i]["gender"]
+        assert set(row) == {"shares", "shares_ci95", "rd", "rd_ci95", "rd_population"}
+        assert row["shares"] == {c: pytest.approx(e["shares"][i, k]) for k, c in enumerate(classes)}
+        assert row["rd"] == pytest.approx(e["rd"][i])
+        lo, hi = np.percentile(e["rd_boot"][:, i], [2.5, 97.5])
+        assert row["rd_ci95"] == pytest.approx([min(lo, e["rd"][i]), max(hi, e["rd"][i])])
+        for k, c in enumerate(classes):
+            lo, hi = np.percentile(e["shares_boot"][:, i, k], [2.5, 97.5])
+            point = e["shares"][i, k]
+            assert row["shares_ci95"][c] == pytest.approx([min(lo, point), max(hi, point)])
+        assert row["rd_population"] == {"estimate": pytest.approx(pop["estimate"][i]),
+                                        "ci95": pytest.approx(list(pop["ci95"][i]))}
+    # 50/50 read by a symmetric reader: rd 0, every replicate above it, so the interval is widened to 0
+    assert prompts[0]["gender"]["rd"] == pytest.approx(0.0, abs=1e-12)
+    assert prompts[0]["gender"]["rd_ci95"][0] == prompts[0]["gender"]["rd"]
+    assert np.percentile(e["rd_boot"][:, 0], 2.5) > 0.001
+    assert prompts[2] == {"gender": {"shares": {"female": None, "male": None},
+                                     "shares_ci95": {"female": None, "male": None}, "rd": None,
+                                     "rd_ci95": None, "rd_population": {"estimate": None, "ci95": None}}}
+    mean_rd = np.mean(e["rd"][:2])
+    suite_boot = np.nanmean(e["rd_boot"], axis=1)
+    lo, hi = np.percentile(suite_boot, [2.5, 97.5])
+    assert set(summary) == {"gender"} and set(summary["gender"]) == {
+        "rd_corrected", "rd_corrected_population", "shares_corrected"}
+    assert summary["gender"]["rd_corrected"] == {"mean": pytest.approx(mean_rd),
+                                                 "ci95": pytest.approx([min(lo, mean_rd), max(hi, mean_rd)])}
+    assert summary["gender"]["rd_corrected_population"] == {
+        "estimate": pytest.approx(pop["suite_estimate"]), "ci95": pytest.approx(list(pop["suite_ci95"]))}
+    for k, c in enumerate(classes):
+        m = np.mean(e["shares"][:2, k])
+        lo, hi = np.percentile(np.nanmean(e["shares_boot"][:, :, k], axis=1), [2.5, 97.5])
+        assert summary["gender"]["shares_corrected"][c] == {"mean": pytest.approx(m),
+                                                            "ci95": pytest.approx([min(lo, m), max(hi, m)])}
+    assert gaps == {"gender": detection_gap(blocks["gender"])}
+
+
+def test_a_suite_of_balanced_prompts_has_its_mean_rd_interval_widened_to_hold_it():
+    counts = {"gender": np.array([[60, 60], [40, 40]])}
+    summary, _, _ = corrected_results(counts, {"gender": gender_block()}, replicates=200, seed=0)
+    entry = summary["gender"]["rd_corrected"]
+    assert entry["mean"] == pytest.approx(0.0, abs=1e-12) and entry["ci95"][0] == entry["mean"]
+    assert entry["ci95"][1] > 0.01
+
+
+def test_corrected_results_defaults_and_seed():
+    counts = {"gender": np.array([[30, 70], [55, 45]])}
+    blocks = {"gender": gender_block(), "age": CalibrationBlock("age", np.array([5, 5]), np.eye(2, dtype=np.int64) * 5)}
+    default = corrected_results(counts, blocks)
+    assert default == corrected_results(counts, blocks, 1000, 0)
+    assert default != corrected_results(counts, blocks, 1000, 1)
+    assert default[0]["gender"] != corrected_results(counts, blocks, 999, 0)[0]["gender"]
+    assert set(default[2]) == {"gender"}  # a block without counts: no gap reported
+    assert corrected_results({}, blocks) == ({}, [], {})
