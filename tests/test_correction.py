@@ -12,12 +12,15 @@ from scipy.stats import chi2
 
 from fairgen.metrics.correction import (
     CalibrationBlock,
+    correct_shares,
     corrected_estimates,
     corrected_results,
     detection_gap,
     resample_calibration,
 )
 from fairgen.metrics.population import population_rd
+from fairgen.metrics.skew import rd
+from fairgen.types import JOINT, METRIC_ATTRIBUTES
 
 B = 4000
 
@@ -134,3 +137,63 @@ def test_corrected_results_defaults_and_seed():
     assert default[0]["gender"] != corrected_results(counts, blocks, 999, 0)[0]["gender"]
     assert set(default[2]) == {"gender"}  # a block without counts: no gap reported
     assert corrected_results({}, blocks) == ({}, [], {})
+
+
+def exact_block(attr, n=100):
+    k = len(METRIC_ATTRIBUTES[attr])
+    return CalibrationBlock(attr, np.full(k, n), np.eye(k, dtype=np.int64) * n)
+
+
+def test_an_exact_reader_leaves_only_the_images_binomial_spread():
+    """Identity confusion, every face found: every replicate's calibration is exact, so a corrected share's
+    replicates are the resampled image shares, with spread sqrt(p(1 − p)/n)."""
+    est = corrected_estimates({"gender": np.array([[30, 70], [0, 1], [0, 0]])}, {"gender": exact_block("gender")},
+                              replicates=B, seed=2)["gender"]
+    assert est["shares"][0].tolist() == pytest.approx([0.3, 0.7])
+    boot = est["shares_boot"]
+    assert boot.shape == (B, 3, 2)
+    assert boot[:, 0, 0].mean() == pytest.approx(0.3, abs=5 * math.sqrt(0.21 / 100 / B))
+    assert boot[:, 0, 0].std() == pytest.approx(math.sqrt(0.21 / 100), rel=0.1)
+    assert (boot[:, 1] == [0.0, 1.0]).all()  # one face, read male: every replicate the same
+    assert np.isnan(boot[:, 2]).all() and np.isnan(est["rd"][2]) and est["rd"][1] == 1.0
+    # float counts (read back from JSON) are counts all the same
+    again = corrected_estimates({"gender": np.array([[30.0, 70.0], [0.0, 1.0], [0.0, 0.0]])},
+                                {"gender": exact_block("gender")}, replicates=B, seed=2)["gender"]
+    assert np.array_equal(again["shares_boot"], boot, equal_nan=True)
+
+
+def test_joint_block_reports_both_marginals_over_many_prompts():
+    rng = np.random.default_rng(3)
+    counts = {JOINT: rng.multinomial(80, rng.dirichlet(np.ones(8)), size=3)}
+    est = corrected_estimates(counts, {JOINT: exact_block(JOINT)}, replicates=50, seed=1)
+    assert set(est) == {"gender", "race", JOINT}
+    joint = est[JOINT]["shares"].reshape(3, 2, 4)
+    assert np.allclose(est["gender"]["shares"], joint.sum(axis=2))
+    assert np.allclose(est["race"]["shares"], joint.sum(axis=1))
+    boot = est[JOINT]["shares_boot"].reshape(50, 3, 2, 4)
+    assert np.allclose(est["race"]["shares_boot"], boot.sum(axis=2))
+    assert np.allclose(est["race"]["rd"], rd(joint.sum(axis=1)))
+
+
+def test_corrected_estimates_defaults_seed_and_skipped_blocks():
+    counts = {"gender": np.array([[30, 70], [55, 45]])}
+    blocks = {"age": exact_block("age"), "gender": gender_block()}  # age first in order, and not counted
+    default = corrected_estimates(counts, blocks)
+    assert set(default) == {"gender"} and default["gender"]["shares_boot"].shape == (1000, 2, 2)
+    same = corrected_estimates(counts, blocks, 1000, 0)
+    assert np.array_equal(default["gender"]["shares_boot"], same["gender"]["shares_boot"])
+    other = corrected_estimates(counts, blocks, 1000, 1)
+    assert not np.array_equal(default["gender"]["shares_boot"], other["gender"]["shares_boot"])
+
+
+def test_batched_correction_is_row_by_row():
+    rng = np.random.default_rng(4)
+    rates = np.stack([np.array([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]])] * 2)  # (2, K, K)
+    detection = np.array([[0.9, 0.8, 0.7], [0.6, 0.9, 1.0]])  # (2, K)
+    f = rng.dirichlet(np.ones(3), size=(2, 5))  # (B=2, P=5, K)
+    got = correct_shares(f, rates[:, None], detection[:, None])
+    for b in range(2):
+        for p in range(5):
+            alone = correct_shares(f[b, p], rates[b], detection[b])
+            assert np.allclose(got[b, p], alone)
+    assert np.allclose(got.sum(axis=-1), 1.0)
