@@ -17,6 +17,7 @@ from fairgen.metrics.correction import (
     corrected_results,
     detection_gap,
     resample_calibration,
+    simplex_lstsq,
 )
 from fairgen.metrics.population import population_rd
 from fairgen.metrics.skew import rd
@@ -197,3 +198,17 @@ def test_batched_correction_is_row_by_row():
             alone = correct_shares(f[b, p], rates[b], detection[b])
             assert np.allclose(got[b, p], alone)
     assert np.allclose(got.sum(axis=-1), 1.0)
+
+
+def test_simplex_lstsq_broadcasts_matrices_over_observed_rows():
+    """f (P, K) against one matrix per replicate (B, 1, K, K): (B, P, K), each the row's own solution, also
+    for P = 2 (not to be taken for two classes) and with a row of NaN."""
+    rng = np.random.default_rng(6)
+    m = np.stack([np.eye(3) * 0.7 + 0.1, np.eye(3) * 0.4 + 0.2])  # (2, K, K), rows sum to 1
+    f = rng.dirichlet(np.ones(3), size=2)
+    f[1] = np.nan
+    got = simplex_lstsq(f, m[:, None])
+    assert got.shape == (2, 2, 3) and np.isnan(got[:, 1]).all()
+    for b in range(2):
+        assert np.allclose(got[b, 0], simplex_lstsq(f[0], m[b]), atol=1e-12)
+        assert np.allclose(got[b, 0] @ m[b], f[0], atol=1e-9) or got[b, 0].min() == 0
