@@ -113,6 +113,9 @@ def fix_command(
                                                 help="At most this many prompts per check suite (evenly spread)."),
     understanding_images: int = typer.Option(D("understanding_images"), "--understanding-images", help="Labelled world images of the "
                                              "understanding-accuracy check (0: none)."),
+    quality: Optional[str] = typer.Option(D("quality"), help="A CLIP checkpoint (directory or hub id): the test-suite "
+                                          "audits before and after also report CLIP score and CLIP-IQA, and the "
+                                          "verdict checks that neither drops (docs/fix.md)."),
     before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between "
                                           "fix runs (default: OUT/before)."),
     device: Optional[str] = typer.Option(None, help="Device of the model: cpu, cuda, cuda:1 (default: the "

@@ -54,7 +54,7 @@ METHODS = ("prompt", "understanding-sft", "sft", "bpo")
 # where and how fast the same numbers are computed.
 MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
               "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images",
-              "merge_for_audit")
+              "merge_for_audit", "quality")
 
 Progress = Callable[[str, int, int], None]
 TIMING = "test_timing.json"  # beside a measurement's test/ audit: its images per second
@@ -78,7 +78,9 @@ class FixConfig:
     model runs (None: the model's default; "cuda", "cuda:1", "cpu"); dtype: weights of transformers models
     ("bf16", "fp16", "fp32"; None: bf16 on GPU, fp32 on CPU); model_options: other options of the
     model's family (models.load; e.g. emu3's image_area in pixels); gradient_checkpointing: for
-    transformers models; before: folder of the before measurements (None: <out>/before)."""
+    transformers models; before: folder of the before measurements (None: <out>/before); quality: a CLIP
+    checkpoint (directory or hub id): the test-suite audits before and after also score CLIP score and
+    CLIP-IQA (AuditConfig.quality), shown in the report and checked by the quality guardrail."""
 
     model: str
     train_suite: str = "occupations:train"
@@ -123,6 +125,7 @@ class FixConfig:
     gradient_checkpointing: bool = True
     before: str | None = None
     merge_for_audit: bool = True
+    quality: str | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -130,10 +133,12 @@ class FixConfig:
         return METHODS if self.method == "all" else (self.method,)
 
     def audit_config(self, model: Any, prompts: list[Prompt], images_per_prompt: int,
-                     perception: str | None) -> AuditConfig:
-        """The settings of one of the run's audits: this run's seed, sampling and batch size."""
+                     perception: str | None, quality: bool = False) -> AuditConfig:
+        """The settings of one of the run's audits: this run's seed, sampling and batch size; with
+        `quality`, also the run's quality model (the test-suite audits)."""
         return AuditConfig(model=model, suite=prompts, images_per_prompt=images_per_prompt, seed=self.seed,
-                           perception=perception, sampling=self.sampling, batch_size=self.batch_size)
+                           perception=perception, sampling=self.sampling, batch_size=self.batch_size,
+                           quality=self.quality if quality else None)
 
     def train_config(self, method: str | None = None) -> TrainConfig:
         """The training of `method` (default: the run's) of a resolved config (recipes.resolve); validates
@@ -178,6 +183,10 @@ def _check(config: FixConfig, out: Path) -> None:
         if method in TRAINED:
             config.train_config(method)  # validates steps, alpha, beta, lr, anchor
     _check_device(config.device)
+    if config.quality is not None:
+        from ..metrics.quality import check_checkpoint
+
+        check_checkpoint(config.quality)  # a wrong checkpoint fails now, not after the balanced set
     if out.exists() and not out.is_dir():
         raise FairgenError(f"--out {out} exists and is not a directory")
     path = out / MANIFEST
@@ -233,8 +242,9 @@ class _Run:
         self.explicit_name = "explicit-" + "-".join(config.attributes)
         self.val_explicit = fix_report.explicit_prompts(self.val_prompts, config.attributes, len(self.val_prompts))
 
-    def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path) -> AuditResult:
-        return run_audit(self.config.audit_config(model, prompts, n, self.backend_name), run_dir,
+    def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path,
+              quality: bool = False) -> AuditResult:
+        return run_audit(self.config.audit_config(model, prompts, n, self.backend_name, quality), run_dir,
                          lambda d, t: self.tell(task, d, t))
 
     def measure(self, label: str, model: Any, where: Path, suffix: str = "",
@@ -245,7 +255,7 @@ class _Run:
         fresh = not (where / "test" / "results.json").is_file()
         began = time.perf_counter()
         test = self.audit(f"{label}: test suite", model, checks.with_suffix(self.test_prompts, suffix),
-                          c.images_per_prompt, where / "test")
+                          c.images_per_prompt, where / "test", quality=True)
         if fresh and self.procs.main:  # the audit's speed, for the report (a resumed audit has none)
             seconds = time.perf_counter() - began
             images = c.images_per_prompt * len(self.test_prompts)
