@@ -329,3 +329,18 @@ def test_rank_by_errors_through_the_cli(three, tmp_path):
         f"error: --rank-by tv:gender: run old ({lacking}) has no tv (audited before that metric was reported)")
     ok = run_cli("compare", *runs, "--rank-by", "entropy:gender")
     assert ok.returncode == 0 and [r for _, r in _ranked(ok.stdout)] == ["spec_b", "spec_a"]
+
+
+def test_rank_by_a_distance_warns_when_the_targets_differ(runs, tmp_path):
+    """tv ranks each run's distance to its own target: a run audited against 75 % women ranks by that, and
+    the table says the goals differ."""
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.75, male: 0.25}\n")
+    fairgen.audit(model="world", world_spec=runs[1].parent / "spec_b.yaml", suite=str(runs[1].parent / "suite.yaml"),
+                  images_per_prompt=20, seed=5, out=tmp_path / "to75", target=str(target))
+    results = json.loads((tmp_path / "to75" / "results.json").read_text())
+    shares = [p["counts"]["gender"]["female"] / sum(p["counts"]["gender"].values()) for p in results["prompts"]]
+    assert results["summary"]["gender"]["tv"]["mean"] == pytest.approx(np.mean([abs(f - 0.75) for f in shares]))
+    table = compare_runs([runs[1], tmp_path / "to75"], rank_by="tv:gender")
+    assert "warning: the runs measure tv to different targets" in table
+    assert "different targets" not in compare_runs([runs[1], runs[0]], rank_by="tv:gender")

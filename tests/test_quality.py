@@ -178,3 +178,10 @@ def test_fix_cli_reports_quality_before_and_after_and_checks_it(clip_dir, mini, 
     drops = {m: b[m]["mean"] - a[m]["mean"] > quality_allowance(m, b[m]) for m in ("clip_score", "clip_iqa")}
     assert guard["passed"] is (not any(drops.values()))
     assert re.search(r"^(PASS|FAIL) image quality: ", guard["line"])
+    # the two audits rank by their CLIP score (higher is better) in `fairgen compare`
+    from fairgen.report import compare_runs
+
+    runs = [out / "before" / "test", out / "after" / "test"]
+    ranked = compare_runs(runs, "csv", rank_by="clip_score").splitlines()[1:3]
+    first = runs[int(a["clip_score"]["mean"] > b["clip_score"]["mean"])]
+    assert ranked[0].startswith(f"1,{first},") and f",{max(a['clip_score']['mean'], b['clip_score']['mean'])}," in ranked[0]
