@@ -117,3 +117,14 @@ def test_help_and_models():
     assert proc.returncode == 0 and "audit" in proc.stdout
     proc = run_cli("models")
     assert proc.returncode == 0 and "world" in proc.stdout
+
+
+def test_the_command_line_starts_without_torch_or_pandas():
+    """`fairgen --help` should answer in well under a second: the CLI module tree may not import torch or
+    pandas (seconds of import) before a command runs (issue 24's start-up target; benchmarks/cli_startup.py)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fairgen.cli; print(sorted({'torch', 'pandas', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout

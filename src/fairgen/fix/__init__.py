@@ -9,11 +9,23 @@
     caption.caption_logprob                            image -> text log-probabilities (understanding-sft)
     checks                                             prompt suffix, understanding accuracy, check suites
     report                                             fix_report.json / .md, training curves
+    config.FixConfig                                   the settings and their defaults
     table                                              --method all: fix_table.json / .md (the paper's Table 1)
     cli.fix_command                                    `fairgen fix`
 docs/fix.md describes the method and its configuration.
 """
 
-from .pipeline import FixConfig, fix, parse_attributes
+from typing import Any
+
+from .config import FixConfig, parse_attributes
 
 __all__ = ["FixConfig", "fix", "parse_attributes"]
+
+
+def __getattr__(name: str) -> Any:
+    """`fix` on first use: the pipeline imports torch, which `fairgen --help` should not wait for."""
+    if name == "fix":
+        from .pipeline import fix
+
+        return fix
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,13 +20,6 @@ from ..questions import IMAGE_QUESTION, OPTION_ORDER, image_question  # noqa: F4
 from ..types import ATTRIBUTES, FairgenError, Prompt
 from .data import spread
 
-# The check suites of the paper's robustness study: other styles and contexts, personal descriptors, sports.
-DEFAULT_CHECK_SUITES = ("occupations_style_context", "personal_descriptors", "sports")
-# Images per check-suite prompt: at 64 the noise floor of rd (metrics.noise_floor: what chance alone gives
-# a balanced model) is 0.099 for gender's 2 classes and 0.070 for race's 4, so a change of 0.1 is not noise.
-CHECK_IMAGES = 64
-
-
 def understanding_accuracy(model: Any, n: int, seed: int = 0,
                            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Accuracy of the model's answers about n labelled world renders (balanced over the 16 gender x race x

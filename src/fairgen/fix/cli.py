@@ -15,7 +15,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from ..config import default
 from ..models.registry import help_texts, spec_help
 from ..models.sampling import preset_help
-from .pipeline import FixConfig
+from .config import FixConfig
 
 console = Console(stderr=True)
 HELP = help_texts()
@@ -140,7 +140,8 @@ def fix_command(
     from ..models import parse_options
     from ..models.sampling import settings
     from . import table as fix_table
-    from .pipeline import METHODS, fix, parse_attributes
+    from .config import METHODS, parse_attributes
+    from .pipeline import fix
     from .report import REPORT_HTML, REPORT_JSON, REPORT_MD, markdown
 
     given = dict(locals())  # the options, by FixConfig's field names; those below need converting

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,128 +39,18 @@ from ..distributed import Processes, processes
 from ..models.adapters import applied_adapter, merged_adapter
 from ..models.protocols import Understander
 from ..store import atomic_write_json
-from ..types import ATTRIBUTES, FairgenError, Prompt
+from ..types import FairgenError, Prompt
 from . import checks, guardrails, recipes, validation
 from . import data as balanced
 from . import report as fix_report
 from . import table as fix_table
 from .batches import BatchPlan
-from .train import LOG, SELECTION, TRAINED, VALIDATION, TrainConfig, check_trainable, stages_for, train_adapter
+from .config import MAY_CHANGE, METHODS, FixConfig, parse_attributes  # noqa: F401  (re-exported)
+from .train import LOG, SELECTION, TRAINED, VALIDATION, check_trainable, train_adapter
 
 MANIFEST = "fix_manifest.json"
-# Table 1's order: the baselines first.
-METHODS = ("prompt", "understanding-sft", "sft", "bpo")
-# Settings a re-run may change: they only change the audits and checks (which resume on their own) or
-# where and how fast the same numbers are computed.
-MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
-              "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images",
-              "merge_for_audit", "quality")
-
 Progress = Callable[[str, int, int], None]
 TIMING = "test_timing.json"  # beside a measurement's test/ audit: its images per second
-
-
-@dataclass(frozen=True)
-class FixConfig:
-    """Everything a fix run depends on (CLI options of the same names).
-
-    attributes: the attributes to balance ("mix" when several); method: one of METHODS or "all";
-    data_source: `model`, `world`, or a model spec (`diffusers:<id>`, `folder:<dir>`); perception: backend
-    name (None: the model's default); images_per_group: balanced-set images per (prompt, group) before
-    filtering; check_concept: also drop images whose concept cue (world perception) is not the prompt's;
-    train_prompts: use at most this many training prompts (evenly spread); steps, lr, rank,
-    units_per_batch: training (train.py; sft and understanding-sft train sft_steps + bpo_steps steps);
-    alpha, beta: stage 2's weights of SFT and BPO; anchor: weight of the explicit-prompt SFT term
-    (train.py); images_per_prompt: test-suite audits; explicit_concepts / explicit_images: the adherence
-    check (test prompts, images per explicit prompt); check_suites / check_images / check_prompts: the
-    other suites audited before and after (images per prompt, at most this many prompts each);
-    understanding_images: labelled world renders of the understanding check (0: none); device: where the
-    model runs (None: the model's default; "cuda", "cuda:1", "cpu"); dtype: weights of transformers models
-    ("bf16", "fp16", "fp32"; None: bf16 on GPU, fp32 on CPU); model_options: other options of the
-    model's family (models.load; e.g. emu3's image_area in pixels); gradient_checkpointing: for
-    transformers models; before: folder of the before measurements (None: <out>/before); quality: a CLIP
-    checkpoint (directory or hub id): the test-suite audits before and after also score CLIP score and
-    CLIP-IQA (AuditConfig.quality), shown in the report and checked by the quality guardrail."""
-
-    model: str
-    train_suite: str = "occupations:train"
-    test_suite: str = AuditConfig.suite
-    attributes: tuple[str, ...] = ("gender",)
-    method: str = "bpo"
-    preset: str | None = None
-    data_source: str | None = None
-    perception: str | None = None
-    images_per_group: int = 4
-    check_concept: bool = False
-    train_prompts: int | None = None
-    sft_steps: int | None = None
-    bpo_steps: int | None = None
-    alpha: float | None = None
-    beta: float | None = None
-    anchor: float | None = None
-    lr: float | None = None
-    bpo_lr: float | None = None
-    rank: int | None = None
-    lora_alpha: float | None = None
-    units_per_batch: int = 8
-    val_concepts: int = 16
-    val_images: int = 32
-    val_explicit_images: int = 8
-    val_every: int = 75
-    patience: int = 3
-    keep: str | None = None
-    images_per_prompt: int = AuditConfig.images_per_prompt
-    explicit_concepts: int = 5
-    explicit_images: int = 32
-    check_suites: tuple[str, ...] = checks.DEFAULT_CHECK_SUITES
-    check_images: int = checks.CHECK_IMAGES
-    check_prompts: int | None = 50
-    understanding_images: int = 64
-    seed: int = AuditConfig.seed
-    sampling: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = AuditConfig.batch_size
-    device: str | None = None
-    dtype: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    gradient_checkpointing: bool = True
-    before: str | None = None
-    merge_for_audit: bool = True
-    quality: str | None = None
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        """The methods this run trains and measures, in Table 1's order."""
-        return METHODS if self.method == "all" else (self.method,)
-
-    def audit_config(self, model: Any, prompts: list[Prompt], images_per_prompt: int,
-                     perception: str | None, quality: bool = False) -> AuditConfig:
-        """The settings of one of the run's audits: this run's seed, sampling and batch size; with
-        `quality`, also the run's quality model (the test-suite audits)."""
-        return AuditConfig(model=model, suite=prompts, images_per_prompt=images_per_prompt, seed=self.seed,
-                           perception=perception, sampling=self.sampling, batch_size=self.batch_size,
-                           quality=self.quality if quality else None)
-
-    def train_config(self, method: str | None = None) -> TrainConfig:
-        """The training of `method` (default: the run's) of a resolved config (recipes.resolve); validates
-        steps, alpha, beta, lr, anchor, rank."""
-        stages = stages_for(method or self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr,
-                            self.bpo_lr)
-        if self.anchor < 0:
-            raise FairgenError(f"--anchor must be >= 0 (got {self.anchor})")
-        if self.rank < 1 or not self.lora_alpha > 0:
-            raise FairgenError(f"--rank must be >= 1 and --lora-alpha > 0 (got {self.rank}, {self.lora_alpha})")
-        return TrainConfig(stages=stages, rank=self.rank, lora_alpha=self.lora_alpha,
-                           units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor,
-                           gradient_checkpointing=self.gradient_checkpointing)
-
-
-def parse_attributes(text: str) -> tuple[str, ...]:
-    """'gender,race' -> ('gender', 'race'), checked against types.ATTRIBUTES (order kept, no repeats)."""
-    attrs = tuple(a.strip().lower() for a in text.split(",") if a.strip())
-    unknown = [a for a in attrs if a not in ATTRIBUTES]
-    if not attrs or unknown or len(set(attrs)) != len(attrs):
-        raise FairgenError(f"--attributes: give distinct attributes of {', '.join(ATTRIBUTES)} (got {text!r})")
-    return attrs
 
 
 def _check(config: FixConfig, out: Path) -> None:

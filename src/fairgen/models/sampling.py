@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..types import FairgenError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that compute: the CLI reads presets and checks values here, and
+# `fairgen --help` should not wait for torch's import (seconds).
 
 # The paper's sampling (Liu et al., arXiv 2502.03429): the one definition of `--preset paper`.
 PRESETS: dict[str, dict[str, float]] = {"paper": {"cfg": 3.0, "temperature": 0.9, "top_p": 0.6}}
@@ -116,6 +120,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def seed_keys(seeds: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """One 32-bit stream key per image from its seed (any Python int; all 64 low bits matter): int64 [B]."""
+    import torch
+
     lo = torch.tensor([int(s) & _M32 for s in seeds], dtype=torch.long, device=device)
     hi = torch.tensor([(int(s) >> 32) & _M32 for s in seeds], dtype=torch.long, device=device)
     return _mix32(lo ^ _mix32(hi ^ 0x5BD1E995))
@@ -123,6 +129,8 @@ def seed_keys(seeds: Sequence[int], device: torch.device | str = "cpu") -> torch
 
 def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
     """The uniform number in (0, 1) of each stream at `position`: float64 [B], 24 random bits."""
+    import torch
+
     bits = _mix32(keys ^ _mix32(torch.full_like(keys, (position + 0x632BE5AB) & _M32)))
     return ((bits >> 8).double() + 0.5) / float(1 << 24)
 
@@ -130,6 +138,8 @@ def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
 def uniform_table(seeds: Sequence[int], steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Every image's numbers for positions 0..steps-1 at once: float64 [B, steps], equal to
     uniforms(seed_keys(seeds), t) column by column (a token loop then never waits on the host)."""
+    import torch
+
     keys = seed_keys(seeds, device)
     pos = _mix32((torch.arange(steps, dtype=torch.long, device=device) + 0x632BE5AB) & _M32)
     bits = _mix32(keys[:, None] ^ pos[None, :])
@@ -140,6 +150,8 @@ def uniform_table(seeds: Sequence[int], steps: int, device: torch.device | str =
 def filter_probs(probs: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Zero all but the top_k most likely tokens and then all but the smallest set holding top_p of the
     mass (the most likely token always stays). probs: [B, K]; returns unnormalised [B, K]."""
+    import torch
+
     if top_k is not None and top_k < probs.shape[1]:
         kth = probs.topk(top_k, dim=1).values[:, -1:]
         probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
@@ -155,6 +167,8 @@ def filter_probs(probs: torch.Tensor, top_k: int | None, top_p: float | None) ->
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: the first token whose cumulative mass exceeds u * total. probs [B, K] (unnormalised,
     zeros never drawn), u float64 [B] in (0, 1). Returns LongTensor[B]."""
+    import torch
+
     cdf = probs.double().cumsum(1)
     target = (u * cdf[:, -1]).unsqueeze(1)
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
@@ -164,6 +178,8 @@ def sample(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
     """One code per row from guided logits [B, V] -> LongTensor[B]: greedy at temperature 0, else
     temperature, top-k, top-p and an inverse-CDF draw with each row's uniform number u (float64 [B]).
     Only device ops, no host sync (a CUDA graph can capture it)."""
+    import torch
+
     logits = logits.float()
     if s.temperature == 0:
         return logits.argmax(-1)
