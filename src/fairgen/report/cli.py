@@ -37,7 +37,8 @@ def compare_command(
              "the run clip_score, clip_iqa, fidelity, face_rate (higher is better). E.g. mad:race.")] = None,
 ) -> None:
     """Print a table of suite-mean rd (with ci95), face rate and fidelity per run; for two runs on the
-    same prompts, also their paired difference with a bootstrap ci95."""
+    same prompts, also their paired difference with a bootstrap ci95. --rank-by orders the runs best first
+    by any suite metric (docs/metrics.md, "Ranking runs")."""
     from .compare import compare_runs, compare_warnings
     from .html import read_run
 
