@@ -48,7 +48,9 @@ class FixConfig:
     model runs (None: the model's default; "cuda", "cuda:1", "cpu"); dtype: weights of transformers models
     ("bf16", "fp16", "fp32"; None: bf16 on GPU, fp32 on CPU); model_options: other options of the
     model's family (models.load; e.g. emu3's image_area in pixels); gradient_checkpointing: for
-    transformers models; before: folder of the before measurements (None: <out>/before)."""
+    transformers models; before: folder of the before measurements (None: <out>/before); target: "uniform"
+    (the paper) or a targets YAML (metrics/target.py) the fix balances toward (loss.py) and the audits
+    measure the distance to."""
 
     model: str
     train_suite: str = "occupations:train"
@@ -93,6 +95,7 @@ class FixConfig:
     gradient_checkpointing: bool = True
     before: str | None = None
     merge_for_audit: bool = True
+    target: str = AuditConfig.target
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -101,9 +104,10 @@ class FixConfig:
 
     def audit_config(self, model: Any, prompts: list[Prompt], images_per_prompt: int,
                      perception: str | None) -> AuditConfig:
-        """The settings of one of the run's audits: this run's seed, sampling and batch size."""
+        """The settings of one of the run's audits: this run's seed, sampling, batch size and target."""
         return AuditConfig(model=model, suite=prompts, images_per_prompt=images_per_prompt, seed=self.seed,
-                           perception=perception, sampling=self.sampling, batch_size=self.batch_size)
+                           perception=perception, sampling=self.sampling, batch_size=self.batch_size,
+                           target=self.target)
 
     def train_config(self, method: str | None = None) -> "TrainConfig":
         """The training of `method` (default: the run's) of a resolved config (recipes.resolve); validates
