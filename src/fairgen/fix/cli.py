@@ -97,6 +97,9 @@ def fix_command(
                                  "never)."),
     keep: Optional[str] = typer.Option(D("keep"), help="Adapter kept: best (the validation's choice; default) or last "
                                        "(paper preset)."),
+    target: str = typer.Option(D("target"), "--target",
+                               help="Shares to balance toward: 'uniform' (the paper) or a targets YAML "
+                               "(docs/metrics.md); the audits report the distance to it (tv, js)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when a guardrail of the verdict fails."),
     merge_for_audit: bool = typer.Option(D("merge_for_audit"), "--merge-for-audit/--no-merge-for-audit",
                                          help="Merge the adapter into the weights for the after audits (engine "

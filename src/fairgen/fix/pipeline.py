@@ -44,7 +44,8 @@ from . import checks, guardrails, recipes, validation
 from . import data as balanced
 from . import report as fix_report
 from . import table as fix_table
-from .batches import BatchPlan
+from ..metrics.target import load_target
+from .batches import BatchPlan, target_weights
 from .config import MAY_CHANGE, METHODS, FixConfig, parse_attributes  # noqa: F401  (re-exported)
 from .train import LOG, SELECTION, TRAINED, VALIDATION, check_trainable, train_adapter
 
@@ -62,6 +63,7 @@ def _check(config: FixConfig, out: Path) -> None:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
     if config.keep not in ("best", "last"):
         raise FairgenError(f"--keep must be best or last (got {config.keep!r})")
+    load_target(config.target)  # a bad targets file stops here, before anything is written
     for name in ("explicit_concepts", "understanding_images", "val_concepts", "patience"):
         if getattr(config, name) < 0:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")
@@ -173,7 +175,9 @@ class _Run:
             explicit = self.audit(f"validation at step {step}: explicit", self.model, self.val_explicit,
                                   c.val_explicit_images, d / "explicit")
             s = _summary(neutral)
-            return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes},
+            toward = ({"tv": {a: (s["tv"][a]["mean"] if s["tv"].get(a) else None) for a in c.attributes}}
+                      if c.target != "uniform" else {})
+            return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes}, **toward,
                     "fidelity": s["fidelity"]["value"] if s.get("fidelity") else None, "face_rate": s["face_rate"],
                     "explicit": fix_report.adherence_by_group(explicit.results, self.val_explicit)}
 
@@ -214,7 +218,8 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
             raise FairgenError("the balanced set is empty: perception rejected every group of every prompt")
         del source
         before = run.measure("before", run.model, Path(config.before) if config.before else out / "before")
-        plan = BatchPlan(data, config.units_per_batch, config.seed)
+        weights = target_weights(load_target(config.target), run.train_prompts, config.attributes)
+        plan = BatchPlan(data, config.units_per_batch, config.seed, weights)
         reports = {m: _method(run, m, plan, data, before) for m in config.methods}
         if config.method != "all":
             return reports[config.method]

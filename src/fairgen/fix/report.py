@@ -22,16 +22,19 @@ REPORT_JSON, REPORT_MD, REPORT_HTML, CURVES_PNG = "fix_report.json", "fix_report
 
 
 def audit_summary(results: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The part of an audit's results.json the report keeps: rd (mean, ci95, noise floor) per attribute
-    (None when not measured), face rate, fidelity, and image quality: {"model", "clip_score": {"mean",
-    "ci95"}, "clip_iqa": ...} from the audit's suite-level quality, None when it was not scored."""
+    """The part of an audit's results.json the report keeps: rd (mean, ci95, noise floor) and the total
+    variation to the audit's target (mean, ci95) per attribute (None when not measured), face rate,
+    fidelity, and image quality: {"model", "clip_score": {"mean", "ci95"}, "clip_iqa": ...} from the
+    audit's suite-level quality, None when it was not scored."""
     s = results["summary"]
     rd = {a: ({k: s[a]["rd"].get(k) for k in ("mean", "ci95", "noise_floor")} if s.get(a) else None)
+          for a in METRIC_ATTRIBUTES}
+    tv = {a: ({k: s[a]["tv"].get(k) for k in ("mean", "ci95")} if s.get(a) and "tv" in s[a] else None)
           for a in METRIC_ATTRIBUTES}
     fidelity = s.get("fidelity")
     q = results.get("quality")
     quality = ({"model": q["model"], **{m: q["suite"].get(m) for m in QUALITY_METRICS}} if q else None)
-    return {"run_dir": str(run_dir), "images_per_prompt": results["images_per_prompt"], "rd": rd,
+    return {"run_dir": str(run_dir), "images_per_prompt": results["images_per_prompt"], "rd": rd, "tv": tv,
             "face_rate": s.get("face_rate"), "fidelity": fidelity, "quality": quality}
 
 
@@ -64,11 +67,13 @@ def relative_change(before: float | None, after: float | None) -> float | None:
     return (after - before) / before
 
 
-def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per attribute measured in both audit summaries: rd before, after, and the relative change."""
+def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any], key: str = "rd"
+               ) -> dict[str, dict[str, float | None]]:
+    """Per attribute measured in both audit summaries: rd (or `key`: "tv") before, after, and the relative
+    change."""
     change = {}
     for attr in METRIC_ATTRIBUTES:
-        b, a = before["rd"][attr], after["rd"][attr]
+        b, a = (before.get(key) or {}).get(attr), (after.get(key) or {}).get(attr)
         if b and a:
             change[attr] = {"before": b["mean"], "after": a["mean"],
                             "relative": relative_change(b["mean"], a["mean"])}
@@ -106,6 +111,7 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
+            "tv_change": rd_changes(before, after, "tv") if config.get("target", "uniform") != "uniform" else None,
             "quality_change": quality_changes(before, after),
             "explicit_adherence": {m: group_means(explicit_by_group[m]) for m in ("before", "after")},
             "explicit_adherence_by_group": {m: dict(explicit_by_group[m]) for m in ("before", "after")},
@@ -146,6 +152,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         mark = " **(fixed)**" if attr in c["attributes"] else ""
         lines.append(f"| {attr}{mark} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
                      f"{_pct(report['rd_change'][attr]['relative'])} | {_f(a['noise_floor'])} |")
+    if report.get("tv_change"):
+        lines += ["", f"Distance to the target `{c['target']}` (total variation, 0 when the shares are the "
+                  "target's):", "", "| attribute | TV before [95% CI] | TV after [95% CI] | change |",
+                  "| --- | --- | --- | --- |"]
+        for attr in c["attributes"]:
+            b, a = report["before"]["tv"][attr], report["after"]["tv"][attr]
+            lines.append(f"| {attr} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
+                         f"{_pct(report['tv_change'][attr]['relative'])} |")
     lines += quality_markdown(report)
     lines += _generalisation_markdown(report)
     fb, fa = report["before"]["fidelity"], report["after"]["fidelity"]
