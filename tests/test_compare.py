@@ -220,3 +220,127 @@ def test_compare_warns_on_other_sizes_or_prompts(runs):
     assert any("images per prompt" in w for w in compare_warnings([a, b]))
     assert any("different prompts" in w for w in compare_warnings([a, c]))
     assert compare_warnings([a, a]) == []
+
+
+# --- issue 31: --rank-by METRIC[:ATTRIBUTE] -----------------------------------------------------------------
+def _ranked(table: str) -> list[tuple[str, str]]:
+    """(rank, run) of a ranked markdown table's run rows, in table order."""
+    header, *rows = _md_rows(table)
+    assert header[:2] == ["rank", "run"]
+    return [(r[0], r[1]) for r in rows if not r[1].startswith("difference")]
+
+
+@pytest.fixture(scope="module")
+def three(runs, tmp_path_factory):
+    """The two planted runs and a copy of the skewed one (exactly its values: a tie), in the order
+    spec_a, spec_b, spec_a_copy."""
+    copy = tmp_path_factory.mktemp("tie") / "spec_a_copy"
+    shutil.copytree(runs[0], copy)
+    return [runs[0], runs[1], copy]
+
+
+@pytest.mark.parametrize("metric", ["rd", "kl", "entropy", "mad", "disparity", "tv", "js", "rd_population"])
+def test_rank_by_orders_runs_by_their_results(three, metric):
+    """Every per-attribute metric ranks the runs by results.json's suite value, in its direction (entropy:
+    higher is fairer). The planted specs make spec_b (near balance) the fairer on gender by every metric."""
+    results = [json.loads((r / "results.json").read_text()) for r in three]
+    key = "estimate" if metric == "rd_population" else "mean"
+    values = [r["summary"]["gender"][metric][key] for r in results]
+    sign = -1 if metric == "entropy" else 1
+    expected = sorted(range(3), key=lambda i: sign * values[i])  # stable: the copy stays after spec_a
+    table = compare_runs(three, rank_by=f"{metric}:gender")
+    assert [run for _, run in _ranked(table)] == [three[i].name for i in expected]
+    assert [run for _, run in _ranked(table)][0] == "spec_b"
+    assert values[0] == values[2] and values[0] != values[1]  # the tie is real, the order is not vacuous
+    assert [rank for rank, _ in _ranked(table)] == ["1", "2", "2"]  # ties share a rank
+    header, *rows = _md_rows(table)
+    if metric != "rd":  # its own column, the value of results.json with its interval
+        entry = results[1]["summary"]["gender"][metric]
+        assert _interval(rows[0][header.index(f"{metric} gender")]) == pytest.approx(
+            (entry[key], *entry["ci95"]), abs=0.005)
+
+
+def test_rank_by_default_attribute_ties_and_formats(three):
+    # no attribute: the first one every run measured (gender here)
+    assert compare_runs(three, rank_by="mad") == compare_runs(three, rank_by="mad:gender")
+    race = [json.loads((r / "results.json").read_text())["summary"]["race"]["mad"]["mean"] for r in three]
+    by_race = _ranked(compare_runs(three, rank_by="mad:race"))
+    assert [run for _, run in by_race] == [three[i].name for i in sorted(range(3), key=lambda i: race[i])]
+    # ties keep the order given: the copy first when it is given first
+    assert [run for _, run in _ranked(compare_runs([three[2], three[1], three[0]], rank_by="rd"))] == [
+        "spec_b", "spec_a_copy", "spec_a"]
+    # fidelity: higher is better, and every run's is 1 here: one shared rank
+    assert [rank for rank, _ in _ranked(compare_runs(three, rank_by="fidelity"))] == ["1", "1", "1"]
+    rows = list(csv.DictReader(io.StringIO(compare_runs(three, "csv", rank_by="tv:gender"))))
+    assert [r["rank"] for r in rows] == ["1", "2", "2"] and rows[0]["run"] == "spec_b"
+    tv = json.loads((three[1] / "results.json").read_text())["summary"]["gender"]["tv"]
+    assert (float(rows[0]["tv_gender"]), float(rows[0]["tv_gender_lo"])) == pytest.approx((tv["mean"], tv["ci95"][0]))
+    latex = compare_runs(three, "latex", rank_by="tv:gender")
+    assert latex.splitlines()[0] == r"\begin{tabular}{rlrrrrrrr}" and "tv gender" in latex
+    # two runs: ranked rows, and the paired difference stays last, labelled in the order given
+    table = compare_runs(three[:2], rank_by="rd")
+    assert [run for _, run in _ranked(table)] == ["spec_b", "spec_a"]
+    assert _md_rows(table)[-1][1] == "difference: spec_b − spec_a"
+    assert "ranked by rd gender (lower is fairer)" in table
+
+
+def test_rank_by_parsing_known_answers():
+    from fairgen.report.ranking import parse_rank_by, ranks
+
+    measured = {"gender": {"rd": {}}, "race": {"rd": {}}, "gender_x_race": {"rd": {}}, "age": None}
+    only_age = {"gender": None, "race": None, "gender_x_race": None, "age": {"rd": {}}}
+    both = {**measured, "age": {"rd": {}}}
+    assert parse_rank_by("kl", [{"summary": measured}]).attribute == "gender"
+    assert parse_rank_by("kl", [{"summary": only_age}, {"summary": both}]).attribute == "age"
+    assert parse_rank_by(" js : race ", [{"summary": measured}]).attribute == "race"
+    with pytest.raises(FairgenError, match="no attribute in common"):
+        parse_rank_by("kl", [{"summary": measured}, {"summary": only_age}])
+    assert ranks([0.3, 0.1, 0.3, None, 0.2], higher_is_better=False) == [3, 1, 3, None, 2]
+    assert ranks([0.3, 0.1, 0.3, None, 0.2], higher_is_better=True) == [1, 4, 1, None, 3]
+
+
+def test_rank_by_errors_through_the_cli(three, tmp_path):
+    """Unknown metric or attribute, a run-level metric given an attribute, a metric a run lacks: one
+    `error:` line, exit 2, nothing on stdout."""
+    from conftest import run_cli
+
+    lacking = tmp_path / "old"  # an audit from before the target distances: no tv in its results.json
+    shutil.copytree(three[1], lacking)
+    results = json.loads((lacking / "results.json").read_text())
+    for attr in results["summary"].values():
+        if isinstance(attr, dict):
+            attr.pop("tv", None)
+    (lacking / "results.json").write_text(json.dumps(results))
+    runs = [str(three[0]), str(three[1])]
+    cases = {
+        "foo": "unknown metric 'foo'; choose one of: rd, kl, entropy",
+        "mad:height": "unknown attribute 'height'; choose one of: gender, race, gender_x_race, age",
+        "clip_score:gender": "clip_score is a metric of the whole run",
+        "clip_score": f"run spec_a ({three[0]}) has no clip_score (audited without --quality)",
+        "rd_corrected:race": "has no rd_corrected (audited without --calibration)",
+    }
+    for rank_by, message in cases.items():
+        proc = run_cli("compare", *runs, "--rank-by", rank_by)
+        assert proc.returncode == 2 and proc.stdout == "", (rank_by, proc.stdout)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (rank_by, proc.stderr)
+    proc = run_cli("compare", str(three[0]), str(lacking), "--rank-by", "tv:gender")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: --rank-by tv:gender: run old ({lacking}) has no tv (audited before that metric was reported)")
+    ok = run_cli("compare", *runs, "--rank-by", "entropy:gender")
+    assert ok.returncode == 0 and [r for _, r in _ranked(ok.stdout)] == ["spec_b", "spec_a"]
+
+
+def test_rank_by_a_distance_warns_when_the_targets_differ(runs, tmp_path):
+    """tv ranks each run's distance to its own target: a run audited against 75 % women ranks by that, and
+    the table says the goals differ."""
+    target = tmp_path / "target.yaml"
+    target.write_text("default:\n  gender: {female: 0.75, male: 0.25}\n")
+    fairgen.audit(model="world", world_spec=runs[1].parent / "spec_b.yaml", suite=str(runs[1].parent / "suite.yaml"),
+                  images_per_prompt=20, seed=5, out=tmp_path / "to75", target=str(target))
+    results = json.loads((tmp_path / "to75" / "results.json").read_text())
+    shares = [p["counts"]["gender"]["female"] / sum(p["counts"]["gender"].values()) for p in results["prompts"]]
+    assert results["summary"]["gender"]["tv"]["mean"] == pytest.approx(np.mean([abs(f - 0.75) for f in shares]))
+    table = compare_runs([runs[1], tmp_path / "to75"], rank_by="tv:gender")
+    assert "warning: the runs measure tv to different targets" in table
+    assert "different targets" not in compare_runs([runs[1], runs[0]], rank_by="tv:gender")

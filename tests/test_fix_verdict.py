@@ -103,11 +103,20 @@ def _summary(rd, ci=None, face=1.0, fidelity=0.99, n=160):
                    "race": None, "gender_x_race": None, "age": None}}
 
 
-def _report(after_rd=0.2, fidelity_points=-1.0, female=(0.99, 0.97), suite_after=0.3, face_after=1.0):
+def _quality(clip_score, ci=(0.5, 0.5), iqa=0.6):
+    """A test-suite audit's quality summary: CLIP score with an interval `ci` below/above it, CLIP-IQA ± 0.005."""
+    return {"model": "clip", "clip_score": {"mean": clip_score, "ci95": [clip_score - ci[0], clip_score + ci[1]]},
+            "clip_iqa": {"mean": iqa, "ci95": [iqa - 0.005, iqa + 0.005]}}
+
+
+def _report(after_rd=0.2, fidelity_points=-1.0, female=(0.99, 0.97), suite_after=0.3, face_after=1.0,
+            quality=(_quality(30.0), _quality(29.5))):
     from fairgen.fix.report import rd_changes
 
     suite_before, suite_after_s = _summary(0.5, [0.45, 0.55], n=64), _summary(suite_after, n=64, face=face_after)
-    return {"config": {"attributes": ["gender"]}, "before": _summary(0.8), "after": _summary(after_rd),
+    before, after = _summary(0.8), _summary(after_rd)
+    before["quality"], after["quality"] = quality
+    return {"config": {"attributes": ["gender"]}, "before": before, "after": after,
             "fidelity_change_points": fidelity_points,
             "explicit_adherence_by_group": {"before": {"gender": {"female": female[0], "male": 1.0}},
                                             "after": {"gender": {"female": female[1], "male": 1.0}}},
@@ -118,7 +127,7 @@ def _report(after_rd=0.2, fidelity_points=-1.0, female=(0.99, 0.97), suite_after
 def test_verdict_one_line_per_guardrail_with_known_answers():
     ok = verdict(_report())
     assert ok["passed"] and [g["name"] for g in ok["guardrails"]] == \
-        ["fidelity", "explicit adherence", "generalisation", "face rate"]
+        ["fidelity", "explicit adherence", "generalisation", "face rate", "image quality"]
     assert all(g["line"].startswith("PASS ") for g in ok["guardrails"])
     fails = {g["name"] for g in verdict(_report(fidelity_points=-3.5))["guardrails"] if g["passed"] is False}
     assert fails == {"fidelity"}
@@ -138,6 +147,28 @@ def test_verdict_one_line_per_guardrail_with_known_answers():
     lines = verdict(bare)
     assert lines["passed"] and lines["guardrails"][0]["line"].startswith("NOT MEASURED fidelity")
     assert lines["guardrails"][2]["line"].startswith("NOT MEASURED generalisation")
+    assert verdict(_report(quality=(None, None)))["guardrails"][4]["line"] == (
+        "NOT MEASURED image quality: no quality model (--quality)")
+
+
+def test_quality_guardrail_allows_the_larger_of_the_before_noise_and_the_floor():
+    def line(before, after):
+        return verdict(_report(quality=(before, after)))["guardrails"][4]
+
+    # tight before interval (0.5 below): the 1-point floor decides; a drop of exactly 1.0 passes, 1.01 fails
+    assert line(_quality(30.0), _quality(29.0))["passed"] is True
+    failed = line(_quality(30.0), _quality(28.99))
+    assert failed["passed"] is False and failed["line"].startswith("FAIL image quality: dropped too far: clip_score;")
+    assert "clip_score 30.000 → 28.990 (a drop of at most 1.000 allowed)" in failed["line"]
+    # a wide before interval (2.5 below its mean): its noise decides
+    assert line(_quality(30.0, ci=(2.5, 2.0)), _quality(27.6))["passed"] is True
+    assert line(_quality(30.0, ci=(2.5, 2.0)), _quality(27.4))["passed"] is False
+    # CLIP-IQA alone: its floor is 0.01 (its interval here is ±0.005)
+    assert line(_quality(30.0), _quality(30.0, iqa=0.591))["passed"] is True
+    iqa = line(_quality(30.0), _quality(30.0, iqa=0.585))
+    assert iqa["passed"] is False and "dropped too far: clip_iqa" in iqa["line"]
+    # a rise never fails
+    assert line(_quality(30.0), _quality(35.0, iqa=0.9))["passed"] is True
 
 
 # --- the adapter merged for the audits ------------------------------------------------------------------
@@ -209,7 +240,7 @@ def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the
         assert all(torch.equal(saved[k], best[k.replace(".default", "")] if k not in best else best[k])
                    for k in saved)
     lines = report["verdict"]["guardrails"]
-    assert len(lines) == 4 and all(g["line"] in (out / "fix_report.md").read_text() for g in lines)
+    assert len(lines) == 5 and all(g["line"] in (out / "fix_report.md").read_text() for g in lines)
     html = (out / "fix_report.html").read_text()
     assert all(g["line"].replace(">", "&gt;").replace("<", "&lt;") in html for g in lines)
     # the CLI on the finished run (it resumes): the verdict printed, exit 1 under --strict when it fails
@@ -223,3 +254,27 @@ def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the
     assert all(g["line"] in plain.output for g in lines)
     strict = CliRunner().invoke(app, [*args, "--strict"])
     assert strict.exit_code == (0 if report["verdict"]["passed"] else 1)
+
+
+def test_method_table_shows_quality_with_intervals_only_when_every_row_has_it():
+    from fairgen.fix.report import rd_changes
+    from fairgen.fix.table import build_table, markdown
+
+    def method_report(quality):
+        r = _report(quality=quality)
+        r["config"] = {"attributes": ["gender"], "model": "tiny", "train_suite": "t", "test_suite": "s",
+                       "sft_steps": 4, "bpo_steps": 6, "lr": 1e-3}
+        r["checks"] = {"understanding": {"before": None, "after": None}, "suites": {}}
+        r["explicit_adherence"] = {"before": {}, "after": {}}
+        r["rd_change"] = rd_changes(r["before"], r["after"])
+        return r
+
+    table = build_table({"sft": method_report((_quality(30.0), _quality(29.5))),
+                         "bpo": method_report((_quality(30.0), _quality(28.25, iqa=0.55)))})
+    text = markdown(table)
+    assert "| CLIP score (0–100) | CLIP-IQA (0–1) | explicit followed |" in text
+    assert "| 30.000 [29.500, 30.500] | 0.600 [0.595, 0.605] |" in text  # the before row
+    assert "| 28.250 [27.750, 28.750] | 0.550 [0.545, 0.555] |" in text  # bpo's
+    assert table["methods"]["bpo"]["quality"]["clip_score"]["mean"] == 28.25
+    bare = markdown(build_table({"sft": method_report((None, None))}))
+    assert "CLIP" not in bare and len({line.count("|") for line in bare.splitlines() if line.startswith("| ")}) == 1

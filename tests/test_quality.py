@@ -183,3 +183,65 @@ def test_run_pass_keeps_models_apart_skips_missing_images_and_reports_progress(c
     assert score_run(store, plan, scorer, progress=seen.append) == got and seen == [1]  # the missing image, tried again
     with pytest.raises(ValueError, match="one prompt per image"):
         scorer.score(images(2), ["a"])
+
+
+def test_fix_cli_reports_quality_before_and_after_and_checks_it(clip_dir, mini, suites_dir, tmp_path):
+    """`fairgen fix --quality` on fairgen-tiny (a few training steps, 4 test images): the test-suite audits
+    score their images, and the report's table and verdict line hold the audits' own numbers."""
+    import re
+
+    from conftest import run_cli
+
+    from fairgen.fix.guardrails import quality_allowance
+
+    out = tmp_path / "fix"
+    args = ["fix", "--model", f"tiny:{mini}", "--train-suite", str(suites_dir / "train.yaml"), "--test-suite",
+            str(suites_dir / "test.yaml"), "--images-per-group", "2", "--sft-steps", "4", "--bpo-steps", "6",
+            "--units-per-batch", "2", "--val-concepts", "0", "--images-per-prompt", "4", "--explicit-concepts", "0",
+            "--check-suites", "none", "--understanding-images", "0", "--batch-size", "16", "--out", str(out)]
+    bad = run_cli(*args[:-1], str(tmp_path / "bad"), "--quality", str(tmp_path / "no-clip"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --quality") and len(bad.stderr.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    plain = run_cli(*args)  # without --quality: said so, and the guardrail is not measured
+    assert plain.returncode == 0, plain.stderr
+    assert "Image quality: not measured" in plain.stdout
+    assert "NOT MEASURED image quality: no quality model (--quality)" in plain.stdout
+    image = next((out / "after" / "test" / "images").rglob("*.png"))
+    stamp = image.stat().st_mtime_ns
+    # the same run with --quality resumes (nothing trained or drawn again) and scores its audits' images
+    proc = run_cli(*args, "--quality", str(clip_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert image.stat().st_mtime_ns == stamp
+    report = json.loads((out / "fix_report.json").read_text())
+    md, html = (out / "fix_report.md").read_text(), (out / "fix_report.html").read_text()
+    for moment in ("before", "after"):
+        results = json.loads((out / moment / "test" / "results.json").read_text())
+        scored = [json.loads(x) for x in (out / moment / "test" / "quality.jsonl").read_text().splitlines()]
+        assert len(scored) == 4 and {r["model"] for r in scored} == {str(clip_dir)}
+        suite = results["quality"]["suite"]
+        assert suite["clip_score"]["mean"] == pytest.approx(np.mean([r["clip_score"] for r in scored]))
+        assert report[moment]["quality"] == {"model": str(clip_dir), **suite}
+    b, a = report["before"]["quality"], report["after"]["quality"]
+    # the table row: before and after with their intervals, and the change, as the audits give them
+    row = (f"| CLIP score (0–100) | {b['clip_score']['mean']:.3f} [{b['clip_score']['ci95'][0]:.3f}, "
+           f"{b['clip_score']['ci95'][1]:.3f}] | {a['clip_score']['mean']:.3f} [{a['clip_score']['ci95'][0]:.3f}, "
+           f"{a['clip_score']['ci95'][1]:.3f}] | {a['clip_score']['mean'] - b['clip_score']['mean']:+.3f} |")
+    assert row in proc.stdout and row in md
+    assert report["quality_change"]["clip_iqa"] == pytest.approx(a["clip_iqa"]["mean"] - b["clip_iqa"]["mean"])
+    # the verdict line: the same numbers, and pass or fail by the stated allowance
+    guard = report["verdict"]["guardrails"][-1]
+    assert guard["name"] == "image quality" and guard["line"] in proc.stdout and guard["line"] in md
+    assert guard["line"].replace(">", "&gt;") in html and "CLIP score (0–100)" in html
+    allowed = quality_allowance("clip_score", b["clip_score"])
+    assert (f"clip_score {b['clip_score']['mean']:.3f} → {a['clip_score']['mean']:.3f} (a drop of at most "
+            f"{allowed:.3f} allowed)") in guard["line"]
+    drops = {m: b[m]["mean"] - a[m]["mean"] > quality_allowance(m, b[m]) for m in ("clip_score", "clip_iqa")}
+    assert guard["passed"] is (not any(drops.values()))
+    assert re.search(r"^(PASS|FAIL) image quality: ", guard["line"])
+    # the two audits rank by their CLIP score (higher is better) in `fairgen compare`
+    from fairgen.report import compare_runs
+
+    runs = [out / "before" / "test", out / "after" / "test"]
+    ranked = compare_runs(runs, "csv", rank_by="clip_score").splitlines()[1:3]
+    first = runs[int(a["clip_score"]["mean"] > b["clip_score"]["mean"])]
+    assert ranked[0].startswith(f"1,{first},") and f",{max(a['clip_score']['mean'], b['clip_score']['mean'])}," in ranked[0]

@@ -168,9 +168,11 @@ def test_bad_target_lines_name_where(tmp_path, text, message):
 def test_unreadable_yaml_names_the_parser_error(tmp_path):
     import yaml
 
+    from fairgen.yamlfile import load_yaml
+
     path = write(tmp_path, "default: [1, 2\n")
     with pytest.raises(yaml.YAMLError) as parser:
-        yaml.safe_load(path.read_text())
+        load_yaml(path.read_text())
     with pytest.raises(FairgenError) as e:
         load_target(path)
     assert str(e.value) == f"--target {path}: not readable YAML ({type(parser.value).__name__})"

@@ -97,6 +97,9 @@ def fix_command(
                                  "never)."),
     keep: Optional[str] = typer.Option(D("keep"), help="Adapter kept: best (the validation's choice; default) or last "
                                        "(paper preset)."),
+    target: str = typer.Option(D("target"), "--target",
+                               help="Shares to balance toward: 'uniform' (the paper) or a targets YAML "
+                               "(docs/metrics.md); the audits report the distance to it (tv, js)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when a guardrail of the verdict fails."),
     merge_for_audit: bool = typer.Option(D("merge_for_audit"), "--merge-for-audit/--no-merge-for-audit",
                                          help="Merge the adapter into the weights for the after audits (engine "
@@ -113,6 +116,9 @@ def fix_command(
                                                 help="At most this many prompts per check suite (evenly spread)."),
     understanding_images: int = typer.Option(D("understanding_images"), "--understanding-images", help="Labelled world images of the "
                                              "understanding-accuracy check (0: none)."),
+    quality: Optional[str] = typer.Option(D("quality"), help="A CLIP checkpoint (directory or hub id): the test-suite "
+                                          "audits before and after also report CLIP score and CLIP-IQA, and the "
+                                          "verdict checks that neither drops (docs/fix.md)."),
     before: Optional[Path] = typer.Option(None, "--before", help="Folder of the before audits, to share between "
                                           "fix runs (default: OUT/before)."),
     device: Optional[str] = typer.Option(None, help="Device of the model: cpu, cuda, cuda:1 (default: the "

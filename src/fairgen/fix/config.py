@@ -27,7 +27,7 @@ METHODS = ("prompt", "understanding-sft", "sft", "bpo")
 # where and how fast the same numbers are computed.
 MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
               "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images",
-              "merge_for_audit")
+              "merge_for_audit", "quality")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,11 @@ class FixConfig:
     model runs (None: the model's default; "cuda", "cuda:1", "cpu"); dtype: weights of transformers models
     ("bf16", "fp16", "fp32"; None: bf16 on GPU, fp32 on CPU); model_options: other options of the
     model's family (models.load; e.g. emu3's image_area in pixels); gradient_checkpointing: for
-    transformers models; before: folder of the before measurements (None: <out>/before)."""
+    transformers models; before: folder of the before measurements (None: <out>/before); target: "uniform"
+    (the paper) or a targets YAML (metrics/target.py) the fix balances toward (loss.py) and the audits
+    measure the distance to; quality: a CLIP checkpoint (directory or hub id): the test-suite audits
+    before and after also score CLIP score and CLIP-IQA (AuditConfig.quality), shown in the report and
+    checked by the quality guardrail."""
 
     model: str
     train_suite: str = "occupations:train"
@@ -93,6 +97,8 @@ class FixConfig:
     gradient_checkpointing: bool = True
     before: str | None = None
     merge_for_audit: bool = True
+    target: str = AuditConfig.target
+    quality: str | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -100,10 +106,12 @@ class FixConfig:
         return METHODS if self.method == "all" else (self.method,)
 
     def audit_config(self, model: Any, prompts: list[Prompt], images_per_prompt: int,
-                     perception: str | None) -> AuditConfig:
-        """The settings of one of the run's audits: this run's seed, sampling and batch size."""
+                     perception: str | None, quality: bool = False) -> AuditConfig:
+        """The settings of one of the run's audits: this run's seed, sampling, batch size and target; with
+        `quality`, also the run's quality model (the test-suite audits)."""
         return AuditConfig(model=model, suite=prompts, images_per_prompt=images_per_prompt, seed=self.seed,
-                           perception=perception, sampling=self.sampling, batch_size=self.batch_size)
+                           perception=perception, sampling=self.sampling, batch_size=self.batch_size,
+                           target=self.target, quality=self.quality if quality else None)
 
     def train_config(self, method: str | None = None) -> "TrainConfig":
         """The training of `method` (default: the run's) of a resolved config (recipes.resolve); validates

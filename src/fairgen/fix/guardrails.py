@@ -6,8 +6,12 @@
     generalisation    on every check suite (prompts the fix never saw) and fixed attribute, rd after the fix
                       is not above the upper end of the 95 % interval of rd before it
     face rate         the share of images with a face drops by at most 1 point, on the test and check suites
+    image quality     on the test suite, neither CLIP score nor CLIP-IQA drops by more than the larger of the
+                      before value's own noise (mean − lower end of its 95 % interval) and a floor of 1 % of
+                      the metric's range (1 CLIP-score point, 0.01 CLIP-IQA); docs/fix.md says why
 
-A guardrail that could not be measured (no fidelity metric, no explicit check, `--check-suites none`)
+A guardrail that could not be measured (no fidelity metric, no explicit check, `--check-suites none`, no
+`--quality`)
 reads "not measured" and does not fail the verdict; `fairgen fix --strict` exits 1 when any guardrail
 fails. The bias cut itself is the headline, not a guardrail.
 """
@@ -16,7 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..metrics.quality import QUALITY_METRICS
 from .validation import MAX_FACE_RATE_DROP, MAX_FIDELITY_DROP_POINTS, explicit_floor
+
+# The least drop of each quality metric that may fail the verdict, whatever the intervals: 1 % of its range.
+QUALITY_DROP_FLOOR = {"clip_score": 1.0, "clip_iqa": 0.01}
 
 
 def _line(name: str, passed: bool | None, detail: str) -> dict[str, Any]:
@@ -87,11 +95,38 @@ def _face_rate(report: Mapping[str, Any]) -> dict[str, Any]:
                  f"largest drop on {name}: {b:.3f} → {a:.3f} (at most {100 * MAX_FACE_RATE_DROP:g} point allowed)")
 
 
+def quality_allowance(metric: str, before: Mapping[str, Any]) -> float:
+    """How far a quality metric's suite mean may drop: the larger of the before audit's own noise (mean −
+    the lower end of its 95 % interval) and QUALITY_DROP_FLOOR."""
+    lo = (before.get("ci95") or [None, None])[0]
+    noise = before["mean"] - lo if lo is not None else 0.0
+    return max(noise, QUALITY_DROP_FLOOR[metric])
+
+
+def _quality(report: Mapping[str, Any]) -> dict[str, Any]:
+    b, a = report["before"].get("quality"), report["after"].get("quality")
+    if not (b and a):
+        return _line("image quality", None, "no quality model (--quality)")
+    cells, worse = [], []
+    for m in QUALITY_METRICS:
+        if not (b.get(m) and a.get(m)):
+            continue
+        allowed = quality_allowance(m, b[m])
+        drop = b[m]["mean"] - a[m]["mean"]
+        cells.append(f"{m} {b[m]['mean']:.3f} → {a[m]['mean']:.3f} (a drop of at most {allowed:.3f} allowed)")
+        if drop > allowed:
+            worse.append(m)
+    if not cells:
+        return _line("image quality", None, "no image was scored")
+    return _line("image quality", not worse, ("dropped too far: " + ", ".join(worse) + "; " if worse else "")
+                 + "; ".join(cells))
+
+
 def verdict(report: Mapping[str, Any]) -> dict[str, Any]:
     """{"guardrails": [{"name", "passed" (True / False / None: not measured), "detail", "line"}], "passed":
     no guardrail failed} of a fix report (report.build_report's content)."""
-    lines = [_fidelity(report), _explicit(report), _generalisation(report), _face_rate(report)]
+    lines = [_fidelity(report), _explicit(report), _generalisation(report), _face_rate(report), _quality(report)]
     return {"guardrails": lines, "passed": all(g["passed"] is not False for g in lines)}
 
 
-__all__ = ["verdict"]
+__all__ = ["QUALITY_DROP_FLOOR", "quality_allowance", "verdict"]

@@ -13,6 +13,17 @@ otherwise it pushes the likelier group's log-probability down and the other's up
 Pairs are only ever formed between images of the same prompt and the same attribute: every row carries
 its prompt index and attribute index, and the pairs are built from them (the reference implementation
 compares the two halves of a batch, which pairs images of different prompts when a batch is shuffled).
+
+Toward a target other than uniform (`fairgen fix --target`), each row carries its group's weight
+w_g = K * t_g, t the target's shares of the prompt's concept (every weight is 1 under the uniform target,
+and the losses are then exactly the ones above):
+    SFT     the weighted mean -sum_n w_n log p_n / N: maximum likelihood on a set whose groups count
+            as the target says (the set itself holds as many images of every group), whose optimum
+            draws group g with probability t_g;
+    BPO     only pairs whose groups have equal target shares: L_ij pulls two groups' images to equal
+            likelihood, which is the target only when t_i = t_j. There is no calibrated balance point for
+            unequal shares (L works on mean per-token log-probabilities, whose gap says little about how
+            often each group is drawn), so those pairs leave the loss and the SFT term does the moving.
 """
 
 from __future__ import annotations
@@ -56,14 +67,18 @@ def same_prompt_pairs(prompt_index: torch.Tensor, attribute_index: torch.Tensor 
 
 
 def bpo_loss(logp: torch.Tensor, prompt_index: torch.Tensor, attribute_index: torch.Tensor | None = None,
-             group_index: torch.Tensor | None = None) -> torch.Tensor:
+             group_index: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """BPO over a batch: per (prompt, attribute) set, the mean pair loss over its pairs; then the mean over
     sets (so an attribute with more groups, e.g. race's 6 pairs against gender's 1, weighs the same).
 
     logp: Tensor[N], mean per-token log-probabilities; the index tensors: LongTensor[N] (see
-    same_prompt_pairs). A set with a single image has no pair and does not count. Returns a scalar
-    (0 for a batch without any pair)."""
+    same_prompt_pairs); weight: Tensor[N], each row's target weight K * t_g (None: uniform), which keeps
+    only the pairs of equal weight (module docstring). A set without a pair does not count. Returns a
+    scalar (0 for a batch without any pair)."""
     i, j = same_prompt_pairs(prompt_index, attribute_index, group_index)
+    if weight is not None:
+        equal = torch.isclose(weight[i], weight[j])
+        i, j = i[equal], j[equal]
     if len(i) == 0:
         return logp.sum() * 0.0  # keeps the graph: backward() still works
     losses = pair_loss(logp[i], logp[j])
@@ -76,14 +91,17 @@ def bpo_loss(logp: torch.Tensor, prompt_index: torch.Tensor, attribute_index: to
     return (sums / counts).mean()
 
 
-def sft_loss(logp: torch.Tensor) -> torch.Tensor:
-    """Supervised loss: the mean negative log-probability per image token over the batch (logp: Tensor[N])."""
-    return -logp.mean()
+def sft_loss(logp: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised loss: the mean negative log-probability per image token over the batch (logp: Tensor[N]),
+    each image weighted by its row's target weight (Tensor[N]; None: all 1)."""
+    return -logp.mean() if weight is None else -(weight.to(logp.dtype) * logp).mean()
 
 
 def combined_loss(logp: torch.Tensor, prompt_index: torch.Tensor, attribute_index: torch.Tensor | None,
-                  group_index: torch.Tensor | None, alpha: float, beta: float) -> dict[str, torch.Tensor]:
-    """alpha * SFT + beta * BPO on one batch; returns {"loss", "sft", "bpo"} (scalars; "loss" has the graph)."""
-    sft = sft_loss(logp)
-    bpo = bpo_loss(logp, prompt_index, attribute_index, group_index)
+                  group_index: torch.Tensor | None, alpha: float, beta: float,
+                  weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """alpha * SFT + beta * BPO on one batch (weight: the rows' target weights, None: uniform); returns
+    {"loss", "sft", "bpo"} (scalars; "loss" has the graph)."""
+    sft = sft_loss(logp, weight)
+    bpo = bpo_loss(logp, prompt_index, attribute_index, group_index, weight)
     return {"loss": alpha * sft + beta * bpo, "sft": sft.detach(), "bpo": bpo.detach()}

@@ -44,7 +44,8 @@ from . import checks, guardrails, recipes, validation
 from . import data as balanced
 from . import report as fix_report
 from . import table as fix_table
-from .batches import BatchPlan
+from ..metrics.target import load_target
+from .batches import BatchPlan, target_weights
 from .config import MAY_CHANGE, METHODS, FixConfig, parse_attributes  # noqa: F401  (re-exported)
 from .train import LOG, SELECTION, TRAINED, VALIDATION, check_trainable, train_adapter
 
@@ -62,6 +63,7 @@ def _check(config: FixConfig, out: Path) -> None:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
     if config.keep not in ("best", "last"):
         raise FairgenError(f"--keep must be best or last (got {config.keep!r})")
+    load_target(config.target)  # a bad targets file stops here, before anything is written
     for name in ("explicit_concepts", "understanding_images", "val_concepts", "patience"):
         if getattr(config, name) < 0:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")
@@ -73,6 +75,10 @@ def _check(config: FixConfig, out: Path) -> None:
         if method in TRAINED:
             config.train_config(method)  # validates steps, alpha, beta, lr, anchor
     _check_device(config.device)
+    if config.quality is not None:
+        from ..metrics.quality import check_checkpoint
+
+        check_checkpoint(config.quality)  # a wrong checkpoint fails now, not after the balanced set
     if out.exists() and not out.is_dir():
         raise FairgenError(f"--out {out} exists and is not a directory")
     path = out / MANIFEST
@@ -128,8 +134,9 @@ class _Run:
         self.explicit_name = "explicit-" + "-".join(config.attributes)
         self.val_explicit = fix_report.explicit_prompts(self.val_prompts, config.attributes, len(self.val_prompts))
 
-    def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path) -> AuditResult:
-        return run_audit(self.config.audit_config(model, prompts, n, self.backend_name), run_dir,
+    def audit(self, task: str, model: Any, prompts: list[Prompt], n: int, run_dir: Path,
+              quality: bool = False) -> AuditResult:
+        return run_audit(self.config.audit_config(model, prompts, n, self.backend_name, quality), run_dir,
                          lambda d, t: self.tell(task, d, t))
 
     def measure(self, label: str, model: Any, where: Path, suffix: str = "",
@@ -140,7 +147,7 @@ class _Run:
         fresh = not (where / "test" / "results.json").is_file()
         began = time.perf_counter()
         test = self.audit(f"{label}: test suite", model, checks.with_suffix(self.test_prompts, suffix),
-                          c.images_per_prompt, where / "test")
+                          c.images_per_prompt, where / "test", quality=True)
         if fresh and self.procs.main:  # the audit's speed, for the report (a resumed audit has none)
             seconds = time.perf_counter() - began
             images = c.images_per_prompt * len(self.test_prompts)
@@ -168,7 +175,9 @@ class _Run:
             explicit = self.audit(f"validation at step {step}: explicit", self.model, self.val_explicit,
                                   c.val_explicit_images, d / "explicit")
             s = _summary(neutral)
-            return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes},
+            toward = ({"tv": {a: (s["tv"][a]["mean"] if s["tv"].get(a) else None) for a in c.attributes}}
+                      if c.target != "uniform" else {})
+            return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes}, **toward,
                     "fidelity": s["fidelity"]["value"] if s.get("fidelity") else None, "face_rate": s["face_rate"],
                     "explicit": fix_report.adherence_by_group(explicit.results, self.val_explicit)}
 
@@ -209,7 +218,8 @@ def fix(config: FixConfig, out: str | Path, progress: Progress | None = None) ->
             raise FairgenError("the balanced set is empty: perception rejected every group of every prompt")
         del source
         before = run.measure("before", run.model, Path(config.before) if config.before else out / "before")
-        plan = BatchPlan(data, config.units_per_batch, config.seed)
+        weights = target_weights(load_target(config.target), run.train_prompts, config.attributes)
+        plan = BatchPlan(data, config.units_per_batch, config.seed, weights)
         reports = {m: _method(run, m, plan, data, before) for m in config.methods}
         if config.method != "all":
             return reports[config.method]

@@ -5,7 +5,8 @@ per attribute, rd with its 95% interval and noise floor and the relative change;
 (concept match for world-read images, in points); and explicit-prompt adherence: on a few explicit
 prompts per group, the share of images that show the requested group (an image without a face counts
 as not showing it). The after-fix checks (checks.py) add understanding accuracy on labelled images and rd
-on other suites, before and after.
+on other suites, before and after. With --quality, the test-suite audits' image quality (CLIP score and
+CLIP-IQA, metrics/quality.py) before and after, with their intervals.
 """
 
 from __future__ import annotations
@@ -14,20 +15,27 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..metrics.quality import QUALITY_METRICS
 from ..types import ATTRIBUTES, METRIC_ATTRIBUTES, Prompt
 
 REPORT_JSON, REPORT_MD, REPORT_HTML, CURVES_PNG = "fix_report.json", "fix_report.md", "fix_report.html", "train_curves.png"
 
 
 def audit_summary(results: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The part of an audit's results.json the report keeps: rd (mean, ci95, noise floor) per attribute
-    (None when not measured), face rate, fidelity."""
+    """The part of an audit's results.json the report keeps: rd (mean, ci95, noise floor) and the total
+    variation to the audit's target (mean, ci95) per attribute (None when not measured), face rate,
+    fidelity, and image quality: {"model", "clip_score": {"mean", "ci95"}, "clip_iqa": ...} from the
+    audit's suite-level quality, None when it was not scored."""
     s = results["summary"]
     rd = {a: ({k: s[a]["rd"].get(k) for k in ("mean", "ci95", "noise_floor")} if s.get(a) else None)
           for a in METRIC_ATTRIBUTES}
+    tv = {a: ({k: s[a]["tv"].get(k) for k in ("mean", "ci95")} if s.get(a) and "tv" in s[a] else None)
+          for a in METRIC_ATTRIBUTES}
     fidelity = s.get("fidelity")
-    return {"run_dir": str(run_dir), "images_per_prompt": results["images_per_prompt"], "rd": rd,
-            "face_rate": s.get("face_rate"), "fidelity": fidelity}
+    q = results.get("quality")
+    quality = ({"model": q["model"], **{m: q["suite"].get(m) for m in QUALITY_METRICS}} if q else None)
+    return {"run_dir": str(run_dir), "images_per_prompt": results["images_per_prompt"], "rd": rd, "tv": tv,
+            "face_rate": s.get("face_rate"), "fidelity": fidelity, "quality": quality}
 
 
 def adherence_by_group(results: Mapping[str, Any], prompts: Sequence[Prompt]) -> dict[str, dict[str, float | None]]:
@@ -59,15 +67,26 @@ def relative_change(before: float | None, after: float | None) -> float | None:
     return (after - before) / before
 
 
-def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per attribute measured in both audit summaries: rd before, after, and the relative change."""
+def rd_changes(before: Mapping[str, Any], after: Mapping[str, Any], key: str = "rd"
+               ) -> dict[str, dict[str, float | None]]:
+    """Per attribute measured in both audit summaries: rd (or `key`: "tv") before, after, and the relative
+    change."""
     change = {}
     for attr in METRIC_ATTRIBUTES:
-        b, a = before["rd"][attr], after["rd"][attr]
+        b, a = (before.get(key) or {}).get(attr), (after.get(key) or {}).get(attr)
         if b and a:
             change[attr] = {"before": b["mean"], "after": a["mean"],
                             "relative": relative_change(b["mean"], a["mean"])}
     return change
+
+
+def quality_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, float | None] | None:
+    """Per quality metric, after − before of the suite means (None where either is missing); None when
+    either audit was not scored."""
+    b, a = before.get("quality"), after.get("quality")
+    if not (b and a):
+        return None
+    return {m: (a[m]["mean"] - b[m]["mean"] if a.get(m) and b.get(m) else None) for m in QUALITY_METRICS}
 
 
 def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], before: dict[str, Any],
@@ -92,6 +111,8 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
     return {"config": dict(config), "data": dict(data_stats), "training": curves, "before": before, "after": after,
             "rd_change": change, "fidelity_change_points": fidelity_points,
+            "tv_change": rd_changes(before, after, "tv") if config.get("target", "uniform") != "uniform" else None,
+            "quality_change": quality_changes(before, after),
             "explicit_adherence": {m: group_means(explicit_by_group[m]) for m in ("before", "after")},
             "explicit_adherence_by_group": {m: dict(explicit_by_group[m]) for m in ("before", "after")},
             "checks": _checks(checks or {})}
@@ -131,6 +152,15 @@ def markdown(report: Mapping[str, Any]) -> str:
         mark = " **(fixed)**" if attr in c["attributes"] else ""
         lines.append(f"| {attr}{mark} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
                      f"{_pct(report['rd_change'][attr]['relative'])} | {_f(a['noise_floor'])} |")
+    if report.get("tv_change"):
+        lines += ["", f"Distance to the target `{c['target']}` (total variation, 0 when the shares are the "
+                  "target's):", "", "| attribute | TV before [95% CI] | TV after [95% CI] | change |",
+                  "| --- | --- | --- | --- |"]
+        for attr in c["attributes"]:
+            b, a = report["before"]["tv"][attr], report["after"]["tv"][attr]
+            lines.append(f"| {attr} | {_f(b['mean'])} {_ci(b['ci95'])} | {_f(a['mean'])} {_ci(a['ci95'])} | "
+                         f"{_pct(report['tv_change'][attr]['relative'])} |")
+    lines += quality_markdown(report)
     lines += _generalisation_markdown(report)
     fb, fa = report["before"]["fidelity"], report["after"]["fidelity"]
     lines += ["", f"Face rate {_f(report['before']['face_rate'])} → {_f(report['after']['face_rate'])}."]
@@ -170,6 +200,23 @@ def markdown(report: Mapping[str, Any]) -> str:
                   f"images/s ({100 * rate['after_over_before']:.0f} % of before)."]
     lines += verdict_markdown(report.get("verdict"))
     return "\n".join(lines) + "\n"
+
+
+QUALITY_NAMES = {"clip_score": "CLIP score (0–100)", "clip_iqa": "CLIP-IQA (0–1)"}
+
+
+def quality_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The test suite's image quality before and after, with 95% intervals (or why it was not measured)."""
+    b, a = report["before"].get("quality"), report["after"].get("quality")
+    if not (b and a):
+        return ["", "Image quality: not measured (give --quality with a CLIP checkpoint)."]
+    lines = ["", f"Image quality of the test-suite images (CLIP model {a['model']}; higher is better).", "",
+             "| metric | before [95% CI] | after [95% CI] | change |", "| --- | --- | --- | --- |"]
+    for m in QUALITY_METRICS:
+        if b.get(m) and a.get(m):
+            lines.append(f"| {QUALITY_NAMES[m]} | {_f(b[m]['mean'])} {_ci(b[m]['ci95'])} | {_f(a[m]['mean'])} "
+                         f"{_ci(a[m]['ci95'])} | {report['quality_change'][m]:+.3f} |")
+    return lines
 
 
 def verdict_markdown(verdict: Mapping[str, Any] | None) -> list[str]:
@@ -245,7 +292,8 @@ def html(report: Mapping[str, Any]) -> str:
     validation, as one self-contained page (the audit report's styles)."""
     from ..report.html import _env
 
-    return _env.get_template("fix.html.j2").render(r=report, c=report["config"], pct=_pct)
+    return _env.get_template("fix.html.j2").render(r=report, c=report["config"], pct=_pct,
+                                                  quality_names=QUALITY_NAMES)
 
 
 def plot_curves(training: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -294,7 +294,8 @@ def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float
         return w_images * caption, {"caption": w_images * caption.detach()}
     logp = model.image_token_logprob(mine.prompts, mine.images)
     index = [t.to(logp.device) for t in (mine.prompt_index, mine.attribute_index, mine.group_index)]
-    losses = combined_loss(logp, *index, stage.alpha * w_images, stage.beta * w_sets)
+    weight = None if mine.weight is None else mine.weight.to(logp.device)
+    losses = combined_loss(logp, *index, stage.alpha * w_images, stage.beta * w_sets, weight)
     loss = losses["loss"]
     terms = {"sft": w_images * losses["sft"], "bpo": w_sets * losses["bpo"]}
     if anchor:

@@ -8,9 +8,11 @@
 Every `every` optimizer steps (and at step 0, before training, and at the last step) the adapter in
 training is measured on the held-out prompts (train.py calls the pipeline's measurement): rd of each fixed
 attribute (mean over the prompts), fidelity, face rate, and explicit adherence per group. A record is
-{"step", "stage", "rd": {attr: mean}, "fidelity", "face_rate", "explicit": {attr: {group: share}}}.
-With keep="best" the kept adapter is the one with the lowest rd (relative to step 0, averaged over the
-fixed attributes) among those that pass every guardrail; training stops early after `patience`
+{"step", "stage", "rd": {attr: mean}, "fidelity", "face_rate", "explicit": {attr: {group: share}}}, and
+toward a target other than uniform also "tv": {attr: mean total variation to the target}, which then
+replaces rd as the measure of what the fix is for. With keep="best" the kept adapter is the one with the
+lowest rd (or tv; relative to step 0, averaged over the fixed attributes) among those that pass every
+guardrail; training stops early after `patience`
 measurements in a row that found no better one. With keep="last" (the paper) the last adapter is kept.
 """
 
@@ -69,10 +71,16 @@ def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
     return out
 
 
+def skew_key(record: dict[str, Any]) -> str:
+    """What a record's adapter is chosen by: "tv" (distance to the target) when measured, else "rd"."""
+    return "tv" if record.get("tv") else "rd"
+
+
 def score(record: dict[str, Any], first: dict[str, Any]) -> float:
-    """rd relative to step 0, averaged over the fixed attributes (lower is better; 1.0 at step 0)."""
-    ratios = [record["rd"][a] / first["rd"][a] for a in record["rd"]
-              if record["rd"][a] is not None and first["rd"].get(a)]
+    """rd (or tv) relative to step 0, averaged over the fixed attributes (lower is better; 1.0 at step 0)."""
+    key = skew_key(first)
+    ratios = [record[key][a] / first[key][a] for a in record[key]
+              if record[key][a] is not None and first[key].get(a)]
     return sum(ratios) / len(ratios) if ratios else float("inf")
 
 
@@ -89,12 +97,13 @@ def choose(records: Sequence[dict[str, Any]], keep: str) -> tuple[dict[str, Any]
     ranked = sorted(trained, key=lambda r: (len(failures(r, first)), score(r, first), r["step"]))
     best = ranked[0]
     failed = failures(best, first)
-    rd = ", ".join(f"{a} rd {first['rd'][a]:.3f} → {best['rd'][a]:.3f}" for a in best["rd"]
-                   if best["rd"][a] is not None and first["rd"].get(a) is not None)
+    key = skew_key(first)
+    rd = ", ".join(f"{a} {key} {first[key][a]:.3f} → {best[key][a]:.3f}" for a in best[key]
+                   if best[key][a] is not None and first[key].get(a) is not None)
     if failed:
         return best, (f"step {best['step']}: no measured step passed the validation guardrails; this one "
                       f"fails the fewest ({'; '.join(failed)}); {rd}")
-    return best, f"step {best['step']}: the lowest validation rd among steps that pass every guardrail ({rd})"
+    return best, f"step {best['step']}: the lowest validation {key} among steps that pass every guardrail ({rd})"
 
 
 @dataclass

@@ -39,7 +39,7 @@ class QualityScorer:
             model = CLIPModel.from_pretrained(str(spec)).eval().to(device)
             self._processor = CLIPProcessor.from_pretrained(str(spec))
         except (OSError, ValueError) as e:
-            raise FairgenError(f"--quality {spec}: not a loadable CLIP checkpoint ({str(e).splitlines()[0]})") from None
+            raise _not_clip(spec, e) from None
         self.spec, self.device = str(spec), torch.device(device)
         self._model = _TensorFeatures(model)
 
@@ -70,6 +70,21 @@ class QualityScorer:
             anchors = anchors / anchors.norm(dim=-1, keepdim=True)
             iqa = (100 * image @ anchors.T).softmax(dim=-1)[:, 0]
         return {"clip_score": np.asarray(cs, dtype=float), "clip_iqa": iqa.float().cpu().numpy().astype(float)}
+
+
+def check_checkpoint(spec: str | Path) -> None:
+    """Raise QualityScorer's FairgenError now if `spec` has no CLIP configuration (reads the config only, not
+    the weights): for stages that score images much later, such as fix."""
+    from transformers import CLIPConfig
+
+    try:
+        CLIPConfig.from_pretrained(str(spec))
+    except (OSError, ValueError) as e:
+        raise _not_clip(spec, e) from None
+
+
+def _not_clip(spec: str | Path, error: Exception) -> FairgenError:
+    return FairgenError(f"--quality {spec}: not a loadable CLIP checkpoint ({str(error).splitlines()[0]})")
 
 
 class _TensorFeatures:

@@ -33,6 +33,7 @@ import yaml
 from numpy.typing import ArrayLike
 
 from ..types import JOINT, METRIC_ATTRIBUTES, FairgenError, Prompt
+from ..yamlfile import load_yaml
 from .skew import frequencies
 
 # How far a target's shares may sum from 1 (rounded published percentages sum to 0.999-1.001).
@@ -100,7 +101,7 @@ def load_target(spec: str | Path | None) -> Target:
     if not path.is_file():
         raise FairgenError(f"--target {spec}: no such file (give 'uniform' or a YAML file)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise FairgenError(f"--target {spec}: not readable YAML ({type(e).__name__})") from None
     if not isinstance(raw, dict) or not set(raw) <= {"source", "default", "concepts"}:

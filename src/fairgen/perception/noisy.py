@@ -29,6 +29,7 @@ import yaml
 from PIL import Image
 
 from ..types import JOINT, METRIC_ATTRIBUTES, FairgenError, Perception
+from ..yamlfile import load_yaml
 from .base import PerceptionBackend
 
 # Which uniform of an image's four drives what: 0 the miss, then one per confusion slot.
@@ -184,7 +185,7 @@ class WorldNoisyPerception(NoisyPerception):
             raise FairgenError("perception world-noisy needs a noise file: world-noisy:NOISE.yaml")
         path = Path(spec).expanduser().resolve()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FairgenError(f"perception world-noisy: noise file {path} not found") from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:

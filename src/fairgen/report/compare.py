@@ -6,7 +6,8 @@ For exactly two runs over the same prompts a last row gives run 2 − run 1 per 
 ci95. Runs made with the same seed share every image's seed (common random numbers): their images are paired
 by (prompt, sample) and resampled together, so a run compared with itself differs by exactly 0 [0, 0].
 Runs with other seeds are resampled independently within each prompt. `compare_warnings` names what makes
-two runs hard to compare (other prompts, other images per prompt, other perception).
+two runs hard to compare (other prompts, other images per prompt, other perception). With `rank_by`
+(ranking.py) the runs are ordered best first by any suite metric, with a rank column.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..metrics.table import holding
 from ..types import METRIC_ATTRIBUTES, FairgenError
 from . import FORMATS
 from .html import ATTRIBUTE_NAMES, read_records, read_run
+from .ranking import Ranking, parse_rank_by, ranking_notes, ranks
 
 REPLICATES = 1000
 SEED = 0
@@ -45,14 +47,18 @@ class Row:
     fidelity_metric: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # run dir, model, suite, n: the csv's extra columns
     difference: bool = False  # the paired-difference row (set off by a rule in LaTeX)
+    rank: int | None = None  # with --rank-by: 1 = best; None unranked (no value) or the difference row
+    ranked: Interval | None = None  # with --rank-by: the run's value of the ranking metric
 
 
-def compare_runs(run_dirs: Sequence[str | Path], fmt: str = "md") -> str:
+def compare_runs(run_dirs: Sequence[str | Path], fmt: str = "md", rank_by: str | None = None) -> str:
     """The comparison table of finished runs as Markdown (`md`), CSV (`csv`) or a LaTeX tabular (`latex`).
 
     Rows are labelled "model (suite)", or by directory name when two runs would share a label. With exactly
-    two runs over the same prompt ids, a last row holds the paired difference (run 2 − run 1) of the
-    suite-mean rd with a bootstrap ci95 (REPLICATES replicates, fixed SEED).
+    two runs over the same prompt ids, a last row holds the paired difference (run 2 − run 1, in the order
+    given) of the suite-mean rd with a bootstrap ci95 (REPLICATES replicates, fixed SEED). rank_by:
+    "METRIC[:ATTRIBUTE]" (ranking.py) orders the runs best first and adds a rank column; FairgenError for
+    an unknown metric or attribute, or a run that lacks the metric.
     """
     if fmt not in FORMATS:
         raise FairgenError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -63,13 +69,21 @@ def compare_runs(run_dirs: Sequence[str | Path], fmt: str = "md") -> str:
     labels = _labels(dirs, runs)
     rows = [_row(label, d, r) for label, d, r in zip(labels, dirs, runs)]
     notes = compare_warnings(runs)
+    ranking = parse_rank_by(rank_by, runs) if rank_by is not None else None
+    if ranking is not None:
+        for row, results in zip(rows, runs):
+            row.ranked = ranking.value(results, f"run {row.label} ({row.info['run_dir']})")
+        for row, rank in zip(rows, ranks([r.ranked[0] for r in rows], ranking.higher_is_better)):
+            row.rank = rank
+        rows.sort(key=lambda r: (r.rank is None, r.rank or 0))  # stable: equal ranks keep the order given
+        notes += ranking_notes(ranking, runs)
     if len(runs) == 2 and _prompt_ids(runs[0]) == _prompt_ids(runs[1]):
         paired = _same_images(runs)
         diff = paired_difference(runs[0], runs[1], records=[read_records(d) for d in dirs] if paired else None)
         label = f"difference: {labels[1]} − {labels[0]}"
         rows.append(Row(label, diff, info={"n_prompts": len(runs[0]["prompts"]), "paired": paired},
                         difference=True))
-    return {"md": _markdown, "csv": _csv, "latex": _latex}[fmt](rows, notes)
+    return {"md": _markdown, "csv": _csv, "latex": _latex}[fmt](rows, notes, ranking)
 
 
 def compare_warnings(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -226,15 +240,40 @@ def _fidelity(row: Row, rows: Sequence[Row]) -> str:
     return _num(row.fidelity) + (f" ({row.fidelity_metric})" if len(metrics) > 1 else "")
 
 
-def _header(rows: Sequence[Row]) -> list[str]:
+def _header(rows: Sequence[Row], ranking: Ranking | None = None) -> list[str]:
     metrics = {r.fidelity_metric for r in rows if r.fidelity is not None}
     fidelity = f"fidelity ({metrics.pop()})" if len(metrics) == 1 else "fidelity"
-    return ["run"] + [f"rd {ATTRIBUTE_NAMES[a]}" for a in METRIC_ATTRIBUTES] + ["face rate", fidelity]
+    head = ["run"] + [f"rd {ATTRIBUTE_NAMES[a]}" for a in METRIC_ATTRIBUTES] + ["face rate", fidelity]
+    if ranking is None:
+        return head
+    extra = [_ranked_title(ranking)] if _own_column(ranking) else []
+    return ["rank", head[0], *extra, *head[1:]]
 
 
-def _cells(row: Row, rows: Sequence[Row]) -> list[str]:
+def _cells(row: Row, rows: Sequence[Row], ranking: Ranking | None = None) -> list[str]:
     rds = [_interval(row.rd[a]) for a in METRIC_ATTRIBUTES]
-    return [row.label, *rds, _num(row.face_rate), _fidelity(row, rows)]
+    cells = [row.label, *rds, _num(row.face_rate), _fidelity(row, rows)]
+    if ranking is None:
+        return cells
+    rank = "" if row.difference else ("–" if row.rank is None else str(row.rank))
+    extra = [("" if row.difference else _interval(row.ranked))] if _own_column(ranking) else []
+    return [rank, cells[0], *extra, *cells[1:]]
+
+
+def _own_column(ranking: Ranking) -> bool:
+    """Whether the ranking metric needs a column of its own (rd, face rate and fidelity have theirs)."""
+    return ranking.metric not in ("rd", "face_rate", "fidelity")
+
+
+def _ranked_title(ranking: Ranking) -> str:
+    return ranking.metric if ranking.attribute is None else f"{ranking.metric} {ATTRIBUTE_NAMES[ranking.attribute]}"
+
+
+def _ranking_note(ranking: Ranking) -> str:
+    way = "higher" if ranking.higher_is_better else "lower"
+    fair = "better" if ranking.attribute is None else "fairer"
+    return (f"ranked by {_ranked_title(ranking)} ({way} is {fair}), by point estimate; equal values share a rank; "
+            "where intervals overlap, these data do not settle the order.")
 
 
 def _floors(row: Row) -> str:
@@ -243,14 +282,16 @@ def _floors(row: Row) -> str:
                      if row.info.get(f"rd_{a}_noise_floor") is not None) or "–"
 
 
-def _markdown(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
+def _markdown(rows: Sequence[Row], notes: Sequence[str] = (), ranking: Ranking | None = None) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    header = _header(rows)
-    out = [line(header), "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    out += [line(_cells(r, rows)) for r in rows]
+    header = _header(rows, ranking)
+    label = header.index("run")
+    out = [line(header), "|" + "|".join(["---:"] * label + [":---"] + ["---:"] * (len(header) - 1 - label)) + "|"]
+    out += [line(_cells(r, rows, ranking)) for r in rows]
     out += ["", "rd: mean over prompts [bootstrap ci95, images resampled within each prompt]; 0 = balanced."]
+    out += [_ranking_note(ranking)] if ranking is not None else []
     out += ["noise floor (the rd of a perfectly balanced model at the run's face counts): "
             f"{r.label}: {_floors(r)}." for r in rows if not r.difference]
     if rows[-1].difference:
@@ -261,9 +302,13 @@ def _markdown(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-def _csv(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
-    """Machine-readable: numbers in their own columns (value, lo, hi), empty where not measured."""
-    columns = ["run", "run_dir", "model", "suite", "images_per_prompt", "n_prompts"]
+def _csv(rows: Sequence[Row], notes: Sequence[str] = (), ranking: Ranking | None = None) -> str:
+    """Machine-readable: numbers in their own columns (value, lo, hi), empty where not measured. With a
+    ranking: first a rank column, and the ranking metric's value, lo, hi (e.g. tv_gender, tv_gender_lo)."""
+    key = None if ranking is None else "_".join(filter(None, (ranking.metric, ranking.attribute)))
+    columns = ([] if ranking is None else ["rank"]) + ["run", "run_dir", "model", "suite", "images_per_prompt",
+                                                       "n_prompts"]
+    columns += [] if key is None else [key, f"{key}_lo", f"{key}_hi"]
     for a in METRIC_ATTRIBUTES:
         columns += [f"rd_{a}", f"rd_{a}_lo", f"rd_{a}_hi", f"rd_{a}_noise_floor"]
     columns += ["face_rate", "fidelity", "fidelity_metric", "paired"]
@@ -272,6 +317,9 @@ def _csv(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     writer.writeheader()
     for r in rows:
         record: dict[str, Any] = {"run": r.label, **r.info}
+        if key is not None:
+            cell = r.ranked or (None, None, None)
+            record.update({"rank": r.rank, key: cell[0], f"{key}_lo": cell[1], f"{key}_hi": cell[2]})
         for a in METRIC_ATTRIBUTES:
             cell = r.rd[a] or (None, None, None)
             record.update({f"rd_{a}": cell[0], f"rd_{a}_lo": cell[1], f"rd_{a}_hi": cell[2]})
@@ -297,15 +345,17 @@ def latex_escape(text: str) -> str:
     return "{}" + out if out.startswith("[") else out
 
 
-def _latex(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
+def _latex(rows: Sequence[Row], notes: Sequence[str] = (), ranking: Ranking | None = None) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); the difference row sits below a rule."""
-    header = _header(rows)
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
+    header = _header(rows, ranking)
+    label = header.index("run")
+    align = "r" * label + "l" + "r" * (len(header) - 1 - label)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule"]
     lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
     lines.append(r"\midrule")
     for r in rows:
         if r.difference:
             lines.append(r"\midrule")
-        lines.append(" & ".join(latex_escape(c) for c in _cells(r, rows)) + r" \\")
+        lines.append(" & ".join(latex_escape(c) for c in _cells(r, rows, ranking)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -10,10 +10,9 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-import yaml
-
 from fairgen.suites.templates import check_unique_ids, cross, text_lines
 from fairgen.types import FairgenError, Prompt
+from fairgen.yamlfile import load_yaml
 
 PLACEHOLDER = "{concept}"
 _DATA = files("fairgen.suites").joinpath("data")
@@ -26,14 +25,14 @@ def _read(filename: str) -> str:
 @cache
 def _registry() -> dict[str, Any]:
     """suites.yaml, parsed once per process."""
-    return yaml.safe_load(_read("suites.yaml"))
+    return load_yaml(_read("suites.yaml"))
 
 
 @cache
 def _concepts(filename: str) -> tuple[tuple[str, str], ...]:
     """(concept, words for the template) pairs of a concept file: a .txt list or a .yaml mapping."""
     if filename.endswith(".yaml"):
-        mapping = yaml.safe_load(_read(filename))
+        mapping = load_yaml(_read(filename))
         return tuple((str(concept), str(words)) for concept, words in mapping.items())
     return tuple((line, line) for line in text_lines(_read(filename)))
 

@@ -14,6 +14,7 @@ import yaml
 from fairgen.suites.explicit import group_error
 from fairgen.suites.templates import ID_PATTERN, MAX_ID_LENGTH, check_unique_ids, cross, slugify, text_lines
 from fairgen.types import FairgenError, Prompt
+from fairgen.yamlfile import load_yaml
 
 SUITE_EXTENSIONS = (".yaml", ".yml", ".json", ".txt")
 # Shen et al.'s occupation.json: split -> (templates key, occupations key). Their code builds
@@ -88,7 +89,7 @@ def _parse(path: Path, text: str, ext: str) -> Any:
                 f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
             ) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

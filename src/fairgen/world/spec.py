@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..types import ATTRIBUTES, FairgenError
+from ..yamlfile import load_yaml
 from .render import normalise_concept
 
 SUM_TOLERANCE = 1e-6
@@ -111,7 +112,7 @@ class WorldSpec(BaseModel):
         if not path.is_file():
             raise FairgenError(f"world spec not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise FairgenError(f"world spec {path}: malformed YAML: {' '.join(str(e).split())}") from None
         except UnicodeDecodeError as e:
@@ -125,7 +126,7 @@ class WorldSpec(BaseModel):
     def default(cls) -> "WorldSpec":
         """The packaged default_spec.yaml (50 occupations with skews of the size real models show)."""
         text = resources.files("fairgen.world").joinpath("default_spec.yaml").read_text(encoding="utf-8")
-        return cls.from_dict(yaml.safe_load(text))
+        return cls.from_dict(load_yaml(text))
 
     def distribution(self, concept: str) -> dict[str, dict[str, float]]:
         """Per attribute, the probability of every class (canonical order) for a concept.
