@@ -16,6 +16,7 @@ from fairgen.metrics import (
     rd,
     rd_sampling_range,
 )
+from fairgen.metrics import MetricFrame
 from fairgen.types import Prompt
 
 
@@ -188,3 +189,170 @@ def test_rd_sampling_range_is_the_central_range_of_rd_over_samples(p, n, level):
     sims = rd(np.random.default_rng(0).multinomial(n, p, size=20_000))
     assert rd_sampling_range(p, n) == tuple(float(q) for q in np.quantile(sims, [0.025, 0.975]))
     assert rd_sampling_range([1.0, 0.0], n) == (1.0, 1.0)
+
+
+# --- MetricFrame's tables (metrics/table.py) -----------------------------------------------------------
+
+
+def _frame_with_concepts():
+    from fairgen.metrics import MetricFrame
+
+    prompts = [Prompt("a", "A nurse", "nurse"), Prompt("b", "A pilot", "pilot"), Prompt("c", "A cat", "cat")]
+    recs = []
+    for k in range(8):  # a: 6 women, 2 men, all white; the cue read back right on 5
+        recs.append({"prompt_id": "a", "sample": k, "face": True, "concept_read": "nurse" if k < 5 else "cook",
+                     "label": {"gender": "female" if k < 6 else "male", "race": "white"}})
+    recs.append({"prompt_id": "a", "sample": 8, "face": True, "label": {"gender": "male"}})  # no race label
+    recs.append({"prompt_id": "b", "sample": 0, "face": False, "concept_read": "pilot"})
+    recs.append({"prompt_id": "b", "sample": 1, "face": True, "error": "", "label": {"race": "black"}})
+    recs.append({"prompt_id": "c", "sample": 0, "face": False, "error": "truncated"})
+    return prompts, recs
+
+
+def test_from_records_counts_faces_labels_cues_and_unreadable_images():
+    prompts, recs = _frame_with_concepts()
+    frame = MetricFrame.from_records(prompts, recs, ("race", "gender"), concept_match=lambda code, c: code == c)
+    assert list(frame.counts) == ["gender", "race", "gender_x_race"]  # canonical order, joint last
+    assert frame.counts["gender"].tolist() == [[6, 3], [0, 0], [0, 0]]
+    assert frame.counts["race"].tolist() == [[8, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert frame.counts["gender_x_race"][0].tolist() == [6, 0, 0, 0, 2, 0, 0, 0]  # only faces with both labels
+    assert frame.n_images.tolist() == [9, 2, 1] and frame.n_faces.tolist() == [9, 1, 0]
+    assert frame.n_unreadable.tolist() == [0, 0, 1]  # an empty error is no error
+    assert frame.concept_matches.tolist() == [5, 1, 0]
+    only_race = MetricFrame.from_records(prompts, recs, ("race",))
+    assert list(only_race.counts) == ["race"] and only_race.concept_matches is None
+
+
+def test_summary_and_rows_hold_every_metric_by_its_formula():
+    from fairgen.metrics.skew import SKEW_METRICS
+    from fairgen.metrics.table import summarize
+    from fairgen.metrics.target import jensen_shannon, total_variation
+
+    prompts, recs = _frame_with_concepts()
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"), concept_match=lambda code, c: code == c)
+    out = frame.summarize(replicates=300, seed=2)
+    assert out == summarize(frame, 300, 2) and set(out) == {"summary", "prompts", "target"}
+    s = out["summary"]
+    assert set(s) == {"gender", "race", "age", "gender_x_race", "n_images", "n_unreadable", "face_rate", "fidelity"}
+    assert s["age"] is None and s["n_images"] == 12 and s["n_unreadable"] == 1
+    assert s["face_rate"] == pytest.approx(10 / 11)
+    assert s["fidelity"] == {"metric": "concept_match", "value": pytest.approx(6 / 11)}
+    names = ["rd", "kl", "entropy", "mad", "disparity", "tv", "js"]
+    for attr in ("gender", "race", "gender_x_race"):
+        c = frame.counts[attr]
+        assert set(s[attr]) == {"n_prompts", "rd_population", *names}
+        assert s[attr]["n_prompts"] == int((c.sum(axis=1) > 0).sum())
+        k = c.shape[1]
+        fns = {**SKEW_METRICS, "tv": lambda x: total_variation(x, np.full(k, 1 / k)),
+               "js": lambda x: jensen_shannon(x, np.full(k, 1 / k))}
+        for name in names:
+            values = [fns[name](row) for row in c if row.sum() > 0]
+            entry = s[attr][name]
+            assert set(entry) == ({"mean", "ci95", "noise_floor"} if name == "rd" else {"mean", "ci95"})
+            assert entry["mean"] == pytest.approx(np.mean(values))
+            assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
+            for i, row in enumerate(out["prompts"]):
+                got = row[name][attr]
+                if c[i].sum() == 0:
+                    assert got is None
+                else:
+                    assert got == pytest.approx(fns[name](c[i]))
+        floors = [noise_floor(int(n), k) for n in c.sum(axis=1) if n > 0]
+        assert s[attr]["rd"]["noise_floor"] == pytest.approx(np.mean(floors))
+        assert set(s[attr]["rd_population"]) == {"estimate", "ci95"}
+    a, b, c_row = out["prompts"]
+    assert set(a) == {"id", "text", "concept", "n_images", "n_faces", "n_unreadable", "counts", "rd_population",
+                      "rd", "rd_ci95", "noise_floor", "kl", "entropy", "mad", "disparity", "tv", "js", "tv_ci95",
+                      "js_ci95", "fidelity"}
+    assert (a["id"], a["text"], a["concept"], a["n_images"], a["n_faces"], a["n_unreadable"]) == (
+        "a", "A nurse", "nurse", 9, 9, 0)
+    assert a["counts"] == {"gender": {"female": 6, "male": 3},
+                           "race": {"white": 8, "black": 0, "asian": 0, "indian": 0},
+                           "gender_x_race": dict(zip(
+                               ["female_white", "female_black", "female_asian", "female_indian", "male_white",
+                                "male_black", "male_asian", "male_indian"], [6, 0, 0, 0, 2, 0, 0, 0]))}
+    assert a["noise_floor"] == {"gender": pytest.approx(noise_floor(9, 2)), "race": pytest.approx(noise_floor(8, 4)),
+                                "age": None, "gender_x_race": pytest.approx(noise_floor(8, 8))}
+    assert a["rd_population"]["age"] is None and set(a["rd_population"]["gender"]) == {"estimate", "ci95"}
+    assert a["fidelity"] == pytest.approx(5 / 9) and b["fidelity"] == pytest.approx(1 / 2)
+    assert c_row["fidelity"] is None  # its only image was unreadable
+    for row in (a, b):
+        for key in ("rd_ci95", "tv_ci95", "js_ci95"):
+            for attr in ("gender", "race"):
+                if row[key][attr] is not None:
+                    lo, hi = row[key][attr]
+                    assert lo <= row[key.removesuffix("_ci95")][attr] <= hi
+    assert b["rd_ci95"]["gender"] is None and b["rd_ci95"]["age"] is None and b["tv_ci95"]["race"] == [0.75, 0.75]
+
+
+def test_summary_defaults_and_the_seed():
+    prompts, recs = _frame_with_concepts()
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
+    default = frame.summarize()
+    assert default == frame.summarize(1000, 0)
+    assert default["summary"]["gender"] != frame.summarize(1000, 1)["summary"]["gender"]
+    assert default["summary"]["gender"] != frame.summarize(999, 0)["summary"]["gender"]
+    assert "fidelity" not in default["prompts"][0] and default["summary"]["fidelity"] is None
+    assert default["target"]["name"] == "uniform"
+
+
+def test_nothing_readable_has_no_rates():
+    frame = MetricFrame([Prompt("a", "x", "x")], np.array([2]), np.array([0]), np.array([2]),
+                        {"gender": np.zeros((1, 2), dtype=np.int64)}, np.array([0]))
+    s = frame.summarize(replicates=20)["summary"]
+    assert s["face_rate"] is None and s["fidelity"] is None and s["gender"]["n_prompts"] == 0
+    assert s["gender"]["rd"] == {"mean": None, "ci95": None, "noise_floor": None}
+
+
+def test_holding_widens_an_interval_to_its_point_only_where_needed():
+    from fairgen.metrics.table import _nan, _num, _pair, holding
+
+    got = holding(np.array([[0.1, 0.2], [0.1, 0.2], [0.1, 0.2], [np.nan, np.nan]]), np.array([0.05, 0.15, 0.3, 0.4]))
+    assert got.tolist() == [[0.05, 0.2], [0.1, 0.2], [0.1, 0.3], [0.4, 0.4]]
+    assert holding(np.array([0.1, 0.2]), np.nan).tolist() == [0.1, 0.2]
+    assert _num(np.float32(0.5)) == 0.5 and type(_num(np.float32(0.5))) is float and _num(math.nan) is None
+    assert _pair([np.nan, 1.0]) is None and _pair(np.array([0.25, 0.5])) == [0.25, 0.5]
+    assert math.isnan(_nan(None)) and _nan(3) == 3.0
+
+
+def test_results_frame_reads_results_back_column_by_column():
+    from fairgen.metrics.table import results_frame
+
+    prompts, recs = _frame_with_concepts()
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"), concept_match=lambda code, c: code == c)
+    res = frame.summarize(replicates=100, seed=0)
+    df = results_frame(res)
+    assert list(df["id"]) == ["a", "b", "c"] and list(df["concept"]) == ["nurse", "pilot", "cat"]
+    a = df.iloc[0]
+    assert a["text"] == "A nurse" and a["n_images"] == 9 and a["n_faces"] == 9 and a["n_unreadable"] == 0
+    assert a["face_rate"] == 1.0 and a["share_gender_female"] == pytest.approx(6 / 9)
+    assert a["share_race_white"] == 1.0 and a["share_gender_x_race_male_white"] == pytest.approx(2 / 8)
+    p = res["prompts"][0]
+    assert a["rd_gender"] == pytest.approx(p["rd"]["gender"])
+    assert [a["rd_gender_lo"], a["rd_gender_hi"]] == pytest.approx(p["rd_ci95"]["gender"])
+    assert a["noise_floor_race"] == pytest.approx(p["noise_floor"]["race"])
+    assert a["rd_gender_population"] == pytest.approx(p["rd_population"]["gender"]["estimate"])
+    assert [a["rd_gender_population_lo"], a["rd_gender_population_hi"]] == pytest.approx(
+        p["rd_population"]["gender"]["ci95"])
+    for m in ("kl", "entropy", "mad", "disparity", "tv", "js"):
+        assert a[f"{m}_race"] == pytest.approx(p[m]["race"])
+    assert a["fidelity"] == pytest.approx(5 / 9)
+    assert not any(col.startswith(("share_age", "rd_age")) for col in df.columns)
+    b, c = df.iloc[1], df.iloc[2]
+    assert b["face_rate"] == 0.5 and math.isnan(b["rd_gender"]) and math.isnan(b["rd_gender_lo"])
+    assert math.isnan(b["share_gender_female"]) and b["share_race_black"] == 1.0
+    assert math.isnan(c["face_rate"]) and math.isnan(c["fidelity"])  # nothing readable
+    assert math.isnan(b["rd_gender_population"]) and math.isnan(b["rd_gender_population_hi"])
+    # calibrated results add corrected columns; old results without n_unreadable or rd_population still read
+    p["corrected"] = {"gender": {"shares": {"female": 0.7, "male": 0.3}, "rd": 0.4, "rd_ci95": [0.2, 0.6]},
+                      "race": None}
+    b_row = res["prompts"][1]
+    b_row["corrected"] = {"gender": {"shares": {"female": None, "male": None}, "rd": None, "rd_ci95": None}}
+    del b_row["n_unreadable"], b_row["rd_population"]
+    df = results_frame(res)
+    a, b = df.iloc[0], df.iloc[1]
+    assert (a["share_gender_female_corrected"], a["share_gender_male_corrected"]) == (0.7, 0.3)
+    assert (a["rd_gender_corrected"], a["rd_gender_corrected_lo"], a["rd_gender_corrected_hi"]) == (0.4, 0.2, 0.6)
+    assert math.isnan(a["rd_race_corrected"]) if "rd_race_corrected" in df.columns else True
+    assert math.isnan(b["rd_gender_corrected"]) and math.isnan(b["rd_gender_corrected_lo"])
+    assert b["n_unreadable"] == 0 and b["face_rate"] == 0.5 and math.isnan(b["rd_gender_population"])
