@@ -101,3 +101,42 @@ def test_small_coverage_study(coverage, calibrated):
         assert 0.85 <= row["prompt_population"] <= 1.0, (attr, row)
         assert row["estimate_bias_suite"] < row["plain_bias_suite"], (attr, row)
     assert min(row["prompt_percentile"] for row in table.values()) < 0.8
+
+
+def test_h_is_the_bias_of_a_normal_absolute_value():
+    """h(x) = E|N(x, 1)| − x, here by numerical integration of the normal density."""
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
+    from fairgen.metrics.population import _h
+
+    for x in (0.0, 0.3, 1.0, 2.5):
+        e_abs = quad(lambda z: abs(z) * norm.pdf(z - x), -np.inf, np.inf)[0]
+        assert _h(np.array(x)) == pytest.approx(e_abs - x, abs=1e-7)
+
+
+def test_share_replicates_resample_each_prompt_by_its_own_shares():
+    counts = np.array([[30, 10, 0], [0, 1, 0], [0, 0, 0]])
+    boot = share_replicates(counts, 3000, seed=4)
+    assert boot.shape == (3000, 3, 3)
+    assert boot[:, 0, 0].mean() == pytest.approx(0.75, abs=5 * np.sqrt(0.75 * 0.25 / 40 / 3000))
+    assert boot[:, 0, 0].std() == pytest.approx(np.sqrt(0.75 * 0.25 / 40), rel=0.1)
+    assert (boot[:, 0, 2] == 0).all()
+    assert (boot[:, 1] == [0.0, 1.0, 0.0]).all()  # one face: every replicate is that face
+    assert np.isnan(boot[:, 2]).all()
+    assert np.array_equal(share_replicates(counts, 3000, seed=4), boot, equal_nan=True)  # seeded
+    assert not np.array_equal(share_replicates(counts, 3000, seed=5)[:, 0], boot[:, 0])
+    # counts read back as floats are counts all the same
+    assert np.array_equal(share_replicates(counts.astype(float), 3000, seed=4), boot, equal_nan=True)
+
+
+def test_a_prompt_whose_replicates_never_vary_needs_no_division_by_zero():
+    import warnings
+
+    shares = np.array([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    boot = np.broadcast_to(shares, (50, 2, 4)).copy()  # no spread at all: every sigma is 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = population_rd(shares, boot)
+    assert out["estimate"].tolist() == pytest.approx(rd(shares).tolist())  # nothing to remove without spread
+    np.testing.assert_allclose(out["ci95"], [[0.5, 0.5], [1 / 3, 1 / 3]])  # rd (1, 0, 0, 0) = 0.5
