@@ -245,3 +245,17 @@ def test_fix_cli_reports_quality_before_and_after_and_checks_it(clip_dir, mini, 
     ranked = compare_runs(runs, "csv", rank_by="clip_score").splitlines()[1:3]
     first = runs[int(a["clip_score"]["mean"] > b["clip_score"]["mean"])]
     assert ranked[0].startswith(f"1,{first},") and f",{max(a['clip_score']['mean'], b['clip_score']['mean'])}," in ranked[0]
+
+
+def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path):
+    from fairgen.metrics.quality import check_checkpoint
+
+    check_checkpoint(clip_dir)
+    (tmp_path / "empty").mkdir()
+    for where in (tmp_path / "missing", tmp_path / "empty"):
+        with pytest.raises(FairgenError) as e:
+            check_checkpoint(where)
+        with pytest.raises(FairgenError) as scorer:
+            QualityScorer(where)
+        assert str(e.value) == str(scorer.value)
+        assert str(e.value).startswith(f"--quality {where}: not a loadable CLIP checkpoint (") and "\n" not in str(e.value)
