@@ -168,6 +168,9 @@ def test_a_calibration_is_for_its_own_backend_only():
     moved = Calibration("world", {**WorldPerception().provenance(), "weights": "/x", "dir": "/d",
                                   "versions": {"a": 1}}, "s", 1, 0, cal.blocks)
     moved.check_for(WorldPerception(), "c")
+    # one family, other settings in the name (world-noisy:<file>): the provenance tells them apart
+    Calibration("world:other-spec", WorldPerception().provenance(), "s", 1, 0, cal.blocks).check_for(
+        WorldPerception(), "c")
     named = Calibration("other:world", WorldPerception().provenance(), "s", 1, 0, cal.blocks)
     with pytest.raises(FairgenError, match="made with perception other:world, not world"):
         named.check_for(WorldPerception(), "c")
@@ -283,3 +286,14 @@ def test_a_measured_attribute_without_a_block_reads_none():
     assert results["summary"]["age"]["shares_corrected"] is None
     assert results["summary"]["gender"]["rd_corrected"]["mean"] is not None
     assert results["prompts"][0]["corrected"]["age"] is None
+
+
+def test_a_block_that_cannot_correct_is_refused_where_it_is_used():
+    from fairgen.metrics.correction import CalibrationBlock
+
+    weak = CalibrationBlock("gender", np.array([100, 100]), np.array([[52, 48], [49, 51]]))
+    cal = Calibration("world", WorldPerception().provenance(), "s", 200, 0, {"gender": weak})
+    with pytest.raises(FairgenError) as e:
+        cal.check_for(WorldPerception(), "calibration x.json")
+    assert str(e.value).startswith("calibration x.json: the gender confusion matrix is near-singular (condition "
+                                   "number ")
