@@ -257,4 +257,9 @@ def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path
         with pytest.raises(FairgenError) as scorer:
             QualityScorer(where)
         assert str(e.value) == str(scorer.value)
-        assert str(e.value).startswith(f"--quality {where}: not a loadable CLIP checkpoint (") and "\n" not in str(e.value)
+        from transformers import CLIPConfig
+
+        with pytest.raises(OSError) as cause:
+            CLIPConfig.from_pretrained(str(where))
+        assert str(e.value) == (f"--quality {where}: not a loadable CLIP checkpoint "
+                                f"({str(cause.value).splitlines()[0]})")
