@@ -356,3 +356,40 @@ def test_results_frame_reads_results_back_column_by_column():
     assert math.isnan(a["rd_race_corrected"]) if "rd_race_corrected" in df.columns else True
     assert math.isnan(b["rd_gender_corrected"]) and math.isnan(b["rd_gender_corrected_lo"])
     assert b["n_unreadable"] == 0 and b["face_rate"] == 0.5 and math.isnan(b["rd_gender_population"])
+
+
+def test_gender_and_race_are_resampled_as_marginals_of_the_joint_when_they_are():
+    """Prompt 0: all faces white, gender varies; prompt 1: all female, race varies. Drawn from one joint
+    resample, every replicate keeps rd_joint = (rd_gender + 6) / 28 on prompt 0 and (6 rd_race + 4) / 28 on
+    prompt 1 (the pairs of the 8 joint shares, written out)."""
+    prompts = [Prompt("a", "x", "x"), Prompt("b", "y", "y")]
+    recs = [{"prompt_id": "a", "face": True, "label": {"gender": g, "race": "white"}}
+            for g in ["female"] * 13 + ["male"] * 7]
+    recs += [{"prompt_id": "b", "face": True, "label": {"gender": "female", "race": r}}
+             for r in ["white"] * 6 + ["black"] * 5 + ["asian"] * 5 + ["indian"] * 4]
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
+    boots = frame._bootstrap(200, 3, {a: {} for a in frame.counts})
+    joint, gender, race = (boots[a, "rd"][0] for a in ("gender_x_race", "gender", "race"))
+    assert np.allclose(joint[:, 0], (gender[:, 0] + 6) / 28)
+    assert np.allclose(joint[:, 1], (6 * race[:, 1] + 4) / 28)
+    assert gender[:, 0].std() > 0 and race[:, 1].std() > 0
+
+
+def test_gender_faces_without_a_race_label_are_resampled_on_their_own():
+    """100 faces with a gender label, 4 of them with a race too: gender's replicates resample all 100 (rd of
+    100 faces takes many values), not the joint's 4 (rd in {0, 1/2, 1})."""
+    prompts = [Prompt("a", "x", "x")]
+    recs = [{"prompt_id": "a", "face": True, "label": {"gender": "female" if k % 3 else "male",
+                                                        **({"race": "black"} if k < 4 else {})}}
+            for k in range(100)]
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
+    assert frame.counts["gender"].sum() == 100 and frame.counts["gender_x_race"].sum() == 4
+    boots = frame._bootstrap(300, 0, {a: {} for a in frame.counts})
+    assert len(np.unique(boots["gender", "rd"][0][:, 0])) > 5
+    # a race without a gender: race on its own as well
+    recs = [{"prompt_id": "a", "face": True, "label": {"race": "black" if k % 2 else "white",
+                                                        **({"gender": "male"} if k < 4 else {})}}
+            for k in range(100)]
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
+    boots = frame._bootstrap(300, 0, {a: {} for a in frame.counts})
+    assert len(np.unique(boots["race", "rd"][0][:, 0])) > 5
