@@ -105,6 +105,8 @@ def broken(**changes):
     ({"labelled__n_images": KeyError}, "w: 'labelled' must give n_images and n_unreadable as counts"),
     ({"blocks": []}, "w: 'blocks' must be a non-empty object"),
     ({"blocks__gender_x_race": {}}, "w: a gender_x_race block already covers gender and race; found both"),
+    ({"blocks": {"gender_x_race": {}, "race": {}}},
+     "w: a gender_x_race block already covers gender and race; found both"),
     ({"blocks__height": {}}, "w: unknown block 'height' (expected one of: gender_x_race, gender, race, age)"),
     ({"blocks__gender": []}, "w block gender: expected an object"),
     ({"blocks__gender__classes": ["male", "female"]},
@@ -242,8 +244,22 @@ def test_calibrate_refusals_progress_and_file(tmp_path):
     expected.pop("created")
     assert written == expected and cal.source == "world:16" and cal.n_images == 16
     assert set(cal.blocks) == {JOINT, "age"} and (cal.blocks[JOINT].confusion == 2 * np.eye(8)).all()
-    # the default seed is 0 and the default batch size gives the same counts
+    # the default batch size, and one image at a time, give the same counts
     assert calibrate("world", "world:16").to_json()["blocks"] == cal.to_json()["blocks"]
+    assert calibrate("world", "world:16", batch_size=1).to_json()["blocks"] == cal.to_json()["blocks"]
+
+
+def test_the_seed_draws_the_world_renders(tmp_path):
+    """A noisy reader's mistakes are fixed per image, so other renders (another seed) give other counts; the
+    default seed is 0."""
+    from fairgen import perception
+
+    noise = tmp_path / "noise.yaml"
+    noise.write_text("confusion:\n  gender: {female: {male: 0.3}, male: {female: 0.3}}\n")
+    backend = perception.load(f"world-noisy:{noise}")
+    counts = {s: calibrate(backend, "world:64", seed=s).blocks[JOINT].confusion.tolist() for s in (0, 1)}
+    assert counts[0] != counts[1]
+    assert calibrate(backend, "world:64").blocks[JOINT].confusion.tolist() == counts[0]
 
 
 def test_corrected_estimates_are_added_beside_the_raw_ones(tmp_path):

@@ -167,6 +167,9 @@ def test_first_difference_names_the_path_and_both_sides():
     assert fd({"b": 1}, {"b": 1, "z": None}, "cfg") is None  # a missing key and None are alike
     assert fd({"b": 1}, {"b": 1, "z": 0}, "cfg") == "cfg.z (None -> 0)"
     assert fd({1: "a"}, {1: "b"}, "") == "1 ('a' -> 'b')"
+    assert fd({1: "a", "b": 2}, {1: "a", "b": 3}, "") == "b (2 -> 3)"  # keys of mixed types sort as text
+    assert fd({"a": {"b": 1}}, {"a": "x"}, "") == "a ({'b': 1} -> 'x')"  # a mapping against a value
+    assert fd("x", {"a": 1}, "k") == "k ('x' -> {'a': 1})"
     assert fd(math.nan, None, "x") is None  # NaN is written as null
     assert fd([1, 2], (1, 3), "") == "value ([1, 2] -> [1, 3])"
     assert fd({"k": "s" * 60}, {"k": "t"}, "w") == "w.k ('" + "s" * 44 + "... -> 't')"
