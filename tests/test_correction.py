@@ -21,7 +21,7 @@ from fairgen.metrics.correction import (
 )
 from fairgen.metrics.population import population_rd
 from fairgen.metrics.skew import rd
-from fairgen.types import JOINT, METRIC_ATTRIBUTES
+from fairgen.types import JOINT, METRIC_ATTRIBUTES, FairgenError
 
 B = 4000
 
@@ -212,3 +212,25 @@ def test_simplex_lstsq_broadcasts_matrices_over_observed_rows():
     for b in range(2):
         assert np.allclose(got[b, 0], simplex_lstsq(f[0], m[b]), atol=1e-12)
         assert np.allclose(got[b, 0] @ m[b], f[0], atol=1e-9) or got[b, 0].min() == 0
+
+
+def test_corrected_shares_sum_to_one_exactly_and_rows_without_faces_warn_nothing():
+    rng = np.random.default_rng(8)
+    rates = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    f = np.vstack([rng.dirichlet(np.full(3, 0.3), size=(40,)), np.full((1, 3), np.nan)])  # many off the simplex
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = simplex_lstsq(np.stack([f, f[::-1]]), rates)  # (2, 41, 3)
+    finite = np.isfinite(q).all(axis=-1)
+    assert finite.sum() == 80 and np.isnan(q[0, -1]).all() and np.isnan(q[1, 0]).all()
+    assert np.abs(q[finite].sum(axis=-1) - 1).max() < 1e-12 and q[finite].min() >= 0
+
+
+def test_a_near_singular_confusion_is_refused_in_one_full_line():
+    block = CalibrationBlock("gender", np.array([100, 100]), np.array([[52, 48], [49, 51]]))
+    with pytest.raises(FairgenError) as e:
+        block.check("cal.json")
+    cond = np.linalg.cond(np.array([[0.52, 0.48], [49 / 100, 51 / 100]]))
+    assert str(e.value) == (f"cal.json: the gender confusion matrix is near-singular (condition number {cond:.3g} "
+                            "> 10): the classifier cannot tell its classes apart well enough to correct; use a "
+                            "better classifier")
