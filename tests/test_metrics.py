@@ -393,3 +393,37 @@ def test_gender_faces_without_a_race_label_are_resampled_on_their_own():
     frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
     boots = frame._bootstrap(300, 0, {a: {} for a in frame.counts})
     assert len(np.unique(boots["race", "rd"][0][:, 0])) > 5
+
+
+def test_skew_metrics_are_plain_floats_for_one_prompt_and_rows_for_many():
+    from fairgen.metrics.skew import SKEW_METRICS
+
+    one_hot = {"rd": 0.5, "kl": math.log(4), "entropy": 0.0, "mad": 2 * 3 / 16, "disparity": 1.0}
+    uniform = {"rd": 0.0, "kl": 0.0, "entropy": 1.0, "mad": 0.0, "disparity": 0.0}
+    for name, fn in SKEW_METRICS.items():
+        assert type(fn([0, 7, 0, 0])) is float and fn([0, 7, 0, 0]) == pytest.approx(one_hot[name])
+        assert fn([3, 3, 3, 3]) == pytest.approx(uniform[name], abs=1e-12)
+        assert math.isnan(fn([0, 0, 0, 0]))
+        rows = np.array([[[0, 7, 0, 0], [3, 3, 3, 3]], [[0, 0, 0, 0], [5, 1, 0, 2]]])  # (B, P, K)
+        got = fn(rows)
+        assert got.shape == (2, 2)
+        for b in range(2):
+            for p in range(2):
+                alone = fn(rows[b, p])
+                assert (math.isnan(alone) and math.isnan(got[b, p])) or got[b, p] == pytest.approx(alone)
+
+
+def test_bootstrap_draws_every_replicate_in_chunks_of_their_own():
+    """50,000 prompts of 4 classes: 20 replicates a chunk, so 50 replicates come from three generators; each
+    replicate is a fresh resample (none repeats another chunk's) and the suite mean is the prompts' mean."""
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(12, [0.4, 0.3, 0.2, 0.1], size=50_000)
+    counts[0] = 0
+    out = bootstrap_metrics(counts, {"rd": rd}, replicates=50, seed=7)
+    per_prompt, suite = out["rd"]
+    assert per_prompt.shape == (50, 50_000) and suite.shape == (50,)
+    assert np.isnan(per_prompt[:, 0]).all()
+    assert np.allclose(suite, np.nanmean(per_prompt, axis=1))
+    assert len({row.tobytes() for row in per_prompt[:, 1:11]}) == 50  # no replicate drawn twice
+    again = bootstrap_metrics(counts, {"rd": rd}, replicates=50, seed=7)["rd"][0]
+    assert np.array_equal(again, per_prompt, equal_nan=True)
