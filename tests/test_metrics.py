@@ -1,5 +1,6 @@
 """Metrics against hand-computed values and known sampling behaviour."""
 
+import json
 import math
 
 import numpy as np
@@ -427,3 +428,40 @@ def test_bootstrap_draws_every_replicate_in_chunks_of_their_own():
     assert len({row.tobytes() for row in per_prompt[:, 1:11]}) == 50  # no replicate drawn twice
     again = bootstrap_metrics(counts, {"rd": rd}, replicates=50, seed=7)["rd"][0]
     assert np.array_equal(again, per_prompt, equal_nan=True)
+
+
+def test_results_frame_counts_unreadable_images_apart_and_keeps_prompts_without_faces():
+    from fairgen.metrics.table import results_frame, summarize
+
+    prompts = [Prompt("a", "x", "x")]
+    frame = MetricFrame(prompts, np.array([5]), np.array([2]), np.array([1]),
+                        {"race": np.array([[1, 1, 0, 0]]), "age": np.array([[2, 0]])})
+    res = summarize(frame, replicates=30)
+    assert res == frame.summarize(30, 0)
+    row = results_frame(res).iloc[0]
+    assert row["n_unreadable"] == 1 and row["face_rate"] == 0.5  # 2 faces among the 4 readable images
+    assert row["share_race_white"] == 0.5 and row["share_age_young"] == 1.0  # gender unmeasured comes first
+    # a results.json from before n_unreadable: every image counts as readable
+    old = json.loads(json.dumps(res))
+    old["prompts"][0].update(n_images=1, n_faces=1)
+    del old["prompts"][0]["n_unreadable"]
+    assert results_frame(old).iloc[0]["face_rate"] == 1.0
+    # a suite whose only prompt has no faces still has its measured attributes' columns
+    empty = MetricFrame(prompts, np.array([3]), np.array([0]), np.array([0]), {"gender": np.zeros((1, 2), int)})
+    df = results_frame(empty.summarize(replicates=20))
+    assert {"share_gender_female", "rd_gender", "noise_floor_gender"} <= set(df.columns)
+    assert math.isnan(df.iloc[0]["rd_gender"]) and df.iloc[0]["face_rate"] == 0.0
+
+
+def test_summarize_is_the_method_with_its_defaults_and_target(tmp_path):
+    from fairgen.metrics.table import summarize
+    from fairgen.metrics.target import load_target
+
+    prompts, recs = _frame_with_concepts()
+    frame = MetricFrame.from_records(prompts, recs, ("gender", "race"))
+    assert summarize(frame) == frame.summarize(1000, 0)
+    path = tmp_path / "t.yaml"
+    path.write_text("default:\n  gender: {female: 0.9, male: 0.1}\n")
+    target = load_target(path)
+    got = summarize(frame, 40, 3, target)
+    assert got == frame.summarize(40, 3, target) and got["target"]["name"] == str(path)

@@ -263,3 +263,11 @@ def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path
             CLIPConfig.from_pretrained(str(where))
         assert str(e.value) == (f"--quality {where}: not a loadable CLIP checkpoint "
                                 f"({str(cause.value).splitlines()[0]})")
+
+
+def test_a_prompt_without_images_does_not_end_the_summary():
+    recs = [{"prompt_id": "b", "clip_score": 30.0, "clip_iqa": 0.25}]
+    out = summarize_quality(["a", "b"], recs, replicates=50)
+    assert out["prompts"] == {"b": {"clip_score": {"mean": 30.0, "ci95": [30.0, 30.0], "n": 1},
+                                    "clip_iqa": {"mean": 0.25, "ci95": [0.25, 0.25], "n": 1}}}
+    assert out["suite"]["clip_score"] == {"mean": 30.0, "ci95": [30.0, 30.0]}
