@@ -114,6 +114,10 @@ def test_in_background_runs_in_a_named_daemon_thread_and_carries_errors():
         store.in_background(broken).result(timeout=10)
     nameless = store.in_background(lambda: threading.current_thread().name)
     assert nameless.result(timeout=10) == "fairgen-<lambda>"
+    import functools
+
+    unnamed = store.in_background(functools.partial(lambda: threading.current_thread().name))  # no __name__
+    assert unnamed.result(timeout=10) == "fairgen-background"
 
 
 def test_json_object_is_empty_unless_the_file_holds_an_object(tmp_path):
