@@ -465,3 +465,11 @@ def test_summarize_is_the_method_with_its_defaults_and_target(tmp_path):
     target = load_target(path)
     got = summarize(frame, 40, 3, target)
     assert got == frame.summarize(40, 3, target) and got["target"]["name"] == str(path)
+
+
+def test_rd_sampling_range_draws_20000_samples_by_default():
+    """With 8 classes and 1,000 images rd takes so many values that one more draw moves the low end."""
+    p = np.full(8, 1 / 8)
+    default = rd_sampling_range(p, 1000)
+    assert default == rd_sampling_range(p, 1000, 0.95, 20_000, 0)
+    assert default != rd_sampling_range(p, 1000, 0.95, 20_001, 0)
