@@ -220,6 +220,8 @@ def test_from_records_counts_faces_labels_cues_and_unreadable_images():
     assert frame.n_images.tolist() == [9, 2, 1] and frame.n_faces.tolist() == [9, 1, 0]
     assert frame.n_unreadable.tolist() == [0, 0, 1]  # an empty error is no error
     assert frame.concept_matches.tolist() == [5, 1, 0]
+    for array in (frame.n_images, frame.n_faces, frame.n_unreadable, frame.concept_matches, *frame.counts.values()):
+        assert array.dtype == np.int64  # counts, as documented (results.json writes them as integers)
     only_race = MetricFrame.from_records(prompts, recs, ("race",))
     assert list(only_race.counts) == ["race"] and only_race.concept_matches is None
 
