@@ -199,7 +199,7 @@ def _frame_with_concepts():
     from fairgen.metrics import MetricFrame
 
     prompts = [Prompt("a", "A nurse", "nurse"), Prompt("b", "A pilot", "pilot"), Prompt("c", "A cat", "cat")]
-    recs = []
+    recs = [{"prompt_id": "zzz", "sample": 0, "face": True, "label": {"gender": "male"}}]  # not in the suite
     for k in range(8):  # a: 6 women, 2 men, all white; the cue read back right on 5
         recs.append({"prompt_id": "a", "sample": k, "face": True, "concept_read": "nurse" if k < 5 else "cook",
                      "label": {"gender": "female" if k < 6 else "male", "race": "white"}})
@@ -207,6 +207,7 @@ def _frame_with_concepts():
     recs.append({"prompt_id": "b", "sample": 0, "face": False, "concept_read": "pilot"})
     recs.append({"prompt_id": "b", "sample": 1, "face": True, "error": "", "label": {"race": "black"}})
     recs.append({"prompt_id": "c", "sample": 0, "face": False, "error": "truncated"})
+    recs.append({"prompt_id": "c", "sample": 1, "face": False, "error": "truncated"})
     return prompts, recs
 
 
@@ -217,8 +218,8 @@ def test_from_records_counts_faces_labels_cues_and_unreadable_images():
     assert frame.counts["gender"].tolist() == [[6, 3], [0, 0], [0, 0]]
     assert frame.counts["race"].tolist() == [[8, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
     assert frame.counts["gender_x_race"][0].tolist() == [6, 0, 0, 0, 2, 0, 0, 0]  # only faces with both labels
-    assert frame.n_images.tolist() == [9, 2, 1] and frame.n_faces.tolist() == [9, 1, 0]
-    assert frame.n_unreadable.tolist() == [0, 0, 1]  # an empty error is no error
+    assert frame.n_images.tolist() == [9, 2, 2] and frame.n_faces.tolist() == [9, 1, 0]
+    assert frame.n_unreadable.tolist() == [0, 0, 2]  # an empty error is no error
     assert frame.concept_matches.tolist() == [5, 1, 0]
     for array in (frame.n_images, frame.n_faces, frame.n_unreadable, frame.concept_matches, *frame.counts.values()):
         assert array.dtype == np.int64  # counts, as documented (results.json writes them as integers)
@@ -237,7 +238,7 @@ def test_summary_and_rows_hold_every_metric_by_its_formula():
     assert out == summarize(frame, 300, 2) and set(out) == {"summary", "prompts", "target"}
     s = out["summary"]
     assert set(s) == {"gender", "race", "age", "gender_x_race", "n_images", "n_unreadable", "face_rate", "fidelity"}
-    assert s["age"] is None and s["n_images"] == 12 and s["n_unreadable"] == 1
+    assert s["age"] is None and s["n_images"] == 13 and s["n_unreadable"] == 2
     assert s["face_rate"] == pytest.approx(10 / 11)
     assert s["fidelity"] == {"metric": "concept_match", "value": pytest.approx(6 / 11)}
     names = ["rd", "kl", "entropy", "mad", "disparity", "tv", "js"]
@@ -278,7 +279,7 @@ def test_summary_and_rows_hold_every_metric_by_its_formula():
                                 "age": None, "gender_x_race": pytest.approx(noise_floor(8, 8))}
     assert a["rd_population"]["age"] is None and set(a["rd_population"]["gender"]) == {"estimate", "ci95"}
     assert a["fidelity"] == pytest.approx(5 / 9) and b["fidelity"] == pytest.approx(1 / 2)
-    assert c_row["fidelity"] is None  # its only image was unreadable
+    assert c_row["fidelity"] is None  # its images were unreadable
     for row in (a, b):
         for key in ("rd_ci95", "tv_ci95", "js_ci95"):
             for attr in ("gender", "race"):
