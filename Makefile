@@ -18,8 +18,10 @@ install: $(BIN)/fairgen
 demo: install
 	$(BIN)/fairgen audit --suite occupations:test --images-per-prompt 32 --seed 0 --out runs/demo
 
+# Two workers (pytest-xdist), one per core of a 2-core CI machine; --dist loadfile keeps each test file,
+# and the model its fixtures train once, on one worker.
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The report test screenshots report.html in headless Chromium (Debian's package).
 browser:

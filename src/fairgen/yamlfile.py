@@ -1,8 +1,8 @@
 """YAML reading, one place: safe loading through libyaml's C parser where PyYAML was built with it.
 
-The same safe subset as yaml.safe_load (no Python objects), about ten times faster: the packaged world
-spec (50 concepts) took 3.8 s to parse in pure Python on a loaded 2-core machine, once per audit of a
-world-perceived model."""
+The same safe subset as yaml.safe_load (no Python objects), several times faster: the packaged world spec
+(50 concepts), parsed whenever a process builds the `world` model, took 3.8 s in pure Python and 0.17 s
+through libyaml on this project's loaded 2-core machine (2026-12-06)."""
 
 from __future__ import annotations
 
