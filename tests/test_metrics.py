@@ -303,7 +303,11 @@ def test_summary_defaults_and_the_seed():
 def test_nothing_readable_has_no_rates():
     frame = MetricFrame([Prompt("a", "x", "x")], np.array([2]), np.array([0]), np.array([2]),
                         {"gender": np.zeros((1, 2), dtype=np.int64)}, np.array([0]))
-    s = frame.summarize(replicates=20)["summary"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 is computed and warned about
+        s = frame.summarize(replicates=20)["summary"]
     assert s["face_rate"] is None and s["fidelity"] is None and s["gender"]["n_prompts"] == 0
     assert s["gender"]["rd"] == {"mean": None, "ci95": None, "noise_floor": None}
 
