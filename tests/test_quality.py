@@ -263,6 +263,11 @@ def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path
             CLIPConfig.from_pretrained(str(where))
         assert str(e.value) == (f"--quality {where}: not a loadable CLIP checkpoint "
                                 f"({str(cause.value).splitlines()[0]})")
+    empty = tmp_path / "empty"  # a directory transformers would read as a default CLIP configuration
+    empty.mkdir()
+    for check in (check_checkpoint, QualityScorer):
+        with pytest.raises(FairgenError, match=f"--quality {empty}: not a loadable CLIP checkpoint"):
+            check(empty)
 
 
 def test_a_prompt_without_images_does_not_end_the_summary():

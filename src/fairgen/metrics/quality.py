@@ -77,6 +77,10 @@ def check_checkpoint(spec: str | Path) -> None:
     the weights): for stages that score images much later, such as fix."""
     from transformers import CLIPConfig
 
+    if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
+        # transformers reads a directory without config.json as "all defaults": refuse it here, as loading
+        # the weights later would
+        raise _not_clip(spec, FileNotFoundError(f"no config.json in {spec}"))
     try:
         CLIPConfig.from_pretrained(str(spec))
     except (OSError, ValueError) as e:
