@@ -90,14 +90,11 @@ class BatchPlan:
         attrs = list(ATTRIBUTES)
         # units[u] = (prompt number, attribute number, rows [n_groups, m]): row indices of the frame
         self.units: list[tuple[int, int, np.ndarray]] = []
-        self.unit_weights: list[Sequence[float]] = []
         for (pid, attr), part in frame.groupby(["prompt_id", "attribute"], sort=False):
             per_group = [part.index[part["group"] == g].to_numpy() for g in ATTRIBUTES[attr]]
             m = min(len(rows) for rows in per_group)  # equal after rebalancing; min keeps it safe anyway
             grid = np.stack([rows[:m] for rows in per_group])
             self.units.append((self.prompt_number[pid], attrs.index(attr), grid))
-            if weights is not None:
-                self.unit_weights.append(weights[(pid, attr)])
         self.frame = frame
         self.units_per_batch = min(units_per_batch, len(self.units))
 
@@ -114,7 +111,7 @@ class BatchPlan:
             p, a, grid = self.units[int(u)]
             copy = int(rng.integers(grid.shape[1]))
             if self.weights is not None:
-                weight += list(self.unit_weights[int(u)])
+                weight += list(self.weights[(self.prompt_ids[p], list(ATTRIBUTES)[a])])
             rows += grid[:, copy].tolist()
             prompt_index += [p] * grid.shape[0]
             attribute_index += [a] * grid.shape[0]
