@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from PIL import Image
-
 from . import models, perception, suites
 from .config import AuditConfig
 from .distributed import launch_rank, processes
+from .hostwork import Loaded, Recorder, host_workers
 from .inputs import check_run
 from .models.protocols import ImageGenerator, ImageSource, Model as UnifiedModel
 from .perception.base import PerceptionBackend
-from .store import MANIFEST, RunStore, derive_seed, in_background, perception_record
-from .types import FairgenError, Perception, Prompt
+from .store import MANIFEST, RunStore, derive_seed, in_background
+from .types import FairgenError, Prompt
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,6 +130,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
             c.check()
+            workers = host_workers()  # a bad FAIRGEN_HOST_WORKERS stops here, before the run directory
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
@@ -184,7 +184,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
                     "adapter": str(adapter) if adapter else _adapter_of(gen),
                 }
                 # A new run's model provenance (a large checkpoint's sha256 takes seconds) is made beside the
-                # first batch's generation and recorded before anything is saved (finish); a resumed run's
+                # first batch's generation and recorded before anything is saved (record_provenance); a resumed run's
                 # is checked against the run's before anything else.
                 fresh = procs.world == 1 and not (Path(out) / MANIFEST).exists()
                 model_provenance = in_background(gen.provenance) if fresh else None
@@ -209,42 +209,25 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
                 store.record(model_provenance=model_provenance.result())
                 model_provenance = None
 
-        def finish(batch: list[tuple[Prompt, int, int]], loaded: list[_Loaded], recorded: int) -> None:
-            """Save the batch's new images, perceive them, append their records (in that order: a record
-            never names an image that is not on disk)."""
-            record_provenance()
-            for (p, k, _), (im, _, _, fresh) in zip(batch, loaded):
-                if fresh:
-                    store.save_image(im, p.id, k)
-            seen = iter(backend.perceive([im.convert("RGB") if fresh else im for im, _, _, fresh in loaded
-                                          if im is not None]))
-            new = [
-                perception_record(
-                    p.id, k, s, next(seen) if im is not None else Perception(face=False, error=err), src
-                )
-                for (p, k, s), (im, err, src, _) in zip(batch, loaded)
-            ]
-            store.append_records(new, shard=shard)
-            if bar:  # with shards: what all processes have recorded so far
+        recorded = 0
+
+        def on_recorded(new: list[dict[str, Any]]) -> None:
+            """The progress bar after each batch (with shards: what all processes have recorded so far)."""
+            nonlocal recorded
+            recorded += len(new)
+            if bar:
                 bar(done + (recorded if shard is None else store.shard_record_count()), len(plan))
 
         with procs.step():  # every process: every world-th image of what is left
             mine = todo[procs.rank :: procs.world]
             # One batch behind: while the model generates batch i+1 (on a GPU, mostly waiting on the
-            # device), a worker thread saves and perceives batch i. An error in either stops the loop
-            # after the worker has finished what it holds, so no generated batch is lost. (A GPU
-            # perception backend runs beside the engine's CUDA-graph capture: see engine._capture.)
-            with ThreadPoolExecutor(max_workers=1) as worker:
-                pending: Future | None = None
-                recorded = 0
+            # device), host workers save and perceive batch i (hostwork.py: processes, one per core). An
+            # error in either stops the loop after the work in flight is recorded, so no generated batch
+            # is lost. (A GPU perception backend runs beside the engine's CUDA-graph capture, in this
+            # process: see engine._capture.)
+            with Recorder(store, backend, on_recorded, record_provenance, shard, workers) as recorder:
                 for batch in _balanced(mine, batch_size):
-                    loaded = _images_for(gen, store, batch, sampling)
-                    if pending is not None:
-                        pending.result()
-                    recorded += len(batch)
-                    pending = worker.submit(finish, batch, loaded, recorded)
-                if pending is not None:
-                    pending.result()
+                    recorder.put([(p.id, k, s) for p, k, s in batch], _images_for(gen, store, batch, sampling))
             record_provenance()  # where no batch was left to make
 
         with procs.step():  # the main process merges, measures and reports; the others wait for it
@@ -359,10 +342,6 @@ def _plan(gen: UnifiedModel, prompts: Sequence[Prompt], n: int, seed: int) -> It
             yield p, k, derive_seed(seed, p.id, k)
 
 
-# (image or None, error or None, source file or None, generated now and not yet saved)
-_Loaded = tuple[Image.Image | None, str | None, str | None, bool]
-
-
 def _balanced(items: list, size: int) -> Iterator[list]:
     """items in the fewest batches of at most `size`, of near-equal length (even_chunk): 800 images at 56
     go as 15 batches of 53-54, not 14 of 56 and one of 16 (a small last batch costs a GPU almost a full one)."""
@@ -375,12 +354,12 @@ def _balanced(items: list, size: int) -> Iterator[list]:
         start = stop
 
 
-def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[_Loaded]:
+def _images_for(gen: UnifiedModel, store: RunStore, batch, sampling) -> list[Loaded]:
     """The batch's images: read from a folder model's files, read back from the run directory when
     generated before, else generated in one call (the caller saves those: their flag is True)."""
     if isinstance(gen, ImageSource):
         return [(*gen.read(p, k), str(gen.source(p, k)), False) for p, k, _ in batch]
-    out: list[_Loaded] = [(None, None, None, False)] * len(batch)
+    out: list[Loaded] = [(None, None, None, False)] * len(batch)
     missing = []
     for i, (p, k, _) in enumerate(batch):
         image = store.load_image(p.id, k)

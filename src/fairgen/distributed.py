@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
 WORLD_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+LOCAL_WORLD_VARS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE")
 # How long a barrier waits for the slowest process: its whole share of the images, or a model download. A
 # process that dies is noticed sooner: the launchers stop every process of a run when one of them fails.
 BARRIER_TIMEOUT = timedelta(hours=6)
@@ -51,6 +52,12 @@ def launch_rank() -> int:
         return _env_int(RANK_VARS, 0)
     except FairgenError:
         return 0
+
+
+def local_world_size() -> int:
+    """How many processes of this launch share this host (they share its cores): the launcher's local size,
+    else its world size (as if all were here), 1 when not launched as one of several."""
+    return max(1, _env_int(LOCAL_WORLD_VARS, _env_int(WORLD_VARS, 1)))
 
 
 class SharedError(FairgenError):

@@ -40,8 +40,9 @@ from .. import suites
 from ..config import AuditConfig
 from ..models.protocols import ImageSource, Model as UnifiedModel
 from ..perception.base import PerceptionBackend
-from ..store import RunStore, derive_seed, perception_record
-from ..types import ATTRIBUTES, FairgenError, Perception, Prompt
+from ..hostwork import Loaded, Recorder
+from ..store import RunStore, derive_seed
+from ..types import ATTRIBUTES, FairgenError, Prompt
 
 PARQUET, STATS = "balanced.parquet", "stats.json"
 COLUMNS = ("prompt", "neutral_prompt", "prompt_id", "attribute", "group", "sample", "image")
@@ -109,24 +110,22 @@ def mismatch(seen: dict[str, Any], explicit: Prompt, check_concept: bool = False
 
 
 def _generate(store: RunStore, source: UnifiedModel, plan: list[tuple[Request, int, int]],
-              sampling: dict[str, Any]) -> list[tuple[Image.Image | None, str | None, str | None]]:
-    """(image, error, source file) for each planned item: from a folder source's files, from the store
-    when made before, else generated in one call and stored."""
+              sampling: dict[str, Any]) -> list[Loaded]:
+    """(image, error, source file, new) for each planned item: from a folder source's files, from the store
+    when made before, else generated in one call (new: the Recorder saves those)."""
     if isinstance(source, ImageSource):
-        return [(*source.read(r.explicit, k), str(source.source(r.explicit, k))) for r, k, _ in plan]
-    out: list[tuple[Image.Image | None, str | None, str | None]] = []
+        return [(*source.read(r.explicit, k), str(source.source(r.explicit, k)), False) for r, k, _ in plan]
+    out: list[Loaded] = []
     missing = []
     for i, (r, k, _) in enumerate(plan):
-        out.append((store.load_image(r.explicit_at(k).id, k), None, None))
+        out.append((store.load_image(r.explicit_at(k).id, k), None, None, False))
         if out[-1][0] is None:
             missing.append(i)
     if missing:
         made = source.generate([plan[i][0].explicit_at(plan[i][1]) for i in missing],
                                [plan[i][2] for i in missing], **sampling)
         for i, image in zip(missing, made):
-            r, k, _ = plan[i]
-            store.save_image(image, r.explicit_at(k).id, k)
-            out[i] = (image.convert("RGB"), None, None)
+            out[i] = (image, None, None, True)
     return out
 
 
@@ -157,18 +156,20 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
             for r in reqs for k in range(_count(source, r, images_per_group))]
     todo = [item for item in plan if (item[0].explicit_at(item[1]).id, item[1]) not in records]
     done = len(plan) - len(todo)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        loaded = _generate(store, source, batch, sampling)
-        seen = iter(backend.perceive([im for im, _, _ in loaded if im is not None]))
-        new = [perception_record(r.explicit_at(k).id, k, s,
-                                 next(seen) if im is not None else Perception(face=False, error=err), src)
-               for (r, k, s), (im, err, src) in zip(batch, loaded)]
-        store.append_records(new)
+
+    def on_recorded(new: list[dict[str, Any]]) -> None:
+        nonlocal done
         records.update({(rec["prompt_id"], rec["sample"]): rec for rec in new})
-        done += len(batch)
+        done += len(new)
         if progress:
             progress(done, len(plan))
+
+    # Generated in this thread, saved and perceived one batch behind in the host workers (hostwork.py).
+    with Recorder(store, backend, on_recorded) as recorder:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            recorder.put([(r.explicit_at(k).id, k, s) for r, k, s in batch],
+                         _generate(store, source, batch, sampling))
     rows, stats = rebalance(reqs, plan, records, check_concept)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     tmp = store.root / f".{PARQUET}.tmp"

@@ -36,6 +36,7 @@ from ..audit import AuditResult
 from ..audit import run as run_audit
 from ..config import AuditConfig
 from ..distributed import Processes, processes
+from ..hostwork import host_workers
 from ..models.adapters import applied_adapter, merged_adapter
 from ..models.protocols import Understander
 from ..store import atomic_write_json
@@ -75,6 +76,7 @@ def _check(config: FixConfig, out: Path) -> None:
         if method in TRAINED:
             config.train_config(method)  # validates steps, alpha, beta, lr, anchor
     _check_device(config.device)
+    host_workers()  # a bad FAIRGEN_HOST_WORKERS stops here, before the balanced set
     if config.quality is not None:
         from ..metrics.quality import check_checkpoint
 

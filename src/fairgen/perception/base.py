@@ -15,6 +15,9 @@ class PerceptionBackend(Protocol):
 
     name: the backend's name as given to --perception.
     attributes: the attributes it measures (keys of types.ATTRIBUTES); others are "not measured".
+    Optional: process_safe = True says the backend may be pickled to a worker process and perceive there
+    with the same results (CPU only, no open handles): audits then perceive in their host worker
+    processes (hostwork.py). Without it (GPU backends, plugins) perception stays in the main process.
     """
 
     name: str

@@ -107,6 +107,7 @@ class NoisyPerception:
         self.base = base
         self.attributes = tuple(base.attributes)
         self.reads_concept = getattr(base, "reads_concept", False)  # the concept cue passes through untouched
+        self.process_safe = getattr(base, "process_safe", False)  # the noise is a function of (seed, pixels)
         self.name = name or f"noisy({base.name})"
         self.seed = seed
         self.confusion = {a: confusion_matrix(a, _check_rows("noise confusion", a, r, True))

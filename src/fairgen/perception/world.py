@@ -20,6 +20,7 @@ class WorldPerception:
     name = "world"
     attributes = ("gender", "race", "age")
     reads_concept = True  # concept_read holds the world's concept cue: fidelity is concept_match
+    process_safe = True  # no state, CPU only: audits perceive in their host worker processes (hostwork.py)
 
     def provenance(self) -> dict[str, Any]:
         """The reader has no weights; its version identifies it."""
