@@ -111,13 +111,14 @@ def reference(tmp_path_factory, suite) -> Path:
 
 
 def test_two_process_accelerate_audit_equals_one_process(tmp_path, suite, reference):
+    """Each process saving and perceiving in a host worker process of its own (hostwork.py)."""
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          "--main_process_port", str(_free_port()), "-m", "fairgen", *ARGS, "--suite", str(suite),
          "--out", str(out)],
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True, text=True, env=_env(FAIRGEN_HOST_WORKERS="1"), timeout=300,
     )
     assert done.returncode == 0, done.stderr
     _assert_same_run(out, reference)

@@ -112,13 +112,15 @@ def test_a_backend_that_is_not_process_safe_perceives_in_the_main_process(tmp_pa
 def test_host_workers_default_and_override(monkeypatch):
     for var in (ENV, *LOCAL_WORLD_VARS, *WORLD_VARS):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hostwork, "_POOL", None)  # no pool running in this process
     for cores, expected in ((1, 0), (2, 1), (16, 15), (64, hostwork.MAX_WORKERS)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
-        assert host_workers() == expected
+        assert host_workers() == host_workers(hostwork.MIN_POOL_IMAGES) == expected
+        assert host_workers(hostwork.MIN_POOL_IMAGES - 1) == 0  # small work: not worth starting the pool
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four processes of a launch share the 64 cores
     assert host_workers() == 15
     monkeypatch.setenv(ENV, "5")
-    assert host_workers() == 5
+    assert host_workers() == host_workers(1) == 5  # as given, whatever the work
     for bad in ("-1", "many"):
         monkeypatch.setenv(ENV, bad)
         with pytest.raises(fairgen.FairgenError, match=ENV):

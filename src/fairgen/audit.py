@@ -130,7 +130,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
     with processes() as procs:
         with procs.step():  # every process: inputs, model, perception; the main one: the run directory
             c.check()
-            workers = host_workers()  # a bad FAIRGEN_HOST_WORKERS stops here, before the run directory
+            host_workers()  # a bad FAIRGEN_HOST_WORKERS stops here, before the run directory
             if Path(out).exists() and not Path(out).is_dir():
                 raise FairgenError(f"output path {out} exists and is not a directory")
             suite_name = suite if isinstance(suite, str) else "<prompts>"
@@ -225,7 +225,7 @@ def _run(c: AuditConfig, out: str | Path, progress: Callable[[int, int], None] |
             # error in either stops the loop after the work in flight is recorded, so no generated batch
             # is lost. (A GPU perception backend runs beside the engine's CUDA-graph capture, in this
             # process: see engine._capture.)
-            with Recorder(store, backend, on_recorded, record_provenance, shard, workers) as recorder:
+            with Recorder(store, backend, on_recorded, record_provenance, shard, images=len(mine)) as recorder:
                 for batch in _balanced(mine, batch_size):
                     recorder.put([(p.id, k, s) for p, k, s in batch], _images_for(gen, store, batch, sampling))
             record_provenance()  # where no batch was left to make

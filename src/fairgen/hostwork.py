@@ -14,7 +14,8 @@ they name is on disk; an error in a worker stops the loop after the work in flig
 chunks that did finish are recorded); batches are recorded in the order they were made, and each chunk's
 records in its order, so the records file is the one a single thread writes, byte for byte.
 
-    FAIRGEN_HOST_WORKERS=N   worker processes (0: everything in one thread of the main process, as before)
+    FAIRGEN_HOST_WORKERS=N   worker processes (0: everything in one thread of the main process, as before);
+                             unset: one per core but one, up to MAX_WORKERS (host_workers)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .types import FairgenError, Perception
 
 ENV = "FAIRGEN_HOST_WORKERS"
 MAX_WORKERS = 16  # beyond this the coordinating thread and the pipes, not the workers, set the pace
+MIN_POOL_IMAGES = 512  # less work than this is done in one thread unless the pool is running (host_workers)
 
 # (image or None, error or None, source file or None, generated now and not yet saved)
 Loaded = tuple[Image.Image | None, str | None, str | None, bool]
@@ -44,11 +46,13 @@ Loaded = tuple[Image.Image | None, str | None, str | None, bool]
 Key = tuple[str, int, int]
 
 
-def host_workers() -> int:
+def host_workers(images: int | None = None) -> int:
     """How many worker processes save and perceive: $FAIRGEN_HOST_WORKERS when set, else one per core this
     process may use (its CPU affinity) less one for the generating process, with the cores shared among
-    the processes of a launch on this host (distributed.local_world_size), at most MAX_WORKERS. 0 runs the host work
-    in one thread of the main process (the default on a single core)."""
+    the processes of a launch on this host (distributed.local_world_size), at most MAX_WORKERS. 0 runs the
+    host work in one thread of the main process: the default on a single core, and for work of fewer
+    than MIN_POOL_IMAGES `images` unless the pool is already running (starting it costs about a second,
+    what one thread does with a few hundred images; once started it serves every later audit)."""
     given = os.environ.get(ENV)
     if given is not None and given.strip():
         try:
@@ -59,7 +63,10 @@ def host_workers() -> int:
             raise FairgenError(f"{ENV} must be a whole number >= 0 (got {given!r})")
         return workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(MAX_WORKERS, cores // local_world_size() - 1))
+    workers = max(0, min(MAX_WORKERS, cores // local_world_size() - 1))
+    if images is not None and images < MIN_POOL_IMAGES and (_POOL is None or _POOL[0] != workers):
+        return 0
+    return workers
 
 
 class Recorder:
@@ -71,16 +78,17 @@ class Recorder:
 
     on_recorded(records): called (in the coordinating thread) after each batch's records are appended.
     before_save(): called before a batch's first file is written (a new run's provenance). shard: append
-    to that process's shard file (store.append_records). workers: host_workers() when None.
+    to that process's shard file (store.append_records). workers: host_workers(images) when None, images
+    being how many the caller will put.
     """
 
     def __init__(self, store: RunStore, backend: PerceptionBackend,
                  on_recorded: Callable[[list[dict[str, Any]]], None] | None = None,
                  before_save: Callable[[], None] | None = None, shard: int | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, images: int | None = None) -> None:
         self.store, self.backend, self.shard = store, backend, shard
         self.on_recorded, self.before_save = on_recorded, before_save
-        self.workers = host_workers() if workers is None else workers
+        self.workers = host_workers(images) if workers is None else workers
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairgen-host")
         self._pending: Future | None = None
 
@@ -231,4 +239,4 @@ def _exit_with(parent: Any) -> None:
     os._exit(0)
 
 
-__all__ = ["ENV", "MAX_WORKERS", "Key", "Loaded", "Recorder", "host_workers"]
+__all__ = ["ENV", "MAX_WORKERS", "MIN_POOL_IMAGES", "Key", "Loaded", "Recorder", "host_workers"]

@@ -165,7 +165,7 @@ def build(prompts: Sequence[Prompt], attributes: Sequence[str], source: UnifiedM
             progress(done, len(plan))
 
     # Generated in this thread, saved and perceived one batch behind in the host workers (hostwork.py).
-    with Recorder(store, backend, on_recorded) as recorder:
+    with Recorder(store, backend, on_recorded, images=len(todo)) as recorder:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             recorder.put([(r.explicit_at(k).id, k, s) for r, k, s in batch],
