@@ -7,7 +7,8 @@ and with `--preset paper`, over several seeds, every run the plain CLI command a
 
 Each run is `python -m fairgen fix --model tiny --attributes A --seed S --out OUT/<preset>/<setting>/seed-S`
 plus `--preset paper` for the paper preset and `--extra`'s options (nothing else: the defaults are what
-is measured). Runs go `--jobs` at a time, one CPU thread each (OMP_NUM_THREADS=1; `--threads` to change).
+is measured). Runs go `--jobs` at a time, one CPU thread each (OMP_NUM_THREADS=1; `--threads` to change)
+and the cores shared for their host workers (FAIRGEN_HOST_WORKERS; `--host-workers` to change).
 Targets (issue 26, test suite at 160 images per prompt): the gender setting cuts gender rd by >= 70 %,
 race race rd by >= 45 %, mix each by >= 30 %, and every guardrail of the verdict passes. Writes
 OUT/fix_tiny.md and OUT/fix_tiny.json: one row per run (rd cut per fixed attribute, each guardrail,
@@ -33,13 +34,14 @@ TARGETS = {("gender", "gender"): 0.70, ("race", "race"): 0.45, ("mix", "gender")
 
 
 def run_one(out: Path, preset: str, setting: str, seed: int, extra: list[str], threads: int,
-            timeout: float | None) -> dict:
+            timeout: float | None, host_workers: int) -> dict:
     """One `fairgen fix` command; returns {"preset", "setting", "seed", "out", "seconds", "rc", "report"}."""
     where = out / preset / setting / f"seed-{seed}"
     where.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fairgen", "fix", "--model", "tiny", "--attributes", SETTINGS[setting],
            "--seed", str(seed), "--out", str(where), *(["--preset", preset] if preset != "default" else []), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "FAIRGEN_HOST_WORKERS": str(host_workers)}
     began = time.time()
     with open(str(where) + ".log", "w") as log:
         log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
@@ -119,15 +121,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--extra", default="", help="more `fairgen fix` options for every run, e.g. '--device cuda'")
     parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take")
+    parser.add_argument("--host-workers", type=int, default=None,
+                        help="FAIRGEN_HOST_WORKERS of each run (default: the cores shared among the jobs, less one each)")
     args = parser.parse_args()
+    if args.host_workers is None:  # what one run alone takes by default (hostwork.host_workers), per job
+        args.host_workers = max(0, len(os.sched_getaffinity(0)) // args.jobs - 1)
     runs = [(p, s, int(seed)) for p in args.presets.split(",") for s in args.settings.split(",")
             for seed in args.seeds.split(",")]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: run_one(args.out, *job, shlex.split(args.extra), args.threads,
-                                                    args.timeout), runs))
+                                                    args.timeout, args.host_workers), runs))
     text, verdicts = table(results)
     header = (f"fairgen fix on tiny, occupations:test at 160 images per prompt; options beyond the defaults: "
-              f"{args.extra or 'none'}; {args.jobs} runs at a time, {args.threads} thread(s) each\n\n")
+              f"{args.extra or 'none'}; {args.jobs} runs at a time, {args.threads} thread(s) and "
+              f"{args.host_workers} host worker(s) each\n\n")
     print(header + text)
     (args.out / "fix_tiny.md").write_text(header + text)
     (args.out / "fix_tiny.json").write_text(json.dumps({"extra": args.extra, "jobs": args.jobs, "verdicts": verdicts,

@@ -3,7 +3,7 @@
 An audit (and fix's balanced set) generates a batch, then saves every new image as a PNG and perceives
 it. On a GPU the generation leaves the host, and what is left there, PNG encoding and perception, is pure
 Python and numpy on 64 x 64 images: it holds the GIL (two threads perceive slower than one), so one
-thread caps an audit at a few hundred images per second (docs/performance.md, "Host workers"). Here the
+thread caps an audit at a few hundred images per second (docs/fix.md, issue 26; benchmarks/audit_host.py). Here the
 batch is cut into contiguous chunks, one per worker process; each process saves its chunk's images and,
 where the backend allows it (`process_safe`), perceives them and returns their records. A backend that
 is not process safe (a GPU one: CLIP, a judge, a plugin) perceives the whole batch in this process's
