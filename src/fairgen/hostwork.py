@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -89,6 +90,13 @@ class Recorder:
         self.store, self.backend, self.shard = store, backend, shard
         self.on_recorded, self.before_save = on_recorded, before_save
         self.workers = host_workers(images) if workers is None else workers
+        if self.workers:
+            try:
+                _pool(self.workers)
+            except (NotImplementedError, OSError, ImportError) as e:  # no working sem_open (some containers)
+                warnings.warn(f"fairgen: no host worker processes here ({e}); saving and perceiving in one thread",
+                              RuntimeWarning, stacklevel=2)
+                self.workers = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairgen-host")
         self._pending: Future | None = None
 
