@@ -134,3 +134,39 @@ def test_a_bad_worker_count_is_one_line_and_exit_2(tmp_path, monkeypatch):
     assert proc.returncode == 2 and ENV in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_audit_leaves_no_workers_and_resumes(tmp_path, monkeypatch):
+    """SIGKILL of an audit's main process (as a machine failure, the workers not told): its worker
+    processes exit on their own, and the same command finishes with the uninterrupted results."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    suite = str(write_suite(tmp_path / "s.yaml", [f"job{i}" for i in range(4)]))
+    args = [sys.executable, "-m", "fairgen", "audit", "--model", "world", "--suite", suite, "-n", "24",
+            "--batch-size", "8", "--seed", "2"]
+    env = dict(os.environ, FAIRGEN_HOST_WORKERS="2", OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*args, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records, workers, deadline = run / "perception.jsonl", [], time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and records.read_bytes().count(b"\n") >= 16:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert workers and not (run / "results.json").exists(), "the run finished before it could be killed"
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive
+    resumed = subprocess.run([*args, "--out", str(run)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.setenv(ENV, "0")  # the reference: one thread, uninterrupted
+    fairgen.audit(model="world", suite=suite, images_per_prompt=24, batch_size=8, seed=2, out=tmp_path / "ref")
+    assert json.loads((run / "results.json").read_text()) == json.loads((tmp_path / "ref/results.json").read_text())
+    assert (run / "perception.jsonl").read_bytes() == (tmp_path / "ref/perception.jsonl").read_bytes()
