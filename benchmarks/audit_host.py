@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1024, help="images pushed through the host path")
     ap.add_argument("--workers", type=int, default=None, help="N (default: hostwork.host_workers() here)")
     ap.add_argument("--audit-images", type=int, default=32, help="images per prompt of occupations:test")
-    ap.add_argument("--balanced-prompts", type=int, default=40, help="training prompts of the balanced set")
+    ap.add_argument("--balanced-prompts", type=int, default=200, help="training prompts of the balanced set")
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats of each host measurement (best kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--parts", default=",".join(PARTS))

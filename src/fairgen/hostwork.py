@@ -148,7 +148,7 @@ class Recorder:
                 error = e
         wait(futures)
         records: list[dict[str, Any]] = []
-        for (a, b), future in zip(bounds, futures):
+        for future in futures:
             e = future.exception()
             if e is not None:
                 if isinstance(e, BrokenProcessPool):
