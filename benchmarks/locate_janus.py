@@ -58,9 +58,18 @@ def main() -> None:
 
     stages: dict[str, list[float]] = {}
 
+    saved = [0.0]
+
     def progress(stage: str, done: int, total: int) -> None:  # first and last report of each stage
         now = time.perf_counter()
+        if stage not in stages:
+            print(f"{stage} starts", flush=True)
         stages.setdefault(stage, [now, now])[1] = now
+        report["stage_spans_s"] = {k: round(v[1] - v[0], 2) for k, v in stages.items()}
+        report["stage_progress"] = {**report.get("stage_progress", {}), stage: [done, total]}
+        if now - saved[0] > 5:  # a run cut off still says where its time went
+            saved[0] = now
+            save()
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
