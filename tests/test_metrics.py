@@ -296,6 +296,9 @@ def test_summary_defaults_and_the_seed():
     assert default == frame.summarize(1000, 0)
     assert default["summary"]["gender"] != frame.summarize(1000, 1)["summary"]["gender"]
     assert default["summary"]["gender"] != frame.summarize(999, 0)["summary"]["gender"]
+    # the seed and the number of replicates reach the skew metrics' percentile intervals, not only rd_population
+    assert default["summary"]["gender"]["rd"]["ci95"] != frame.summarize(1000, 1)["summary"]["gender"]["rd"]["ci95"]
+    assert default["summary"]["gender"]["rd"]["ci95"] != frame.summarize(20, 0)["summary"]["gender"]["rd"]["ci95"]
     assert "fidelity" not in default["prompts"][0] and default["summary"]["fidelity"] is None
     assert default["target"]["name"] == "uniform"
 
