@@ -77,6 +77,8 @@ def test_strict_replaces_every_non_finite_float_at_any_depth():
 def test_dumps_is_strict_json_and_keeps_non_ascii():
     assert store.dumps({"x": math.nan, "é": [math.inf, 1.0]}) == '{"x": null, "é": [null, 1.0]}'
     assert store.dumps([1, 2], separators=(",", ":")) == "[1,2]"
+    with pytest.raises(ValueError):  # a NaN strict() cannot replace (a key) is refused, never written
+        store.dumps({math.nan: 1})
 
 
 def test_atomic_write_json_is_indented_one_space_with_a_final_newline(tmp_path):
