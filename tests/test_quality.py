@@ -268,6 +268,9 @@ def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path
     for check in (check_checkpoint, QualityScorer):
         with pytest.raises(FairgenError, match=f"--quality {empty}: not a loadable CLIP checkpoint"):
             check(empty)
+    with pytest.raises(FairgenError) as e:  # the check says what is missing
+        check_checkpoint(empty)
+    assert str(e.value) == f"--quality {empty}: not a loadable CLIP checkpoint (no config.json in {empty})"
 
 
 def test_a_prompt_without_images_does_not_end_the_summary():
