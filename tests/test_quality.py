@@ -42,7 +42,8 @@ def images(n, seed=0):
 
 def test_scores_follow_their_formulas(clip_dir):
     ims, texts = images(8), ["a nurse", "a ceo", "a cat", "a dog"] * 2
-    got = QualityScorer(clip_dir).score(ims, texts)
+    scorer = QualityScorer(clip_dir)
+    got = scorer.score(ims, texts)
     model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
     with torch.no_grad():
         img = model.get_image_features(**proc(images=ims, return_tensors="pt")).pooler_output
@@ -57,6 +58,13 @@ def test_scores_follow_their_formulas(clip_dir):
     # the fixture is informative: scores vary per image, some clip at 0, IQA is not saturated
     assert (got["clip_score"] > 0).sum() >= 3 and got["clip_score"].std() > 1
     assert 0.01 < got["clip_iqa"].min() and got["clip_iqa"].max() < 0.99 and got["clip_iqa"].std() > 0.01
+    # an image in another mode (greyscale) is scored as its RGB version; a prompt per image, or no score
+    grey = ims[0].convert("L")
+    as_grey, as_rgb = scorer.score([grey], texts[:1]), scorer.score([grey.convert("RGB")], texts[:1])
+    for m in ("clip_score", "clip_iqa"):
+        np.testing.assert_allclose(as_grey[m], as_rgb[m], rtol=1e-6)
+    with pytest.raises(ValueError, match="^one prompt per image$"):
+        scorer.score(ims[:2], texts[:1])
 
 
 def test_a_bad_checkpoint_is_one_line(tmp_path):
