@@ -67,6 +67,21 @@ def test_scores_follow_their_formulas(clip_dir):
         scorer.score(ims[:2], texts[:1])
 
 
+def test_the_model_goes_to_the_device_asked_for_and_features_are_tensors(clip_dir):
+    """"meta" stands in for a GPU: a device other than the CPU, where the weights load first."""
+    from types import SimpleNamespace
+
+    from fairgen.metrics.quality import _embedding
+
+    scorer = QualityScorer(clip_dir, device="meta")
+    assert scorer.device == torch.device("meta") and scorer._model.model.device.type == "meta"
+    moved = QualityScorer(clip_dir)._model.to("meta")  # as torchmetrics' clip_score moves the model
+    assert moved.model.device.type == "meta"
+    # the projected embedding: a ModelOutput's pooler_output (transformers 5), or the tensor itself
+    t = torch.ones(2, 3)
+    assert _embedding(t) is t and _embedding(SimpleNamespace(pooler_output=t)) is t
+
+
 def test_a_bad_checkpoint_is_one_line(tmp_path):
     with pytest.raises(FairgenError, match="not a loadable CLIP checkpoint") as e:
         QualityScorer(tmp_path)
