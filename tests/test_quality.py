@@ -82,6 +82,20 @@ def test_the_model_goes_to_the_device_asked_for_and_features_are_tensors(clip_di
     assert _embedding(t) is t and _embedding(SimpleNamespace(pooler_output=t)) is t
 
 
+@pytest.mark.gpu
+def test_scoring_on_cuda_keeps_the_model_there_and_the_cpu_scores(clip_dir):
+    """torchmetrics' clip_score moves the model to its images' device: the images go to the scorer's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    ims, texts = images(4), ["a nurse", "a ceo", "a cat", "a dog"]
+    scorer = QualityScorer(clip_dir, device="cuda")
+    got = scorer.score(ims, texts)
+    assert scorer._model.model.device.type == "cuda"
+    want = QualityScorer(clip_dir).score(ims, texts)
+    for m in ("clip_score", "clip_iqa"):
+        np.testing.assert_allclose(got[m], want[m], atol=1e-3)
+
+
 def test_a_bad_checkpoint_is_one_line(tmp_path):
     with pytest.raises(FairgenError, match="not a loadable CLIP checkpoint") as e:
         QualityScorer(tmp_path)
