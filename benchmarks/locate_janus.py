@@ -58,9 +58,26 @@ def main() -> None:
 
     stages: dict[str, list[float]] = {}
 
+    saved, began = [0.0], [time.perf_counter()]
+
+    def spans() -> dict[str, float]:
+        """Each stage's seconds: from the previous stage's last report (locate's start for the first) to
+        its own last, so work done before a stage's first report counts (stages report in turn)."""
+        out, last = {}, began[0]
+        for k, (_, end) in stages.items():
+            out[k], last = round(end - last, 2), end
+        return out
+
     def progress(stage: str, done: int, total: int) -> None:  # first and last report of each stage
         now = time.perf_counter()
+        if stage not in stages:
+            print(f"{stage} starts", flush=True)
         stages.setdefault(stage, [now, now])[1] = now
+        report["stage_spans_s"] = spans()
+        report["stage_progress"] = {**report.get("stage_progress", {}), stage: [done, total]}
+        if now - saved[0] > 5:  # a run cut off still says where its time went
+            saved[0] = now
+            save()
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -73,12 +90,13 @@ def main() -> None:
         save()
         shutil.rmtree(args.out / "run", ignore_errors=True)  # a new random checkpoint: never a resume
         prompts = suites.load("occupations:test")[:args.prompts]
-        t0 = time.perf_counter()
+        t0 = began[0] = time.perf_counter()
         findings = locate(model, prompts, args.out / "run", images_per_prompt=args.images_per_prompt,
                           labelled=args.labelled, sequences=args.sequences, budget=args.budget,
                           perception_backend="world", progress=progress)
         report["locate_s"] = time.perf_counter() - t0
-        report["stage_spans_s"] = {k: round(v[1] - v[0], 2) for k, v in stages.items()}
+        report["stage_spans_s"] = {**spans(), "after the last report (probes, verdicts)":
+                                   round(time.perf_counter() - max([began[0], *(v[1] for v in stages.values())]), 2)}
         report["verdicts"] = {k: findings["verdicts"][k]["verdict"] for k in ("understanding", "tokenizer",
                                                                              "language_model")}
         if cuda:

@@ -202,6 +202,7 @@ def joint_readings():
 def test_which_blocks_a_label_set_allows():
     both = [{"gender": "female", "race": "white"}, {"gender": "male"}]
     assert block_attributes(("gender", "race", "age"), both) == [JOINT]
+    assert block_attributes(("gender", "race"), both) == [JOINT]  # exactly the two the joint block needs
     assert block_attributes(("gender", "race"), [{"gender": "male"}, {"race": "black"}]) == ["gender", "race"]
     assert block_attributes(("gender", "age"), both + [{"age": "old"}]) == ["gender", "age"]
     assert block_attributes(("race", "age"), [{"race": "black"}]) == ["race"]
@@ -218,6 +219,11 @@ def test_joint_counts_need_both_labels_and_every_class():
     cal = calibration_from(WorldPerception(), "s", truths, seen)
     assert set(cal.blocks) == {JOINT}
     assert (cal.blocks[JOINT].confusion == np.eye(8)).all() and cal.blocks[JOINT].n_labelled.tolist() == [1] * 8
+    # an image without a race label, or unreadable, is skipped wherever it lies: the count goes on after it
+    first = calibration_from(WorldPerception(), "s", [{"gender": "female"}, truths[0]] + truths[:8],
+                             [seen[8], None] + seen[:8])
+    assert (first.blocks[JOINT].confusion == np.eye(8)).all() and first.blocks[JOINT].n_labelled.tolist() == [1] * 8
+    assert (first.n_images, first.n_unreadable) == (10, 1)
     with pytest.raises(FairgenError) as e:
         calibration_from(WorldPerception(), "s", truths[1:], seen[1:])
     assert str(e.value) == ("the labelled set has no readable image of true class female_white, needed for the "

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from fairgen import models, perception
 from fairgen.labelled import labelled_set
 from fairgen.locate import hidden_probe, measure_prompt, round_trip, summarise, vision_probes
-from fairgen.locate.lm_audit import merge, score_sequences
+from fairgen.locate.lm_audit import GEN_BATCH, merge, prompt_groups, sample_sequences, score_sequences
 from fairgen.models.tiny import TinyModel
 from fairgen.models.tiny.model import LMConfig, TinyLM
 from fairgen.models.tiny.text import Vocab, lexicon
@@ -109,6 +109,21 @@ def test_probes_and_lm_audit_run_end_to_end(name, request) -> None:
     probe = hidden_probe(model, PROMPTS, {"nurse": {"gender": {"female": 0.9, "male": 0.1}}})
     assert probe["gender"]["n_variants"] == 2 * 10 and probe["gender"]["agreement"] in (0.0, 1.0)
     assert sum(probe["race"]["prompts"][0]["probe_shares"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sequences_sampled_across_prompts_are_each_prompts_own(tiny) -> None:
+    """The LM audit samples several prompts' sequences in one generation call: each prompt gets the
+    sequences it gets alone (per-image seeds), and scoring given them equals scoring that samples itself."""
+    together = sample_sequences(tiny, PROMPTS, 1, 4, seed=4)
+    alone = [sample_sequences(tiny, [p], 1, 4, seed=4)[0] for p in PROMPTS]
+    assert [t.shape[0] for t in together] == [3, 3]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+    assert not torch.equal(together[0], together[1])
+    assert measure_prompt(tiny, PROMPTS[1], 1, 4, 4, codes=together[1]) == measure_prompt(tiny, PROMPTS[1], 1, 4, 4)
+    groups = prompt_groups(PROMPTS * 40, 3)
+    assert [len(g) for g in groups] == [GEN_BATCH // 3] * 3 + [80 - 3 * (GEN_BATCH // 3)]
+    assert [p for g in groups for p in g] == PROMPTS * 40
+    assert [len(g) for g in prompt_groups(PROMPTS, GEN_BATCH + 1)] == [1, 1]
 
 
 def test_sequence_scores_are_the_models_own_likelihoods(tiny) -> None:

@@ -28,6 +28,8 @@ def test_rd_hand_computed():
     assert rd([0, 0, 3, 0, 0, 0, 0, 0]) == pytest.approx(0.25)
     # [0.5, 0.3, 0.2]: pairs 0.2, 0.3, 0.1 -> 2/(3*2) * 0.6 = 0.2
     assert rd([5, 3, 2]) == pytest.approx(0.2)
+    # weighted (fractional) counts are shares of their own sum, whatever it is: [0.2, 0.3] -> [0.4, 0.6]
+    assert rd([0.2, 0.3]) == pytest.approx(0.2) and rd([0.9, 0.1]) == pytest.approx(0.8)
 
 
 def test_rd_vectorised_and_empty_rows():
@@ -296,6 +298,9 @@ def test_summary_defaults_and_the_seed():
     assert default == frame.summarize(1000, 0)
     assert default["summary"]["gender"] != frame.summarize(1000, 1)["summary"]["gender"]
     assert default["summary"]["gender"] != frame.summarize(999, 0)["summary"]["gender"]
+    # the seed and the number of replicates reach the skew metrics' percentile intervals, not only rd_population
+    assert default["summary"]["gender"]["rd"]["ci95"] != frame.summarize(1000, 1)["summary"]["gender"]["rd"]["ci95"]
+    assert default["summary"]["gender"]["rd"]["ci95"] != frame.summarize(20, 0)["summary"]["gender"]["rd"]["ci95"]
     assert "fidelity" not in default["prompts"][0] and default["summary"]["fidelity"] is None
     assert default["target"]["name"] == "uniform"
 

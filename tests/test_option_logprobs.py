@@ -88,6 +88,9 @@ def test_pad_continuations_marks_real_tokens():
     assert ids.tolist() == [[4, 3, 3], [5, 6, 7], [8, 9, 3]] and ids.dtype == torch.int32
     assert valid.dtype == torch.bool
     assert valid.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+    # both on like's device: "meta" stands in for a GPU, another device than the CPU's default
+    ids, valid = hf.pad_continuations([[4], [5, 6]], 3, torch.zeros(1, 2, dtype=torch.long, device="meta"))
+    assert (ids.device.type, valid.device.type) == ("meta", "meta") and ids.shape == valid.shape == (2, 2)
 
 
 @pytest.mark.parametrize("options", [[], ["a", "a"], ["a", " "], ["a", ""], ["a", 3]])

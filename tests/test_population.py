@@ -140,3 +140,65 @@ def test_a_prompt_whose_replicates_never_vary_needs_no_division_by_zero():
         out = population_rd(shares, boot)
     assert out["estimate"].tolist() == pytest.approx(rd(shares).tolist())  # nothing to remove without spread
     np.testing.assert_allclose(out["ci95"], [[0.5, 0.5], [1 / 3, 1 / 3]])  # rd (1, 0, 0, 0) = 0.5
+
+
+def _by_hand(t: list[float], sigma: list[float], se: list[float], suite_se: float) -> dict[str, object]:
+    """population_rd for two classes (one pair, c = 1) from the module docstring's formulas, by other numerical
+    routes than the code's: E|N(x, 1)| by quadrature, its inverse and the critical value by root finding."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def g(x):  # E|N(x, 1)|
+        return quad(lambda z: abs(z + x) * norm.pdf(z), -np.inf, np.inf)[0]
+
+    def h(x):
+        return g(x) - x
+
+    def cv(b):  # Φ(−cv) + Φ(−cv − b) = 0.05
+        return brentq(lambda c: norm.cdf(-c) + norm.cdf(-c - b) - 0.05, 0.0, 10.0, xtol=1e-14)
+
+    def interval(t, bias, low, high, se):
+        est = max(0.0, t - bias)
+        k = cv((high - low) / se)
+        return est, min(max(0.0, t - high - k * se), est), max(min(1.0, t - low + k * se), est)
+
+    def parts(d, s, z):
+        x = d / s
+        if x <= g(0.0):  # below a tie's mean |d|: |δ| = 0
+            delta = 0.0
+        elif h(x) < 1e-12:  # dozens of σ from a tie: |d| has no bias left
+            delta = x
+        else:
+            delta = brentq(lambda y: g(y) - x, 0.0, x, xtol=1e-12)
+        return s * (x - delta), s * h(x + z), s * h(max(0.0, x - z))
+
+    per = [interval(d, *parts(d, s, 1.96), e) for d, s, e in zip(t, sigma, se)]
+    suite = [parts(d, s, 1.0) for d, s in zip(t, sigma)]
+    bias = np.mean([parts(d, s, 1.96)[0] for d, s in zip(t, sigma)])
+    low, high = np.mean([p[1] for p in suite]), np.mean([p[2] for p in suite])
+    return {"per": per, "suite": interval(float(np.mean(t)), bias, low, high, suite_se)}
+
+
+def test_estimates_and_intervals_equal_the_formulas_worked_by_hand():
+    """Three prompts of two classes, each with two bootstrap replicates placed so that every σ and se is a round
+    number: d = 0.2 with σ = 0.1 (x = 2, a little bias), d = 0.04 with σ = 0.08 (x = 0.5, below a tie's mean
+    |d|: estimate 0), d = 0.96 with σ = 0.04 (its upper end T + 1.96 se = 1.04 is cut at 1)."""
+    shares = np.array([[0.6, 0.4], [0.52, 0.48], [0.98, 0.02]])
+    boot = np.array([[[0.65, 0.35], [0.56, 0.44], [1.0, 0.0]],
+                     [[0.55, 0.45], [0.48, 0.52], [0.96, 0.04]]])
+    # differences f1 − f2 per replicate: (0.3, 0.12, 1.0) and (0.1, −0.04, 0.92); rd = their absolute values
+    sigma = [0.1, 0.08, 0.04]
+    se = [0.1, 0.04, 0.04]  # the spread of |f1 − f2|: 0.12 and 0.04 for the second prompt, not ±0.08
+    suite_se = 0.5 * abs((0.3 + 0.12 + 1.0) / 3 - (0.1 + 0.04 + 0.92) / 3)
+    want = _by_hand([0.2, 0.04, 0.96], sigma, se, suite_se)
+    out = population_rd(shares, boot)
+    np.testing.assert_allclose(out["plain"], [0.2, 0.04, 0.96], atol=1e-12)
+    np.testing.assert_allclose(out["estimate"], [p[0] for p in want["per"]], atol=1e-6)
+    np.testing.assert_allclose(out["ci95"], [p[1:] for p in want["per"]], atol=1e-6)
+    assert out["suite_estimate"] == pytest.approx(want["suite"][0], abs=1e-6)
+    np.testing.assert_allclose(out["suite_ci95"], want["suite"][1:], atol=1e-6)
+    # the hand-checkable parts: no bias left below a tie's mean |d|, an upper end cut at 1
+    assert out["estimate"][1] == 0.0
+    assert out["ci95"][2, 1] == 1.0
+    assert 0.19 < out["estimate"][0] < 0.2

@@ -42,7 +42,8 @@ def images(n, seed=0):
 
 def test_scores_follow_their_formulas(clip_dir):
     ims, texts = images(8), ["a nurse", "a ceo", "a cat", "a dog"] * 2
-    got = QualityScorer(clip_dir).score(ims, texts)
+    scorer = QualityScorer(clip_dir)
+    got = scorer.score(ims, texts)
     model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
     with torch.no_grad():
         img = model.get_image_features(**proc(images=ims, return_tensors="pt")).pooler_output
@@ -57,6 +58,42 @@ def test_scores_follow_their_formulas(clip_dir):
     # the fixture is informative: scores vary per image, some clip at 0, IQA is not saturated
     assert (got["clip_score"] > 0).sum() >= 3 and got["clip_score"].std() > 1
     assert 0.01 < got["clip_iqa"].min() and got["clip_iqa"].max() < 0.99 and got["clip_iqa"].std() > 0.01
+    # an image in another mode (greyscale) is scored as its RGB version; a prompt per image, or no score
+    grey = ims[0].convert("L")
+    as_grey, as_rgb = scorer.score([grey], texts[:1]), scorer.score([grey.convert("RGB")], texts[:1])
+    for m in ("clip_score", "clip_iqa"):
+        np.testing.assert_allclose(as_grey[m], as_rgb[m], rtol=1e-6)
+    with pytest.raises(ValueError, match="^one prompt per image$"):
+        scorer.score(ims[:2], texts[:1])
+
+
+def test_the_model_goes_to_the_device_asked_for_and_features_are_tensors(clip_dir):
+    """"meta" stands in for a GPU: a device other than the CPU, where the weights load first."""
+    from types import SimpleNamespace
+
+    from fairgen.metrics.quality import _embedding
+
+    scorer = QualityScorer(clip_dir, device="meta")
+    assert scorer.device == torch.device("meta") and scorer._model.model.device.type == "meta"
+    moved = QualityScorer(clip_dir)._model.to("meta")  # as torchmetrics' clip_score moves the model
+    assert moved.model.device.type == "meta"
+    # the projected embedding: a ModelOutput's pooler_output (transformers 5), or the tensor itself
+    t = torch.ones(2, 3)
+    assert _embedding(t) is t and _embedding(SimpleNamespace(pooler_output=t)) is t
+
+
+@pytest.mark.gpu
+def test_scoring_on_cuda_keeps_the_model_there_and_the_cpu_scores(clip_dir):
+    """torchmetrics' clip_score moves the model to its images' device: the images go to the scorer's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    ims, texts = images(4), ["a nurse", "a ceo", "a cat", "a dog"]
+    scorer = QualityScorer(clip_dir, device="cuda")
+    got = scorer.score(ims, texts)
+    assert scorer._model.model.device.type == "cuda"
+    want = QualityScorer(clip_dir).score(ims, texts)
+    for m in ("clip_score", "clip_iqa"):
+        np.testing.assert_allclose(got[m], want[m], atol=1e-3)
 
 
 def test_a_bad_checkpoint_is_one_line(tmp_path):
@@ -268,6 +305,9 @@ def test_a_checkpoint_is_checked_from_its_configuration_alone(clip_dir, tmp_path
     for check in (check_checkpoint, QualityScorer):
         with pytest.raises(FairgenError, match=f"--quality {empty}: not a loadable CLIP checkpoint"):
             check(empty)
+    with pytest.raises(FairgenError) as e:  # the check says what is missing
+        check_checkpoint(empty)
+    assert str(e.value) == f"--quality {empty}: not a loadable CLIP checkpoint (no config.json in {empty})"
 
 
 def test_a_prompt_without_images_does_not_end_the_summary():

@@ -59,6 +59,24 @@ def test_atomic_write_bytes_makes_parents_shares_the_file_and_leaves_no_temporar
         assert leftovers(path.parent) == []
 
 
+def test_atomic_write_bytes_renames_a_hidden_sibling_synced_unless_told_not_to(tmp_path, monkeypatch):
+    """What a crash can leave is settled before the rename: the bytes in a hidden .NAME.*.tmp beside the
+    target (one filesystem, so the rename is atomic), on disk first unless durable=False. The real os.replace
+    and os.fsync run; the test only notes their arguments."""
+    replaced, synced = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(store.os, "replace", lambda a, b: (replaced.append((a, b)), real_replace(a, b))[1])
+    monkeypatch.setattr(store.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "x.json"
+    store.atomic_write_bytes(path, b"1")  # durable by default
+    assert len(synced) == 1
+    store.atomic_write_bytes(path, b"2", durable=False)
+    assert len(synced) == 1 and len(replaced) == 2 and path.read_bytes() == b"2"
+    for tmp, target in replaced:
+        assert target == path and os.path.dirname(tmp) == str(tmp_path)
+        assert re.fullmatch(r"\.x\.json\..+\.tmp", os.path.basename(tmp))
+
+
 def test_atomic_write_bytes_keeps_the_old_file_when_the_write_fails(tmp_path):
     path = tmp_path / "x.json"
     path.write_bytes(b"old")
@@ -77,6 +95,8 @@ def test_strict_replaces_every_non_finite_float_at_any_depth():
 def test_dumps_is_strict_json_and_keeps_non_ascii():
     assert store.dumps({"x": math.nan, "é": [math.inf, 1.0]}) == '{"x": null, "é": [null, 1.0]}'
     assert store.dumps([1, 2], separators=(",", ":")) == "[1,2]"
+    with pytest.raises(ValueError):  # a NaN strict() cannot replace (a key) is refused, never written
+        store.dumps({math.nan: 1})
 
 
 def test_atomic_write_json_is_indented_one_space_with_a_final_newline(tmp_path):

@@ -77,7 +77,8 @@ def score_sequences(model: Any, neutral: Prompt, variants: Sequence[Prompt], tok
                     batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced on codes sampled from `neutral`, per variant v and sequence s: log P(s | v) in nats
     (summed over positions) and the mean over positions of JS(P(. | neutral, s_<t), P(. | v, s_<t)) in
-    bits. tokens: LongTensor[S, T] -> two float64 arrays (V, S)."""
+    bits. tokens: LongTensor[S, T] -> two float64 arrays (V, S). The neutral prompt's distributions are
+    computed once per chunk, whatever the number of variants."""
     loglik, js = [[] for _ in variants], [[] for _ in variants]
     for i in range(0, len(tokens), batch_size):
         chunk = tokens[i:i + batch_size]
@@ -90,27 +91,44 @@ def score_sequences(model: Any, neutral: Prompt, variants: Sequence[Prompt], tok
     return (np.stack([torch.cat(x).numpy() for x in loglik]), np.stack([torch.cat(x).numpy() for x in js]))
 
 
-def _sample_many(model: Any, prompt: Prompt, start: int, stop: int, seed: int) -> torch.Tensor:
-    """Code sequences start..stop-1 of a prompt (seeds from (seed, prompt id, k)), GEN_BATCH rows at a time:
-    LongTensor[stop - start, T]. Sampling is per-image seeded, so batching changes no sequence and a look's
-    sequences are the first ones of the next look's."""
-    seeds = [derive_seed(seed, prompt.id, k) for k in range(start, stop)]
-    return torch.cat([model.generate_tokens([prompt] * len(seeds[i:i + GEN_BATCH]), seeds[i:i + GEN_BATCH],
-                                            **LM_SAMPLING).cpu() for i in range(0, len(seeds), GEN_BATCH)])
+def sample_sequences(model: Any, prompts: Sequence[Prompt], start: int, stop: int, seed: int) -> list[torch.Tensor]:
+    """Code sequences start..stop-1 of each prompt (seeds from (seed, prompt id, k)), generated GEN_BATCH
+    rows at a time across the prompts: one LongTensor[stop - start, T] per prompt, on the CPU. Sampling is
+    per-image seeded, so how rows are batched changes no sequence, and a look's sequences are the first
+    ones of the next look's."""
+    rows = [(p, derive_seed(seed, p.id, k)) for p in prompts for k in range(start, stop)]
+    codes = torch.cat([model.generate_tokens([p for p, _ in rows[i:i + GEN_BATCH]],
+                                             [s for _, s in rows[i:i + GEN_BATCH]], **LM_SAMPLING).cpu()
+                       for i in range(0, len(rows), GEN_BATCH)])
+    return list(codes.split(stop - start))
 
 
-def measure_prompt(model: Any, prompt: Prompt, start: int = 0, stop: int = 16, seed: int = 0) -> dict[str, Any]:
+def prompt_groups(prompts: Sequence[Prompt], per_prompt: int) -> list[list[Prompt]]:
+    """Consecutive prompts whose sequences fill about one generation call (GEN_BATCH rows; one prompt when
+    it alone has more): the LM audit samples a group at once, then scores and caches each prompt, so a
+    stopped run loses at most one group's sequences."""
+    size = max(1, GEN_BATCH // max(1, per_prompt))
+    return [list(prompts[i:i + size]) for i in range(0, len(prompts), size)]
+
+
+def measure_prompt(model: Any, prompt: Prompt, start: int = 0, stop: int = 16, seed: int = 0,
+                   codes: torch.Tensor | None = None) -> dict[str, Any]:
     """Sequences start..stop-1 of one neutral prompt, scored under every group's explicit variant:
-    {attr: {"loglik": (K, S) log P(s | v_g) in nats, "js": (K, S) mean per-position JS in bits}}."""
+    {attr: {"loglik": (K, S) log P(s | v_g) in nats, "js": (K, S) mean per-position JS in bits}}.
+    codes: those sequences when already sampled (sample_sequences), else they are sampled here."""
     check_hooks(model)
     if stop - start < 1:
         raise FairgenError("the language-model audit needs at least one sequence per look")
-    codes = _sample_many(model, prompt, start, stop, seed)
+    if codes is None:
+        codes = sample_sequences(model, [prompt], start, stop, seed)[0]
+    variants = {attr: [explicit(prompt, {attr: g}) for g in ATTRIBUTES[attr]] for attr in PROBED}
+    loglik, js = score_sequences(model, prompt, [v for vs in variants.values() for v in vs], codes)
     out: dict[str, Any] = {}
-    for attr in PROBED:
-        variants = [explicit(prompt, {attr: g}) for g in ATTRIBUTES[attr]]
-        loglik, js = score_sequences(model, prompt, variants, codes)
-        out[attr] = {"loglik": loglik.tolist(), "js": js.tolist()}
+    first = 0
+    for attr, vs in variants.items():
+        rows = slice(first, first + len(vs))
+        out[attr] = {"loglik": loglik[rows].tolist(), "js": js[rows].tolist()}
+        first += len(vs)
     return out
 
 

@@ -171,12 +171,15 @@ def locate(model: str | Model, suite: str | Sequence[Prompt] = AuditConfig.suite
             sizes = sequential.look_sizes(sequences, budget)
             for look, size in enumerate(sizes):
                 start = sizes[look - 1] if look else 0
-                with procs.step():
-                    for p in prompts[procs.rank :: procs.world]:
-                        cache.stage(f"lm/{p.id}/{look}",
-                                    lambda p=p: lm_audit.measure_prompt(gen, p, start, size, seed))
-                        bar("language-model audit", sum(cache.has(f"lm/{q.id}/{look}") for q in prompts),
-                            len(prompts))
+                with procs.step():  # a group of prompts sampled in one generation call, then each scored
+                    todo = [p for p in prompts[procs.rank :: procs.world] if not cache.has(f"lm/{p.id}/{look}")]
+                    for group in lm_audit.prompt_groups(todo, size - start):
+                        sampled = lm_audit.sample_sequences(gen, group, start, size, seed)
+                        for p, codes in zip(group, sampled):
+                            cache.stage(f"lm/{p.id}/{look}",
+                                        lambda p=p, c=codes: lm_audit.measure_prompt(gen, p, start, size, seed, c))
+                            bar("language-model audit", sum(cache.has(f"lm/{q.id}/{look}") for q in prompts),
+                                len(prompts))
                 lm_looks = look + 1
                 if _lm_summary(prompts, results, cache, lm_looks, budget)["decided"]:
                     break  # every process reads the same files and stops at the same look

@@ -56,7 +56,8 @@ class QualityScorer:
 
         if len(images) != len(prompts):
             raise ValueError("one prompt per image")
-        pixels = [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images]
+        # on the scorer's device: torchmetrics' clip_score moves the model to its images' device
+        pixels = [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).to(self.device) for im in images]
         with torch.inference_mode():
             # torchmetrics' clip_score averages its batch; one image at a time keeps a score per image.
             cs = [float(clip_score(p, t, model_name_or_path=self._pair)) for p, t in zip(pixels, prompts)]
