@@ -4,11 +4,11 @@ test occupations.
     python benchmarks/locate_janus.py [--config benchmarks/configs/janus_pro_7b.json] [--out runs/locate-janus]
                                       [-n 4] [--sequences 4] [--budget 1] [--labelled world:64]
 
-Random weights draw no faces, so no verdict can be decided and every sampled component would spend its
-whole budget: the effort is therefore fixed by the flags (one look by default), and the numbers are the
-cost of that effort at this shape — audit (n images per prompt), understanding probe, tokenizer round
-trip and probes on the labelled renders, LM audit (sequences per prompt, each scored under the neutral
-prompt and the six explicit variants), hidden-state probe. Writes OUT/locate_janus.json (card, versions,
+Random weights draw no faces, so the perception-based components cannot be decided and spend the
+effort the flags fix (one look by default); the LM statistic needs no faces and may decide at once. The
+numbers are the cost of that effort at this shape: audit (n images per prompt), understanding probe,
+tokenizer round trip and probes on the labelled renders, LM audit (sequences per prompt, each scored
+under the neutral prompt and the six explicit variants), hidden-state probe. Writes OUT/locate_janus.json (card, versions,
 checkpoint build / load seconds, locate seconds and per-stage seconds from the progress reports).
 Needs transformers >= 5.23 (5.17's Janus image generation crashes).
 """
