@@ -124,8 +124,10 @@ def main() -> None:
     parser.add_argument("--host-workers", type=int, default=None,
                         help="FAIRGEN_HOST_WORKERS of each run (default: the cores shared among the jobs, less one each)")
     args = parser.parse_args()
-    if args.host_workers is None:  # what one run alone takes by default (hostwork.host_workers), per job
-        args.host_workers = max(0, len(os.sched_getaffinity(0)) // args.jobs - 1)
+    if args.host_workers is None:  # the default of one run among `jobs` sharing the cores
+        from fairgen.hostwork import shared_workers
+
+        args.host_workers = shared_workers(args.jobs)
     runs = [(p, s, int(seed)) for p in args.presets.split(",") for s in args.settings.split(",")
             for seed in args.seeds.split(",")]
     with ThreadPoolExecutor(args.jobs) as pool:

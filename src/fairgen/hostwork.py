@@ -63,11 +63,17 @@ def host_workers(images: int | None = None) -> int:
         if workers < 0:
             raise FairgenError(f"{ENV} must be a whole number >= 0 (got {given!r})")
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(0, min(MAX_WORKERS, cores // local_world_size() - 1))
+    workers = shared_workers(local_world_size())
     if images is not None and images < MIN_POOL_IMAGES and (_POOL is None or _POOL[0] != workers):
         return 0
     return workers
+
+
+def shared_workers(sharing: int) -> int:
+    """The default number of host workers of one of `sharing` processes on this host: its share of the cores
+    this process may use (its CPU affinity), less one for its generating process, at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_WORKERS, cores // max(1, sharing) - 1))
 
 
 class Recorder:
@@ -247,4 +253,4 @@ def _exit_with(parent: Any) -> None:
     os._exit(0)
 
 
-__all__ = ["ENV", "MAX_WORKERS", "MIN_POOL_IMAGES", "Key", "Loaded", "Recorder", "host_workers"]
+__all__ = ["ENV", "MAX_WORKERS", "MIN_POOL_IMAGES", "Key", "Loaded", "Recorder", "host_workers", "shared_workers"]
