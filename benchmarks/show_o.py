@@ -95,6 +95,24 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def profiled(model: so.ShowoModel, batch: int, s: sampling.Settings, top: int) -> None:
+    """Print the kernels of one fast batch (generation and decoding) with the most device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts, seeds = [PROMPT] * batch, list(range(batch))
+    images(model, prompts[:2], seeds[:2], s, cache=True)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        images(model, prompts, seeds, s, cache=True)
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                    key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in events)
+    print(f"{model.resolution} px, {s.steps} steps: {total / 1e6:.3f} s of device time", flush=True)
+    for e in events[:top]:
+        print(f"{e.self_device_time_total / 1e3:10.1f} ms {100 * e.self_device_time_total / total:5.1f} % "
+              f"{e.count:7d}x  {e.key[:110]}", flush=True)
+
+
 def smoke(batch: int) -> None:
     model = random_model(256, "cpu", small=True)
     prompts, seeds = [PROMPT] * batch, list(range(batch))
@@ -108,9 +126,15 @@ def main() -> None:
     ap.add_argument("--out", default="show_o_bench.json")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--smoke", action="store_true", help="CPU, small model, 2 steps: checks the script runs")
+    ap.add_argument("--profile", type=int, default=0, metavar="TOP",
+                    help="instead of timing: the TOP kernels of one fast batch by device time, per resolution")
     args = ap.parse_args()
     if args.smoke:
         smoke(args.batch)
+        return
+    if args.profile:
+        for n_tokens, s in ((1024, sampling.DEFAULT_512), (256, sampling.DEFAULT_256)):
+            profiled(random_model(n_tokens), args.batch, s, args.profile)
         return
     peak = gemm_rate()
     out = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "bf16_gemm_tflops": peak / 1e12,
