@@ -265,3 +265,55 @@ def test_fix_checkpointing_reaches_the_lm_layers(vila_u_dir):
     assert plain.keys() == checkpointed.keys() and plain
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
     assert not layer.gradient_checkpointing and not layer.training  # switched off again afterwards
+
+
+def _depth_inputs(vila, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(LM hidden states [rows, D_lm], codes [rows, depth], each depth's input [rows, depth, dim]) for random
+    hidden states and codes: in_mlp_2(hidden), then in_mlp_1 of the running code sums, as generation forms them."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, vila.llm.config.hidden_size, generator=g)
+    codes = torch.randint(0, vila.vae.quantizer.codebook.shape[1], (rows, vila.depth_codes), generator=g)
+    running = vila.depth.in_mlp_1(vila.vae.quantizer.embed(codes).cumsum(-2)[:, :-1])
+    return hidden, codes, torch.cat([vila.depth.in_mlp_2(hidden).unsqueeze(1), running], 1)
+
+
+@torch.no_grad()
+def test_cached_depth_pass_equals_recomputing_every_depth(vila):
+    """The engine's depth transformer (one token per depth over a KV cache) against upstream's algorithm
+    (all depths so far recomputed) and the teacher-forced forward the fixture holds to upstream: the same
+    logits at every depth, fp32. The cache starts as NaN, so a read of a depth not yet written shows; a
+    cache that missed earlier depths (a zeroed one) gives other logits."""
+    hidden, codes, inputs = _depth_inputs(vila, 6, seed=3)
+    teacher = vila.depth(hidden.unsqueeze(1), vila.vae.quantizer.embed(codes).unsqueeze(1))[:, 0]  # [6, depth, V]
+    cache = vila.depth.new_cache(6)
+    assert cache[0][0].shape == (6, vila.depth.head_transformer.blocks[0].attn.heads, vila.depth_codes,
+                                 vila.depth.pos_emb_d.shape[-1] // vila.depth.head_transformer.blocks[0].attn.heads)
+    for keys, values in cache:
+        keys.fill_(float("nan")), values.fill_(float("nan"))
+    for d in range(vila.depth_codes):
+        cached = vila.depth.cached_logits(inputs[:, d : d + 1], cache, d)
+        recomputed = vila.depth.step_logits(inputs[:, : d + 1])
+        assert torch.isfinite(cached).all()
+        assert (cached - recomputed).abs().max() < 1e-6  # logits are ~0.1 in size here
+        assert (cached - teacher[:, d]).abs().max() < 1e-6
+    wrong = [(k.clone().zero_(), v.clone().zero_()) for k, v in cache]
+    stale = vila.depth.cached_logits(inputs[:, -1:], wrong, vila.depth_codes - 1)
+    assert (stale - teacher[:, -1]).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_cached_draws_are_the_reference_draws(vila):
+    """Codes drawn with the cache (the engine) and without it (the reference) for the same uniforms: identical,
+    over many rows, guided and sampled (top-k and top-p on), and when one cache serves position after position."""
+    from fairgen.models.sampling import Sampling
+
+    s = Sampling(cfg=3.0, temperature=1.0, top_p=0.9, top_k=20)
+    rows = 64
+    cache = vila.depth.new_cache(2 * rows)
+    g = torch.Generator().manual_seed(5)
+    for position in range(3):
+        hidden = torch.randn(2 * rows, vila.llm.config.hidden_size, generator=g) * 2
+        u = torch.rand(rows, vila.depth_codes, generator=g, dtype=torch.float64)
+        cached, reference = vila._draw(hidden, u, s, cache), vila._draw(hidden, u, s)
+        assert torch.equal(cached, reference), position
+        assert len(set(cached[:, -1].tolist())) > 5  # a real spread of codes, not one code everywhere

@@ -177,21 +177,27 @@ class VilaUModel:
         return self._rows(texts)
 
     # -- generation -------------------------------------------------------------------------------------
-    def _draw(self, hidden: torch.Tensor, u: torch.Tensor, s: Sampling) -> torch.Tensor:
+    def _draw(self, hidden: torch.Tensor, u: torch.Tensor, s: Sampling,
+              cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """The codes of one position for every image: the depth transformer, guided and sampled one depth
         at a time (each depth sees the running sum of the codes drawn before it). hidden [N, D_lm] (N = B or
-        2B with the guidance twins, which share the conditional row's codes); u [B, depth] -> [B, depth]."""
+        2B with the guidance twins, which share the conditional row's codes); u [B, depth] -> [B, depth].
+        cache: the depth transformer's KV cache for N rows (DepthTransformer.new_cache), so each depth runs
+        one token through its blocks (the engine); None: every depth recomputes all depths before it, as
+        upstream does (the reference loop)."""
         twins = hidden.shape[0] // u.shape[0]
-        start = self.depth.in_mlp_2(hidden).unsqueeze(1)
-        running, total, codes = None, None, []
+        x = self.depth.in_mlp_2(hidden).unsqueeze(1)  # depth 0's input [N, 1, dim]
+        inputs, total, codes = x, None, []
         for d in range(self.depth_codes):
-            code = sample(s.guide(self.depth.step_logits(start, running)), s, u[:, d])
+            logits = self.depth.step_logits(inputs) if cache is None else self.depth.cached_logits(x, cache, d)
+            code = sample(s.guide(logits), s, u[:, d])
             codes.append(code)
             if d + 1 < self.depth_codes:
                 vec = self.vae.quantizer.book(d)[code.repeat(twins)]
                 total = vec if total is None else total + vec
-                step = self.depth.in_mlp_1(total).unsqueeze(1)
-                running = step if running is None else torch.cat([running, step], 1)
+                x = self.depth.in_mlp_1(total).unsqueeze(1)  # depth d + 1's input
+                if cache is None:
+                    inputs = torch.cat([inputs, x], 1)
         return torch.stack(codes, -1)
 
     def _embed(self, codes: torch.Tensor) -> torch.Tensor:
@@ -227,7 +233,8 @@ class VilaUModel:
                        stack: bool) -> torch.Tensor:
         ids, mask = self._generation_rows(prompts, s.cfg)
         decoder = LlamaDecoder(self.language_model, mask, self.positions, stack=stack)
-        run = DepthEngine(decoder, lambda h, u: self._draw(h, u, s), self._embed, self._uniforms(seeds), s)
+        cache = self.depth.new_cache(ids.shape[0])  # the depth transformer's, reused by every position
+        run = DepthEngine(decoder, lambda h, u: self._draw(h, u, s, cache), self._embed, self._uniforms(seeds), s)
         return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs).clone()
 
     def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:

@@ -12,6 +12,8 @@ Shapes of the released 7B-256 checkpoint (mit-han-lab/vila-u-7b-256), read from 
   depth transformer (one image position): LM hidden h [4096], codes c_0..c_{D-1}
     x_0 = in_mlp_2(h);  x_d = in_mlp_1(e(c_0) + ... + e(c_{d-1}))   (d >= 1; e = codebook vector)
     logits of c_d = classifier(blocks(x_0..x_d + pos_emb_d[:d+1]))[d]   (causal pre-LN GPT blocks)
+  generation computes depth d's logits from x_d alone with the keys and values of depths < d cached
+  (cached_logits); upstream recomputes x_0..x_d at every depth (step_logits, what the reference loop runs).
 
 Parameter names match the official `vision_tower/model.safetensors` once its prefixes are stripped
 (`rqvaesiglip.`, `rqtransformer.`), so a checkpoint loads with a plain state dict (see vila_u.py).
@@ -194,6 +196,17 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(n, t, c))
 
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: int) -> torch.Tensor:
+        """The newest depth only: x [N, 1, C] at depth d; keys, values [N, heads, depth, C / heads] hold
+        depths 0..d-1 and get depth d written. Causal attention of the newest query is attention over
+        every key so far, so no mask; d is a Python int, so every shape is static (CUDA-graph safe)."""
+        n, _, c = x.shape
+        q, k, v = (m(x).view(n, 1, self.heads, -1).transpose(1, 2) for m in (self.query, self.key, self.value))
+        keys[:, :, d : d + 1].copy_(k)
+        values[:, :, d : d + 1].copy_(v)
+        y = F.scaled_dot_product_attention(q, keys[:, :, : d + 1], values[:, :, : d + 1])
+        return self.proj(y.transpose(1, 2).reshape(n, 1, c))
+
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)) (MLP 4x, exact GELU)."""
@@ -206,6 +219,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: int) -> torch.Tensor:
+        """forward() of the newest depth d only, x [N, 1, C], over the cached keys and values (SelfAttention.step)."""
+        x = x + self.attn.step(self.ln1(x), keys, values, d)
         return x + self.mlp(self.ln2(x))
 
 
@@ -238,11 +256,29 @@ class DepthTransformer(nn.Module):
         x = torch.cat([self.in_mlp_2(hidden).unsqueeze(2), running], 2).reshape(b * t, depth, -1)
         return self.classifier_mlp(self._hidden(x)).view(b, t, depth, -1)
 
-    def step_logits(self, start: torch.Tensor, running: torch.Tensor | None) -> torch.Tensor:
-        """Logits [N, n_codes] of the next code of N positions. start: in_mlp_2(hidden) [N, 1, dim];
-        running: in_mlp_1 of the running sums of the codes drawn so far [N, d, dim], or None at d = 0."""
-        x = start if running is None else torch.cat([start, running], 1)
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, n_codes] of the next code of N positions, recomputing every depth so far (upstream's
+        algorithm). x: the inputs of depths 0..d [N, d + 1, dim] (in_mlp_2 of the hidden state, then in_mlp_1
+        of the running code sums)."""
         return self.classifier_mlp(self._hidden(x)[:, -1])  # only the newest depth's logits
+
+    def new_cache(self, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty (keys, values) per block for cached_logits: each [rows, heads, depth, dim / heads], in the
+        weights' dtype and device. A position writes depth d before it reads it, so a cache serves every
+        position of a batch without being cleared."""
+        weight = self.pos_emb_d
+        heads = self.head_transformer.blocks[0].attn.heads
+        shape = (rows, heads, weight.shape[1], weight.shape[2] // heads)
+        return [(weight.new_empty(shape), weight.new_empty(shape)) for _ in self.head_transformer.blocks]
+
+    def cached_logits(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]], d: int) -> torch.Tensor:
+        """step_logits with a KV cache: x [N, 1, dim] is the input of depth d alone, and the keys and values
+        of depths 0..d-1 of the same positions are in `cache` (new_cache), written by the calls for depths
+        0..d-1. One token per block instead of d + 1; the same logits up to float rounding."""
+        x = x + self.pos_emb_d[:, d : d + 1]
+        for block, (keys, values) in zip(self.head_transformer.blocks, cache):
+            x = block.step(x, keys, values, d)
+        return self.classifier_mlp(x[:, 0])
 
 
 __all__ = ["RQVAE", "DepthTransformer", "Decoder", "ResidualQuantizer"]
