@@ -217,11 +217,17 @@ class VilaUModel:
         if not engine:
             return self._reference_tokens(prompts, seeds, s).flatten(1)
         longest = self._generation_rows(prompts, s.cfg)[0].shape[1]
-        stack = should_stack(self.language_model)
-        batch = auto_batch(self.language_model, longest + self.positions, twins, stack=stack)
+        batch, stack = self._engine_batch(longest + self.positions, twins)
         graphs = self.graphs if graphs is None else graphs
         run = lambda a, b: self._engine_tokens(prompts[a:b], seeds[a:b], s, graphs, stack)  # noqa: E731
         return in_batches(run, len(prompts), batch).flatten(1)
+
+    def _engine_batch(self, length: int, twins: int) -> tuple[int, bool]:
+        """(images per engine call, whether its decoder stacks its projections) for rows of `length` tokens
+        and `twins` rows per image, by the memory free now (engine.auto_batch, engine.should_stack); a larger
+        batch runs as several engine calls."""
+        stack = should_stack(self.language_model)
+        return auto_batch(self.language_model, length, twins, stack=stack), stack
 
     def _uniforms(self, seeds: Sequence[int]) -> torch.Tensor:
         """Each image's own uniform numbers [B, positions, depth] (sampling.uniform_table, flat token t =
