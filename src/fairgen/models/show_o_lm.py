@@ -68,6 +68,76 @@ def mmu_allowed(length: int, seen: slice, device: torch.device) -> torch.Tensor:
     return allowed
 
 
+def rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Partial rotary embedding (transformers' rotate_half form) of t [.., n, d]: the first cos.shape[-1]
+    channels turn, the rest pass. Differentiable."""
+    rot = cos.shape[-1]
+    r, keep = t[..., :rot], t[..., rot:]
+    rotated = torch.cat([-r[..., rot // 2:], r[..., :rot // 2]], dim=-1)
+    return torch.cat([r * cos + rotated * sin, keep], dim=-1)
+
+
+def rope_into(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """rope(t, cos, sin) written into `out` (any strides, e.g. a slot of a key buffer): the same products
+    and sums without the concatenations, about half the memory passes. No autograd (out= arguments)."""
+    rot = cos.shape[-1]
+    half = rot // 2
+    r1, r2 = t[..., :half], t[..., half:rot]
+    o1, o2 = out[..., :half], out[..., half:rot]
+    torch.mul(r1, cos[..., :half], out=o1)
+    o1.addcmul_(r2, sin[..., :half], value=-1)
+    torch.mul(r2, cos[..., half:], out=o2)
+    o2.addcmul_(r1, sin[..., half:])
+    out[..., rot:].copy_(t[..., rot:])
+    return out
+
+
+class CachedPrefix:
+    """A t2i batch's text prefix as the image span attends to it, for the fast path (inference only).
+
+    kv: every layer's prefix (keys, values) [R, H, t, d], computed once (PhiRunner.prefix). visible [R, t]:
+    the prefix positions the span sees (all but padding). The span sees those and all of itself, with no
+    order: so when each row's visible positions are a suffix first[r]..t-1 of the prefix (left padding, as
+    t2i_text builds it), the rows with the same first[r] attend to keys [first, t + span) with no mask at
+    all, and SDPA can run its flash kernel (an additive mask rules it out; the memory-efficient kernel
+    with a bias is what runs then). Rows are grouped by contiguous runs of equal first[r] (sort the rows
+    by it for the fewest calls). Otherwise (a [PAD] token inside a prompt) one call with the mask.
+    The keys and values of [prefix | span] live in one buffer pair [R, H, t + span, d] reused by every
+    layer and step: a layer copies its prefix in (t of t + span positions) and writes the span's keys and
+    values into the rest, instead of concatenating prefix and span anew per layer and step."""
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], visible: torch.Tensor, span: int) -> None:
+        r, heads, t, d = kv[0][0].shape
+        self.kv, self.t = kv, t
+        self.keys = kv[0][0].new_empty(r, heads, t + span, d)
+        self.values = torch.empty_like(self.keys)
+        first = t - visible.sum(1)
+        suffix = bool((visible == (torch.arange(t, device=visible.device) >= first.unsqueeze(1))).all())
+        self.mask: torch.Tensor | None = None
+        self.groups: list[tuple[int, int, int]] = []  # (row start, row end, first visible key)
+        if suffix:
+            edges = [0, *(torch.nonzero(first[1:] != first[:-1]).flatten() + 1).tolist(), r]
+            firsts = first.tolist()
+            self.groups = [(a, b, firsts[a]) for a, b in zip(edges[:-1], edges[1:])]
+        else:
+            seen = torch.cat([visible, visible.new_ones(r, span)], dim=1)
+            self.mask = additive(seen.unsqueeze(1), self.keys.dtype)  # [R, 1, 1, t + span]
+
+    def slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s prefix copied into the buffers; returns where the span's keys and values go."""
+        self.keys[:, :, :self.t].copy_(self.kv[layer][0])
+        self.values[:, :, :self.t].copy_(self.kv[layer][1])
+        return self.keys[:, :, self.t:], self.values[:, :, self.t:]
+
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """Attention output [R, n, H, d] of the span's queries q [R, H, n, d] over the filled buffers."""
+        if self.mask is not None:
+            return F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.mask).transpose(1, 2)
+        outs = [F.scaled_dot_product_attention(q[a:b], self.keys[a:b, :, first:], self.values[a:b, :, first:])
+                for a, b, first in self.groups]
+        return outs[0].transpose(1, 2) if len(outs) == 1 else torch.cat([o.transpose(1, 2) for o in outs])
+
+
 class PhiRunner:
     """Calls a transformers PhiForCausalLM's modules with fairgen's masks and an optional key/value prefix."""
 
@@ -87,7 +157,7 @@ class PhiRunner:
         return self.lm.model
 
     def _attend(self, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+                mask: torch.Tensor | None, prefix: CachedPrefix | None, i: int
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attn = layer.self_attn
         b, n, _ = h.shape
@@ -95,18 +165,15 @@ class PhiRunner:
                    for p in (attn.q_proj, attn.k_proj, attn.v_proj))
         if attn.qk_layernorm:
             q, k = attn.q_layernorm(q), attn.k_layernorm(k)
-        rot = cos.shape[-1]  # partial rotary: only the first `rot` channels of a head turn
-
-        def rope(t: torch.Tensor) -> torch.Tensor:
-            r, keep = t[..., :rot], t[..., rot:]
-            rotated = torch.cat([-r[..., rot // 2:], r[..., :rot // 2]], dim=-1)
-            return torch.cat([r * cos + rotated * sin, keep], dim=-1)
-
-        q, k = rope(q), rope(k)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return attn.dense(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
+        if prefix is None:
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        else:
+            k_slot, v_slot = prefix.slots(i)
+            rope_into(k, cos, sin, k_slot)
+            v_slot.copy_(v)
+            out = prefix.attend(rope_into(q, cos, sin, torch.empty_like(q)))
+        return attn.dense(out.reshape(b, n, -1)), (k, v)
 
     def _mlp(self, mlp: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
         """PhiMLP's fc1 -> GELU -> fc2 (fc1 and fc2 called as modules, so LoRA layers on them run)."""
@@ -114,13 +181,14 @@ class PhiRunner:
             return mlp(h)
         return mlp.fc2(F.gelu(mlp.fc1(h), approximate="tanh"))
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor, start: int = 0,
-            past: list[tuple[torch.Tensor, torch.Tensor]] | None = None, keep: bool = False,
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor | None, start: int = 0,
+            prefix: CachedPrefix | None = None, keep: bool = False,
             hidden_at: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Final-layer-normed hidden states [R, n, D] of positions start..start+n-1 given embeddings [R, n, D],
-        an additive mask [R, 1, n, start+n] and (when start > 0) every layer's cached prefix (k, v). With
-        keep, also returns each layer's (k, v) over all start+n positions. hidden_at: return the residual
-        stream entering layer `hidden_at` instead (locate's probes), no final norm."""
+        """Final-layer-normed hidden states [R, n, D] of positions start..start+n-1 given embeddings [R, n, D]
+        and either an additive mask [R, 1, n, n] (start 0) or the cached text prefix of the first `start`
+        positions (the image span of t2i rows; inference only). With keep (and no prefix), also returns each
+        layer's (k, v) over the n positions. hidden_at: return the residual stream entering layer `hidden_at` instead
+        (locate's probes), no final norm."""
         body = self.body
         pos = torch.arange(start, start + embeds.shape[1], device=embeds.device).unsqueeze(0)
         cos, sin = body.rotary_emb(embeds, pos)
@@ -130,7 +198,7 @@ class PhiRunner:
             if hidden_at == i:
                 return x, kept
             h = layer.input_layernorm(x)
-            a, kv = self._attend(layer, h, cos, sin, mask, past[i] if past is not None else None)
+            a, kv = self._attend(layer, h, cos, sin, mask, prefix, i)
             if keep:
                 kept.append(kv)
             x = a + self._mlp(layer.mlp, h) + x
