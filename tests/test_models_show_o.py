@@ -99,7 +99,9 @@ def test_rope_into_is_rope():
     t, angle = torch.randn(2, 3, 5, 16, generator=g), torch.randn(5, 8, generator=g)
     cos, sin = angle.cos(), angle.sin()
     out = torch.zeros(2, 5, 3, 16).transpose(1, 2)  # a strided destination, like a key buffer's slot
-    torch.testing.assert_close(rope_into(t, cos, sin, out), rope(t, cos, sin), atol=1e-6, rtol=1e-6)
+    for dtype in (torch.float32, torch.bfloat16):  # bit for bit: the reference path runs rope()
+        args = t.to(dtype), cos.to(dtype), sin.to(dtype)
+        assert torch.equal(rope_into(*args, out.to(dtype)), rope(*args))
 
 
 def test_fast_path_with_mixed_padding_matches_whole_rows(show_o):
@@ -118,6 +120,26 @@ def test_fast_path_with_mixed_padding_matches_whole_rows(show_o):
     mixed = ["a nurse", PROMPTS[0], "a [PAD] nurse", PROMPTS[1]]
     fast = show_o.generate_tokens(mixed, [4, 5, 6, 7], steps=3)
     assert torch.equal(fast, show_o.generate_tokens(mixed, [4, 5, 6, 7], steps=3, cache=False))
+
+
+def test_fast_path_runs_lora_layers(show_o):
+    """With LoRA on the projections the fused input matrix is off (its weights would skip the adapters)
+    and the fast path calls the modules: still the whole rows' logits, which the adapter changed."""
+    from peft import LoraConfig, get_peft_model
+
+    assert show_o.runner.fused_inputs() is not None
+    text = show_o.guidance_text(PROMPTS, cfg=2.0)
+    codes = torch.tensor(FIXTURE["teacher_forced"]["codes"]).repeat(2, 1)
+    peft = get_peft_model(show_o.lora_root, LoraConfig(r=2, target_modules=show_o.lora_targets, init_lora_weights=False))
+    try:
+        assert show_o.runner.fused_inputs() is None
+        with torch.no_grad():
+            fast = show_o_sampling.prefix_logits(show_o, text)(codes)
+            torch.testing.assert_close(fast, show_o.full_logits(text, codes), atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(fast, torch.tensor(FIXTURE["teacher_forced"]["logits"]), atol=1e-3)
+    finally:
+        peft.unload()
+        show_o.lm.requires_grad_(True)
 
 
 def test_image_tokenizer_matches_upstream(show_o):
