@@ -3,7 +3,7 @@ and with `--preset paper`, over several seeds, every run the plain CLI command a
 
     python benchmarks/fix_tiny.py --out runs/fix_tiny                                # 3 settings x 3 seeds
     python benchmarks/fix_tiny.py --out runs/fix_tiny --presets default,paper --jobs 12 \
-        --extra "--device cuda --batch-size 256"                                     # on a GPU, in parallel
+        --extra "--device cuda"                                                      # on a GPU, in parallel
 
 Each run is `python -m fairgen fix --model tiny --attributes A --seed S --out OUT/<preset>/<setting>/seed-S`
 plus `--preset paper` for the paper preset and `--extra`'s options (nothing else: the defaults are what

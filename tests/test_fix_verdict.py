@@ -37,6 +37,9 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (janus.data_source, janus.lr) == ("model", 1e-4)
     mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))
     assert (mine.lr, mine.anchor, mine.rank, mine.lora_alpha) == (5e-4, 0.0, 4, 8.0)
+    # generate() batch: tiny's whole call is one batch (256); other families keep the audit's 64
+    assert (tiny.batch_size, janus.batch_size) == (256, 64)
+    assert resolve(FixConfig(model="tiny", batch_size=16)).batch_size == 16
 
 
 def test_paper_preset_is_the_papers_settings_and_user_values_still_win():

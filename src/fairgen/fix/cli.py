@@ -135,8 +135,9 @@ def fix_command(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
     preset: Optional[str] = typer.Option(None, help=preset_help() + "; for fix also the paper's training (alpha 0, "
                                          "beta 1, lr 1e-4 then 8e-7, LoRA rank 32 / alpha 32, no anchor, last adapter)."),
-    batch_size: int = typer.Option(D("batch_size"), "--batch-size", help="Images per generate() call (a family may split a call "
-                                   "further to fit free memory)."),
+    batch_size: Optional[int] = typer.Option(D("batch_size"), "--batch-size", help=f"Images per generate() call "
+                                             f"({RECIPE}: 256 for tiny, 64 otherwise; a family may split a call "
+                                             "further to fit free memory)."),
 ) -> None:
     """Debias a model: balanced data, LoRA SFT then the balanced preference loss, and a before/after audit."""
     from ..distributed import launch_rank

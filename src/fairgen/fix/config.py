@@ -90,7 +90,7 @@ class FixConfig:
     understanding_images: int = 64
     seed: int = AuditConfig.seed
     sampling: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = AuditConfig.batch_size
+    batch_size: int | None = None
     device: str | None = None
     dtype: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)

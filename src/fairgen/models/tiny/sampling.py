@@ -5,6 +5,7 @@ with a KV cache, each token drawn with the shared sampler and per-image random s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ...types import FairgenError
 from ..sampling import Sampling, sample, seed_keys, uniforms
@@ -17,7 +18,7 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
     """Sample one image per (text, seed): LongTensor[B, T] of tokenizer codes.
 
     Conditional and unconditional rows (when cfg != 1) run in one batched forward with a shared KV cache.
-    Only image codes can be drawn: other vocabulary entries are excluded before guidance."""
+    Only image codes can be drawn, so the output head computes only their rows (half the vocabulary)."""
     device = next(lm.parameters()).device
     B, T = len(texts), vocab.n_image_tokens
     rows = [vocab.generation_prefix(t) for t in texts]
@@ -29,17 +30,19 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
     ids, valid, pos, img = left_pad(rows, vocab, device)
     cache = KVCache(lm.cfg, len(rows), ids.shape[1] + T, device, next(lm.parameters()).dtype)
     keys = seed_keys(seeds, device)
-    logits = lm(ids, pos, img, valid, cache=cache, last_only=True)[:, -1]
+    head = lm.wte.weight[vocab.image_offset : vocab.image_offset + vocab.n_codes]  # the tied head's code rows
+    logits = F.linear(lm.hidden(ids, pos, img, valid, cache=cache)[:, -1], head)
     next_pos = pos[:, -1:] + 1
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     for t in range(T):
-        lg = s.guide(logits[:, vocab.image_offset : vocab.image_offset + vocab.n_codes].float())
+        lg = s.guide(logits.float())
         tok = sample(lg, s, uniforms(keys, t))
         codes[:, t] = tok
         if t == T - 1:
             break
         step = (tok + vocab.image_offset).repeat(2 if guided else 1).unsqueeze(1)
         img_t = torch.full_like(step, t)
-        logits = lm(step, next_pos, img_t, torch.ones_like(step, dtype=torch.bool), cache=cache)[:, -1]
+        logits = F.linear(lm.hidden(step, next_pos, img_t, torch.ones_like(step, dtype=torch.bool), cache=cache)[:, -1],
+                          head)
         next_pos = next_pos + 1
     return codes
