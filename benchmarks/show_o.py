@@ -94,7 +94,8 @@ def timed_images(model: so.ShowoModel, prompts: list[str], seeds: list[int], s: 
                  cache: bool) -> tuple[float, float]:
     """images() timed in its two parts: (seconds generating the codes, seconds decoding them to PIL)."""
     codes = []
-    gen = timed(lambda: codes.append(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps, cache=cache)))
+    gen = timed(lambda: codes.append(model.generate_tokens(prompts, seeds, cfg=s.cfg, steps=s.steps,
+                                                           cache=cache)))
     return gen, timed(lambda: model.decode_tokens(codes[0]))
 
 
@@ -145,14 +146,16 @@ def smoke(batch: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="show_o_bench.json")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--smoke", action="store_true", help="CPU, small model, 2 steps: checks the script runs and fast == reference in float32")
+    ap.add_argument("--batch", type=int, default=None, help="images per batch (default 64; --smoke: 8)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, small model, 2 steps: checks the script runs and fast == reference in float32")
     ap.add_argument("--profile", type=int, default=0, metavar="TOP",
                     help="instead of timing: the TOP kernels of one fast batch by device time, per resolution")
     args = ap.parse_args()
     if args.smoke:
-        smoke(args.batch)
+        smoke(args.batch or 8)
         return
+    args.batch = args.batch or 64
     if args.profile:
         for n_tokens, s in ((1024, sampling.DEFAULT_512), (256, sampling.DEFAULT_256)):
             profiled(random_model(n_tokens), args.batch, s, args.profile)

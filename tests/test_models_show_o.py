@@ -112,7 +112,8 @@ def test_fast_path_with_mixed_padding_matches_whole_rows(show_o):
     for prompts in (["", PROMPTS[0], "a nurse", PROMPTS[1], ""], ["a [PAD] nurse", PROMPTS[1]]):
         text = show_o.t2i_text_ids(prompts)
         fn = show_o_sampling.prefix_logits(show_o, text)
-        batches = [torch.randint(0, show_o.codebook, (len(prompts), show_o.n_tokens), generator=g) for _ in range(2)]
+        shape = (len(prompts), show_o.n_tokens)
+        batches = [torch.randint(0, show_o.codebook, shape, generator=g) for _ in range(2)]
         for codes in (*batches, batches[0]):
             codes = torch.where(torch.rand(codes.shape, generator=g) < 0.5, show_o.mask_id, codes)
             with torch.no_grad():
@@ -130,7 +131,8 @@ def test_fast_path_runs_lora_layers(show_o):
     assert show_o.runner.fused_inputs() is not None
     text = show_o.guidance_text(PROMPTS, cfg=2.0)
     codes = torch.tensor(FIXTURE["teacher_forced"]["codes"]).repeat(2, 1)
-    peft = get_peft_model(show_o.lora_root, LoraConfig(r=2, target_modules=show_o.lora_targets, init_lora_weights=False))
+    lora = LoraConfig(r=2, target_modules=show_o.lora_targets, init_lora_weights=False)
+    peft = get_peft_model(show_o.lora_root, lora)
     try:
         assert show_o.runner.fused_inputs() is None
         with torch.no_grad():

@@ -135,7 +135,8 @@ class CachedPrefix:
     def attend(self, q: torch.Tensor) -> torch.Tensor:
         """Attention output [R, n, H, d] of the span's queries q [R, H, n, d] over the filled buffers."""
         if self.mask is not None:
-            return F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.mask).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.mask)
+            return out.transpose(1, 2)
         outs = [F.scaled_dot_product_attention(q[a:b], self.keys[a:b, :, first:], self.values[a:b, :, first:])
                 for a, b, first in self.groups]
         return outs[0].transpose(1, 2) if len(outs) == 1 else torch.cat([o.transpose(1, 2) for o in outs])
