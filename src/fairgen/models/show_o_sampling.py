@@ -126,9 +126,9 @@ def prefix_logits(model: Any, text: torch.Tensor) -> LogitsFn:
     """The fast path's logits function (inference only): the text rows [R, 129] go through the LM once;
     each step runs only the image span against their cached keys and values (show_o_lm.CachedPrefix),
     with each layer's input projections fused into one matrix product, and the head only over the code
-    rows. Inside, the rows are ordered by how much left padding they have
-    (the prompts' rows together, the empty prompts' together), so that rows sharing their visible keys
-    attend in one unmasked call; the logits come back in the callers' row order."""
+    rows. Inside, the rows are ordered by how much left padding they have (the prompts' rows together,
+    the empty prompts' together), so that rows sharing their visible keys attend in one unmasked call;
+    the logits come back in the caller's row order."""
     embed, pad = model.lm.model.embed_tokens, model.ids["pad"]
     order = (text != pad).sum(1).argsort(descending=True, stable=True)
     same = bool((order == torch.arange(len(order), device=order.device)).all())
@@ -136,7 +136,7 @@ def prefix_logits(model: Any, text: torch.Tensor) -> LogitsFn:
     back = None if same else order.argsort()
     with torch.no_grad():
         kv = model.runner.prefix(embed(text), additive(t2i_allowed(text, pad, 0), model.dtype))
-    prefix = CachedPrefix(kv, text != pad, model.n_tokens + 2, model.runner.fused_inputs())
+        prefix = CachedPrefix(kv, text != pad, model.n_tokens + 2, model.runner.fused_inputs())
     twins = text.shape[0]
 
     @torch.no_grad()
