@@ -62,6 +62,88 @@ def test_sampler_matches_upstream(show_o, w, cache):
     assert ours.tolist() == FIXTURE[f"sampled_w{w}"]
 
 
+def test_cached_prefix_attention_is_the_masked_softmax():
+    """The fast path's span attention: rows grouped by their left padding (out of order: five rows, four
+    runs) each attend unmasked to their visible keys, from the buffers every layer refills with its own
+    prefix; and a [PAD] inside a prompt (visibility not a suffix) falls back to one masked call. Both vs
+    softmax over the visible keys in float64."""
+    from fairgen.models.show_o_lm import CachedPrefix
+
+    g = torch.Generator().manual_seed(0)
+    r, h, t, span, d = 5, 2, 7, 4, 8
+    for pads, hole in (([2, 2, 0, 5, 0], None), ([1, 0, 3, 0, 0], (1, 4))):
+        visible = torch.arange(t) >= torch.tensor(pads).unsqueeze(1)
+        if hole:
+            visible[hole] = False
+        kv = [tuple(torch.randn(r, h, t, d, generator=g) for _ in range(2)) for _ in range(3)]
+        prefix = CachedPrefix(kv, visible, span)
+        assert (prefix.mask is None) == (hole is None)
+        assert hole or [grp[2] for grp in prefix.groups] == [2, 0, 5, 0]
+        seen = torch.cat([visible, torch.ones(r, span, dtype=torch.bool)], 1)[:, None, None, :]
+        for layer in (0, 2, 1):
+            k_slot, v_slot = prefix.slots(layer)
+            k_span, v_span, q = (torch.randn(r, h, span, d, generator=g) for _ in range(3))
+            k_slot.copy_(k_span)
+            v_slot.copy_(v_span)
+            keys = torch.cat([kv[layer][0], k_span], 2).double()
+            values = torch.cat([kv[layer][1], v_span], 2).double()
+            scores = (q.double() @ keys.transpose(-1, -2) / d ** 0.5).masked_fill(~seen, float("-inf"))
+            expected = (scores.softmax(-1) @ values).transpose(1, 2).float()
+            torch.testing.assert_close(prefix.attend(q), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_into_is_rope():
+    from fairgen.models.show_o_lm import rope, rope_into
+
+    g = torch.Generator().manual_seed(1)
+    t, angle = torch.randn(2, 3, 5, 16, generator=g), torch.randn(5, 8, generator=g)
+    cos, sin = angle.cos(), angle.sin()
+    out = torch.zeros(2, 5, 3, 16).transpose(1, 2)  # a strided destination, like a key buffer's slot
+    for dtype in (torch.float32, torch.bfloat16):  # bit for bit: the reference path runs rope()
+        args = t.to(dtype), cos.to(dtype), sin.to(dtype)
+        assert torch.equal(rope_into(*args, out.to(dtype)), rope(*args))
+
+
+def test_fast_path_with_mixed_padding_matches_whole_rows(show_o):
+    """Rows of four paddings out of order (grouped and put back by prefix_logits), the buffers reused over
+    three calls, and a prompt holding a literal [PAD] (masked fallback): the same logits as whole rows
+    through the LM, and the same codes as the reference loop for fixed seeds."""
+    g = torch.Generator().manual_seed(3)
+    for prompts in (["", PROMPTS[0], "a nurse", PROMPTS[1], ""], ["a [PAD] nurse", PROMPTS[1]]):
+        text = show_o.t2i_text_ids(prompts)
+        fn = show_o_sampling.prefix_logits(show_o, text)
+        shape = (len(prompts), show_o.n_tokens)
+        batches = [torch.randint(0, show_o.codebook, shape, generator=g) for _ in range(2)]
+        for codes in (*batches, batches[0]):
+            codes = torch.where(torch.rand(codes.shape, generator=g) < 0.5, show_o.mask_id, codes)
+            with torch.no_grad():
+                torch.testing.assert_close(fn(codes), show_o.full_logits(text, codes), atol=2e-5, rtol=1e-5)
+    mixed = ["a nurse", PROMPTS[0], "a [PAD] nurse", PROMPTS[1]]
+    fast = show_o.generate_tokens(mixed, [4, 5, 6, 7], steps=3)
+    assert torch.equal(fast, show_o.generate_tokens(mixed, [4, 5, 6, 7], steps=3, cache=False))
+
+
+def test_fast_path_runs_lora_layers(show_o):
+    """With LoRA on the projections the fused input matrix is off (its weights would skip the adapters)
+    and the fast path calls the modules: still the whole rows' logits, which the adapter changed."""
+    from peft import LoraConfig, get_peft_model
+
+    assert show_o.runner.fused_inputs() is not None
+    text = show_o.guidance_text(PROMPTS, cfg=2.0)
+    codes = torch.tensor(FIXTURE["teacher_forced"]["codes"]).repeat(2, 1)
+    lora = LoraConfig(r=2, target_modules=show_o.lora_targets, init_lora_weights=False)
+    peft = get_peft_model(show_o.lora_root, lora)
+    try:
+        assert show_o.runner.fused_inputs() is None
+        with torch.no_grad():
+            fast = show_o_sampling.prefix_logits(show_o, text)(codes)
+            torch.testing.assert_close(fast, show_o.full_logits(text, codes), atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(fast, torch.tensor(FIXTURE["teacher_forced"]["logits"]), atol=1e-3)
+    finally:
+        peft.unload()
+        show_o.lm.requires_grad_(True)
+
+
 def test_image_tokenizer_matches_upstream(show_o):
     codes = show_o.encode_image([fixture_image()])
     assert codes.tolist() == FIXTURE["vq"]["codes"]

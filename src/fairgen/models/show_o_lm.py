@@ -68,6 +68,80 @@ def mmu_allowed(length: int, seen: slice, device: torch.device) -> torch.Tensor:
     return allowed
 
 
+def rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Partial rotary embedding (transformers' rotate_half form) of t [.., n, d]: the first cos.shape[-1]
+    channels turn, the rest pass. Differentiable."""
+    rot = cos.shape[-1]
+    r, keep = t[..., :rot], t[..., rot:]
+    rotated = torch.cat([-r[..., rot // 2:], r[..., :rot // 2]], dim=-1)
+    return torch.cat([r * cos + rotated * sin, keep], dim=-1)
+
+
+def rope_into(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """rope(t, cos, sin) written into `out` (any strides, e.g. a slot of a key buffer): the same products
+    and sums, rounded the same way (so bit for bit the same in any dtype), without the negation and the
+    two concatenations: about 4.5 passes over t's size instead of 7. No autograd (out= arguments)."""
+    rot = cos.shape[-1]
+    half = rot // 2
+    r1, r2 = t[..., :half], t[..., half:rot]
+    o1, o2 = out[..., :half], out[..., half:rot]
+    torch.mul(r1, cos[..., :half], out=o1)
+    o1.sub_(r2 * sin[..., :half])
+    torch.mul(r2, cos[..., half:], out=o2)
+    o2.add_(r1 * sin[..., half:])
+    out[..., rot:].copy_(t[..., rot:])
+    return out
+
+
+class CachedPrefix:
+    """A t2i batch's text prefix as the image span attends to it, for the fast path (inference only).
+
+    kv: every layer's prefix (keys, values) [R, H, t, d], computed once (PhiRunner.prefix). visible [R, t]:
+    the prefix positions the span sees (all but padding). The span sees those and all of itself, with no
+    order: so when each row's visible positions are a suffix first[r]..t-1 of the prefix (left padding, as
+    t2i_text builds it), the rows with the same first[r] attend to keys [first, t + span) with no mask at
+    all, and SDPA can run its flash kernel (an additive mask rules it out; the memory-efficient kernel
+    with a bias is what runs then). Rows are grouped by contiguous runs of equal first[r] (sort the rows
+    by it for the fewest calls). Otherwise (a [PAD] token inside a prompt) one call with the mask.
+    The keys and values of [prefix | span] live in one buffer pair [R, H, t + span, d] reused by every
+    layer and step: a layer copies its prefix in (t of t + span positions) and writes the span's keys and
+    values into the rest, instead of concatenating prefix and span anew per layer and step.
+    fused: every layer's input projections in one matrix (PhiRunner.fused_inputs), or None."""
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], visible: torch.Tensor, span: int,
+                 fused: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        r, heads, t, d = kv[0][0].shape
+        self.kv, self.t, self.fused = kv, t, fused
+        self.keys = kv[0][0].new_empty(r, heads, t + span, d)
+        self.values = torch.empty_like(self.keys)
+        first = t - visible.sum(1)
+        suffix = bool((visible == (torch.arange(t, device=visible.device) >= first.unsqueeze(1))).all())
+        self.mask: torch.Tensor | None = None
+        self.groups: list[tuple[int, int, int]] = []  # (row start, row end, first visible key)
+        if suffix:
+            edges = [0, *(torch.nonzero(first[1:] != first[:-1]).flatten() + 1).tolist(), r]
+            firsts = first.tolist()
+            self.groups = [(a, b, firsts[a]) for a, b in zip(edges[:-1], edges[1:])]
+        else:
+            seen = torch.cat([visible, visible.new_ones(r, span)], dim=1)
+            self.mask = additive(seen.unsqueeze(1), self.keys.dtype)  # [R, 1, 1, t + span]
+
+    def slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s prefix copied into the buffers; returns where the span's keys and values go."""
+        self.keys[:, :, :self.t].copy_(self.kv[layer][0])
+        self.values[:, :, :self.t].copy_(self.kv[layer][1])
+        return self.keys[:, :, self.t:], self.values[:, :, self.t:]
+
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """Attention output [R, n, H, d] of the span's queries q [R, H, n, d] over the filled buffers."""
+        if self.mask is not None:
+            out = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.mask)
+            return out.transpose(1, 2)
+        outs = [F.scaled_dot_product_attention(q[a:b], self.keys[a:b, :, first:], self.values[a:b, :, first:])
+                for a, b, first in self.groups]
+        return outs[0].transpose(1, 2) if len(outs) == 1 else torch.cat([o.transpose(1, 2) for o in outs])
+
+
 class PhiRunner:
     """Calls a transformers PhiForCausalLM's modules with fairgen's masks and an optional key/value prefix."""
 
@@ -86,27 +160,56 @@ class PhiRunner:
     def body(self) -> torch.nn.Module:
         return self.lm.model
 
+    def fused_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer, q_proj, k_proj, v_proj and fc1 stacked into one weight [3D + F, D] and bias: the
+        four products of the layer's input h in one matrix product (Phi runs attention and MLP side by
+        side on the same h): h is read once instead of four times, and one wide GEMM runs closer to the
+        card's peak than three narrow ones. None when any of them is not a plain Linear with a bias (a
+        LoRA layer in place: the modules are called instead). Built per batch, so it follows the weights."""
+        out = []
+        for layer in self.body.layers:
+            attn = layer.self_attn
+            parts = (attn.q_proj, attn.k_proj, attn.v_proj, layer.mlp.fc1)
+            if any(type(m) is not torch.nn.Linear or m.bias is None for m in parts):
+                return None
+            out.append((torch.cat([m.weight for m in parts]), torch.cat([m.bias for m in parts])))
+        return out
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[R, n, H*d] -> [R, H, n, d] (a view)."""
+        return t.view(*t.shape[:2], self.heads, self.head_dim).transpose(1, 2)
+
     def _attend(self, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of whole rows (differentiable): output [R, n, D] and the layer's (k, v)."""
         attn = layer.self_attn
-        b, n, _ = h.shape
-        q, k, v = (p(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-                   for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (self._heads(p(h)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
         if attn.qk_layernorm:
             q, k = attn.q_layernorm(q), attn.k_layernorm(k)
-        rot = cos.shape[-1]  # partial rotary: only the first `rot` channels of a head turn
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        return attn.dense(out.reshape(*h.shape[:2], -1)), (k, v)
 
-        def rope(t: torch.Tensor) -> torch.Tensor:
-            r, keep = t[..., :rot], t[..., rot:]
-            rotated = torch.cat([-r[..., rot // 2:], r[..., :rot // 2]], dim=-1)
-            return torch.cat([r * cos + rotated * sin, keep], dim=-1)
-
-        q, k = rope(q), rope(k)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return attn.dense(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
+    def _span_block(self, layer: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor, prefix: CachedPrefix, i: int) -> torch.Tensor:
+        """One Phi block over the image span against the cached prefix (inference): the residual stream
+        leaving layer i, from the stream x and its layer norm h [R, n, D]."""
+        attn = layer.self_attn
+        b, n, d = h.shape
+        if prefix.fused is not None:
+            q, k, v, f = F.linear(h, *prefix.fused[i]).split([d, d, d, layer.mlp.fc1.out_features], dim=-1)
+            m = layer.mlp.fc2(F.gelu(f, approximate="tanh") if self.tanh_gelu else layer.mlp.activation_fn(f))
+        else:
+            q, k, v = (p(h) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+            m = self._mlp(layer.mlp, h)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if attn.qk_layernorm:
+            q, k = attn.q_layernorm(q), attn.k_layernorm(k)
+        k_slot, v_slot = prefix.slots(i)
+        rope_into(k, cos, sin, k_slot)
+        v_slot.copy_(v)
+        q = rope_into(q, cos, sin, q.new_empty(b, n, self.heads, self.head_dim).transpose(1, 2))
+        return attn.dense(prefix.attend(q).reshape(b, n, d)) + m + x
 
     def _mlp(self, mlp: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
         """PhiMLP's fc1 -> GELU -> fc2 (fc1 and fc2 called as modules, so LoRA layers on them run)."""
@@ -114,13 +217,14 @@ class PhiRunner:
             return mlp(h)
         return mlp.fc2(F.gelu(mlp.fc1(h), approximate="tanh"))
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor, start: int = 0,
-            past: list[tuple[torch.Tensor, torch.Tensor]] | None = None, keep: bool = False,
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor | None, start: int = 0,
+            prefix: CachedPrefix | None = None, keep: bool = False,
             hidden_at: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Final-layer-normed hidden states [R, n, D] of positions start..start+n-1 given embeddings [R, n, D],
-        an additive mask [R, 1, n, start+n] and (when start > 0) every layer's cached prefix (k, v). With
-        keep, also returns each layer's (k, v) over all start+n positions. hidden_at: return the residual
-        stream entering layer `hidden_at` instead (locate's probes), no final norm."""
+        """Final-layer-normed hidden states [R, n, D] of positions start..start+n-1 given embeddings [R, n, D]
+        and either an additive mask [R, 1, n, n] (start 0) or the cached text prefix of the first `start`
+        positions (the image span of t2i rows; inference only). With keep (and no prefix), also returns each
+        layer's (k, v) over the n positions. hidden_at: return the residual stream entering layer
+        `hidden_at` instead (locate's probes), no final norm."""
         body = self.body
         pos = torch.arange(start, start + embeds.shape[1], device=embeds.device).unsqueeze(0)
         cos, sin = body.rotary_emb(embeds, pos)
@@ -130,7 +234,10 @@ class PhiRunner:
             if hidden_at == i:
                 return x, kept
             h = layer.input_layernorm(x)
-            a, kv = self._attend(layer, h, cos, sin, mask, past[i] if past is not None else None)
+            if prefix is not None:
+                x = self._span_block(layer, x, h, cos, sin, prefix, i)
+                continue
+            a, kv = self._attend(layer, h, cos, sin, mask)
             if keep:
                 kept.append(kv)
             x = a + self._mlp(layer.mlp, h) + x

@@ -30,7 +30,7 @@ import torch
 
 from ..types import FairgenError
 from . import sampling as common
-from .show_o_lm import TEXT_LEN, additive, t2i_allowed
+from .show_o_lm import TEXT_LEN, CachedPrefix, additive, t2i_allowed
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # codes [R, N] (mask id where masked) -> fp32 [R, N, K]
 
@@ -123,19 +123,29 @@ def unmask(logits_fn: LogitsFn, batch: int, n: int, mask_id: int, s: Settings, n
 
 
 def prefix_logits(model: Any, text: torch.Tensor) -> LogitsFn:
-    """The fast path's logits function: the text rows [R, 129] go through the LM once; each step runs only
-    the image span against their cached keys and values, and the head only over the code rows."""
+    """The fast path's logits function (inference only): the text rows [R, 129] go through the LM once;
+    each step runs only the image span against their cached keys and values (show_o_lm.CachedPrefix),
+    with each layer's input projections fused into one matrix product, and the head only over the code
+    rows. Inside, the rows are ordered by how much left padding they have (the prompts' rows together,
+    the empty prompts' together), so that rows sharing their visible keys attend in one unmasked call;
+    the logits come back in the caller's row order."""
     embed, pad = model.lm.model.embed_tokens, model.ids["pad"]
-    past = model.runner.prefix(embed(text), additive(t2i_allowed(text, pad, 0), model.dtype))
-    span = model.n_tokens + 2
-    seen = torch.cat([text != pad, text.new_ones(text.shape[0], span, dtype=torch.bool)], dim=1)
-    keys = additive(seen.unsqueeze(1), model.dtype)  # [R, 1, 1, L]: the image span sees all but padding
+    order = (text != pad).sum(1).argsort(descending=True, stable=True)
+    same = bool((order == torch.arange(len(order), device=order.device)).all())
+    text = text if same else text[order]
+    back = None if same else order.argsort()
+    with torch.no_grad():
+        kv = model.runner.prefix(embed(text), additive(t2i_allowed(text, pad, 0), model.dtype))
+        prefix = CachedPrefix(kv, text != pad, model.n_tokens + 2, model.runner.fused_inputs())
     twins = text.shape[0]
 
+    @torch.no_grad()
     def logits(codes: torch.Tensor) -> torch.Tensor:
         rows = codes if codes.shape[0] == twins else codes.repeat(twins // codes.shape[0], 1)
-        hidden, _ = model.runner.run(embed(model.span_ids(rows)), keys, start=TEXT_LEN, past=past)
-        return model.code_head(hidden[:, 1:-1]).float()
+        rows = rows if same else rows[order]
+        hidden, _ = model.runner.run(embed(model.span_ids(rows)), None, start=TEXT_LEN, prefix=prefix)
+        hidden = hidden[:, 1:-1] if same else hidden[back, 1:-1]
+        return model.code_head(hidden).float()
 
     return logits
 
