@@ -9,7 +9,8 @@ images/s include MAGVIT-v2 decoding to PIL images. "mfu" is the fast path's LM m
 MLP, attention products, code head: counted below) per second of the whole unit (codes, decoding, PIL)
 over the card's bf16 matmul rate measured here on an 8192^3 GEMM; "mfu_lm" the same FLOPs per second of
 the code generation alone (the unit's two parts are timed separately, one after the other).
-Run: python benchmarks/show_o.py [--out results.json]
+Run: python benchmarks/show_o.py [--out results.json]; --profile TOP prints the TOP kernels of one fast batch
+per resolution by device time instead (not yet run on a GPU).
 """
 
 from __future__ import annotations
