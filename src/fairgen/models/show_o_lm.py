@@ -198,7 +198,7 @@ class PhiRunner:
         b, n, d = h.shape
         if prefix.fused is not None:
             q, k, v, f = F.linear(h, *prefix.fused[i]).split([d, d, d, layer.mlp.fc1.out_features], dim=-1)
-            m = layer.mlp.fc2(F.gelu(f, approximate="tanh") if self.tanh_gelu else layer.mlp.activation_fn(f))
+            m = layer.mlp.fc2(self._gelu(layer.mlp, f))
         else:
             q, k, v = (p(h) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
             m = self._mlp(layer.mlp, h)
@@ -211,11 +211,14 @@ class PhiRunner:
         q = rope_into(q, cos, sin, q.new_empty(b, n, self.heads, self.head_dim).transpose(1, 2))
         return attn.dense(prefix.attend(q).reshape(b, n, d)) + m + x
 
+    def _gelu(self, mlp: torch.nn.Module, f: torch.Tensor) -> torch.Tensor:
+        """PhiMLP's activation of fc1's output f: one tanh-GELU kernel for gelu_new (tanh_gelu, above),
+        else the model's own activation."""
+        return F.gelu(f, approximate="tanh") if self.tanh_gelu else mlp.activation_fn(f)
+
     def _mlp(self, mlp: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
         """PhiMLP's fc1 -> GELU -> fc2 (fc1 and fc2 called as modules, so LoRA layers on them run)."""
-        if not self.tanh_gelu:
-            return mlp(h)
-        return mlp.fc2(F.gelu(mlp.fc1(h), approximate="tanh"))
+        return mlp.fc2(self._gelu(mlp, mlp.fc1(h)))
 
     def run(self, embeds: torch.Tensor, mask: torch.Tensor | None, start: int = 0,
             prefix: CachedPrefix | None = None, keep: bool = False,

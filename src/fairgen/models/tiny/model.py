@@ -186,8 +186,6 @@ class TinyLM(nn.Module):
         img_pos: torch.Tensor,
         valid: torch.Tensor,
         cache: KVCache | None = None,
-        last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits [B, n, V] of hidden(...), or [B, 1, V] for the last position only when last_only."""
-        h = self.hidden(ids, pos, img_pos, valid, cache)
-        return self.logits(h[:, -1:] if last_only else h)
+        """Logits [B, n, V] of hidden(...)."""
+        return self.logits(self.hidden(ids, pos, img_pos, valid, cache))

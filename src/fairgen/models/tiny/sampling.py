@@ -31,7 +31,11 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
     cache = KVCache(lm.cfg, len(rows), ids.shape[1] + T, device, next(lm.parameters()).dtype)
     keys = seed_keys(seeds, device)
     head = lm.wte.weight[vocab.image_offset : vocab.image_offset + vocab.n_codes]  # the tied head's code rows
-    logits = F.linear(lm.hidden(ids, pos, img, valid, cache=cache)[:, -1], head)
+
+    def next_logits(*inputs: torch.Tensor) -> torch.Tensor:  # the image codes' logits after the newest token
+        return F.linear(lm.hidden(*inputs, cache=cache)[:, -1], head)
+
+    logits = next_logits(ids, pos, img, valid)
     next_pos = pos[:, -1:] + 1
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     for t in range(T):
@@ -42,7 +46,6 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
             break
         step = (tok + vocab.image_offset).repeat(2 if guided else 1).unsqueeze(1)
         img_t = torch.full_like(step, t)
-        logits = F.linear(lm.hidden(step, next_pos, img_t, torch.ones_like(step, dtype=torch.bool), cache=cache)[:, -1],
-                          head)
+        logits = next_logits(step, next_pos, img_t, torch.ones_like(step, dtype=torch.bool))
         next_pos = next_pos + 1
     return codes
