@@ -92,21 +92,41 @@ def test_stacking_runs_a_lora_layer_as_itself(janus_dir):  # noqa: F811
     from the model's without the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from fairgen.models.engine import stacked_bytes
-
     model = models.load(f"janus:{janus_dir}", dtype="fp32")
     lm = model.language_model
     plain = _engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING)
-    mlp = sum(m.weight.numel() * 4 for layer in lm.layers for m in (layer.mlp.gate_proj, layer.mlp.up_proj))
-    assert stacked_bytes(lm) > mlp
     targets = [t for t in model.lora_targets if t.endswith("self_attn.q_proj")]
     get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
     decoder = LlamaDecoder(lm, torch.ones(1, 3, dtype=torch.long), 4, stack=True)
     assert all(qkv is None and gate_up is not None for qkv, gate_up in decoder.stacked)
-    assert stacked_bytes(lm) == mlp
     reference = model.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
     assert not torch.equal(reference, plain)
     assert torch.equal(_engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING), reference)
+
+
+def test_stacking_in_place_moves_the_weights_and_keeps_the_parameters(janus_dir):  # noqa: F811
+    """stack_in_place makes the modules' weights consecutive rows of one tensor without a copy kept: the
+    same Parameter objects with the same values, the stacked weight a view of them (a write through a
+    module shows in it), the modules' outputs unchanged, and a second call moves nothing."""
+    from fairgen.models.engine import stack_in_place
+
+    model = models.load(f"janus:{janus_dir}", dtype="fp32")
+    attn = model.language_model.layers[0].self_attn
+    mods = [attn.q_proj, attn.k_proj, attn.v_proj]
+    params = [m.weight for m in mods]
+    values = [p.detach().clone() for p in params]
+    x = torch.randn(3, params[0].shape[1])
+    before = [m(x) for m in mods]
+    weight, bias = stack_in_place(mods)
+    assert bias is None and [m.weight for m in mods] == params
+    assert torch.equal(weight, torch.cat(values)) and all(torch.equal(p, v) for p, v in zip(params, values))
+    assert all(p.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr() for p in params)
+    assert all(torch.equal(m(x), b) for m, b in zip(mods, before))
+    with torch.no_grad():
+        attn.k_proj.weight[0, 0] = 7.0
+    assert weight[params[0].shape[0], 0] == 7.0
+    again, _ = stack_in_place(mods)
+    assert again.data_ptr() == weight.data_ptr()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

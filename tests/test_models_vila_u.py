@@ -279,24 +279,31 @@ def _depth_inputs(vila, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def test_cached_depth_pass_equals_recomputing_every_depth(vila):
-    """The engine's depth transformer (one token per depth over a KV cache) against upstream's algorithm
-    (all depths so far recomputed) and the teacher-forced forward the fixture holds to upstream: the same
-    logits at every depth, fp32. The cache starts as NaN, so a read of a depth not yet written shows; a
-    cache that missed earlier depths (a zeroed one) gives other logits."""
+    """The engine's depth transformer (one token per depth over a KV cache; its attention as plain products
+    and a softmax; query|key|value stacked, or as the three modules where they are not plain Linear
+    layers) against upstream's algorithm (all depths so far recomputed, attention by SDPA) and the
+    teacher-forced forward the fixture holds to upstream: the same logits at every depth, fp32. The cache
+    starts as NaN, so a read of a depth not yet written shows; a cache that missed earlier depths (a zeroed
+    one) gives other logits."""
     hidden, codes, inputs = _depth_inputs(vila, 6, seed=3)
     teacher = vila.depth(hidden.unsqueeze(1), vila.vae.quantizer.embed(codes).unsqueeze(1))[:, 0]  # [6, depth, V]
-    cache = vila.depth.new_cache(6)
-    assert cache[0][0].shape == (6, vila.depth.head_transformer.blocks[0].attn.heads, vila.depth_codes,
-                                 vila.depth.pos_emb_d.shape[-1] // vila.depth.head_transformer.blocks[0].attn.heads)
-    for keys, values in cache:
-        keys.fill_(float("nan")), values.fill_(float("nan"))
-    for d in range(vila.depth_codes):
-        cached = vila.depth.cached_logits(inputs[:, d : d + 1], cache, d)
-        recomputed = vila.depth.step_logits(inputs[:, : d + 1])
-        assert torch.isfinite(cached).all()
-        assert (cached - recomputed).abs().max() < 1e-6  # logits are ~0.1 in size here
-        assert (cached - teacher[:, d]).abs().max() < 1e-6
-    wrong = [(k.clone().zero_(), v.clone().zero_()) for k, v in cache]
+    from dataclasses import replace
+
+    heads = vila.depth.head_transformer.blocks[0].attn.heads
+    stacked = vila.depth.new_cache(6)
+    assert stacked.kv[0].shape == (2, 6, heads, vila.depth_codes, vila.depth.pos_emb_d.shape[-1] // heads)
+    assert all(qkv is not None for qkv in stacked.qkv)
+    modules = replace(vila.depth.new_cache(6), qkv=[None] * len(stacked.qkv))  # as with LoRA on the blocks
+    for cache in (stacked, modules):
+        for kv in cache.kv:
+            kv.fill_(float("nan"))
+        for d in range(vila.depth_codes):
+            cached = vila.depth.cached_logits(inputs[:, d : d + 1], cache, d)
+            recomputed = vila.depth.step_logits(inputs[:, : d + 1])
+            assert torch.isfinite(cached).all()
+            assert (cached - recomputed).abs().max() < 1e-6  # logits are ~0.1 in size here
+            assert (cached - teacher[:, d]).abs().max() < 1e-6
+    wrong = replace(stacked, kv=[torch.zeros_like(kv) for kv in stacked.kv])
     stale = vila.depth.cached_logits(inputs[:, -1:], wrong, vila.depth_codes - 1)
     assert (stale - teacher[:, -1]).abs().max() > 1e-2
 

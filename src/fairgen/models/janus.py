@@ -152,7 +152,7 @@ class JanusModel:
         """(images per engine call, whether its decoder stacks its projections) for rows of `length` tokens
         and `twins` rows per image, by the memory free now (engine.auto_batch, engine.should_stack)."""
         stack = should_stack(self.language_model)
-        return auto_batch(self.language_model, length, twins, stack=stack), stack
+        return auto_batch(self.language_model, length, twins), stack
 
     def _guidance_rows(self, prompts: Sequence[Prompt | str], s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token

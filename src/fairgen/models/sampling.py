@@ -183,9 +183,11 @@ def sample(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     if s.temperature == 0:
         return logits.argmax(-1)
+    if s.temperature != 1.0:  # x / 1.0 is x exactly: no kernel for it
+        logits = logits / s.temperature
     if s.top_k is not None and s.top_k < logits.shape[-1]:
-        return _sample_top_k(logits / s.temperature, s, u)
-    probs = torch.softmax(logits / s.temperature, dim=-1)
+        return _sample_top_k(logits, s, u)
+    probs = torch.softmax(logits, dim=-1)
     return draw(filter_probs(probs, s.top_k, s.top_p), u)
 
 
