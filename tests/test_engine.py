@@ -129,6 +129,17 @@ def test_stacking_in_place_moves_the_weights_and_keeps_the_parameters(janus_dir)
     assert again.data_ptr() == weight.data_ptr()
 
 
+def test_residual_in_the_gemm_is_the_sum():
+    """_plus (x + linear(y) as one GEMM adding x) equals the sum it replaces, fp32; a layer that is not a
+    plain bias-free Linear runs as itself."""
+    from fairgen.models.engine import _plus
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 1, 8, generator=g), torch.randn(5, 1, 12, generator=g)
+    for linear in (torch.nn.Linear(12, 8, bias=False), torch.nn.Linear(12, 8)):
+        torch.testing.assert_close(_plus(x, linear, y), x + linear(y), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_equals_transformers_rotary(dtype):
     """The engine's rotary product is transformers' apply_rotary_pos_emb exactly, in fp32 and in bf16."""

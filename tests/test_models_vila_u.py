@@ -207,14 +207,15 @@ def test_audit_locate_fix_through_the_cli(vila_u_dir, tmp_path):
     assert tuned["config"]["adapter"] == str(adapter)
 
 
-def test_top_k_sampler_draws_what_filtering_the_whole_row_draws():
+@pytest.mark.parametrize("temperature", [0.8, 1.0])
+def test_top_k_sampler_draws_what_filtering_the_whole_row_draws(temperature):
     """sampling.sample's top-k path (on the k kept logits) against the full-row rule it shortcuts."""
     from fairgen.models.sampling import Sampling, draw, filter_probs, sample
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2000, 512, generator=g) * 3
     u = torch.rand(2000, generator=g, dtype=torch.float64)
-    s = Sampling(cfg=1.0, temperature=0.8, top_p=0.9, top_k=40)
+    s = Sampling(cfg=1.0, temperature=temperature, top_p=0.9, top_k=40)
     full = draw(filter_probs(torch.softmax(logits / s.temperature, -1), s.top_k, s.top_p), u)
     assert torch.equal(sample(logits, s, u), full)
 

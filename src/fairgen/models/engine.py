@@ -10,12 +10,12 @@ not by memory bandwidth (docs/performance.md). Here one image-token step is:
     code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (models/sampling.py)
     hidden = decode(embed(code), column c)      # one token through every layer, keys/values written at c
 
-The cache is allocated once, [N, H_kv, L, head_dim] per layer, L = prompt + image tokens. Prompts are
-left-padded, so every row's new token sits in the same column c and one index_copy writes it; rotary
-positions are per row (c minus the row's padding). Attention reads only the columns of the current
-bucket (a multiple of `bucket` columns), not the whole allocation, with a mask for padding and for the
-columns not yet written. The column and step counters live on the device, so a step has no host sync and
-can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
+The cache is allocated once, [N, 2, H_kv, L, head_dim] per layer (keys, values), L = prompt + image
+tokens. Prompts are left-padded, so every row's new token sits in the same column c and one index_copy
+writes its key and value; rotary positions are per row (c minus the row's padding). Attention reads only
+the columns of the current bucket (a multiple of `bucket` columns), not the whole allocation, with a mask
+for padding and for the columns not yet written. The column and step counters live on the device, so a
+step has no host sync and can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
 
 The layers are the checkpoint's own weights and modules (projections, MLP, rotary frequencies), called in
 order; the engine owns the cache, the attention, the rotary product and (for transformers' LlamaRMSNorm)
@@ -24,7 +24,8 @@ so their count sets much of its time. For the same reason, with `stack=True`, a 
 projections run as one GEMM, and so do the MLP's gate and up: the decoder stacks their weights in place
 (stack_in_place: moved once into one allocation, no copy kept), a stacked decode GEMM also reads its
 weight closer to the memory bandwidth than three small ones (docs/performance.md), and the rotary
-product and one index_copy then cover q, k and v together. should_stack says where stacking pays. A
+product and one index_copy then cover q, k and v together; o_proj and down_proj add the residual inside
+their GEMM (_plus). should_stack says where stacking pays. A
 projection that is not a plain nn.Linear, such as a LoRA layer injected by peft, is called as its own
 module, so the adapter runs here too.
 """
@@ -70,6 +71,14 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     the same products and sum (rolling by half a head swaps the halves; the sign sits in signed_sin), in
     4 kernels instead of 5."""
     return t * cos + t.roll(t.shape[-1] // 2, -1) * signed_sin
+
+
+def _plus(x: torch.Tensor, linear: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """x + linear(y), x [N, n, D]: for a plain nn.Linear without bias as one GEMM that adds x to its product
+    (cuBLAS's beta = 1), one kernel instead of two; else as written (a LoRA layer runs as itself)."""
+    if type(linear) is torch.nn.Linear and linear.bias is None:
+        return torch.addmm(x.flatten(0, -2), y.flatten(0, -2), linear.weight.t()).view_as(x)
+    return x + linear(y)
 
 
 def _stackable(mods: list[torch.nn.Module]) -> bool:
@@ -215,11 +224,11 @@ class LlamaDecoder:
                 kv[:, 1].index_copy_(2, cols, v.to(kv.dtype))
             y = F.scaled_dot_product_attention(q, kv[:, 0, :, :span], kv[:, 1, :, :span], attn_mask=mask,
                                                scale=attn.scaling, enable_gqa=heads != kv_heads)
-            x = x + attn.o_proj(y.transpose(1, 2).reshape(*h.shape[:2], -1))
+            x = _plus(x, attn.o_proj, y.transpose(1, 2).reshape(*h.shape[:2], -1))
             h = _norm(layer.post_attention_layernorm, x)
             if gate_up is not None:
                 gate, up = F.linear(h, *gate_up).chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+                x = _plus(x, layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
             else:
                 x = x + layer.mlp(h)
         return _norm(self.lm.norm, x)
@@ -273,19 +282,23 @@ class ImageEngine:
         steps = self.codes.shape[1]
         col = self.decoder.prompt_len
         captured: dict[int, torch.cuda.CUDAGraph] = {}
+        # One memory pool for this call's graphs: a step keeps nothing it allocates (its state lives in the
+        # tensors above, allocated before any capture) and graphs never replay at once, so they can share
+        # their scratch memory instead of each holding its own.
+        pool = torch.cuda.graph_pool_handle() if graphs else None
         for i in range(steps - 1):
             span = self.decoder.span(col)
             if graphs and span in captured:
                 captured[span].replay()
             elif graphs and i + 2 < steps and self.decoder.span(col + 1) == span:  # a later step replays it
-                captured[span] = self._capture(span)
+                captured[span] = self._capture(span, pool)
             else:
                 self._token(span)
             col += 1
         self._sample()  # the last code: no decode step after it
         return self.codes
 
-    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, span: int, pool: tuple) -> torch.cuda.CUDAGraph:
         """Run this token step and capture it, for the next steps at this span. torch requires a run
         before capturing (warm-up, on a side stream); that run is this step itself, so it is not undone
         or done again: the capture only records (the counters and the hidden state live on the device,
@@ -299,7 +312,7 @@ class ImageEngine:
         # thread_local: only this thread's CUDA calls must keep off the capture. An audit perceives the
         # previous batch in a worker thread meanwhile, and a GPU perception backend allocates and runs
         # kernels there (from the allocator's regular pool, not the capture's).
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             self._token(span)
         return graph
 

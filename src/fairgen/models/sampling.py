@@ -201,9 +201,9 @@ def _sample_top_k(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.T
     probs = values.softmax(dim=-1)
     if s.top_p < 1.0:
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= s.top_p, 0.0)
-    order = index.argsort(-1)  # back to vocabulary order, the order draw() walks the full row in
+    vocab, order = index.sort(-1)  # back to vocabulary order, the order draw() walks the full row in
     pick = draw(probs.gather(-1, order), u)
-    return index.gather(-1, order).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+    return vocab.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
 
 __all__ = ["KEYS", "PRESETS", "Sampling", "check_values", "draw", "filter_probs", "sample", "seed_keys",

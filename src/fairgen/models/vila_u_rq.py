@@ -210,19 +210,20 @@ class SelfAttention(nn.Module):
         kernel tiles for long sequences (about 30-115 us a call on an H100 at 128 rows, docs/performance.md).
         At depth 0 the one key has weight exactly 1, so the output is the value."""
         n, _, c = x.shape
-        if qkv is not None:  # [N, 3, heads, C / heads]: query, key, value
-            t = F.linear(x[:, 0], *qkv).view(n, 3, self.heads, -1)
-            q, new = t[:, 0].unsqueeze(2), t[:, 1:].transpose(0, 1)
+        if qkv is not None:
+            t = F.linear(x[:, 0], *qkv).view(n, 3, self.heads, -1)  # query, key, value: [N, 3, heads, C / heads]
+            q, _, v = t.unbind(1)
+            kv[:, :, :, d].copy_(t[:, 1:].transpose(0, 1))
         else:
-            q = self.query(x).view(n, self.heads, 1, -1)
-            new = torch.stack([m(x).view(n, self.heads, -1) for m in (self.key, self.value)])
-        kv[:, :, :, d].copy_(new)
+            q, k, v = (m(x[:, 0]).view(n, self.heads, -1) for m in (self.query, self.key, self.value))
+            kv[0, :, :, d].copy_(k)
+            kv[1, :, :, d].copy_(v)
         if d == 0:
-            y = kv[1, :, :, :1]
-        else:
+            y = v
+        else:  # q scaled first: a contiguous query for the product, and a power of 2 (exact) at head width 64
             keys, values = kv[0, :, :, : d + 1], kv[1, :, :, : d + 1]  # [N, heads, d + 1, C / heads]
-            weights = torch.softmax(q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5, -1)  # [N, heads, 1, d + 1]
-            y = weights @ values
+            weights = torch.softmax((q * q.shape[-1] ** -0.5).unsqueeze(2) @ keys.transpose(-1, -2), -1)
+            y = weights @ values  # [N, heads, 1, C / heads]
         return self.proj(y.reshape(n, 1, c))
 
 
