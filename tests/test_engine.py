@@ -45,6 +45,23 @@ def test_engine_tokens_equal_the_reference_path(janus):
         assert torch.equal(alone[0], reference[i])
 
 
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_repeated_prompt_is_prefilled_once(janus, stack):
+    """Given the token ids, prefill runs each distinct prompt once and copies its keys and values to the
+    rows that repeat it: the same last hidden states and cache (fp32, 1e-6) as every row run, and the
+    same codes as the reference path for a batch of one prompt under several seeds, and its twins."""
+    s = janus.defaults.resolve(SAMPLING, "janus")
+    prompts, seeds = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]], [5, 6, 7, 8]
+    ids, mask = janus._guidance_rows(prompts, s)
+    embeds = janus.hf.get_input_embeddings()(ids)
+    every, once = (LlamaDecoder(janus.language_model, mask, 4, stack=stack) for _ in range(2))
+    torch.testing.assert_close(once.prefill(embeds, ids), every.prefill(embeds), atol=1e-6, rtol=1e-6)
+    for a, b in zip(once.kv, every.kv):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    reference = janus.generate_tokens(prompts, seeds, engine=False, **SAMPLING)
+    assert torch.equal(janus.generate_tokens(prompts, seeds, **SAMPLING), reference)
+
+
 def test_engine_tokens_equal_the_reference_path_without_grouped_heads(tmp_path):
     """Janus-Pro's decoder has as many key/value heads as query heads; the engine then calls attention
     without enable_gqa (engine.py says why) and still gives the reference path's codes."""

@@ -163,12 +163,12 @@ class LlamaDecoder:
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
     stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
-    prefill(embeds [N, L0, D]) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of the
-    token written at column `col` (a 0-d LongTensor on the device)."""
+    prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of
+    the token written at column `col` (a 0-d LongTensor on the device)."""
 
     def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET,
                  stack: bool = False) -> None:
-        self.lm, self.bucket = lm, bucket
+        self.lm, self.bucket, self.mask, self.stack = lm, bucket, mask, stack
         cfg = lm.config
         n, prompt = mask.shape
         self.prompt_len = prompt
@@ -233,7 +233,25 @@ class LlamaDecoder:
                 x = x + layer.mlp(h)
         return _norm(self.lm.norm, x)
 
-    def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, embeds: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompts' keys and values written, their last hidden states returned [N, D].
+
+        ids: the rows' token ids [N, L0], whose embeddings `embeds` are. Rows with the same ids and mask are
+        one prompt: it runs once and its keys and values are copied to every row that has it. An audit's
+        batch is one prompt under many seeds, and the unconditional twins are often one row, so most rows
+        repeat one or two: a 7B prefill of 128 rows x 59 tokens is about 10^14 FLOP (~0.2 s on an H100),
+        the copies about 4 GB at memory speed."""
+        if ids is not None:
+            _, same = torch.unique(torch.cat([ids, self.mask.long()], 1), dim=0, return_inverse=True)
+            distinct = int(same.max()) + 1
+            if distinct < len(ids):
+                rows = torch.arange(len(ids), device=ids.device)
+                first = torch.full((distinct,), len(ids), device=ids.device).scatter_reduce_(0, same, rows, "amin")
+                once = LlamaDecoder(self.lm, self.mask[first], 0, self.bucket, self.stack)
+                hidden = once.prefill(embeds[first])
+                for mine, theirs in zip(self.kv, once.kv):
+                    mine[:, :, :, : self.prompt_len] = theirs[same]
+                return hidden[same]
         cols = self.columns[: self.prompt_len]
         return self._layers(embeds, cols, self.prompt_len)[:, -1]
 
@@ -276,9 +294,10 @@ class ImageEngine:
         self.col += 1
 
     @torch.no_grad()
-    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False) -> torch.Tensor:
-        """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D]."""
-        self.hidden = self.decoder.prefill(prompt_embeds).clone()
+    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D] (of token ids `ids` [N, L0], when
+        given: repeated prompts are run once, LlamaDecoder.prefill)."""
+        self.hidden = self.decoder.prefill(prompt_embeds, ids).clone()
         steps = self.codes.shape[1]
         col = self.decoder.prompt_len
         captured: dict[int, torch.cuda.CUDAGraph] = {}

@@ -172,7 +172,7 @@ class JanusModel:
         run = ImageEngine(decoder, self.hf.model.generation_head,
                           lambda codes: self.hf.prepare_embeddings_for_image_generation(codes.unsqueeze(1)),
                           uniforms, s)
-        return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs).clone()
+        return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs, ids=ids).clone()
 
     def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._guidance_rows(prompts, s)

@@ -242,7 +242,7 @@ class VilaUModel:
         decoder = LlamaDecoder(self.language_model, mask, self.positions, stack=stack)
         cache = self.depth.new_cache(ids.shape[0])  # the depth transformer's, reused by every position
         run = DepthEngine(decoder, lambda h, u: self._draw(h, u, s, cache), self._embed, self._uniforms(seeds), s)
-        return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs).clone()
+        return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs, ids=ids).clone()
 
     def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._generation_rows(prompts, s.cfg)
