@@ -40,7 +40,10 @@ from torch.nn import functional as F
 
 from .sampling import Sampling, sample
 
-BUCKET = 64  # columns per length bucket: attention reads at most BUCKET - 1 unwritten columns
+# Columns per length bucket. A step's attention reads on average BUCKET / 2 columns not yet written
+# (VILA-U 7B at batch 64 on an H100: about 22 us per column per step), and each bucket costs one graph
+# capture (an eager step and its recording): docs/performance.md, "VILA-U".
+BUCKET = 64
 
 
 def _head_dim(cfg: object) -> int:
@@ -125,6 +128,8 @@ def stack_in_place(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Ten
                 stacked = torch.cat([p.data for p in params])
             for p, view in zip(params, stacked.split([p.shape[0] for p in params])):
                 p.data = view
+            if stacked.is_cuda:  # hand the old weights' blocks back: free_bytes would count them as free,
+                torch.cuda.empty_cache()  # but a KV cache allocation larger than each could not use them
         out.append(stacked)
     return out[0], out[1]
 
@@ -162,13 +167,14 @@ class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
-    stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
+    bucket: columns per length bucket (None: BUCKET); stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
     prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of
     the token written at column `col` (a 0-d LongTensor on the device)."""
 
-    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET,
+    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int | None = None,
                  stack: bool = False) -> None:
-        self.lm, self.bucket, self.mask, self.stack = lm, bucket, mask, stack
+        # BUCKET read here, not at import: benchmarks/vila_u_generation.py --buckets times other sizes.
+        self.lm, self.bucket, self.mask, self.stack = lm, bucket or BUCKET, mask, stack
         cfg = lm.config
         n, prompt = mask.shape
         self.prompt_len = prompt
