@@ -325,3 +325,20 @@ def test_cached_draws_are_the_reference_draws(vila):
         cached, reference = vila._draw(hidden, u, s, cache), vila._draw(hidden, u, s)
         assert torch.equal(cached, reference), position
         assert len(set(cached[:, -1].tolist())) > 5  # a real spread of codes, not one code everywhere
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_the_eager_engine(vila_u_dir, monkeypatch):
+    """On CUDA (where the LM's projections are stacked in place), the captured graphs give the eager
+    engine's codes: with a bucket of 4 columns too (a capture every few steps, the warm-up run as the
+    step itself, the last span not captured) and graphs of a call sharing one memory pool."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from fairgen.models import engine
+
+    model = models.load(f"vila-u:{vila_u_dir}", device="cuda", dtype="fp32")
+    assert model.graphs and engine.should_stack(model.language_model)
+    for bucket in (4, engine.BUCKET):
+        monkeypatch.setattr(engine, "BUCKET", bucket)
+        eager = model.generate_tokens(PROMPTS, [0, 1], graphs=False)
+        assert torch.equal(model.generate_tokens(PROMPTS, [0, 1]), eager), bucket
