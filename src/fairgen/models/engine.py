@@ -191,8 +191,12 @@ class LlamaDecoder:
         self.stacked = [tuple(stack_in_place(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
 
     def span(self, col: int) -> int:
-        """Columns attention reads while writing column `col`: col + 1 rounded up to the bucket."""
-        return min(self.length, -(-(col + 1) // self.bucket) * self.bucket)
+        """Columns attention reads while writing column `col`: the prompt, then the generated columns up to
+        col rounded up to the bucket. Counted from the prompt's end, so that every bucket holds `bucket`
+        steps: one capture fewer than buckets from column 0 would need (whose first holds only what is
+        left of it after the prompt), at the same mean of unwritten columns read."""
+        generated = col + 1 - self.prompt_len
+        return min(self.length, self.prompt_len + -(-generated // self.bucket) * self.bucket)
 
     def _layers(self, x: torch.Tensor, cols: torch.Tensor, span: int) -> torch.Tensor:
         """x [N, n, D] at columns `cols` [n] (device) -> final-normed hidden [N, n, D]; attention over the
