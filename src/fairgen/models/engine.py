@@ -13,9 +13,10 @@ not by memory bandwidth (docs/performance.md). Here one image-token step is:
 The cache is allocated once, [N, 2, H_kv, L, head_dim] per layer (keys, values), L = prompt + image
 tokens. Prompts are left-padded, so every row's new token sits in the same column c and one index_copy
 writes its key and value; rotary positions are per row (c minus the row's padding). Attention reads only
-the columns of the current bucket (a multiple of `bucket` columns), not the whole allocation, with a mask
-for padding and for the columns not yet written. The column and step counters live on the device, so a
-step has no host sync and can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
+the prompt and the current bucket (a multiple of `bucket` columns past the prompt), not the whole
+allocation, with a mask for padding and for the columns not yet written. The column and step counters
+live on the device, so a step has no host sync and can be captured once per bucket as a CUDA graph and
+replayed (`graphs=True`).
 
 The layers are the checkpoint's own weights and modules (projections, MLP, rotary frequencies), called in
 order; the engine owns the cache, the attention, the rotary product and (for transformers' LlamaRMSNorm)
@@ -25,9 +26,8 @@ projections run as one GEMM, and so do the MLP's gate and up: the decoder stacks
 (stack_in_place: moved once into one allocation, no copy kept), a stacked decode GEMM also reads its
 weight closer to the memory bandwidth than three small ones (docs/performance.md), and the rotary
 product and one index_copy then cover q, k and v together; o_proj and down_proj add the residual inside
-their GEMM (_plus). should_stack says where stacking pays. A
-projection that is not a plain nn.Linear, such as a LoRA layer injected by peft, is called as its own
-module, so the adapter runs here too.
+their GEMM (_plus). should_stack says where stacking pays. A projection that is not a plain nn.Linear,
+such as a LoRA layer injected by peft, is called as its own module, so the adapter runs here too.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def _stackable(mods: list[torch.nn.Module]) -> bool:
     """Plain nn.Linear modules (a peft LoRA layer adds its own product and must run as itself), all with or
     all without a bias, their weights of one dtype on one device."""
     return (bool(mods) and all(type(m) is torch.nn.Linear for m in mods)
-            and len({(m.bias is None, m.weight.dtype, m.weight.device, m.weight.shape[1:]) for m in mods}) == 1)
+            and len({(m.bias is None, m.weight.dtype, m.weight.device, m.weight.shape[1:])
+                     for m in mods}) == 1)
 
 
 def _rows_of_one_tensor(parts: list[torch.Tensor]) -> torch.Tensor | None:
@@ -167,7 +168,8 @@ class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
-    bucket: columns per length bucket (None: BUCKET); stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
+    bucket: columns per length bucket (None: BUCKET); stack: run q|k|v and gate|up as stacked GEMMs
+    (module docstring).
     prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of
     the token written at column `col` (a 0-d LongTensor on the device)."""
 
@@ -208,7 +210,8 @@ class LlamaDecoder:
         if any(qkv is not None for qkv, _ in self.stacked):
             # Rotary for those groups: q's and k's, then cos 1 and sin 0 for v's, which leaves v as it is
             # (v * 1 + roll(v) * 0 is v exactly), so k and v leave the rotary product side by side.
-            cos_qkv, sin_qkv = (torch.cat([f.unsqueeze(1).expand(-1, groups - 1, -1, -1, -1), fill(f).unsqueeze(1)], 1)
+            cos_qkv, sin_qkv = (torch.cat([f.unsqueeze(1).expand(-1, groups - 1, -1, -1, -1),
+                                           fill(f).unsqueeze(1)], 1)
                                 for f, fill in ((cos, torch.ones_like), (sin, torch.zeros_like)))
         keys = self.columns[:span]
         seen = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
@@ -222,7 +225,8 @@ class LlamaDecoder:
             attn, (qkv, gate_up), kv = layer.self_attn, self.stacked[i], self.kv[i]
             h = _norm(layer.input_layernorm, x)
             if qkv is not None:  # rotary on q, k (and, as the identity, v) in one go; k and v written at once
-                t = F.linear(h, *qkv).view(*h.shape[:2], groups, kv_heads, attn.head_dim).permute(0, 2, 3, 1, 4)
+                t = F.linear(h, *qkv).view(*h.shape[:2], groups, kv_heads, attn.head_dim)
+                t = t.permute(0, 2, 3, 1, 4)
                 t = _rope(t, cos_qkv, sin_qkv)  # [N, groups, kv_heads, n, head_dim]
                 q = t[:, :-2].flatten(1, 2)
                 kv.index_copy_(3, cols, t[:, -2:].to(kv.dtype))
@@ -304,7 +308,8 @@ class ImageEngine:
         self.col += 1
 
     @torch.no_grad()
-    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False,
+            ids: torch.Tensor | None = None) -> torch.Tensor:
         """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D] (of token ids `ids` [N, L0], when
         given: repeated prompts are run once, LlamaDecoder.prefill)."""
         self.hidden = self.decoder.prefill(prompt_embeds, ids).clone()

@@ -211,7 +211,7 @@ class SelfAttention(nn.Module):
         At depth 0 the one key has weight exactly 1, so the output is the value."""
         n, _, c = x.shape
         if qkv is not None:
-            t = F.linear(x[:, 0], *qkv).view(n, 3, self.heads, -1)  # query, key, value: [N, 3, heads, C / heads]
+            t = F.linear(x[:, 0], *qkv).view(n, 3, self.heads, -1)  # query, key, value [N, 3, heads, C / heads]
             q, _, v = t.unbind(1)
             kv[:, :, :, d].copy_(t[:, 1:].transpose(0, 1))
         else:
