@@ -5,12 +5,14 @@ the engine's fraction of the memory roofline; and the fix's training throughput.
 
     python benchmarks/vila_u_generation.py --out runs/vila_u            # random init, 7B-256 shapes, bf16
     python benchmarks/vila_u_generation.py --shapes tiny --device cpu   # a smoke run of this script
+    python benchmarks/vila_u_generation.py --buckets 64,32,16 --out runs/vila_u   # also batch 64 at buckets 32, 16
 
 Random-init weights at the official 7B-256 shapes (vila_u_checkpoint.SEVEN_B_256: LLaMA-2-7B, SigLIP-large
 at 256 px, 16384 codes x depth 4; the depth transformer's and decoder's widths are stated assumptions),
 built on the device (nothing read from disk). cfg 3.0 (upstream's), so every image is two rows; upstream's
 sampling (temperature 1, top-k 900, top-p 0.96). Rows:
-  generation   method (engine | reference), batch, images/s, ms per position (LM step + 4 depth draws),
+  generation   method (engine | reference), batch, bucket (engine.BUCKET: attention columns per length
+               bucket, one graph capture each), images/s, ms per position (LM step + 4 depth draws),
                roofline = bytes a position must read (LM decoder weights, 4 passes of the depth
                transformer's weights, the projector, the KV cache at its mean fill) / measured copy
                bandwidth / measured time per position, engine_calls (how many engine calls the batch
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import copy_bandwidth, sync  # noqa: E402
 
 from fairgen.models import vila_u_checkpoint as layout  # noqa: E402
+from fairgen.models import engine  # noqa: E402
 from fairgen.models.engine import kv_bytes_per_image  # noqa: E402
 from fairgen.models.vila_u import VilaUModel  # noqa: E402
 
@@ -70,10 +73,15 @@ def main() -> None:
     ap.add_argument("--shapes", choices=["7b-256", "tiny"], default="7b-256")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batches", default="64", help="comma-separated engine batches (the largest is added)")
+    ap.add_argument("--buckets", default=str(engine.BUCKET),
+                    help="comma-separated attention buckets (engine.BUCKET): the first for every row, the others "
+                         "each for one more row at the first batch")
     ap.add_argument("--reference-batch", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    first, *others = [int(b) for b in args.buckets.split(",")]
+    engine.BUCKET = first
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     shapes = layout.SEVEN_B_256 if args.shapes == "7b-256" else layout.TINY
@@ -94,7 +102,8 @@ def main() -> None:
 
     def row(method: str, batch: int, seconds: float, calls: int = 1) -> dict:
         per_position = seconds / model.positions
-        r = {"method": method, "batch": batch, "images_per_s": round(batch / seconds, 2),
+        r = {"method": method, "batch": batch, **({"bucket": engine.BUCKET} if method == "engine" else {}),
+             "images_per_s": round(batch / seconds, 2),
              "ms_per_position": round(1e3 * per_position, 3),
              "roofline": round(position_bytes(model, batch, prompt_len) / bandwidth / per_position, 3),
              "engine_calls": calls}  # > 1: the batch did not fit one call; the roofline then counts the weights once
@@ -121,7 +130,12 @@ def main() -> None:
         row("engine", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b))), calls)  # graphs captured inside
         save()
 
-    for b in sorted({int(b) for b in args.batches.split(",")}):
+    batches = sorted({int(b) for b in args.batches.split(",")})
+    for bucket in others:  # one row each at the first batch; a bucket's first call captures its graphs
+        engine.BUCKET = bucket
+        engine_row(batches[0])
+    engine.BUCKET = first
+    for b in batches:
         engine_row(b)
     # After the rows above, as the timed call will see the memory (on a CPU: a small smoke batch).
     out["largest_batch"] = largest = fits() if cuda else 8
@@ -130,7 +144,8 @@ def main() -> None:
     b = args.reference_batch
     model.generate_tokens([PROMPT] * 2, seeds(2), engine=False)
     row("reference", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b), engine=False)))
-    engine64 = next(r for r in out["generation"] if r["method"] == "engine" and r["batch"] == b)
+    engine64 = next(r for r in out["generation"] if r["method"] == "engine" and r["batch"] == b
+                    and r["bucket"] == first)
     reference = out["generation"][-1]
     out["engine_over_reference"] = round(engine64["images_per_s"] / reference["images_per_s"], 2)
     save()

@@ -45,6 +45,23 @@ def test_engine_tokens_equal_the_reference_path(janus):
         assert torch.equal(alone[0], reference[i])
 
 
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_repeated_prompt_is_prefilled_once(janus, stack):
+    """Given the token ids, prefill runs each distinct prompt once and copies its keys and values to the
+    rows that repeat it: the same last hidden states and cache (fp32, 1e-6) as every row run, and the
+    same codes as the reference path for a batch of one prompt under several seeds, and its twins."""
+    s = janus.defaults.resolve(SAMPLING, "janus")
+    prompts, seeds = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]], [5, 6, 7, 8]
+    ids, mask = janus._guidance_rows(prompts, s)
+    embeds = janus.hf.get_input_embeddings()(ids)
+    every, once = (LlamaDecoder(janus.language_model, mask, 4, stack=stack) for _ in range(2))
+    torch.testing.assert_close(once.prefill(embeds, ids), every.prefill(embeds), atol=1e-6, rtol=1e-6)
+    for a, b in zip(once.kv, every.kv):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    reference = janus.generate_tokens(prompts, seeds, engine=False, **SAMPLING)
+    assert torch.equal(janus.generate_tokens(prompts, seeds, **SAMPLING), reference)
+
+
 def test_engine_tokens_equal_the_reference_path_without_grouped_heads(tmp_path):
     """Janus-Pro's decoder has as many key/value heads as query heads; the engine then calls attention
     without enable_gqa (engine.py says why) and still gives the reference path's codes."""
@@ -92,21 +109,52 @@ def test_stacking_runs_a_lora_layer_as_itself(janus_dir):  # noqa: F811
     from the model's without the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from fairgen.models.engine import stacked_bytes
-
     model = models.load(f"janus:{janus_dir}", dtype="fp32")
     lm = model.language_model
     plain = _engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING)
-    mlp = sum(m.weight.numel() * 4 for layer in lm.layers for m in (layer.mlp.gate_proj, layer.mlp.up_proj))
-    assert stacked_bytes(lm) > mlp
     targets = [t for t in model.lora_targets if t.endswith("self_attn.q_proj")]
     get_peft_model(model.lora_root, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
     decoder = LlamaDecoder(lm, torch.ones(1, 3, dtype=torch.long), 4, stack=True)
     assert all(qkv is None and gate_up is not None for qkv, gate_up in decoder.stacked)
-    assert stacked_bytes(lm) == mlp
     reference = model.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
     assert not torch.equal(reference, plain)
     assert torch.equal(_engine(model, PROMPTS, SEEDS, 5, stack=True, **SAMPLING), reference)
+
+
+def test_stacking_in_place_moves_the_weights_and_keeps_the_parameters(janus_dir):  # noqa: F811
+    """stack_in_place makes the modules' weights consecutive rows of one tensor without a copy kept: the
+    same Parameter objects with the same values, the stacked weight a view of them (a write through a
+    module shows in it), the modules' outputs unchanged, and a second call moves nothing."""
+    from fairgen.models.engine import stack_in_place
+
+    model = models.load(f"janus:{janus_dir}", dtype="fp32")
+    attn = model.language_model.layers[0].self_attn
+    mods = [attn.q_proj, attn.k_proj, attn.v_proj]
+    params = [m.weight for m in mods]
+    values = [p.detach().clone() for p in params]
+    x = torch.randn(3, params[0].shape[1])
+    before = [m(x) for m in mods]
+    weight, bias = stack_in_place(mods)
+    assert bias is None and [m.weight for m in mods] == params
+    assert torch.equal(weight, torch.cat(values)) and all(torch.equal(p, v) for p, v in zip(params, values))
+    assert all(p.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr() for p in params)
+    assert all(torch.equal(m(x), b) for m, b in zip(mods, before))
+    with torch.no_grad():
+        attn.k_proj.weight[0, 0] = 7.0
+    assert weight[params[0].shape[0], 0] == 7.0
+    again, _ = stack_in_place(mods)
+    assert again.data_ptr() == weight.data_ptr()
+
+
+def test_residual_in_the_gemm_is_the_sum():
+    """_plus (x + linear(y) as one GEMM adding x) equals the sum it replaces, fp32; a layer that is not a
+    plain bias-free Linear runs as itself."""
+    from fairgen.models.engine import _plus
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 1, 8, generator=g), torch.randn(5, 1, 12, generator=g)
+    for linear in (torch.nn.Linear(12, 8, bias=False), torch.nn.Linear(12, 8)):
+        torch.testing.assert_close(_plus(x, linear, y), x + linear(y), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -207,14 +207,15 @@ def test_audit_locate_fix_through_the_cli(vila_u_dir, tmp_path):
     assert tuned["config"]["adapter"] == str(adapter)
 
 
-def test_top_k_sampler_draws_what_filtering_the_whole_row_draws():
+@pytest.mark.parametrize("temperature", [0.8, 1.0])
+def test_top_k_sampler_draws_what_filtering_the_whole_row_draws(temperature):
     """sampling.sample's top-k path (on the k kept logits) against the full-row rule it shortcuts."""
     from fairgen.models.sampling import Sampling, draw, filter_probs, sample
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2000, 512, generator=g) * 3
     u = torch.rand(2000, generator=g, dtype=torch.float64)
-    s = Sampling(cfg=1.0, temperature=0.8, top_p=0.9, top_k=40)
+    s = Sampling(cfg=1.0, temperature=temperature, top_p=0.9, top_k=40)
     full = draw(filter_probs(torch.softmax(logits / s.temperature, -1), s.top_k, s.top_p), u)
     assert torch.equal(sample(logits, s, u), full)
 
@@ -279,24 +280,31 @@ def _depth_inputs(vila, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def test_cached_depth_pass_equals_recomputing_every_depth(vila):
-    """The engine's depth transformer (one token per depth over a KV cache) against upstream's algorithm
-    (all depths so far recomputed) and the teacher-forced forward the fixture holds to upstream: the same
-    logits at every depth, fp32. The cache starts as NaN, so a read of a depth not yet written shows; a
-    cache that missed earlier depths (a zeroed one) gives other logits."""
+    """The engine's depth transformer (one token per depth over a KV cache; its attention as plain products
+    and a softmax; query|key|value stacked, or as the three modules where they are not plain Linear
+    layers) against upstream's algorithm (all depths so far recomputed, attention by SDPA) and the
+    teacher-forced forward the fixture holds to upstream: the same logits at every depth, fp32. The cache
+    starts as NaN, so a read of a depth not yet written shows; a cache that missed earlier depths (a zeroed
+    one) gives other logits."""
     hidden, codes, inputs = _depth_inputs(vila, 6, seed=3)
     teacher = vila.depth(hidden.unsqueeze(1), vila.vae.quantizer.embed(codes).unsqueeze(1))[:, 0]  # [6, depth, V]
-    cache = vila.depth.new_cache(6)
-    assert cache[0][0].shape == (6, vila.depth.head_transformer.blocks[0].attn.heads, vila.depth_codes,
-                                 vila.depth.pos_emb_d.shape[-1] // vila.depth.head_transformer.blocks[0].attn.heads)
-    for keys, values in cache:
-        keys.fill_(float("nan")), values.fill_(float("nan"))
-    for d in range(vila.depth_codes):
-        cached = vila.depth.cached_logits(inputs[:, d : d + 1], cache, d)
-        recomputed = vila.depth.step_logits(inputs[:, : d + 1])
-        assert torch.isfinite(cached).all()
-        assert (cached - recomputed).abs().max() < 1e-6  # logits are ~0.1 in size here
-        assert (cached - teacher[:, d]).abs().max() < 1e-6
-    wrong = [(k.clone().zero_(), v.clone().zero_()) for k, v in cache]
+    from dataclasses import replace
+
+    heads = vila.depth.head_transformer.blocks[0].attn.heads
+    stacked = vila.depth.new_cache(6)
+    assert stacked.kv[0].shape == (2, 6, heads, vila.depth_codes, vila.depth.pos_emb_d.shape[-1] // heads)
+    assert all(qkv is not None for qkv in stacked.qkv)
+    modules = replace(vila.depth.new_cache(6), qkv=[None] * len(stacked.qkv))  # as with LoRA on the blocks
+    for cache in (stacked, modules):
+        for kv in cache.kv:
+            kv.fill_(float("nan"))
+        for d in range(vila.depth_codes):
+            cached = vila.depth.cached_logits(inputs[:, d : d + 1], cache, d)
+            recomputed = vila.depth.step_logits(inputs[:, : d + 1])
+            assert torch.isfinite(cached).all()
+            assert (cached - recomputed).abs().max() < 1e-6  # logits are ~0.1 in size here
+            assert (cached - teacher[:, d]).abs().max() < 1e-6
+    wrong = replace(stacked, kv=[torch.zeros_like(kv) for kv in stacked.kv])
     stale = vila.depth.cached_logits(inputs[:, -1:], wrong, vila.depth_codes - 1)
     assert (stale - teacher[:, -1]).abs().max() > 1e-2
 
@@ -317,3 +325,20 @@ def test_cached_draws_are_the_reference_draws(vila):
         cached, reference = vila._draw(hidden, u, s, cache), vila._draw(hidden, u, s)
         assert torch.equal(cached, reference), position
         assert len(set(cached[:, -1].tolist())) > 5  # a real spread of codes, not one code everywhere
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_the_eager_engine(vila_u_dir, monkeypatch):
+    """On CUDA (where the LM's projections are stacked in place), the captured graphs give the eager
+    engine's codes: with a bucket of 4 columns too (a capture every few steps, the warm-up run as the
+    step itself, the last span not captured) and graphs of a call sharing one memory pool."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from fairgen.models import engine
+
+    model = models.load(f"vila-u:{vila_u_dir}", device="cuda", dtype="fp32")
+    assert model.graphs and engine.should_stack(model.language_model)
+    for bucket in (4, engine.BUCKET):
+        monkeypatch.setattr(engine, "BUCKET", bucket)
+        eager = model.generate_tokens(PROMPTS, [0, 1], graphs=False)
+        assert torch.equal(model.generate_tokens(PROMPTS, [0, 1]), eager), bucket

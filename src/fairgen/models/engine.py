@@ -10,22 +10,24 @@ not by memory bandwidth (docs/performance.md). Here one image-token step is:
     code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (models/sampling.py)
     hidden = decode(embed(code), column c)      # one token through every layer, keys/values written at c
 
-The cache is allocated once, [N, H_kv, L, head_dim] per layer, L = prompt + image tokens. Prompts are
-left-padded, so every row's new token sits in the same column c and one index_copy writes it; rotary
-positions are per row (c minus the row's padding). Attention reads only the columns of the current
-bucket (a multiple of `bucket` columns), not the whole allocation, with a mask for padding and for the
-columns not yet written. The column and step counters live on the device, so a step has no host sync and
-can be captured once per bucket as a CUDA graph and replayed (`graphs=True`).
+The cache is allocated once, [N, 2, H_kv, L, head_dim] per layer (keys, values), L = prompt + image
+tokens. Prompts are left-padded, so every row's new token sits in the same column c and one index_copy
+writes its key and value; rotary positions are per row (c minus the row's padding). Attention reads only
+the prompt and the current bucket (a multiple of `bucket` columns past the prompt), not the whole
+allocation, with a mask for padding and for the columns not yet written. The column and step counters
+live on the device, so a step has no host sync and can be captured once per bucket as a CUDA graph and
+replayed (`graphs=True`).
 
 The layers are the checkpoint's own weights and modules (projections, MLP, rotary frequencies), called in
 order; the engine owns the cache, the attention, the rotary product and (for transformers' LlamaRMSNorm)
 the norm, each in fewer kernels than the modules' own code: a replayed step is a chain of small kernels,
 so their count sets much of its time. For the same reason, with `stack=True`, a layer's q, k and v
-projections run as one GEMM, and so do the MLP's gate and up: the decoder stacks their weights once (a
-copy, freed with it), and a stacked decode GEMM also reads its weight closer to the memory bandwidth
-than three small ones (docs/performance.md). should_stack says when the copy is worth its memory. A
-projection that is not a plain nn.Linear, such as a LoRA layer injected by peft, is called as its own
-module, so the adapter runs here too.
+projections run as one GEMM, and so do the MLP's gate and up: the decoder stacks their weights in place
+(stack_in_place: moved once into one allocation, no copy kept), a stacked decode GEMM also reads its
+weight closer to the memory bandwidth than three small ones (docs/performance.md), and the rotary
+product and one index_copy then cover q, k and v together; o_proj and down_proj add the residual inside
+their GEMM (_plus). should_stack says where stacking pays. A projection that is not a plain nn.Linear,
+such as a LoRA layer injected by peft, is called as its own module, so the adapter runs here too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from torch.nn import functional as F
 
 from .sampling import Sampling, sample
 
-BUCKET = 64  # columns per length bucket: attention reads at most BUCKET - 1 unwritten columns
+# Columns per length bucket. A step's attention reads on average BUCKET / 2 columns not yet written
+# (VILA-U 7B at batch 64 on an H100: about 22 us per column per step), and each bucket costs one graph
+# capture (an eager step and its recording): docs/performance.md, "VILA-U".
+BUCKET = 64
 
 
 def _head_dim(cfg: object) -> int:
@@ -71,19 +76,63 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return t * cos + t.roll(t.shape[-1] // 2, -1) * signed_sin
 
 
+def _plus(x: torch.Tensor, linear: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """x + linear(y), x [N, n, D]: for a plain nn.Linear without bias as one GEMM that adds x to its product
+    (cuBLAS's beta = 1), one kernel instead of two; else as written (a LoRA layer runs as itself)."""
+    if type(linear) is torch.nn.Linear and linear.bias is None:
+        return torch.addmm(x.flatten(0, -2), y.flatten(0, -2), linear.weight.t()).view_as(x)
+    return x + linear(y)
+
+
 def _stackable(mods: list[torch.nn.Module]) -> bool:
     """Plain nn.Linear modules (a peft LoRA layer adds its own product and must run as itself), all with or
-    all without a bias."""
-    return bool(mods) and all(type(m) is torch.nn.Linear for m in mods) and len({m.bias is None for m in mods}) == 1
+    all without a bias, their weights of one dtype on one device."""
+    return (bool(mods) and all(type(m) is torch.nn.Linear for m in mods)
+            and len({(m.bias is None, m.weight.dtype, m.weight.device, m.weight.shape[1:])
+                     for m in mods}) == 1)
 
 
-def _stacked(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def _rows_of_one_tensor(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The tensor whose consecutive rows `parts` are (each contiguous, each starting where the one before
+    ends in one storage), as a view; None where they are not laid out so."""
+    first = parts[0]
+    offset = first.storage_offset()
+    for p in parts:
+        if not p.is_contiguous() or p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() \
+                or p.storage_offset() != offset:
+            return None
+        offset += p.numel()
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
+                                   (sum(p.shape[0] for p in parts), *first.shape[1:]))
+
+
+def stack_in_place(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight, bias) stacking the output rows of the modules, so that their products are one GEMM whose
-    output splits back into theirs; None where they are not _stackable."""
+    output splits back into theirs; None where they are not _stackable.
+
+    The stacked weight is not a copy: the modules' weights (and biases) are moved into one allocation
+    and each parameter becomes a view of its rows (`param.data = view`: the same Parameter objects, so an
+    optimiser or hook holding them stays valid, and the values are unchanged). So stacking costs no memory
+    beyond one group while it moves, and a later call finds the rows in place and moves nothing. (A 7B
+    decoder's stacked copies would take 8-9 GB: they were made only where a tenth of the free memory held
+    them, which left a 7B model on an 80 GB card unstacked.)"""
     if not _stackable(mods):
         return None
-    with torch.no_grad():
-        return torch.cat([m.weight for m in mods]), None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+    out = []
+    for params in ([m.weight for m in mods], None if mods[0].bias is None else [m.bias for m in mods]):
+        if params is None:
+            out.append(None)
+            continue
+        stacked = _rows_of_one_tensor([p.data for p in params])
+        if stacked is None:
+            with torch.no_grad():
+                stacked = torch.cat([p.data for p in params])
+            for p, view in zip(params, stacked.split([p.shape[0] for p in params])):
+                p.data = view
+            if stacked.is_cuda:  # hand the old weights' blocks back: free_bytes would count them as free,
+                torch.cuda.empty_cache()  # but a KV cache allocation larger than each could not use them
+        out.append(stacked)
+    return out[0], out[1]
 
 
 def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
@@ -95,12 +144,6 @@ def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.n
     return [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj] if type(mlp) is LlamaMLP else []
 
 
-def stacked_bytes(lm: torch.nn.Module) -> int:
-    """Bytes of the stacked weight copies a LlamaDecoder over `lm` makes with stack=True (see _stacked)."""
-    return sum(m.weight.numel() * m.weight.element_size() for layer in lm.layers for group in _groups(layer)
-               if _stackable(group) for m in group)
-
-
 def free_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device, counting what torch's caching allocator holds unused (an earlier
     call's cache, kept for reuse), which the device itself reports as taken."""
@@ -109,12 +152,9 @@ def free_bytes(device: torch.device) -> int:
 
 
 def should_stack(lm: torch.nn.Module) -> bool:
-    """Whether a decoder over `lm` should stack its projection weights: on CUDA only (what stacking saves is
-    kernel launches and bandwidth; on a CPU it would only copy the weights), and only where the copies take
-    at most a tenth of the free memory, so that they cost the batch little (a 7B model on a card it barely
-    fits would lose most of its batch to them)."""
-    device = next(lm.parameters()).device
-    return device.type == "cuda" and stacked_bytes(lm) <= 0.1 * free_bytes(device)
+    """Whether a decoder over `lm` should stack its projections: on CUDA only, where what stacking saves is
+    kernel launches and bandwidth (stack_in_place costs no memory; on a CPU there is nothing to gain)."""
+    return next(lm.parameters()).device.type == "cuda"
 
 
 @functools.cache
@@ -128,36 +168,51 @@ class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
-    stack: run q|k|v and gate|up as stacked GEMMs (module docstring).
-    prefill(embeds [N, L0, D]) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of the
-    token written at column `col` (a 0-d LongTensor on the device)."""
+    bucket: columns per length bucket (None: BUCKET); stack: run q|k|v and gate|up as stacked GEMMs
+    (module docstring).
+    prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of
+    the token written at column `col` (a 0-d LongTensor on the device)."""
 
-    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int = BUCKET,
+    def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int | None = None,
                  stack: bool = False) -> None:
-        self.lm, self.bucket = lm, bucket
+        # BUCKET read here, not at import: benchmarks/vila_u_generation.py --buckets times other sizes.
+        self.lm, self.bucket, self.mask, self.stack = lm, bucket or BUCKET, mask, stack
         cfg = lm.config
         n, prompt = mask.shape
         self.prompt_len = prompt
         self.length = prompt + new
         param = next(lm.parameters())
-        shape = (n, cfg.num_key_value_heads, self.length, _head_dim(cfg))
-        self.k = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in lm.layers]
-        self.v = [torch.zeros_like(k) for k in self.k]
+        # Per layer, keys (kv[:, 0]) and values (kv[:, 1]) in one tensor, so that a stacked layer writes
+        # both with one index_copy.
+        shape = (n, 2, cfg.num_key_value_heads, self.length, _head_dim(cfg))
+        self.kv = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in lm.layers]
         # Which columns hold a real token: padding never does; generated columns always will.
         self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
-        self.stacked = [tuple(_stacked(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
+        self.stacked = [tuple(stack_in_place(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
 
     def span(self, col: int) -> int:
-        """Columns attention reads while writing column `col`: col + 1 rounded up to the bucket."""
-        return min(self.length, -(-(col + 1) // self.bucket) * self.bucket)
+        """Columns attention reads while writing column `col`: the prompt, then the generated columns up to
+        col rounded up to the bucket. Counted from the prompt's end, so that every bucket holds `bucket`
+        steps: one capture fewer than buckets from column 0 would need (whose first holds only what is
+        left of it after the prompt), at the same mean of unwritten columns read."""
+        generated = col + 1 - self.prompt_len
+        return min(self.length, self.prompt_len + -(-generated // self.bucket) * self.bucket)
 
     def _layers(self, x: torch.Tensor, cols: torch.Tensor, span: int) -> torch.Tensor:
         """x [N, n, D] at columns `cols` [n] (device) -> final-normed hidden [N, n, D]; attention over the
         first `span` columns, causal, never onto padding."""
         positions = (cols.unsqueeze(0) - self.pad).clamp(min=0)  # [N, n] rotary positions
         cos, sin = _signed(*self.lm.rotary_emb(x, positions))  # once per step, for every layer
+        heads, kv_heads = self.lm.config.num_attention_heads, self.lm.config.num_key_value_heads
+        groups = heads // kv_heads + 2  # a stacked q|k|v output as [N, groups, kv_heads, n, head_dim]
+        if any(qkv is not None for qkv, _ in self.stacked):
+            # Rotary for those groups: q's and k's, then cos 1 and sin 0 for v's, which leaves v as it is
+            # (v * 1 + roll(v) * 0 is v exactly), so k and v leave the rotary product side by side.
+            cos_qkv, sin_qkv = (torch.cat([f.unsqueeze(1).expand(-1, groups - 1, -1, -1, -1),
+                                           fill(f).unsqueeze(1)], 1)
+                                for f, fill in ((cos, torch.ones_like), (sin, torch.zeros_like)))
         keys = self.columns[:span]
         seen = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
         seen = seen | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
@@ -166,32 +221,51 @@ class LlamaDecoder:
         # enable_gqa only where keys have fewer heads than queries: with a mask, CUDA's SDPA runs a GQA call
         # only in its math kernel; Janus-Pro's decoder has as many KV heads as query heads and so may use the
         # memory-efficient kernel.
-        heads, kv_heads = self.lm.config.num_attention_heads, self.lm.config.num_key_value_heads
         for i, layer in enumerate(self.lm.layers):
-            attn, (qkv, gate_up) = layer.self_attn, self.stacked[i]
+            attn, (qkv, gate_up), kv = layer.self_attn, self.stacked[i], self.kv[i]
             h = _norm(layer.input_layernorm, x)
-            if qkv is not None:  # [N, heads + 2 kv_heads, n, head_dim]: rotary on q and k in one go
-                t = F.linear(h, *qkv).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
-                qk, v = _rope(t[:, : heads + kv_heads], cos, sin), t[:, heads + kv_heads:]
-                q, k = qk[:, :heads], qk[:, heads:]
+            if qkv is not None:  # rotary on q, k (and, as the identity, v) in one go; k and v written at once
+                t = F.linear(h, *qkv).view(*h.shape[:2], groups, kv_heads, attn.head_dim)
+                t = t.permute(0, 2, 3, 1, 4)
+                t = _rope(t, cos_qkv, sin_qkv)  # [N, groups, kv_heads, n, head_dim]
+                q = t[:, :-2].flatten(1, 2)
+                kv.index_copy_(3, cols, t[:, -2:].to(kv.dtype))
             else:
                 q = _rope(attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
                 k = _rope(attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
                 v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
-            self.k[i].index_copy_(2, cols, k.to(self.k[i].dtype))
-            self.v[i].index_copy_(2, cols, v.to(self.v[i].dtype))
-            y = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span], attn_mask=mask,
+                kv[:, 0].index_copy_(2, cols, k.to(kv.dtype))
+                kv[:, 1].index_copy_(2, cols, v.to(kv.dtype))
+            y = F.scaled_dot_product_attention(q, kv[:, 0, :, :span], kv[:, 1, :, :span], attn_mask=mask,
                                                scale=attn.scaling, enable_gqa=heads != kv_heads)
-            x = x + attn.o_proj(y.transpose(1, 2).reshape(*h.shape[:2], -1))
+            x = _plus(x, attn.o_proj, y.transpose(1, 2).reshape(*h.shape[:2], -1))
             h = _norm(layer.post_attention_layernorm, x)
             if gate_up is not None:
                 gate, up = F.linear(h, *gate_up).chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+                x = _plus(x, layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
             else:
                 x = x + layer.mlp(h)
         return _norm(self.lm.norm, x)
 
-    def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, embeds: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompts' keys and values written, their last hidden states returned [N, D].
+
+        ids: the rows' token ids [N, L0], whose embeddings `embeds` are. Rows with the same ids and mask are
+        one prompt: it runs once and its keys and values are copied to every row that has it. An audit's
+        batch is one prompt under many seeds, and the unconditional twins are often one row, so most rows
+        repeat one or two: a 7B prefill of 128 rows x 59 tokens is about 10^14 FLOP (~0.2 s on an H100),
+        the copies about 4 GB at memory speed."""
+        if ids is not None:
+            _, same = torch.unique(torch.cat([ids, self.mask.long()], 1), dim=0, return_inverse=True)
+            distinct = int(same.max()) + 1
+            if distinct < len(ids):
+                rows = torch.arange(len(ids), device=ids.device)
+                first = torch.full((distinct,), len(ids), device=ids.device).scatter_reduce_(0, same, rows, "amin")
+                once = LlamaDecoder(self.lm, self.mask[first], 0, self.bucket, self.stack)
+                hidden = once.prefill(embeds[first])
+                for mine, theirs in zip(self.kv, once.kv):
+                    mine[:, :, :, : self.prompt_len] = theirs[same]
+                return hidden[same]
         cols = self.columns[: self.prompt_len]
         return self._layers(embeds, cols, self.prompt_len)[:, -1]
 
@@ -234,33 +308,35 @@ class ImageEngine:
         self.col += 1
 
     @torch.no_grad()
-    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False) -> torch.Tensor:
-        """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D]."""
-        self.hidden = self.decoder.prefill(prompt_embeds).clone()
+    def run(self, prompt_embeds: torch.Tensor, graphs: bool = False,
+            ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes LongTensor [B, T] from the prompt embeddings [N, L0, D] (of token ids `ids` [N, L0], when
+        given: repeated prompts are run once, LlamaDecoder.prefill)."""
+        self.hidden = self.decoder.prefill(prompt_embeds, ids).clone()
         steps = self.codes.shape[1]
         col = self.decoder.prompt_len
         captured: dict[int, torch.cuda.CUDAGraph] = {}
-        for _ in range(steps - 1):
+        # One memory pool for this call's graphs: a step keeps nothing it allocates (its state lives in the
+        # tensors above, allocated before any capture) and graphs never replay at once, so they can share
+        # their scratch memory instead of each holding its own.
+        pool = torch.cuda.graph_pool_handle() if graphs else None
+        for i in range(steps - 1):
             span = self.decoder.span(col)
-            if not graphs:
-                self._token(span)
-            else:
-                if span not in captured:
-                    captured[span] = self._capture(span)
+            if graphs and span in captured:
                 captured[span].replay()
+            elif graphs and i + 2 < steps and self.decoder.span(col + 1) == span:  # a later step replays it
+                captured[span] = self._capture(span, pool)
+            else:
+                self._token(span)
             col += 1
         self._sample()  # the last code: no decode step after it
         return self.codes
 
-    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
-        """Capture one token step at this span. Capturing runs the step once on a side stream first
-        (warm-up, as torch requires; the capture itself only records). That run is undone by restoring the
-        counters and the hidden state. The KV cache and the codes are not saved: the run wrote only cache
-        column `col` and code `t`, which the replayed step writes again, with the same values, before
-        anything reads them. (A copy of the
-        cache would double its memory at the largest batch.)"""
-        live = [self.t, self.col, self.hidden]
-        saved = [x.clone() for x in live]
+    def _capture(self, span: int, pool: tuple) -> torch.cuda.CUDAGraph:
+        """Run this token step and capture it, for the next steps at this span. torch requires a run
+        before capturing (warm-up, on a side stream); that run is this step itself, so it is not undone
+        or done again: the capture only records (the counters and the hidden state live on the device,
+        so the graph it records reads them at every replay)."""
         stream = _side_stream(self.hidden.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -270,10 +346,8 @@ class ImageEngine:
         # thread_local: only this thread's CUDA calls must keep off the capture. An audit perceives the
         # previous batch in a worker thread meanwhile, and a GPU perception backend allocates and runs
         # kernels there (from the allocator's regular pool, not the capture's).
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             self._token(span)
-        for dst, src in zip(live, saved):
-            dst.copy_(src)
         return graph
 
 
@@ -284,14 +358,13 @@ def kv_bytes_per_image(lm: torch.nn.Module, length: int, twins: int) -> int:
     return 2 * len(lm.layers) * cfg.num_key_value_heads * _head_dim(cfg) * length * itemsize * twins
 
 
-def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6,
-               stack: bool = False) -> int:
+def auto_batch(lm: torch.nn.Module, length: int, twins: int, cap: int = 1024, share: float = 0.6) -> int:
     """Largest batch whose KV cache fits in `share` of the free device memory (free_bytes; the rest:
-    activations, logits, the sampler's sort), after the stacked weights where `stack`; on a CPU, `cap`."""
+    activations, logits, the sampler's sort); on a CPU, `cap`."""
     device = next(lm.parameters()).device
     if device.type != "cuda":
         return cap
-    free = free_bytes(device) - (stacked_bytes(lm) if stack else 0)
+    free = free_bytes(device)
     return max(1, min(cap, int(free * share) // kv_bytes_per_image(lm, length, twins)))
 
 
@@ -323,4 +396,4 @@ def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) 
 
 
 __all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "free_bytes",
-           "kv_bytes_per_image", "should_stack", "stacked_bytes"]
+           "kv_bytes_per_image", "should_stack", "stack_in_place"]

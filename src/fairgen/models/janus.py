@@ -152,7 +152,7 @@ class JanusModel:
         """(images per engine call, whether its decoder stacks its projections) for rows of `length` tokens
         and `twins` rows per image, by the memory free now (engine.auto_batch, engine.should_stack)."""
         stack = should_stack(self.language_model)
-        return auto_batch(self.language_model, length, twins, stack=stack), stack
+        return auto_batch(self.language_model, length, twins), stack
 
     def _guidance_rows(self, prompts: Sequence[Prompt | str], s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the prompts, followed by their unconditional twins when cfg != 1: the same token
@@ -172,7 +172,7 @@ class JanusModel:
         run = ImageEngine(decoder, self.hf.model.generation_head,
                           lambda codes: self.hf.prepare_embeddings_for_image_generation(codes.unsqueeze(1)),
                           uniforms, s)
-        return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs).clone()
+        return run.run(self.hf.get_input_embeddings()(ids), graphs=graphs, ids=ids).clone()
 
     def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._guidance_rows(prompts, s)

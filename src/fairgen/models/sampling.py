@@ -183,9 +183,11 @@ def sample(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     if s.temperature == 0:
         return logits.argmax(-1)
+    if s.temperature != 1.0:  # x / 1.0 is x exactly: no kernel for it
+        logits = logits / s.temperature
     if s.top_k is not None and s.top_k < logits.shape[-1]:
-        return _sample_top_k(logits / s.temperature, s, u)
-    probs = torch.softmax(logits / s.temperature, dim=-1)
+        return _sample_top_k(logits, s, u)
+    probs = torch.softmax(logits, dim=-1)
     return draw(filter_probs(probs, s.top_k, s.top_p), u)
 
 
@@ -199,9 +201,9 @@ def _sample_top_k(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.T
     probs = values.softmax(dim=-1)
     if s.top_p < 1.0:
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= s.top_p, 0.0)
-    order = index.argsort(-1)  # back to vocabulary order, the order draw() walks the full row in
+    vocab, order = index.sort(-1)  # back to vocabulary order, the order draw() walks the full row in
     pick = draw(probs.gather(-1, order), u)
-    return index.gather(-1, order).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+    return vocab.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
 
 __all__ = ["KEYS", "PRESETS", "Sampling", "check_values", "draw", "filter_probs", "sample", "seed_keys",

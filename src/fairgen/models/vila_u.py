@@ -41,6 +41,7 @@ from .protocols import OTHER
 from .sampling import Sampling, sample, uniform_table
 from .vila_u_checkpoint import SYSTEM_TEXT as SYSTEM
 from .vila_u_checkpoint import load_parts
+from .vila_u_rq import DepthCache
 
 FAMILY = "vila-u"
 UPSTREAM = Sampling(cfg=3.0, temperature=1.0, top_p=0.96, top_k=900)
@@ -178,7 +179,7 @@ class VilaUModel:
 
     # -- generation -------------------------------------------------------------------------------------
     def _draw(self, hidden: torch.Tensor, u: torch.Tensor, s: Sampling,
-              cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+              cache: DepthCache | None = None) -> torch.Tensor:
         """The codes of one position for every image: the depth transformer, guided and sampled one depth
         at a time (each depth sees the running sum of the codes drawn before it). hidden [N, D_lm] (N = B or
         2B with the guidance twins, which share the conditional row's codes); u [B, depth] -> [B, depth].
@@ -227,7 +228,7 @@ class VilaUModel:
         and `twins` rows per image, by the memory free now (engine.auto_batch, engine.should_stack); a larger
         batch runs as several engine calls."""
         stack = should_stack(self.language_model)
-        return auto_batch(self.language_model, length, twins, stack=stack), stack
+        return auto_batch(self.language_model, length, twins), stack
 
     def _uniforms(self, seeds: Sequence[int]) -> torch.Tensor:
         """Each image's own uniform numbers [B, positions, depth] (sampling.uniform_table, flat token t =
@@ -241,7 +242,7 @@ class VilaUModel:
         decoder = LlamaDecoder(self.language_model, mask, self.positions, stack=stack)
         cache = self.depth.new_cache(ids.shape[0])  # the depth transformer's, reused by every position
         run = DepthEngine(decoder, lambda h, u: self._draw(h, u, s, cache), self._embed, self._uniforms(seeds), s)
-        return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs).clone()
+        return run.run(self.llm.get_input_embeddings()(ids), graphs=graphs, ids=ids).clone()
 
     def _reference_tokens(self, prompts: Sequence[Prompt | str], seeds: Sequence[int], s: Sampling) -> torch.Tensor:
         ids, mask = self._generation_rows(prompts, s.cfg)

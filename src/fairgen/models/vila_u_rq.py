@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .engine import stack_in_place
 
 
 # -- the quantiser ---------------------------------------------------------------------------------------
@@ -196,16 +199,32 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(n, t, c))
 
-    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: int) -> torch.Tensor:
-        """The newest depth only: x [N, 1, C] at depth d; keys, values [N, heads, depth, C / heads] hold
-        depths 0..d-1 and get depth d written. Causal attention of the newest query is attention over
-        every key so far, so no mask; d is a Python int, so every shape is static (CUDA-graph safe)."""
+    def step(self, x: torch.Tensor, kv: torch.Tensor, d: int, qkv: tuple | None = None) -> torch.Tensor:
+        """The newest depth only: x [N, 1, C] at depth d; kv [2, N, heads, depth, C / heads] holds the keys
+        and values of depths 0..d-1 and gets depth d's written. qkv: (weight, bias) of query|key|value
+        stacked (one GEMM, and one copy writes key and value), or None to call the three modules (a LoRA
+        layer). d is a Python int, so every shape is static (CUDA-graph safe).
+
+        Causal attention of the newest query is attention over every key so far, so no mask, and over at
+        most `depth` (4) keys: as plain products and a softmax, a few small kernels, where a fused SDPA
+        kernel tiles for long sequences (about 30-115 us a call on an H100 at 128 rows, docs/performance.md).
+        At depth 0 the one key has weight exactly 1, so the output is the value."""
         n, _, c = x.shape
-        q, k, v = (m(x).view(n, 1, self.heads, -1).transpose(1, 2) for m in (self.query, self.key, self.value))
-        keys[:, :, d : d + 1].copy_(k)
-        values[:, :, d : d + 1].copy_(v)
-        y = F.scaled_dot_product_attention(q, keys[:, :, : d + 1], values[:, :, : d + 1])
-        return self.proj(y.transpose(1, 2).reshape(n, 1, c))
+        if qkv is not None:
+            t = F.linear(x[:, 0], *qkv).view(n, 3, self.heads, -1)  # query, key, value [N, 3, heads, C / heads]
+            q, _, v = t.unbind(1)
+            kv[:, :, :, d].copy_(t[:, 1:].transpose(0, 1))
+        else:
+            q, k, v = (m(x[:, 0]).view(n, self.heads, -1) for m in (self.query, self.key, self.value))
+            kv[0, :, :, d].copy_(k)
+            kv[1, :, :, d].copy_(v)
+        if d == 0:
+            y = v
+        else:  # q scaled first: a contiguous query for the product, and a power of 2 (exact) at head width 64
+            keys, values = kv[0, :, :, : d + 1], kv[1, :, :, : d + 1]  # [N, heads, d + 1, C / heads]
+            weights = torch.softmax((q * q.shape[-1] ** -0.5).unsqueeze(2) @ keys.transpose(-1, -2), -1)
+            y = weights @ values  # [N, heads, 1, C / heads]
+        return self.proj(y.reshape(n, 1, c))
 
 
 class Block(nn.Module):
@@ -221,9 +240,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, kv: torch.Tensor, d: int, qkv: tuple | None = None) -> torch.Tensor:
         """forward() of the newest depth d only, x [N, 1, C], over the cached keys and values (SelfAttention.step)."""
-        x = x + self.attn.step(self.ln1(x), keys, values, d)
+        x = x + self.attn.step(self.ln1(x), kv, d, qkv)
         return x + self.mlp(self.ln2(x))
 
 
@@ -262,23 +281,36 @@ class DepthTransformer(nn.Module):
         of the running code sums)."""
         return self.classifier_mlp(self._hidden(x)[:, -1])  # only the newest depth's logits
 
-    def new_cache(self, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Empty (keys, values) per block for cached_logits: each [rows, heads, depth, dim / heads], in the
-        weights' dtype and device. A position writes depth d before it reads it, so a cache serves every
-        position of a batch without being cleared."""
+    def new_cache(self, rows: int) -> DepthCache:
+        """An empty DepthCache for `rows` rows, in the weights' dtype and device. A position writes depth d
+        before it reads it, so a cache serves every position of a batch without being cleared."""
         weight = self.pos_emb_d
         heads = self.head_transformer.blocks[0].attn.heads
-        shape = (rows, heads, weight.shape[1], weight.shape[2] // heads)
-        return [(weight.new_empty(shape), weight.new_empty(shape)) for _ in self.head_transformer.blocks]
+        shape = (2, rows, heads, weight.shape[1], weight.shape[2] // heads)
+        blocks = self.head_transformer.blocks
+        return DepthCache([weight.new_empty(shape) for _ in blocks],
+                          [stack_in_place([b.attn.query, b.attn.key, b.attn.value]) for b in blocks])
 
-    def cached_logits(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]], d: int) -> torch.Tensor:
+    def cached_logits(self, x: torch.Tensor, cache: DepthCache, d: int) -> torch.Tensor:
         """step_logits with a KV cache: x [N, 1, dim] is the input of depth d alone, and the keys and values
         of depths 0..d-1 of the same positions are in `cache` (new_cache), written by the calls for depths
         0..d-1. One token per block instead of d + 1; the same logits up to float rounding."""
         x = x + self.pos_emb_d[:, d : d + 1]
-        for block, (keys, values) in zip(self.head_transformer.blocks, cache):
-            x = block.step(x, keys, values, d)
+        for block, kv, qkv in zip(self.head_transformer.blocks, cache.kv, cache.qkv):
+            x = block.step(x, kv, d, qkv)
         return self.classifier_mlp(x[:, 0])
 
 
-__all__ = ["RQVAE", "DepthTransformer", "Decoder", "ResidualQuantizer"]
+@dataclass
+class DepthCache:
+    """What generation's depth passes keep per engine call. kv: per block, the keys (kv[0]) and values
+    (kv[1]) of every depth, [2, rows, heads, depth, dim / heads], in one tensor so one copy writes both.
+    qkv: per block, its query|key|value weights and biases stacked in place (engine.stack_in_place: no
+    copy) so the three projections are one GEMM, or None where they are not plain Linear layers (LoRA on
+    the depth transformer)."""
+
+    kv: list[torch.Tensor]
+    qkv: list[tuple[torch.Tensor, torch.Tensor | None] | None]
+
+
+__all__ = ["RQVAE", "DepthCache", "DepthTransformer", "Decoder", "ResidualQuantizer"]
