@@ -124,7 +124,7 @@ def test_generation_is_batch_invariant_and_seeded(random_model: TinyModel) -> No
     ]
     seeds = [11, 3, 5, 12, 0, 99, 2**33, 7]
     batch = random_model.generate(prompts, seeds, **settings)
-    for i in (0, 2, 5):
+    for i in (0, 2, 3, 5):  # 0 and 3 share a prompt: its keys and values are computed once (sampling.py)
         alone = random_model.generate([prompts[i]], [seeds[i]], **settings)[0]
         assert np.array_equal(np.asarray(alone), np.asarray(batch[i]))
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[3]))  # same prompt, other seed
