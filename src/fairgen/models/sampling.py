@@ -156,12 +156,51 @@ def filter_probs(probs: torch.Tensor, top_k: int | None, top_p: float | None) ->
         kth = probs.topk(top_k, dim=1).values[:, -1:]
         probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
     if top_p is not None and top_p < 1.0:
-        sorted_p, order = probs.sort(dim=1, descending=True, stable=True)
-        before = sorted_p.cumsum(1) - sorted_p  # mass strictly ahead of each token
-        keep_sorted = before < top_p * sorted_p.sum(1, keepdim=True)
-        keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+        keep = _nucleus_on_host(probs, top_p) if probs.device.type == "cpu" else _nucleus(probs, top_p)
         probs = torch.where(keep, probs, torch.zeros_like(probs))
     return probs
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p rule: bool [B, K], True on the tokens of the smallest set holding top_p of each row's mass
+    (rows sorted by probability, ties in vocabulary order; a token is kept while the mass ahead of it is
+    below top_p)."""
+    sorted_p, order = probs.sort(dim=1, descending=True, stable=True)
+    before = sorted_p.cumsum(1) - sorted_p  # mass strictly ahead of each token
+    keep_sorted = before < top_p * sorted_p.sum(1, keepdim=True)
+    return keep_sorted.new_zeros(keep_sorted.shape).scatter(1, order, keep_sorted)
+
+
+NUCLEUS_CANDIDATES = 64  # tokens _nucleus_on_host looks at before sorting a whole row
+NUCLEUS_MARGIN = 1e-3  # share of a row's mass within which its cut is left to _nucleus
+
+
+def _nucleus_on_host(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """_nucleus's mask, computed from each row's NUCLEUS_CANDIDATES likeliest tokens instead of a sort of
+    the whole row (that sort was 14 % of fairgen-tiny's generation on a CPU; docs/fix.md). A row whose cut
+    is not clear of rounding (the mass ahead of a candidate within NUCLEUS_MARGIN of the threshold, which
+    the order of a sum can move), that is not among the candidates, or that falls between two equal
+    probabilities (whose order topk does not fix) goes through _nucleus: the mask is _nucleus's, row for
+    row (tests/test_tiny_units.py). It syncs with the host, hence CPU tensors only."""
+    import torch
+
+    k = min(NUCLEUS_CANDIDATES, probs.shape[1])
+    values, index = probs.topk(k, dim=1)  # descending
+    before = values.cumsum(1) - values
+    total = probs.sum(1, keepdim=True)
+    threshold, margin = top_p * total, NUCLEUS_MARGIN * total
+    keep_top = before < threshold
+    count = keep_top.sum(1, keepdim=True)  # >= 1: nothing is ahead of the likeliest token
+    doubtful = ((before - threshold).abs() < margin).any(1)
+    if k < probs.shape[1]:
+        doubtful |= before[:, -1] < threshold[:, 0] + margin[:, 0]  # the cut may lie beyond the candidates
+    last_kept = values.gather(1, count - 1)
+    first_cut = values.gather(1, count.clamp(max=k - 1))
+    doubtful |= ((count < k) & (last_kept == first_cut))[:, 0]
+    keep = keep_top.new_zeros(probs.shape).scatter(1, index, keep_top)
+    if bool(doubtful.any()):
+        keep[doubtful] = _nucleus(probs[doubtful], top_p)
+    return keep
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -177,7 +216,8 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def sample(logits: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
     """One code per row from guided logits [B, V] -> LongTensor[B]: greedy at temperature 0, else
     temperature, top-k, top-p and an inverse-CDF draw with each row's uniform number u (float64 [B]).
-    Only device ops, no host sync (a CUDA graph can capture it)."""
+    On a GPU only device ops, no host sync (a CUDA graph can capture it); on the CPU top-p looks at the
+    rows once (_nucleus_on_host)."""
     import torch
 
     logits = logits.float()

@@ -27,16 +27,30 @@ def generate_codes(lm: TinyLM, vocab: Vocab, texts: list[str], seeds: list[int],
         rows += [vocab.generation_prefix("")] * B
     if max(len(r) for r in rows) + T > lm.cfg.block_size:
         raise FairgenError(f"prompt too long for fairgen-tiny: at most {lm.cfg.block_size - T - 2} bytes")
-    ids, valid, pos, img = left_pad(rows, vocab, device)
-    cache = KVCache(lm.cfg, len(rows), ids.shape[1] + T, device, next(lm.parameters()).dtype)
-    keys = seed_keys(seeds, device)
+    # The prompt is read once per distinct row, not once per image (an audit makes many images of one
+    # prompt: 256 rows of the test suite hold 2 prompts), and its keys and values are copied to every row
+    # of it. Left padding is to the longest distinct row, which is the longest row, so each row sees the
+    # same positions and padding as in a forward over all rows (the codes are the same; tests/test_tiny).
+    distinct = list(dict.fromkeys(tuple(r) for r in rows))
+    number = {r: i for i, r in enumerate(distinct)}
+    index = torch.tensor([number[tuple(r)] for r in rows], device=device)
+    ids, valid, pos, img = left_pad([list(r) for r in distinct], vocab, device)
+    dtype, length = next(lm.parameters()).dtype, ids.shape[1]
+    prompt_cache = KVCache(lm.cfg, len(distinct), length, device, dtype)
     head = lm.wte.weight[vocab.image_offset : vocab.image_offset + vocab.n_codes]  # the tied head's code rows
+    logits = F.linear(lm.hidden(ids, pos, img, valid, cache=prompt_cache)[:, -1], head)[index]
+    cache = KVCache(lm.cfg, len(rows), length + T, device, dtype)
+    cache.k[:, :, :, :length] = prompt_cache.k[:, index]
+    cache.v[:, :, :, :length] = prompt_cache.v[:, index]
+    cache.valid[:, :length] = prompt_cache.valid[index]
+    cache.length = length
+    del prompt_cache
+    keys = seed_keys(seeds, device)
 
     def next_logits(*inputs: torch.Tensor) -> torch.Tensor:  # the image codes' logits after the newest token
         return F.linear(lm.hidden(*inputs, cache=cache)[:, -1], head)
 
-    logits = next_logits(ids, pos, img, valid)
-    next_pos = pos[:, -1:] + 1
+    next_pos = pos[index, -1:] + 1
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     for t in range(T):
         lg = s.guide(logits.float())
