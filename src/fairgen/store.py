@@ -316,7 +316,9 @@ class RunStore:
         import io
 
         buf = io.BytesIO()
-        image.save(buf, format="PNG")
+        # zlib level 1, not PIL's 6: the same pixels (PNG is lossless) in files ~30 % larger, encoded ~1.5x
+        # faster (1.56x on fairgen-tiny's audit images, one core)
+        image.save(buf, format="PNG", compress_level=1)
         atomic_write_bytes(self.image_path(prompt_id, sample), buf.getvalue(), durable=False)
 
     def load_image(self, prompt_id: str, sample: int) -> Image.Image | None:
