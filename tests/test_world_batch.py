@@ -1,8 +1,8 @@
 """read_batch (world/batch.py) gives reader.read's Perception, equal in every field and every bit of every
 probability, on fairgen-tiny's images (neutral and explicit prompts of three suites), on those images
 degraded until some lose their face, on world renders, non-avatars, other sizes and modes, and on the
-cases its vectorised steps decide differently from read's code (equal blobs, an emblem cell at its
-threshold, a stack that straddles CHUNK)."""
+cases its vectorised steps decide by other code than read's (equal blobs, an emblem cell at its
+threshold, stacks cut at other places)."""
 
 from __future__ import annotations
 
@@ -105,9 +105,8 @@ def test_blank_and_faceless_stacks():
     assert read_batch(blank) == [Perception(face=False)] * 4
 
 
-def test_equal_blobs_resolve_as_read_does():
-    """Two equally large blobs of one skin tone but different shades: the seed is the first in raster
-    order, in each image of a stack, as read's per-image labelling picks it."""
+def test_skin_patches_read_as_read_does():
+    """Avatars with two skin-toned patches beside the face, and images of two equal skin blobs only."""
     images = []
     for k in range(6):
         avatar = np.asarray(render("male", "white", "young", "nurse", k)).copy()
@@ -120,6 +119,25 @@ def test_equal_blobs_resolve_as_read_does():
         pixels[10:20, 16:26] = np.array(SKIN["white"]) - 10 * k
         pixels[30:40, 36:46] = SKIN["white"]
     _same(images + [Image.fromarray(b) for b in blobs])
+
+
+def test_skin_seeds_break_ties_as_read_does():
+    """Equal blobs, of one tone and of several: the seed mask of each image of a stack is reader's."""
+    rng = np.random.default_rng(3)
+    tones = list(SKIN.values())
+    regions = []
+    for k in range(40):
+        region = np.full((41, 37, 3), BACKGROUNDS[k % len(BACKGROUNDS)], dtype=np.float32)
+        side = int(rng.integers(3, 9))
+        spots = [(y, x) for y in range(0, 41 - side, side + 2) for x in range(0, 37 - side, side + 2)]
+        for y, x in [spots[i] for i in rng.choice(len(spots), min(len(spots), 4), replace=False)]:
+            tone = tones[int(rng.integers(len(tones)))] if k % 2 else tones[k % len(tones)]
+            region[y : y + side, x : x + side] = np.asarray(tone) + rng.integers(-10, 11, 3)
+        regions.append(region)
+    got = batch._skin_seeds(np.ascontiguousarray(np.moveaxis(np.stack(regions), -1, 0)))
+    for region, seed in zip(regions, got):
+        want = r._skin_seed(region)
+        np.testing.assert_array_equal(seed, np.zeros_like(seed) if want is None else want)
 
 
 def test_emblem_cell_at_its_threshold():

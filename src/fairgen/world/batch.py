@@ -66,7 +66,7 @@ def read_batch(images: Sequence[Image.Image]) -> list[Perception]:
     stack: list[np.ndarray] = []
     where: list[int] = []
     for i, image in enumerate(images):
-        rgb = image.convert("RGB")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert copies even an RGB image
         if rgb.size == (layout.SIZE, layout.SIZE):
             stack.append(np.asarray(rgb))
             where.append(i)
