@@ -183,3 +183,14 @@ def test_backend_reads_batches_and_keeps_unreadable_images(tiny_images):
     out = WorldPerception().perceive([tiny_images[0], truncated, tiny_images[1]])
     assert out[0] == read(tiny_images[0]) and out[2] == read(tiny_images[1])
     assert not out[1].face and out[1].error
+
+
+def test_distances_round_as_reader_does():
+    """The stack's RGB distances (three slices, channel planes) equal reader._distance bit for bit, also on
+    values that round (the eyes' means): the same sum order."""
+    rng = np.random.default_rng(4)
+    colours = (rng.normal(0, 100, (4096, 3)) * rng.choice([1e-3, 1.0, 1e3], (4096, 1))).astype(np.float32)
+    reference = rng.normal(0, 100, 3).astype(np.float32)
+    want = r._distance(colours, reference)
+    np.testing.assert_array_equal(batch._norm(colours - reference), want)
+    np.testing.assert_array_equal(batch._planar_distance(np.ascontiguousarray(colours.T), reference), want)

@@ -87,8 +87,8 @@ def _gather(arr: np.ndarray, centres: np.ndarray, offsets: np.ndarray) -> np.nda
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
-    """Euclidean norm over the last axis (RGB), summed in reader's _distance's order (red, green, blue):
-    numpy's reduction over an axis of 3 is slow, three slices are not."""
+    """Euclidean norm over the last axis (RGB), summed in reader's _distance's order ((red + green) + blue,
+    as numpy sums three values): numpy's reduction over an axis of 3 is slow, three slices are not."""
     r2, g2, b2 = a[..., 0] * a[..., 0], a[..., 1] * a[..., 1], a[..., 2] * a[..., 2]
     return np.sqrt(r2 + g2 + b2)
 
@@ -102,8 +102,9 @@ def _planar_distance(planes: np.ndarray, colour: np.ndarray) -> np.ndarray:
 
 def _median(values: np.ndarray, image: np.ndarray, count: int) -> np.ndarray:
     """np.median(axis=0) of each image's pixels, from per-channel histograms of the whole numbers 0..255:
-    values (M, 3) uint8 belonging to images image (M,) of 0..count-1, each with >= 1 pixel -> (count, 3)
-    float32, the middle value or the mean of the two middle values, as np.median gives them."""
+    values (M, 3) uint8 belonging to images image (M,) of 0..count-1 -> (count, 3) float32, the middle
+    value or the mean of the two middle values, as np.median gives them (meaningless for an image with no
+    pixel: the caller drops its row)."""
     bins = (image[:, None] * 3 + np.arange(3)) * 256 + values  # (M, 3)
     cumulative = np.bincount(bins.ravel(), minlength=count * 768).reshape(count, 3, 256).cumsum(axis=-1)
     n = cumulative[:, :, -1:]  # (count, 3, 1): pixels per image, the same for every channel
@@ -126,10 +127,9 @@ def _uniform(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _skin_seeds(planes: np.ndarray) -> np.ndarray:
     """reader._skin_seed of each image of a stack of fit regions as channel planes (3, B, 41, 37): bool
-    (B, 41, 37), all
-    False where an image has no skin. Tones are tried in order and a later tone's largest blob wins only
-    when strictly larger, as in reader; blobs are labelled in raster order within each image, so equal
-    blobs of one tone resolve to the same one as reader's per-image labelling."""
+    (B, 41, 37), all False where an image has no skin. Tones are tried in order and a later tone's largest
+    blob wins only when strictly larger, as in reader; blobs are labelled in raster order within each
+    image, so equal blobs of one tone resolve to the same one as reader's per-image labelling."""
     # argmin and min over the tones, the first tone winning ties (as argmin does), one tone at a time
     nearest = np.zeros(planes.shape[1:], dtype=np.int64)
     least = _planar_distance(planes, r._TONES[0])
