@@ -36,7 +36,7 @@ class WorldPerception:
                 readable[i] = image.convert("RGB")
             except (OSError, ValueError) as e:  # what PIL raises when decoding a bad file lazily
                 out[i] = Perception(face=False, error=f"{type(e).__name__}: {e}")
-        # read_batch: the reader's records over stacks of images, ~10x faster than one read per image
+        # read_batch: read's records, bit for bit, over stacks of images: 4-6x less CPU than read per image
         for i, seen in zip(readable, read_batch(list(readable.values()))):
             out[i] = seen
         return out  # type: ignore[return-value]
