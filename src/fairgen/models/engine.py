@@ -42,6 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from . import kv_attention
+from .stacking import groups, should_stack, stack_in_place
 from .sampling import Sampling, sample
 
 # Columns per length bucket. A step's attention reads on average BUCKET / 2 columns not yet written
@@ -92,77 +93,11 @@ def _plus(x: torch.Tensor, linear: torch.nn.Module, y: torch.Tensor) -> torch.Te
     return x + linear(y)
 
 
-def _stackable(mods: list[torch.nn.Module]) -> bool:
-    """Plain nn.Linear modules (a peft LoRA layer adds its own product and must run as itself), all with or
-    all without a bias, their weights of one dtype on one device."""
-    return (bool(mods) and all(type(m) is torch.nn.Linear for m in mods)
-            and len({(m.bias is None, m.weight.dtype, m.weight.device, m.weight.shape[1:])
-                     for m in mods}) == 1)
-
-
-def _rows_of_one_tensor(parts: list[torch.Tensor]) -> torch.Tensor | None:
-    """The tensor whose consecutive rows `parts` are (each contiguous, each starting where the one before
-    ends in one storage), as a view; None where they are not laid out so."""
-    first = parts[0]
-    offset = first.storage_offset()
-    for p in parts:
-        if not p.is_contiguous() or p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() \
-                or p.storage_offset() != offset:
-            return None
-        offset += p.numel()
-    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
-                                   (sum(p.shape[0] for p in parts), *first.shape[1:]))
-
-
-def stack_in_place(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) stacking the output rows of the modules, so that their products are one GEMM whose
-    output splits back into theirs; None where they are not _stackable.
-
-    The stacked weight is not a copy: the modules' weights (and biases) are moved into one allocation
-    and each parameter becomes a view of its rows (`param.data = view`: the same Parameter objects, so an
-    optimiser or hook holding them stays valid, and the values are unchanged). So stacking costs no memory
-    beyond one group while it moves, and a later call finds the rows in place and moves nothing. (A 7B
-    decoder's stacked copies would take 8-9 GB: they were made only where a tenth of the free memory held
-    them, which left a 7B model on an 80 GB card unstacked.)"""
-    if not _stackable(mods):
-        return None
-    out = []
-    for params in ([m.weight for m in mods], None if mods[0].bias is None else [m.bias for m in mods]):
-        if params is None:
-            out.append(None)
-            continue
-        stacked = _rows_of_one_tensor([p.data for p in params])
-        if stacked is None:
-            with torch.no_grad():
-                stacked = torch.cat([p.data for p in params])
-            for p, view in zip(params, stacked.split([p.shape[0] for p in params])):
-                p.data = view
-            if stacked.is_cuda:  # hand the old weights' blocks back: free_bytes would count them as free,
-                torch.cuda.empty_cache()  # but a KV cache allocation larger than each could not use them
-        out.append(stacked)
-    return out[0], out[1]
-
-
-def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
-    """A decoder layer's projections that run as one GEMM: ([q, k, v], [gate, up]); the second empty where
-    the MLP is not transformers' LlamaMLP (whose forward, down(act(gate(x)) * up(x)), the engine repeats)."""
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    attn, mlp = layer.self_attn, layer.mlp
-    return [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj] if type(mlp) is LlamaMLP else []
-
-
 def free_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device, counting what torch's caching allocator holds unused (an earlier
     call's cache, kept for reuse), which the device itself reports as taken."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def should_stack(lm: torch.nn.Module) -> bool:
-    """Whether a decoder over `lm` should stack its projections: on CUDA only, where what stacking saves is
-    kernel launches and bandwidth (stack_in_place costs no memory; on a CPU there is nothing to gain)."""
-    return next(lm.parameters()).device.type == "cuda"
 
 
 @functools.cache
@@ -198,7 +133,7 @@ class LlamaDecoder:
         self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
-        self.stacked = [tuple(stack_in_place(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
+        self.stacked = [tuple(stack_in_place(g) if stack else None for g in groups(layer)) for layer in lm.layers]
         choice = attention or ATTENTION
         if choice not in ("auto", "varlen", "bucket"):
             raise ValueError(f"attention must be auto, varlen or bucket (got {choice!r})")
