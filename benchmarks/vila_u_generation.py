@@ -6,7 +6,7 @@ the engine's fraction of the memory roofline; and the fix's training throughput.
     python benchmarks/vila_u_generation.py --out runs/vila_u            # random init, 7B-256 shapes, bf16
     python benchmarks/vila_u_generation.py --shapes tiny --device cpu   # a smoke run of this script
     python benchmarks/vila_u_generation.py --buckets 64,32,16 --out runs/vila_u   # also batch 64 at buckets 32, 16
-    python benchmarks/vila_u_generation.py --attention bucket,varlen --generation-only --out runs/vila_u
+    python benchmarks/vila_u_generation.py --attention bucket,varlen,triton --generation-only --out runs/vila_u
 
 Random-init weights at the official 7B-256 shapes (vila_u_checkpoint.SEVEN_B_256: LLaMA-2-7B, SigLIP-large
 at 256 px, 16384 codes x depth 4; the depth transformer's and decoder's widths are stated assumptions),
@@ -14,7 +14,8 @@ built on the device (nothing read from disk). cfg 3.0 (upstream's), so every ima
 sampling (temperature 1, top-k 900, top-p 0.96). Rows:
   generation   method (engine | reference), batch, attention (the engine's decode attention,
                models/kv_attention.py: "varlen", flash attention over each row's written columns, one graph
-               per call; "bucket", SDPA with a mask over length buckets), bucket (engine.BUCKET, bucket
+               per call; "triton", the same reads by a Triton kernel; "bucket", SDPA with a mask over
+               length buckets; "requested" is what was asked, `attention` what ran), bucket (engine.BUCKET, bucket
                attention only: columns per length bucket, one graph capture each), images/s, ms per
                position (LM step + 4 depth draws),
                roofline = bytes a position must read (LM decoder weights, 4 passes of the depth
@@ -81,7 +82,7 @@ def main() -> None:
                     help="comma-separated attention buckets (engine.BUCKET): the first for every row, the others "
                          "each for one more row at the first batch")
     ap.add_argument("--attention", default=engine.ATTENTION,
-                    help="comma-separated decode attentions (engine.ATTENTION: auto, varlen, bucket), each timed "
+                    help="comma-separated decode attentions (engine.ATTENTION: auto, varlen, triton, bucket), each timed "
                          "at every batch and the largest in this run; the first is the one the reference and "
                          "the other stages compare with")
     ap.add_argument("--generation-only", action="store_true",
@@ -112,16 +113,14 @@ def main() -> None:
     def fits() -> int:  # the images one engine call takes now (generate_tokens' own rule, at call time)
         return model._engine_batch(prompt_len + model.positions, 2)[0]
 
-    def used_attention() -> str:  # what a decoder made now runs (varlen only where it can)
-        lm = model.language_model
-        varlen = engine.ATTENTION != "bucket" and kv_attention.varlen_supported(
-            model.device, model.dtype, engine._head_dim(lm.config))
-        return "varlen" if varlen else "bucket"
+    def used_attention() -> str:  # what a decoder made now runs (each only where it can, else bucket)
+        width = engine._head_dim(model.language_model.config)
+        return kv_attention.choose(engine.ATTENTION, model.device, model.dtype, width)
 
     def row(method: str, batch: int, seconds: float, calls: int = 1) -> dict:
         per_position = seconds / model.positions
         kind = used_attention() if method == "engine" else None
-        r = {"method": method, "batch": batch, **({"attention": kind} if kind else {}),
+        r = {"method": method, "batch": batch, **({"attention": kind, "requested": engine.ATTENTION} if kind else {}),
              **({"bucket": engine.BUCKET} if kind == "bucket" else {}),
              "images_per_s": round(batch / seconds, 2),
              "ms_per_position": round(1e3 * per_position, 3),

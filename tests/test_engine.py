@@ -36,13 +36,23 @@ def plain_varlen(q, k, v, cu_q, starts, max_k, used, scale):
     return torch.stack(out)
 
 
+def plain_triton(q, k, v, first, used, scale, block=64):
+    """The contract of kv_attention_triton.decode (k, v one layer's cache [N, L, H_kv, hd]; row i reads
+    columns first[i] .. first[i] + used[i] - 1) through plain_varlen."""
+    n, length = k.shape[:2]
+    starts = torch.arange(n, dtype=torch.int32) * length + first
+    return plain_varlen(q, k.flatten(0, 1), v.flatten(0, 1), torch.arange(n + 1), starts, length, used, scale)
+
+
 @pytest.fixture
 def cpu_varlen(monkeypatch):
-    """The varlen attention path on CPU, its kernel replaced by plain_varlen."""
-    from fairgen.models import kv_attention
+    """The varlen and triton attention paths on CPU, their kernels replaced by plain_varlen / plain_triton."""
+    from fairgen.models import kv_attention, kv_attention_triton
 
     monkeypatch.setattr(kv_attention, "varlen_supported", lambda *a: True)
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: True)
     monkeypatch.setattr(kv_attention, "_flash", plain_varlen)
+    monkeypatch.setattr(kv_attention_triton, "decode", plain_triton)
 
 
 def _engine(janus, prompts, seeds, bucket: int, stack: bool = False, attention: str = "bucket",
@@ -107,10 +117,12 @@ def test_varlen_bookkeeping_gives_the_reference_codes(janus, cpu_varlen):
     (plain_varlen): the reference path's codes, stacked and not; its span never changes, so one graph
     would serve every step."""
     reference = janus.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
-    for stack in (False, True):
-        assert torch.equal(_engine(janus, PROMPTS, SEEDS, 5, stack, "varlen", **SAMPLING), reference)
+    for stack, attention in ((False, "varlen"), (True, "varlen"), (True, "triton")):
+        assert torch.equal(_engine(janus, PROMPTS, SEEDS, 5, stack, attention, **SAMPLING), reference)
     decoder = LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, bucket=2, attention="varlen")
     assert decoder.varlen and {decoder.span(c) for c in range(3, 12)} == {12}
+    with pytest.raises(ValueError, match="attention must be"):
+        LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, attention="flash")
     assert not LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, attention="bucket").varlen
 
 
@@ -120,13 +132,13 @@ def test_engine_without_guidance_and_greedy(janus):
                            janus.generate_tokens(PROMPTS, SEEDS, engine=False, **sampling))
 
 
-@pytest.mark.parametrize("attention", ["bucket", "varlen"])
+@pytest.mark.parametrize("attention", ["bucket", "varlen", "triton"])
 @pytest.mark.parametrize("stack", [False, True])
 def test_teacher_forced_logits_match_the_transformers_forward(janus, stack, attention, request):
     """Feeding known codes through the engine's decode steps gives the generation head's logits of
     transformers' full forward (image_token_logits) at every position; with the masked buckets and with
-    the varlen bookkeeping (on CPU through plain_varlen)."""
-    if attention == "varlen":
+    the varlen and triton bookkeeping (on CPU through plain_varlen and plain_triton)."""
+    if attention != "bucket":
         request.getfixturevalue("cpu_varlen")
     codes = torch.randint(0, janus.hf.config.vq_config.num_embeddings, (len(PROMPTS), janus.n_image_tokens),
                           generator=torch.Generator().manual_seed(0))
@@ -134,7 +146,7 @@ def test_teacher_forced_logits_match_the_transformers_forward(janus, stack, atte
     ids, mask = janus._generation_inputs(PROMPTS)
     decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4, stack=stack,
                            attention=attention)
-    assert decoder.varlen == (attention == "varlen")
+    assert decoder.attention == attention
     with torch.no_grad():
         hidden = decoder.prefill(janus.hf.get_input_embeddings()(ids))
         got = [janus.hf.model.generation_head(hidden)]
@@ -286,13 +298,14 @@ def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["varlen", "triton"])
 @pytest.mark.parametrize("kv_heads", [2, 1])
 @pytest.mark.parametrize("stack", [False, True])
-def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack):
+def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack, attention):
     """On CUDA in bf16, a random Llama with 128-wide heads (as 7B's; 2 query heads over 2 or 1 KV heads),
-    left-padded rows of unequal prompts, 150 decode steps (across bucket boundaries): the varlen flash path's
-    logits equal the masked SDPA path's to bf16 rounding, and both are as close to an fp32 run as each
-    other (the difference is the kernels' summation order, not a wrong key)."""
+    left-padded rows of unequal prompts, 150 decode steps (across bucket boundaries): the varlen paths'
+    (aten's flash, the Triton kernel) logits equal the masked SDPA path's to bf16 rounding, and are as
+    close to an fp32 run as it is (the difference is the kernels' summation order, not a wrong key)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -305,8 +318,8 @@ def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack):
     full = LlamaForCausalLM(config).to("cuda").eval()
     half = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
     half.load_state_dict(full.state_dict())
-    assert kv_attention.varlen_supported(torch.device("cuda"), torch.bfloat16, 128), \
-        f"torch {torch.__version__}: no varlen flash attention with seqused_k"
+    assert kv_attention.choose(attention, torch.device("cuda"), torch.bfloat16, 128) == attention, \
+        f"torch {torch.__version__}: {attention} cannot run"
     pads, prompt, new = [0, 3, 1, 0, 5, 2], 7, 150
     mask = torch.tensor([[0] * p + [1] * (prompt - p) for p in pads], device="cuda")
     embeds = torch.randn(len(pads), prompt + new, 256, device="cuda")
@@ -314,7 +327,7 @@ def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack):
     def logits(model, attention):
         decoder = LlamaDecoder(model.model, mask, new, stack=stack and attention != "fp32",
                                attention="bucket" if attention == "fp32" else attention)
-        assert decoder.varlen == (attention == "varlen")
+        assert decoder.attention == ("bucket" if attention == "fp32" else attention)
         x = embeds.to(model.dtype)
         with torch.no_grad():
             out = [decoder.prefill(x[:, :prompt])]
@@ -322,7 +335,7 @@ def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack):
                 out.append(decoder.step(x[:, c:c + 1], torch.tensor(c, device="cuda"), decoder.span(c)))
             return model.lm_head(torch.stack(out, 1)).float()
 
-    truth, varlen, masked = logits(full, "fp32"), logits(half, "varlen"), logits(half, "bucket")
+    truth, varlen, masked = logits(full, "fp32"), logits(half, attention), logits(half, "bucket")
     torch.testing.assert_close(varlen, masked, atol=3e-2, rtol=3e-2)
     err_varlen, err_masked = (varlen - truth).abs().mean(), (masked - truth).abs().mean()
     assert err_varlen <= 1.25 * err_masked + 1e-4, (err_varlen, err_masked)

@@ -350,13 +350,16 @@ def test_varlen_bookkeeping_gives_the_reference_codes(vila, cpu_varlen, monkeypa
     the guidance row's prompt is shorter, so rows are padded): upstream's algorithm's codes."""
     from fairgen.models import engine
 
-    monkeypatch.setattr(engine, "ATTENTION", "varlen")
-    assert torch.equal(vila.generate_tokens(PROMPTS, [11, 12]), vila.generate_tokens(PROMPTS, [11, 12], engine=False))
+    reference = vila.generate_tokens(PROMPTS, [11, 12], engine=False)
+    for attention in ("varlen", "triton"):
+        monkeypatch.setattr(engine, "ATTENTION", attention)
+        assert torch.equal(vila.generate_tokens(PROMPTS, [11, 12]), reference), attention
 
 
 @pytest.mark.gpu
-def test_varlen_graph_replays_the_eager_engine_in_bf16(monkeypatch):
-    """On CUDA in bf16 with 128-wide heads (as 7B's), where the engine reads attention by varlen flash: one
+@pytest.mark.parametrize("attention", ["varlen", "triton"])
+def test_varlen_graph_replays_the_eager_engine_in_bf16(monkeypatch, attention):
+    """On CUDA in bf16 with 128-wide heads (as 7B's), where the engine reads attention by varlen flash (or the Triton kernel): one
     graph captured per engine call serves every position, and its codes are the eager engine's."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -368,7 +371,8 @@ def test_varlen_graph_replays_the_eager_engine_in_bf16(monkeypatch):
     parts = layout.random_parts(shapes, layout.tiny_tokenizer(layout.TEST_CORPUS), seed=0, device="cuda",
                                 dtype=torch.bfloat16)
     model = VilaUModel.from_parts(parts, "vila-u:random-small")
-    assert kv_attention.varlen_supported(model.device, torch.bfloat16, 128), torch.__version__
+    assert kv_attention.choose(attention, model.device, torch.bfloat16, 128) == attention, torch.__version__
+    monkeypatch.setattr(engine, "ATTENTION", attention)
     captures = []
     capture = engine.ImageEngine._capture
     monkeypatch.setattr(engine.ImageEngine, "_capture", lambda self, *a: captures.append(a[0]) or capture(self, *a))

@@ -49,9 +49,10 @@ from .sampling import Sampling, sample
 # (VILA-U 7B at batch 64 on an H100: about 22 us per column per step), and each bucket costs one graph
 # capture (an eager step and its recording): docs/performance.md, "VILA-U".
 BUCKET = 64
-# The decode attention: "auto" (varlen where kv_attention.varlen_supported, else the masked buckets),
-# "varlen" (the same: varlen where it can run) or "bucket" (always the masked buckets). Read when a decoder
-# is made: benchmarks/vila_u_generation.py --attention times both in one run.
+# The decode attention (models/kv_attention.py): "auto" (varlen where it can run, else the masked
+# buckets), "varlen" (the same), "triton" (the Triton kernel where it can run, else the buckets) or
+# "bucket" (always the masked buckets). Read when a decoder is made: benchmarks/vila_u_generation.py
+# --attention times several in one run.
 ATTENTION = "auto"
 
 
@@ -112,7 +113,8 @@ class LlamaDecoder:
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
     bucket: columns per length bucket of the masked attention (None: BUCKET); stack: run q|k|v and gate|up
-    as stacked GEMMs (module docstring); attention: "auto", "varlen" or "bucket" (None: ATTENTION).
+    as stacked GEMMs (module docstring); attention: "auto", "varlen", "triton" or "bucket" (None:
+    ATTENTION; kv_attention.choose resolves it to what runs, self.attention).
     prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col, span(col)) ->
     hidden [N, D] of the token written at column `col` (a 0-d LongTensor on the device)."""
 
@@ -134,14 +136,13 @@ class LlamaDecoder:
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
         self.stacked = [tuple(stack_in_place(g) if stack else None for g in groups(layer)) for layer in lm.layers]
-        choice = attention or ATTENTION
-        if choice not in ("auto", "varlen", "bucket"):
-            raise ValueError(f"attention must be auto, varlen or bucket (got {choice!r})")
-        self.varlen = choice != "bucket" and kv_attention.varlen_supported(param.device, param.dtype, _head_dim(cfg))
-        if self.varlen:  # row i's keys as flat rows of a layer's [N * L] from i * L + pad_i on (kv_attention)
+        self.attention = kv_attention.choose(attention or ATTENTION, param.device, param.dtype, _head_dim(cfg))
+        self.varlen = self.attention != "bucket"  # each row reads its written columns: one shape for all steps
+        if self.varlen:
+            self.first = self.pad[:, 0].int()  # row i's first written column
             rows = torch.arange(n + 1, dtype=torch.int32, device=mask.device)
-            self.cu_q = rows
-            self.starts = rows * self.length + torch.cat([self.pad[:, 0], self.pad.new_zeros(1)]).int()
+            self.cu_q = rows  # and its keys as flat rows of a layer's [N * L] from i * L + pad_i on
+            self.starts = rows * self.length + torch.cat([self.first, self.first.new_zeros(1)])
 
     def span(self, col: int) -> int:
         """Columns a decode step writing column `col` reads as a shape: with varlen attention the whole
@@ -196,7 +197,9 @@ class LlamaDecoder:
                 v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim)
                 kv[0].index_copy_(1, cols, k.to(kv.dtype))
                 kv[1].index_copy_(1, cols, v.to(kv.dtype))
-            if varlen:
+            if varlen and self.attention == "triton":
+                y = kv_attention.triton(q, kv, self.first, used, attn.scaling)
+            elif varlen:
                 y = kv_attention.varlen(q, kv, self.cu_q, self.starts, used, attn.scaling)
             else:
                 y = kv_attention.masked(q, kv, mask, span, attn.scaling)

@@ -14,6 +14,11 @@ varlen   flash attention in its variable-length form (`aten::_flash_attention_fo
          column is read, and the shapes no longer change with c: one CUDA graph serves every step of an
          engine call. CUDA, fp16 / bf16, head_dim a multiple of 8 up to 256, one new token per row, and a
          torch whose op takes `seqused_k` (varlen_supported).
+triton   the same reads as varlen (each row's written columns only, one graph per call) by a Triton kernel
+         of one program per row and head (kv_attention_triton.py says why): CUDA, Triton installed, head_dim
+         a power of 2.
+
+choose() resolves what a decoder asks for to what runs: "auto" is varlen where it can run, else bucket.
 """
 
 from __future__ import annotations
@@ -54,6 +59,25 @@ def varlen_supported(device: torch.device, dtype: torch.dtype, head_dim: int) ->
     return True
 
 
+def triton_supported(device: torch.device, head_dim: int) -> bool:
+    """Whether the triton path can run for a cache on `device` with heads of `head_dim`."""
+    from . import kv_attention_triton
+
+    return device.type == "cuda" and head_dim & (head_dim - 1) == 0 and kv_attention_triton.available()
+
+
+def choose(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The attention a decoder runs ("varlen", "triton" or "bucket") for the one requested ("auto",
+    "varlen", "triton" or "bucket"): the one requested where it can run, else bucket; auto is varlen."""
+    if requested not in ("auto", "varlen", "triton", "bucket"):
+        raise ValueError(f"attention must be auto, varlen, triton or bucket (got {requested!r})")
+    if requested in ("auto", "varlen"):
+        return "varlen" if varlen_supported(device, dtype, head_dim) else "bucket"
+    if requested == "triton":
+        return "triton" if triton_supported(device, head_dim) else "bucket"
+    return "bucket"
+
+
 def masked(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor, span: int, scale: float) -> torch.Tensor:
     """q [N, n, H, head_dim] (token-major), kv [2, N, L, H_kv, head_dim], additive mask [N, 1, n, span] ->
     attention output [N, n, H * head_dim] over the first `span` columns.
@@ -80,6 +104,15 @@ def varlen(q: torch.Tensor, kv: torch.Tensor, cu_q: torch.Tensor, starts: torch.
     return _flash(q.flatten(0, 1), flat[0], flat[1], cu_q, starts, length, used, scale).view(n, 1, -1)
 
 
+def triton(q: torch.Tensor, kv: torch.Tensor, first: torch.Tensor, used: torch.Tensor, scale: float
+           ) -> torch.Tensor:
+    """varlen's reads by the Triton kernel: q [N, 1, H, head_dim], kv [2, N, L, H_kv, head_dim]; first: int32
+    [N], row i's first written column (its padding); used: int32 [N] -> [N, 1, H * head_dim]."""
+    from . import kv_attention_triton
+
+    return kv_attention_triton.decode(q[:, 0], kv[0], kv[1], first, used, scale).view(q.shape[0], 1, -1)
+
+
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, starts: torch.Tensor,
            max_k: int, used: torch.Tensor, scale: float) -> torch.Tensor:
     """aten's variable-length flash attention, one query per sequence: q [N, H, hd], k and v [rows, H_kv,
@@ -90,4 +123,4 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor
                                                    scale=scale, seqused_k=used)[0]
 
 
-__all__ = ["masked", "varlen", "varlen_supported"]
+__all__ = ["choose", "masked", "triton", "triton_supported", "varlen", "varlen_supported"]
