@@ -394,3 +394,22 @@ def test_audit_with_a_gpu_judge_beside_the_graph_capture(janus_dir, tmp_path):  
         runs[graphs] = fairgen.audit(model, suite=prompts, images_per_prompt=6, batch_size=3, perception_backend=judge,
                                      out=tmp_path / f"graphs{graphs}").results
     assert runs[True]["summary"] == runs[False]["summary"]
+
+
+def test_choose_resolves_each_attention_to_what_can_run(monkeypatch):
+    """On CPU every request runs the masked buckets; where a path can run it is the one asked for, and auto
+    is the first of kv_attention.AUTO that can run."""
+    from fairgen.models import kv_attention
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert {kv_attention.choose(a, cpu, torch.bfloat16, 128) for a in ("auto", "varlen", "triton", "bucket")} == {"bucket"}
+    assert not kv_attention.varlen_supported(cuda, torch.float32, 128)  # flash has no fp32
+    assert not kv_attention.varlen_supported(cuda, torch.bfloat16, 100)  # nor a width that is not a multiple of 8
+    monkeypatch.setattr(kv_attention, "varlen_supported", lambda *a: True)
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: False)
+    assert [kv_attention.choose(a, cuda, torch.bfloat16, 128) for a in ("auto", "varlen", "triton", "bucket")] == \
+        ["varlen", "varlen", "bucket", "bucket"]
+    monkeypatch.setattr(kv_attention, "AUTO", ("triton", "varlen", "bucket"))
+    assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == "varlen"
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: True)
+    assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == "triton"

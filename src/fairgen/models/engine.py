@@ -42,15 +42,15 @@ import torch
 from torch.nn import functional as F
 
 from . import kv_attention
-from .stacking import groups, should_stack, stack_in_place
 from .sampling import Sampling, sample
+from .stacking import groups, should_stack, stack_in_place
 
 # Columns per length bucket. A step's attention reads on average BUCKET / 2 columns not yet written
 # (VILA-U 7B at batch 64 on an H100: about 22 us per column per step), and each bucket costs one graph
 # capture (an eager step and its recording): docs/performance.md, "VILA-U".
 BUCKET = 64
-# The decode attention (models/kv_attention.py): "auto" (varlen where it can run, else the masked
-# buckets), "varlen" (the same), "triton" (the Triton kernel where it can run, else the buckets) or
+# The decode attention (models/kv_attention.py): "auto" (the first of kv_attention.AUTO that can run: now
+# varlen, else the masked buckets), "varlen" or "triton" (that one where it can run, else the buckets) or
 # "bucket" (always the masked buckets). Read when a decoder is made: benchmarks/vila_u_generation.py
 # --attention times several in one run.
 ATTENTION = "auto"

@@ -18,7 +18,7 @@ triton   the same reads as varlen (each row's written columns only, one graph pe
          of one program per row and head (kv_attention_triton.py says why): CUDA, Triton installed, head_dim
          a power of 2.
 
-choose() resolves what a decoder asks for to what runs: "auto" is varlen where it can run, else bucket.
+choose() resolves what a decoder asks for to what runs: "auto" is the first of AUTO that can run.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ import torch
 from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
+# What "auto" runs: the first of these that can run on the decoder's device, dtype and head width. To be
+# set by the H100 measurement of benchmarks/vila_u_generation.py --attention bucket,varlen,triton
+# (docs/performance.md, "Attention over the written columns only").
+AUTO = ("varlen", "bucket")
 
 
 @functools.cache
@@ -68,14 +72,13 @@ def triton_supported(device: torch.device, head_dim: int) -> bool:
 
 def choose(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """The attention a decoder runs ("varlen", "triton" or "bucket") for the one requested ("auto",
-    "varlen", "triton" or "bucket"): the one requested where it can run, else bucket; auto is varlen."""
+    "varlen", "triton" or "bucket"): the one requested where it can run, else bucket; auto: the first of
+    AUTO that can run."""
     if requested not in ("auto", "varlen", "triton", "bucket"):
         raise ValueError(f"attention must be auto, varlen, triton or bucket (got {requested!r})")
-    if requested in ("auto", "varlen"):
-        return "varlen" if varlen_supported(device, dtype, head_dim) else "bucket"
-    if requested == "triton":
-        return "triton" if triton_supported(device, head_dim) else "bucket"
-    return "bucket"
+    can = {"varlen": lambda: varlen_supported(device, dtype, head_dim),
+           "triton": lambda: triton_supported(device, head_dim), "bucket": lambda: True}
+    return next(a for a in (AUTO if requested == "auto" else (requested, "bucket")) if can[a]())
 
 
 def masked(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor, span: int, scale: float) -> torch.Tensor:
