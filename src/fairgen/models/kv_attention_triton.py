@@ -16,6 +16,10 @@ import functools
 
 import torch
 
+# Launch configuration: keys per loop iteration, warps per program, software-pipelining stages. Set from
+# the H100 sweep of benchmarks/kv_attention_triton_sweep.py (docs/performance.md, "Decode attention").
+BLOCK, WARPS, STAGES = 64, 4, 3
+
 
 @functools.cache
 def available() -> bool:
@@ -62,7 +66,7 @@ def _kernel():
 
 
 def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, used: torch.Tensor,
-           scale: float, block: int = 64) -> torch.Tensor:
+           scale: float) -> torch.Tensor:
     """q [N, H, hd] (last dim contiguous); k, v [N, L, H_kv, hd] (one layer's cache, last dim contiguous);
     start, used int32 [N]: row i's query attends to columns start[i] .. start[i] + used[i] - 1 (used >= 1)
     -> [N, H, hd] in q's dtype."""
@@ -70,7 +74,7 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tenso
     out = torch.empty((n, heads, width), dtype=q.dtype, device=q.device)
     _kernel()[(n * heads,)](q, k, v, out, start, used, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                             k.stride(2), out.stride(0), out.stride(1), HEADS=heads, GROUP=heads // k.shape[2],
-                            D=width, BLOCK=block, num_warps=4)
+                            D=width, BLOCK=BLOCK, num_warps=WARPS, num_stages=STAGES)
     return out
 
 
