@@ -6,13 +6,18 @@ the engine's fraction of the memory roofline; and the fix's training throughput.
     python benchmarks/vila_u_generation.py --out runs/vila_u            # random init, 7B-256 shapes, bf16
     python benchmarks/vila_u_generation.py --shapes tiny --device cpu   # a smoke run of this script
     python benchmarks/vila_u_generation.py --buckets 64,32,16 --out runs/vila_u   # also batch 64 at buckets 32, 16
+    python benchmarks/vila_u_generation.py --attention bucket,varlen,triton --generation-only --out runs/vila_u
 
 Random-init weights at the official 7B-256 shapes (vila_u_checkpoint.SEVEN_B_256: LLaMA-2-7B, SigLIP-large
 at 256 px, 16384 codes x depth 4; the depth transformer's and decoder's widths are stated assumptions),
 built on the device (nothing read from disk). cfg 3.0 (upstream's), so every image is two rows; upstream's
 sampling (temperature 1, top-k 900, top-p 0.96). Rows:
-  generation   method (engine | reference), batch, bucket (engine.BUCKET: attention columns per length
-               bucket, one graph capture each), images/s, ms per position (LM step + 4 depth draws),
+  generation   method (engine | reference), batch, attention (the engine's decode attention,
+               models/kv_attention.py: "varlen", flash attention over each row's written columns, one graph
+               per call; "triton", the same reads by a Triton kernel; "bucket", SDPA with a mask over
+               length buckets; "requested" is what was asked, `attention` what ran), bucket (engine.BUCKET, bucket
+               attention only: columns per length bucket, one graph capture each), images/s, ms per
+               position (LM step + 4 depth draws),
                roofline = bytes a position must read (LM decoder weights, 4 passes of the depth
                transformer's weights, the projector, the KV cache at its mean fill) / measured copy
                bandwidth / measured time per position, engine_calls (how many engine calls the batch
@@ -39,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import copy_bandwidth, sync  # noqa: E402
 
 from fairgen.models import vila_u_checkpoint as layout  # noqa: E402
-from fairgen.models import engine  # noqa: E402
+from fairgen.models import engine, kv_attention  # noqa: E402
 from fairgen.models.engine import kv_bytes_per_image  # noqa: E402
 from fairgen.models.vila_u import VilaUModel  # noqa: E402
 
@@ -76,12 +81,20 @@ def main() -> None:
     ap.add_argument("--buckets", default=str(engine.BUCKET),
                     help="comma-separated attention buckets (engine.BUCKET): the first for every row, the others "
                          "each for one more row at the first batch")
+    ap.add_argument("--attention", default=engine.ATTENTION,
+                    help="comma-separated decode attentions (engine.ATTENTION: auto, varlen, triton, bucket), each timed "
+                         "at every batch and the largest in this run; the first is the one the reference and "
+                         "the other stages compare with")
+    ap.add_argument("--generation-only", action="store_true",
+                    help="only the engine rows (no reference loop, decoding or training)")
     ap.add_argument("--reference-batch", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     first, *others = [int(b) for b in args.buckets.split(",")]
     engine.BUCKET = first
+    attentions = args.attention.split(",")
+    engine.ATTENTION = attentions[0]
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     shapes = layout.SEVEN_B_256 if args.shapes == "7b-256" else layout.TINY
@@ -100,9 +113,15 @@ def main() -> None:
     def fits() -> int:  # the images one engine call takes now (generate_tokens' own rule, at call time)
         return model._engine_batch(prompt_len + model.positions, 2)[0]
 
+    def used_attention() -> str:  # what a decoder made now runs (each only where it can, else bucket)
+        width = engine._head_dim(model.language_model.config)
+        return kv_attention.choose(engine.ATTENTION, model.device, model.dtype, width)
+
     def row(method: str, batch: int, seconds: float, calls: int = 1) -> dict:
         per_position = seconds / model.positions
-        r = {"method": method, "batch": batch, **({"bucket": engine.BUCKET} if method == "engine" else {}),
+        kind = used_attention() if method == "engine" else None
+        r = {"method": method, "batch": batch, **({"attention": kind, "requested": engine.ATTENTION} if kind else {}),
+             **({"bucket": engine.BUCKET} if kind == "bucket" else {}),
              "images_per_s": round(batch / seconds, 2),
              "ms_per_position": round(1e3 * per_position, 3),
              "roofline": round(position_bytes(model, batch, prompt_len) / bandwidth / per_position, 3),
@@ -132,20 +151,33 @@ def main() -> None:
 
     batches = sorted({int(b) for b in args.batches.split(",")})
     for bucket in others:  # one row each at the first batch; a bucket's first call captures its graphs
-        engine.BUCKET = bucket
+        engine.BUCKET, engine.ATTENTION = bucket, "bucket"
         engine_row(batches[0])
     engine.BUCKET = first
-    for b in batches:
-        engine_row(b)
+    for attention in attentions:
+        engine.ATTENTION = attention
+        model.generate_tokens([PROMPT] * 2, seeds(2))  # this attention's kernels loaded before its rows
+        for b in batches:
+            engine_row(b)
     # After the rows above, as the timed call will see the memory (on a CPU: a small smoke batch).
     out["largest_batch"] = largest = fits() if cuda else 8
-    if largest not in {r["batch"] for r in out["generation"]}:
-        engine_row(largest)
+    if largest not in batches:
+        for attention in attentions:
+            engine.ATTENTION = attention
+            engine_row(largest)
+    engine.ATTENTION = attentions[0]
+    out["attentions"] = {a: used_attention() for a in attentions}
+    if cuda:
+        out["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    save()
+    if args.generation_only:
+        print(json.dumps(out, indent=1))
+        return
     b = args.reference_batch
     model.generate_tokens([PROMPT] * 2, seeds(2), engine=False)
     row("reference", b, timed(lambda: model.generate_tokens([PROMPT] * b, seeds(b), engine=False)))
     engine64 = next(r for r in out["generation"] if r["method"] == "engine" and r["batch"] == b
-                    and r["bucket"] == first)
+                    and r["attention"] == out["attentions"][attentions[0]] and r.get("bucket", first) == first)
     reference = out["generation"][-1]
     out["engine_over_reference"] = round(engine64["images_per_s"] / reference["images_per_s"], 2)
     save()

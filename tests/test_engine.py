@@ -21,10 +21,46 @@ def janus(janus_dir):  # noqa: F811
     return models.load(f"janus:{janus_dir}", dtype="fp32")
 
 
-def _engine(janus, prompts, seeds, bucket: int, stack: bool = False, **sampling) -> torch.Tensor:
+def plain_varlen(q, k, v, cu_q, starts, max_k, used, scale):
+    """The contract of kv_attention._flash (aten's variable-length flash attention, one query per row)
+    written out plainly, row by row: query i attends to k[starts[i] : starts[i] + used[i]]. On CPU it
+    stands in for the CUDA kernel so that the engine's bookkeeping (where each row's keys start, how many
+    it reads, the flat view of the cache) is tested; the kernel itself is tested on a GPU below."""
+    out = []
+    for i in range(q.shape[0]):
+        a, n = int(starts[i]), int(used[i])
+        assert 0 < n <= max_k and int(cu_q[i + 1]) - int(cu_q[i]) == 1
+        keys, values = (t[a:a + n].repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
+        weights = torch.softmax(torch.einsum("hd,nhd->hn", q[i], keys) * scale, -1)
+        out.append(torch.einsum("hn,nhd->hd", weights, values))
+    return torch.stack(out)
+
+
+def plain_triton(q, k, v, first, used, scale, block=64):
+    """The contract of kv_attention_triton.decode (k, v one layer's cache [N, L, H_kv, hd]; row i reads
+    columns first[i] .. first[i] + used[i] - 1) through plain_varlen."""
+    n, length = k.shape[:2]
+    starts = torch.arange(n, dtype=torch.int32) * length + first
+    return plain_varlen(q, k.flatten(0, 1), v.flatten(0, 1), torch.arange(n + 1), starts, length, used, scale)
+
+
+@pytest.fixture
+def cpu_varlen(monkeypatch):
+    """The varlen and triton attention paths on CPU, their kernels replaced by plain_varlen / plain_triton."""
+    from fairgen.models import kv_attention, kv_attention_triton
+
+    monkeypatch.setattr(kv_attention, "varlen_supported", lambda *a: True)
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: True)
+    monkeypatch.setattr(kv_attention, "_flash", plain_varlen)
+    monkeypatch.setattr(kv_attention_triton, "decode", plain_triton)
+
+
+def _engine(janus, prompts, seeds, bucket: int, stack: bool = False, attention: str = "bucket",
+            **sampling) -> torch.Tensor:
     s = janus.defaults.resolve(sampling, "janus")
     ids, mask = janus._guidance_rows(prompts, s)
-    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket, stack=stack)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=bucket, stack=stack,
+                           attention=attention)
     uniforms = uniform_table(seeds, janus.n_image_tokens, janus.device)
     engine = ImageEngine(decoder, janus.hf.model.generation_head,
                          lambda c: janus.hf.prepare_embeddings_for_image_generation(c.unsqueeze(1)), uniforms, s)
@@ -75,21 +111,42 @@ def test_engine_tokens_equal_the_reference_path_without_grouped_heads(tmp_path):
     assert torch.equal(_engine(mha, PROMPTS, SEEDS, 5, stack=True, **SAMPLING), reference)
 
 
+def test_varlen_bookkeeping_gives_the_reference_codes(janus, cpu_varlen):
+    """The varlen decode path (each row reads the columns it has written, from after its padding: here the
+    prompts differ in length, and the decoder has grouped KV heads) with its kernel's contract written out
+    (plain_varlen): the reference path's codes, stacked and not; its span never changes, so one graph
+    would serve every step."""
+    reference = janus.generate_tokens(PROMPTS, SEEDS, engine=False, **SAMPLING)
+    for stack, attention in ((False, "varlen"), (True, "varlen"), (True, "triton")):
+        assert torch.equal(_engine(janus, PROMPTS, SEEDS, 5, stack, attention, **SAMPLING), reference)
+    decoder = LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, bucket=2, attention="varlen")
+    assert decoder.varlen and {decoder.span(c) for c in range(3, 12)} == {12}
+    with pytest.raises(ValueError, match="attention must be"):
+        LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, attention="flash")
+    assert not LlamaDecoder(janus.language_model, torch.ones(2, 3, dtype=torch.long), 9, attention="bucket").varlen
+
+
 def test_engine_without_guidance_and_greedy(janus):
     for sampling in ({"cfg": 1.0, "temperature": 1.0}, {"cfg": 1.0, "temperature": 0}, {"cfg": 5.0, "top_k": 3}):
         assert torch.equal(janus.generate_tokens(PROMPTS, SEEDS, **sampling),
                            janus.generate_tokens(PROMPTS, SEEDS, engine=False, **sampling))
 
 
+@pytest.mark.parametrize("attention", ["bucket", "varlen", "triton"])
 @pytest.mark.parametrize("stack", [False, True])
-def test_teacher_forced_logits_match_the_transformers_forward(janus, stack):
+def test_teacher_forced_logits_match_the_transformers_forward(janus, stack, attention, request):
     """Feeding known codes through the engine's decode steps gives the generation head's logits of
-    transformers' full forward (image_token_logits) at every position."""
+    transformers' full forward (image_token_logits) at every position; with the masked buckets and with
+    the varlen and triton bookkeeping (on CPU through plain_varlen and plain_triton)."""
+    if attention != "bucket":
+        request.getfixturevalue("cpu_varlen")
     codes = torch.randint(0, janus.hf.config.vq_config.num_embeddings, (len(PROMPTS), janus.n_image_tokens),
                           generator=torch.Generator().manual_seed(0))
     expected = janus.image_token_logits(PROMPTS, codes)
     ids, mask = janus._generation_inputs(PROMPTS)
-    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4, stack=stack)
+    decoder = LlamaDecoder(janus.language_model, mask, janus.n_image_tokens, bucket=4, stack=stack,
+                           attention=attention)
+    assert decoder.attention == attention
     with torch.no_grad():
         hidden = decoder.prefill(janus.hf.get_input_embeddings()(ids))
         got = [janus.hf.model.generation_head(hidden)]
@@ -170,9 +227,10 @@ def test_rope_equals_transformers_rotary(dtype):
     q, k = torch.randn(3, 4, 5, 16, generator=g, dtype=dtype), torch.randn(3, 2, 5, 16, generator=g, dtype=dtype)
     positions = torch.randint(0, 500, (3, 5), generator=g)
     cos, sin = LlamaRotaryEmbedding(config)(q, positions)
-    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)  # head-major [N, H, n, hd]; the engine's token-major
     signed = _signed(cos, sin)
-    assert torch.equal(_rope(q, *signed), want_q) and torch.equal(_rope(k, *signed), want_k)
+    assert torch.equal(_rope(q.transpose(1, 2), *signed), want_q.transpose(1, 2))
+    assert torch.equal(_rope(k.transpose(1, 2), *signed), want_k.transpose(1, 2))
 
 
 def test_norm_equals_llama_rmsnorm():
@@ -240,6 +298,50 @@ def test_cuda_graphs_replay_the_eager_engine(janus_dir):  # noqa: F811
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["varlen", "triton"])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("stack", [False, True])
+def test_varlen_attention_matches_the_masked_path_on_cuda(kv_heads, stack, attention):
+    """On CUDA in bf16, a random Llama with 128-wide heads (as 7B's; 2 query heads over 2 or 1 KV heads),
+    left-padded rows of unequal prompts, 150 decode steps (across bucket boundaries): the varlen paths'
+    (aten's flash, the Triton kernel) logits equal the masked SDPA path's to bf16 rounding, and are as
+    close to an fp32 run as it is (the difference is the kernels' summation order, not a wrong key)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fairgen.models import kv_attention
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=kv_heads, vocab_size=512)
+    full = LlamaForCausalLM(config).to("cuda").eval()
+    half = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    half.load_state_dict(full.state_dict())
+    assert kv_attention.choose(attention, torch.device("cuda"), torch.bfloat16, 128) == attention, \
+        f"torch {torch.__version__}: {attention} cannot run"
+    pads, prompt, new = [0, 3, 1, 0, 5, 2], 7, 150
+    mask = torch.tensor([[0] * p + [1] * (prompt - p) for p in pads], device="cuda")
+    embeds = torch.randn(len(pads), prompt + new, 256, device="cuda")
+
+    def logits(model, attention):
+        decoder = LlamaDecoder(model.model, mask, new, stack=stack and attention != "fp32",
+                               attention="bucket" if attention == "fp32" else attention)
+        assert decoder.attention == ("bucket" if attention == "fp32" else attention)
+        x = embeds.to(model.dtype)
+        with torch.no_grad():
+            out = [decoder.prefill(x[:, :prompt])]
+            for c in range(prompt, prompt + new - 1):
+                out.append(decoder.step(x[:, c:c + 1], torch.tensor(c, device="cuda"), decoder.span(c)))
+            return model.lm_head(torch.stack(out, 1)).float()
+
+    truth, varlen, masked = logits(full, "fp32"), logits(half, attention), logits(half, "bucket")
+    torch.testing.assert_close(varlen, masked, atol=3e-2, rtol=3e-2)
+    err_varlen, err_masked = (varlen - truth).abs().mean(), (masked - truth).abs().mean()
+    assert err_varlen <= 1.25 * err_masked + 1e-4, (err_varlen, err_masked)
+
+
+@pytest.mark.gpu
 def test_auto_batch_counts_the_allocators_cache_as_free(janus):
     """Memory an earlier call left in torch's caching allocator is free for the next batch: freeing a
     tensor (the allocator keeps its block) leaves auto_batch's answer unchanged."""
@@ -292,3 +394,22 @@ def test_audit_with_a_gpu_judge_beside_the_graph_capture(janus_dir, tmp_path):  
         runs[graphs] = fairgen.audit(model, suite=prompts, images_per_prompt=6, batch_size=3, perception_backend=judge,
                                      out=tmp_path / f"graphs{graphs}").results
     assert runs[True]["summary"] == runs[False]["summary"]
+
+
+def test_choose_resolves_each_attention_to_what_can_run(monkeypatch):
+    """On CPU every request runs the masked buckets; where a path can run it is the one asked for, and auto
+    is the first of kv_attention.AUTO that can run."""
+    from fairgen.models import kv_attention
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert {kv_attention.choose(a, cpu, torch.bfloat16, 128) for a in ("auto", "varlen", "triton", "bucket")} == {"bucket"}
+    assert not kv_attention.varlen_supported(cuda, torch.float32, 128)  # flash has no fp32
+    assert not kv_attention.varlen_supported(cuda, torch.bfloat16, 100)  # nor a width that is not a multiple of 8
+    monkeypatch.setattr(kv_attention, "varlen_supported", lambda *a: True)
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: False)
+    assert [kv_attention.choose(a, cuda, torch.bfloat16, 128) for a in ("auto", "varlen", "triton", "bucket")] == \
+        ["varlen", "varlen", "bucket", "bucket"]
+    monkeypatch.setattr(kv_attention, "AUTO", ("triton", "varlen", "bucket"))
+    assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == "varlen"
+    monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: True)
+    assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == "triton"

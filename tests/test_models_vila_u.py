@@ -17,6 +17,7 @@ from fairgen import models
 from fairgen.models import OTHER
 from fairgen.models import vila_u_checkpoint as layout
 from fairgen.types import FairgenError
+from test_engine import cpu_varlen  # noqa: F401  (fixture)
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "vila_u_upstream.json").read_text())
 PROMPTS = FIXTURE["prompts"]
@@ -342,3 +343,41 @@ def test_cuda_graphs_replay_the_eager_engine(vila_u_dir, monkeypatch):
         monkeypatch.setattr(engine, "BUCKET", bucket)
         eager = model.generate_tokens(PROMPTS, [0, 1], graphs=False)
         assert torch.equal(model.generate_tokens(PROMPTS, [0, 1]), eager), bucket
+
+
+def test_varlen_bookkeeping_gives_the_reference_codes(vila, cpu_varlen, monkeypatch):  # noqa: F811
+    """DepthEngine over the varlen decode path (its kernel's contract written out, test_engine.plain_varlen;
+    the guidance row's prompt is shorter, so rows are padded): upstream's algorithm's codes."""
+    from fairgen.models import engine
+
+    reference = vila.generate_tokens(PROMPTS, [11, 12], engine=False)
+    for attention in ("varlen", "triton"):
+        monkeypatch.setattr(engine, "ATTENTION", attention)
+        assert torch.equal(vila.generate_tokens(PROMPTS, [11, 12]), reference), attention
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["varlen", "triton"])
+def test_varlen_graph_replays_the_eager_engine_in_bf16(monkeypatch, attention):
+    """On CUDA in bf16 with 128-wide heads (as 7B's), where the engine reads attention by varlen flash (or the Triton kernel): one
+    graph captured per engine call serves every position, and its codes are the eager engine's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from fairgen.models import engine, kv_attention
+    from fairgen.models.vila_u import VilaUModel
+
+    shapes = {**layout.TINY, "lm": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2)}
+    parts = layout.random_parts(shapes, layout.tiny_tokenizer(layout.TEST_CORPUS), seed=0, device="cuda",
+                                dtype=torch.bfloat16)
+    model = VilaUModel.from_parts(parts, "vila-u:random-small")
+    assert kv_attention.choose(attention, model.device, torch.bfloat16, 128) == attention, torch.__version__
+    monkeypatch.setattr(engine, "ATTENTION", attention)
+    captures = []
+    capture = engine.ImageEngine._capture
+    monkeypatch.setattr(engine.ImageEngine, "_capture", lambda self, *a: captures.append(a[0]) or capture(self, *a))
+    eager = model.generate_tokens(PROMPTS, [0, 1], graphs=False)
+    assert not captures
+    assert torch.equal(model.generate_tokens(PROMPTS, [0, 1]), eager)
+    assert len(captures) == 1
+    assert len(set(eager.flatten().tolist())) > 5

@@ -1,6 +1,6 @@
-"""Image-token generation engine for Llama-family unified models (Janus / Janus-Pro): a static KV cache,
-the guidance twin in the same forward, per-image random streams, length buckets and (on CUDA) one CUDA
-graph per bucket.
+"""Image-token generation engine for Llama-family unified models (Janus / Janus-Pro, VILA-U): a static KV
+cache, the guidance twin in the same forward, per-image random streams and (on CUDA) the token step
+replayed as a CUDA graph.
 
 Why not transformers' generate: it grows a dynamic cache (a copy of every layer's keys per token) and
 launches a few hundred small kernels per token, so at audit batch sizes it is bound by kernel launches,
@@ -10,13 +10,16 @@ not by memory bandwidth (docs/performance.md). Here one image-token step is:
     code   = sample(guide(logits), u[:, t])     # [B]; u: each image's own uniform numbers (models/sampling.py)
     hidden = decode(embed(code), column c)      # one token through every layer, keys/values written at c
 
-The cache is allocated once, [N, 2, H_kv, L, head_dim] per layer (keys, values), L = prompt + image
-tokens. Prompts are left-padded, so every row's new token sits in the same column c and one index_copy
-writes its key and value; rotary positions are per row (c minus the row's padding). Attention reads only
-the prompt and the current bucket (a multiple of `bucket` columns past the prompt), not the whole
-allocation, with a mask for padding and for the columns not yet written. The column and step counters
-live on the device, so a step has no host sync and can be captured once per bucket as a CUDA graph and
-replayed (`graphs=True`).
+The cache is allocated once, [2, N, L, H_kv, head_dim] per layer (keys, values; sequence-major),
+L = prompt + image tokens. Prompts are left-padded, so every row's new token sits in the same column c and
+one index_copy writes its key and value; rotary positions are per row (c minus the row's padding).
+Attention (models/kv_attention.py) is, where the device and torch allow it, flash attention in its
+variable-length form: each row reads exactly the columns it has written, no padding, and the step's
+shapes do not depend on c, so one CUDA graph serves every step of a call. Elsewhere (CPU, fp32, an older
+torch; and every prefill) SDPA reads the prompt and the current bucket (a multiple of `bucket` columns past
+the prompt) with a mask for padding and for the columns not yet written, and a graph is captured per
+bucket. The column and step counters live on the device, so a step has no host sync and can be captured
+and replayed (`graphs=True`).
 
 The layers are the checkpoint's own weights and modules (projections, MLP, rotary frequencies), called in
 order; the engine owns the cache, the attention, the rotary product and (for transformers' LlamaRMSNorm)
@@ -38,12 +41,19 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from . import kv_attention
 from .sampling import Sampling, sample
+from .stacking import groups, should_stack, stack_in_place
 
 # Columns per length bucket. A step's attention reads on average BUCKET / 2 columns not yet written
 # (VILA-U 7B at batch 64 on an H100: about 22 us per column per step), and each bucket costs one graph
 # capture (an eager step and its recording): docs/performance.md, "VILA-U".
 BUCKET = 64
+# The decode attention (models/kv_attention.py): "auto" (the first of kv_attention.AUTO that can run: now
+# varlen, else the masked buckets), "varlen" or "triton" (that one where it can run, else the buckets) or
+# "bucket" (always the masked buckets). Read when a decoder is made: benchmarks/vila_u_generation.py
+# --attention times several in one run.
+ATTENTION = "auto"
 
 
 def _head_dim(cfg: object) -> int:
@@ -64,13 +74,13 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _signed(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A rotary embedding's (cos, sin) [N, n, head_dim] -> (cos, sin with its first half negated), each
-    [N, 1, n, head_dim]: the factors of _rope."""
+    [N, n, 1, head_dim] (token-major, a head axis to broadcast over): the factors of _rope."""
     half = cos.shape[-1] // 2
-    return cos.unsqueeze(1), torch.cat([-sin[..., :half], sin[..., half:]], -1).unsqueeze(1)
+    return cos.unsqueeze(2), torch.cat([-sin[..., :half], sin[..., half:]], -1).unsqueeze(2)
 
 
 def _rope(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of t [N, H, n, head_dim]: transformers' t*cos + rotate_half(t)*sin with
+    """Rotary position embedding of t [N, n, H, head_dim]: transformers' t*cos + rotate_half(t)*sin with
     the same products and sum (rolling by half a head swaps the halves; the sign sits in signed_sin), in
     4 kernels instead of 5."""
     return t * cos + t.roll(t.shape[-1] // 2, -1) * signed_sin
@@ -84,77 +94,11 @@ def _plus(x: torch.Tensor, linear: torch.nn.Module, y: torch.Tensor) -> torch.Te
     return x + linear(y)
 
 
-def _stackable(mods: list[torch.nn.Module]) -> bool:
-    """Plain nn.Linear modules (a peft LoRA layer adds its own product and must run as itself), all with or
-    all without a bias, their weights of one dtype on one device."""
-    return (bool(mods) and all(type(m) is torch.nn.Linear for m in mods)
-            and len({(m.bias is None, m.weight.dtype, m.weight.device, m.weight.shape[1:])
-                     for m in mods}) == 1)
-
-
-def _rows_of_one_tensor(parts: list[torch.Tensor]) -> torch.Tensor | None:
-    """The tensor whose consecutive rows `parts` are (each contiguous, each starting where the one before
-    ends in one storage), as a view; None where they are not laid out so."""
-    first = parts[0]
-    offset = first.storage_offset()
-    for p in parts:
-        if not p.is_contiguous() or p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() \
-                or p.storage_offset() != offset:
-            return None
-        offset += p.numel()
-    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
-                                   (sum(p.shape[0] for p in parts), *first.shape[1:]))
-
-
-def stack_in_place(mods: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) stacking the output rows of the modules, so that their products are one GEMM whose
-    output splits back into theirs; None where they are not _stackable.
-
-    The stacked weight is not a copy: the modules' weights (and biases) are moved into one allocation
-    and each parameter becomes a view of its rows (`param.data = view`: the same Parameter objects, so an
-    optimiser or hook holding them stays valid, and the values are unchanged). So stacking costs no memory
-    beyond one group while it moves, and a later call finds the rows in place and moves nothing. (A 7B
-    decoder's stacked copies would take 8-9 GB: they were made only where a tenth of the free memory held
-    them, which left a 7B model on an 80 GB card unstacked.)"""
-    if not _stackable(mods):
-        return None
-    out = []
-    for params in ([m.weight for m in mods], None if mods[0].bias is None else [m.bias for m in mods]):
-        if params is None:
-            out.append(None)
-            continue
-        stacked = _rows_of_one_tensor([p.data for p in params])
-        if stacked is None:
-            with torch.no_grad():
-                stacked = torch.cat([p.data for p in params])
-            for p, view in zip(params, stacked.split([p.shape[0] for p in params])):
-                p.data = view
-            if stacked.is_cuda:  # hand the old weights' blocks back: free_bytes would count them as free,
-                torch.cuda.empty_cache()  # but a KV cache allocation larger than each could not use them
-        out.append(stacked)
-    return out[0], out[1]
-
-
-def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
-    """A decoder layer's projections that run as one GEMM: ([q, k, v], [gate, up]); the second empty where
-    the MLP is not transformers' LlamaMLP (whose forward, down(act(gate(x)) * up(x)), the engine repeats)."""
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    attn, mlp = layer.self_attn, layer.mlp
-    return [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj] if type(mlp) is LlamaMLP else []
-
-
 def free_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device, counting what torch's caching allocator holds unused (an earlier
     call's cache, kept for reuse), which the device itself reports as taken."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def should_stack(lm: torch.nn.Module) -> bool:
-    """Whether a decoder over `lm` should stack its projections: on CUDA only, where what stacking saves is
-    kernel launches and bandwidth (stack_in_place costs no memory; on a CPU there is nothing to gain)."""
-    return next(lm.parameters()).device.type == "cuda"
 
 
 @functools.cache
@@ -168,77 +112,98 @@ class LlamaDecoder:
     """Runs a transformers LlamaModel (`lm`: its `layers`, `norm`, `rotary_emb`) over a static KV cache.
 
     rows N, prompt length L0 (left-padded, `mask` [N, L0] with 0 on padding), room for `new` more tokens;
-    bucket: columns per length bucket (None: BUCKET); stack: run q|k|v and gate|up as stacked GEMMs
-    (module docstring).
-    prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col) -> hidden [N, D] of
-    the token written at column `col` (a 0-d LongTensor on the device)."""
+    bucket: columns per length bucket of the masked attention (None: BUCKET); stack: run q|k|v and gate|up
+    as stacked GEMMs (module docstring); attention: "auto", "varlen", "triton" or "bucket" (None:
+    ATTENTION; kv_attention.choose resolves it to what runs, self.attention).
+    prefill(embeds [N, L0, D], ids) -> last hidden [N, D]; step(embeds [N, 1, D], col, span(col)) ->
+    hidden [N, D] of the token written at column `col` (a 0-d LongTensor on the device)."""
 
     def __init__(self, lm: torch.nn.Module, mask: torch.Tensor, new: int, bucket: int | None = None,
-                 stack: bool = False) -> None:
-        # BUCKET read here, not at import: benchmarks/vila_u_generation.py --buckets times other sizes.
+                 stack: bool = False, attention: str | None = None) -> None:
+        # BUCKET and ATTENTION read here, not at import: benchmarks/vila_u_generation.py times others.
         self.lm, self.bucket, self.mask, self.stack = lm, bucket or BUCKET, mask, stack
         cfg = lm.config
         n, prompt = mask.shape
         self.prompt_len = prompt
         self.length = prompt + new
         param = next(lm.parameters())
-        # Per layer, keys (kv[:, 0]) and values (kv[:, 1]) in one tensor, so that a stacked layer writes
-        # both with one index_copy.
-        shape = (n, 2, cfg.num_key_value_heads, self.length, _head_dim(cfg))
+        # Per layer, keys (kv[0]) and values (kv[1]) in one tensor, so that a stacked layer writes both
+        # with one index_copy; sequence-major, so that varlen attention reads a layer's keys as flat rows.
+        shape = (2, n, self.length, cfg.num_key_value_heads, _head_dim(cfg))
         self.kv = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in lm.layers]
         # Which columns hold a real token: padding never does; generated columns always will.
         self.key_valid = torch.cat([mask.bool(), mask.new_ones(n, new, dtype=torch.bool)], dim=1)
         self.pad = (prompt - mask.long().sum(1)).unsqueeze(1)  # [N, 1] padding columns per row
         self.columns = torch.arange(self.length, device=mask.device)
-        self.stacked = [tuple(stack_in_place(g) if stack else None for g in _groups(layer)) for layer in lm.layers]
+        self.stacked = [tuple(stack_in_place(g) if stack else None for g in groups(layer)) for layer in lm.layers]
+        self.attention = kv_attention.choose(attention or ATTENTION, param.device, param.dtype, _head_dim(cfg))
+        self.varlen = self.attention != "bucket"  # each row reads its written columns: one shape for all steps
+        if self.varlen:
+            self.first = self.pad[:, 0].int()  # row i's first written column
+            rows = torch.arange(n + 1, dtype=torch.int32, device=mask.device)
+            self.cu_q = rows  # and its keys as flat rows of a layer's [N * L] from i * L + pad_i on
+            self.starts = rows * self.length + torch.cat([self.first, self.first.new_zeros(1)])
 
     def span(self, col: int) -> int:
-        """Columns attention reads while writing column `col`: the prompt, then the generated columns up to
-        col rounded up to the bucket. Counted from the prompt's end, so that every bucket holds `bucket`
-        steps: one capture fewer than buckets from column 0 would need (whose first holds only what is
-        left of it after the prompt), at the same mean of unwritten columns read."""
+        """Columns a decode step writing column `col` reads as a shape: with varlen attention the whole
+        cache (each row then reads only what it has written; every step the same graph); else the prompt,
+        then the generated columns up to col rounded up to the bucket. Counted from the prompt's end, so
+        that every bucket holds `bucket` steps: one capture fewer than buckets from column 0 would need
+        (whose first holds only what is left of it after the prompt), at the same mean of unwritten
+        columns read."""
+        if self.varlen:
+            return self.length
         generated = col + 1 - self.prompt_len
         return min(self.length, self.prompt_len + -(-generated // self.bucket) * self.bucket)
 
+    def _mask(self, cols: torch.Tensor, span: int, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask [N, 1, n, span] of queries at `cols` over the first `span` columns: causal,
+        never onto padding (a padding query sees itself: no NaN rows). Made once per step, as the additive
+        mask SDPA would make of a bool one in every layer."""
+        keys = self.columns[:span]
+        seen = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])
+        seen = seen | (keys == cols[:, None])[None, None]
+        return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
+
     def _layers(self, x: torch.Tensor, cols: torch.Tensor, span: int) -> torch.Tensor:
         """x [N, n, D] at columns `cols` [n] (device) -> final-normed hidden [N, n, D]; attention over the
-        first `span` columns, causal, never onto padding."""
+        first `span` columns (or, varlen, over what each row has written), causal, never onto padding."""
         positions = (cols.unsqueeze(0) - self.pad).clamp(min=0)  # [N, n] rotary positions
-        cos, sin = _signed(*self.lm.rotary_emb(x, positions))  # once per step, for every layer
+        cos, sin = _signed(*self.lm.rotary_emb(x, positions))  # [N, n, 1, hd], once per step for every layer
         heads, kv_heads = self.lm.config.num_attention_heads, self.lm.config.num_key_value_heads
-        groups = heads // kv_heads + 2  # a stacked q|k|v output as [N, groups, kv_heads, n, head_dim]
+        groups = heads // kv_heads + 2  # a stacked q|k|v output as [N, n, groups, kv_heads, head_dim]
         if any(qkv is not None for qkv, _ in self.stacked):
             # Rotary for those groups: q's and k's, then cos 1 and sin 0 for v's, which leaves v as it is
             # (v * 1 + roll(v) * 0 is v exactly), so k and v leave the rotary product side by side.
-            cos_qkv, sin_qkv = (torch.cat([f.unsqueeze(1).expand(-1, groups - 1, -1, -1, -1),
-                                           fill(f).unsqueeze(1)], 1)
+            cos_qkv, sin_qkv = (torch.cat([f.unsqueeze(2).expand(-1, -1, groups - 1, -1, -1),
+                                           fill(f).unsqueeze(2)], 2)
                                 for f, fill in ((cos, torch.ones_like), (sin, torch.zeros_like)))
-        keys = self.columns[:span]
-        seen = (self.key_valid[:, None, None, :span] & (keys <= cols[:, None])[None, None])  # [N, 1, n, span]
-        seen = seen | (keys == cols[:, None])[None, None]  # a padding query sees itself (no NaN rows)
-        # As the additive mask SDPA would make of the bool one in every layer: made once per step here.
-        mask = torch.zeros(seen.shape, dtype=x.dtype, device=x.device).masked_fill_(~seen, float("-inf"))
-        # enable_gqa only where keys have fewer heads than queries: with a mask, CUDA's SDPA runs a GQA call
-        # only in its math kernel; Janus-Pro's decoder has as many KV heads as query heads and so may use the
-        # memory-efficient kernel.
+        varlen = self.varlen and x.shape[1] == 1  # decode steps; a prefill reads its prompt with SDPA
+        if varlen:
+            used = (cols[-1] + 1 - self.pad[:, 0]).int()  # [N] columns each row has written, this one too
+        else:
+            mask = self._mask(cols, span, x.dtype)
         for i, layer in enumerate(self.lm.layers):
             attn, (qkv, gate_up), kv = layer.self_attn, self.stacked[i], self.kv[i]
             h = _norm(layer.input_layernorm, x)
             if qkv is not None:  # rotary on q, k (and, as the identity, v) in one go; k and v written at once
                 t = F.linear(h, *qkv).view(*h.shape[:2], groups, kv_heads, attn.head_dim)
-                t = t.permute(0, 2, 3, 1, 4)
-                t = _rope(t, cos_qkv, sin_qkv)  # [N, groups, kv_heads, n, head_dim]
-                q = t[:, :-2].flatten(1, 2)
-                kv.index_copy_(3, cols, t[:, -2:].to(kv.dtype))
+                t = _rope(t, cos_qkv, sin_qkv)  # [N, n, groups, kv_heads, head_dim]
+                q = t[:, :, :-2].flatten(2, 3)
+                kv.index_copy_(2, cols, t[:, :, -2:].permute(2, 0, 1, 3, 4).to(kv.dtype))
             else:
-                q = _rope(attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
-                k = _rope(attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2), cos, sin)
-                v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
-                kv[:, 0].index_copy_(2, cols, k.to(kv.dtype))
-                kv[:, 1].index_copy_(2, cols, v.to(kv.dtype))
-            y = F.scaled_dot_product_attention(q, kv[:, 0, :, :span], kv[:, 1, :, :span], attn_mask=mask,
-                                               scale=attn.scaling, enable_gqa=heads != kv_heads)
-            x = _plus(x, attn.o_proj, y.transpose(1, 2).reshape(*h.shape[:2], -1))
+                q = _rope(attn.q_proj(h).view(*h.shape[:2], -1, attn.head_dim), cos, sin)
+                k = _rope(attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim), cos, sin)
+                v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim)
+                kv[0].index_copy_(1, cols, k.to(kv.dtype))
+                kv[1].index_copy_(1, cols, v.to(kv.dtype))
+            if varlen and self.attention == "triton":
+                y = kv_attention.triton(q, kv, self.first, used, attn.scaling)
+            elif varlen:
+                y = kv_attention.varlen(q, kv, self.cu_q, self.starts, used, attn.scaling)
+            else:
+                y = kv_attention.masked(q, kv, mask, span, attn.scaling)
+            x = _plus(x, attn.o_proj, y)
             h = _norm(layer.post_attention_layernorm, x)
             if gate_up is not None:
                 gate, up = F.linear(h, *gate_up).chunk(2, dim=-1)
@@ -261,10 +226,10 @@ class LlamaDecoder:
             if distinct < len(ids):
                 rows = torch.arange(len(ids), device=ids.device)
                 first = torch.full((distinct,), len(ids), device=ids.device).scatter_reduce_(0, same, rows, "amin")
-                once = LlamaDecoder(self.lm, self.mask[first], 0, self.bucket, self.stack)
+                once = LlamaDecoder(self.lm, self.mask[first], 0, self.bucket, self.stack, "bucket")
                 hidden = once.prefill(embeds[first])
                 for mine, theirs in zip(self.kv, once.kv):
-                    mine[:, :, :, : self.prompt_len] = theirs[same]
+                    mine[:, :, : self.prompt_len] = theirs[:, same]
                 return hidden[same]
         cols = self.columns[: self.prompt_len]
         return self._layers(embeds, cols, self.prompt_len)[:, -1]
@@ -395,5 +360,5 @@ def in_batches(run: Callable[[int, int], torch.Tensor], total: int, batch: int) 
     return torch.cat(out)
 
 
-__all__ = ["BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "free_bytes",
+__all__ = ["ATTENTION", "BUCKET", "ImageEngine", "LlamaDecoder", "auto_batch", "even_chunk", "in_batches", "free_bytes",
            "kv_bytes_per_image", "should_stack", "stack_in_place"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .engine import stack_in_place
+from .stacking import stack_in_place
 
 
 # -- the quantiser ---------------------------------------------------------------------------------------
