@@ -407,8 +407,10 @@ def test_choose_resolves_each_attention_to_what_can_run(monkeypatch):
     assert not kv_attention.varlen_supported(cuda, torch.bfloat16, 100)  # nor a width that is not a multiple of 8
     monkeypatch.setattr(kv_attention, "varlen_supported", lambda *a: True)
     monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: False)
-    assert [kv_attention.choose(a, cuda, torch.bfloat16, 128) for a in ("auto", "varlen", "triton", "bucket")] == \
-        ["varlen", "varlen", "bucket", "bucket"]
+    assert [kv_attention.choose(a, cuda, torch.bfloat16, 128) for a in ("varlen", "triton", "bucket")] == \
+        ["varlen", "bucket", "bucket"]
+    assert kv_attention.AUTO[-1] == "bucket"  # auto always finds one that runs
+    assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == next(a for a in kv_attention.AUTO if a != "triton")
     monkeypatch.setattr(kv_attention, "AUTO", ("triton", "varlen", "bucket"))
     assert kv_attention.choose("auto", cuda, torch.bfloat16, 128) == "varlen"
     monkeypatch.setattr(kv_attention, "triton_supported", lambda *a: True)

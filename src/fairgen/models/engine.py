@@ -50,7 +50,7 @@ from .stacking import groups, should_stack, stack_in_place
 # capture (an eager step and its recording): docs/performance.md, "VILA-U".
 BUCKET = 64
 # The decode attention (models/kv_attention.py): "auto" (the first of kv_attention.AUTO that can run: now
-# varlen, else the masked buckets), "varlen" or "triton" (that one where it can run, else the buckets) or
+# triton, else the masked buckets), "varlen" or "triton" (that one where it can run, else the buckets) or
 # "bucket" (always the masked buckets). Read when a decoder is made: benchmarks/vila_u_generation.py
 # --attention times several in one run.
 ATTENTION = "auto"

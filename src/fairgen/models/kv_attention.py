@@ -30,10 +30,11 @@ import torch
 from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
-# What "auto" runs: the first of these that can run on the decoder's device, dtype and head width. To be
-# set by the H100 measurement of benchmarks/vila_u_generation.py --attention bucket,varlen,triton
-# (docs/performance.md, "Attention over the written columns only").
-AUTO = ("varlen", "bucket")
+# What "auto" runs: the first of these that can run on the decoder's device, dtype and head width. Set by
+# the H100 measurement of 2026-12-07 (docs/performance.md, "Attention over the written columns only"):
+# triton was the fastest for VILA-U 7B and Janus-Pro-1B at batch 64 and the largest batch; varlen (flash)
+# was slower than the buckets, so it runs only when asked for.
+AUTO = ("triton", "bucket")
 
 
 @functools.cache

@@ -6,8 +6,9 @@ Why beside aten's flash attention: flash runs a decode query in a tile of 64-128
 is real, so its tensor-core work is that many times the useful work; on an H200 it read decode keys at
 0.55-0.60 of the copy bandwidth where cuDNN read them at 0.82-1.04 (docs/performance.md, "Decode
 attention"). This kernel does the one row's dot products on the CUDA cores (~0.2 ms per 7B step at batch
-64, against ~4 ms of reading) and is bound by reading the cache. Its grid is rows x heads, so it needs many
-of them to fill a GPU (kv_attention.choose: from 1024 on). The head width must be a power of 2.
+64, against ~4 ms of reading) and is bound by reading the cache: on an H100 it read the keys and values at
+0.88-0.93 of the copy bandwidth at VILA-U 7B's batch-64 shapes (benchmarks/triton_decode_sweep.py). Its
+grid is rows x heads (4096 programs there). The head width must be a power of 2.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import functools
 
 import torch
 
-# Launch configuration: keys per loop iteration, warps per program, software-pipelining stages. Set from
-# the H100 sweep of benchmarks/kv_attention_triton_sweep.py (docs/performance.md, "Decode attention").
-BLOCK, WARPS, STAGES = 64, 4, 3
+# Launch configuration: keys per loop iteration, warps per program, software-pipelining stages. The fastest
+# of 36 in the H100 sweep of benchmarks/triton_decode_sweep.py, 0.86 of the time of (64, 4, 3)
+# (docs/performance.md, "Attention over the written columns only").
+BLOCK, WARPS, STAGES = 128, 2, 3
 
 
 @functools.cache
