@@ -165,8 +165,11 @@ def main() -> None:
         for attention in attentions:
             engine.ATTENTION = attention
             engine_row(largest)
+    out["attentions"] = {}  # what each requested attention ran as
+    for attention in attentions:
+        engine.ATTENTION = attention
+        out["attentions"][attention] = used_attention()
     engine.ATTENTION = attentions[0]
-    out["attentions"] = {a: used_attention() for a in attentions}
     if cuda:
         out["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     save()
