@@ -13,9 +13,9 @@ not by memory bandwidth (docs/performance.md). Here one image-token step is:
 The cache is allocated once, [2, N, L, H_kv, head_dim] per layer (keys, values; sequence-major),
 L = prompt + image tokens. Prompts are left-padded, so every row's new token sits in the same column c and
 one index_copy writes its key and value; rotary positions are per row (c minus the row's padding).
-Attention (models/kv_attention.py) is, where the device and torch allow it, flash attention in its
-variable-length form: each row reads exactly the columns it has written, no padding, and the step's
-shapes do not depend on c, so one CUDA graph serves every step of a call. Elsewhere (CPU, fp32, an older
+A decode step's attention (models/kv_attention.py) is, on CUDA, a Triton kernel (or aten's flash attention
+in its variable-length form, when asked): each row reads exactly the columns it has written, no padding,
+and the step's shapes do not depend on c, so one CUDA graph serves every step of a call. Elsewhere (CPU, fp32, an older
 torch; and every prefill) SDPA reads the prompt and the current bucket (a multiple of `bucket` columns past
 the prompt) with a mask for padding and for the columns not yet written, and a graph is captured per
 bucket. The column and step counters live on the device, so a step has no host sync and can be captured
