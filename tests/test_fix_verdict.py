@@ -35,6 +35,16 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert resolve(FixConfig(model="tiny", attributes=("gender", "race"))).anchor == 3.0
     janus = resolve(FixConfig(model="janus:some/dir"))
     assert (janus.data_source, janus.lr) == ("model", 1e-4)
+    # the balanced set's suite: occupations, and for tiny with race the personal descriptors too (with 450
+    # BPO steps); not for other families (not measured there) nor under the paper preset
+    assert (tiny.train_suite, janus.train_suite) == ("occupations:train", "occupations:train")
+    for attributes in (("race",), ("gender", "race")):
+        race = resolve(FixConfig(model="tiny", attributes=attributes))
+        assert (race.train_suite, race.sft_steps, race.bpo_steps) == \
+            ("occupations:train,personal_descriptors:train", 150, 450)
+        assert resolve(FixConfig(model="janus:d", attributes=attributes)).train_suite == "occupations:train"
+    assert resolve(FixConfig(model="tiny", attributes=("race",), train_suite="sports:test",
+                             bpo_steps=10)).train_suite == "sports:test"
     mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))
     assert (mine.lr, mine.anchor, mine.rank, mine.lora_alpha) == (5e-4, 0.0, 4, 8.0)
     # generate() batch: tiny's whole call is one batch (256); other families keep the audit's 64
@@ -46,6 +56,7 @@ def test_paper_preset_is_the_papers_settings_and_user_values_still_win():
     paper = resolve(FixConfig(model="tiny", attributes=("race",), preset="paper"))
     assert (paper.alpha, paper.beta, paper.anchor, paper.lr, paper.bpo_lr) == (0.0, 1.0, 0.0, 1e-4, 8e-7)
     assert (paper.rank, paper.lora_alpha, paper.keep) == (32, 32.0, "last")
+    assert (paper.train_suite, paper.sft_steps, paper.bpo_steps) == ("occupations:train", 150, 300)
     assert paper.sampling == PAPER_SAMPLING
     stages = paper.train_config().stages
     assert [(s.name, s.lr, s.alpha, s.beta) for s in stages] == [("sft", 1e-4, 1.0, 0.0), ("bpo", 8e-7, 0.0, 1.0)]

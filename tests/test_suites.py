@@ -9,7 +9,7 @@ from importlib.resources import files
 import pytest
 from typer.testing import CliRunner
 
-from fairgen.suites import explicit, list_suites, load, parse_suite_arg
+from fairgen.suites import explicit, list_suites, load, load_joined, parse_suite_arg
 from fairgen.suites.cli import suites_app
 from fairgen.suites.templates import ID_PATTERN, indefinite_article, slugify
 from fairgen.types import FairgenError, Prompt
@@ -133,6 +133,21 @@ def test_split_argument_and_name_split_must_agree():
     assert load("occupations:train", "train") == load("occupations:train")
     with pytest.raises(FairgenError, match="disagrees"):
         load("occupations:train", "test")
+
+
+def test_suites_joined_by_commas_are_their_prompts_in_order(tmp_path):
+    joined = load_joined("occupations:train, personal_descriptors:train")
+    assert joined == load("occupations:train") + load("personal_descriptors:train")
+    assert load_joined("sports") == load("sports")
+    with pytest.raises(FairgenError, match="empty entry"):
+        load_joined("occupations:train,")
+    with pytest.raises(FairgenError, match="more than one"):
+        load_joined("sports,sports")
+    with pytest.raises(FairgenError, match="unknown suite 'nope'"):
+        load_joined("sports,nope")
+    odd = tmp_path / "a,b.txt"  # a file whose name has a comma is one suite
+    odd.write_text("a photo of a doctor\n", encoding="utf-8")
+    assert [p.text for p in load_joined(str(odd))] == ["a photo of a doctor"]
 
 
 # --- user suite files ---------------------------------------------------------------------------

@@ -53,8 +53,10 @@ class _Bars:
 
 def fix_command(
     model: str = typer.Option(..., help=f"Model spec to fix (needs LoRA): {spec_help('lora')}."),
-    train_suite: str = typer.Option(D("train_suite"), "--train-suite",
-                                    help="Suite NAME:split the balanced set is built from."),
+    train_suite: Optional[str] = typer.Option(D("train_suite"), "--train-suite",
+                                              help="Suite NAME:split the balanced set is built from, or several "
+                                              "joined by commas; default: occupations:train, and for tiny with "
+                                              "race also personal_descriptors:train (fix/recipes.py)."),
     test_suite: str = typer.Option(D("test_suite"), "--test-suite", help="Suite NAME:split audited before and after."),
     attributes: str = typer.Option(",".join(D("attributes")), help="Attributes to balance: gender, race, or 'gender,race' (mix)."),
     method: str = typer.Option(D("method"), help="bpo (stage 1 SFT, then stage 2 BPO), sft (text -> image SFT only), "

@@ -34,7 +34,8 @@ MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batc
 class FixConfig:
     """Everything a fix run depends on (CLI options of the same names).
 
-    attributes: the attributes to balance ("mix" when several); method: one of METHODS or "all";
+    train_suite: the suite (or several, comma-separated) the balanced set is built from (None: the recipe's,
+    fix/recipes.py); attributes: the attributes to balance ("mix" when several); method: one of METHODS or "all";
     data_source: `model`, `world`, or a model spec (`diffusers:<id>`, `folder:<dir>`); perception: backend
     name (None: the model's default); images_per_group: balanced-set images per (prompt, group) before
     filtering; check_concept: also drop images whose concept cue (world perception) is not the prompt's;
@@ -55,7 +56,7 @@ class FixConfig:
     checked by the quality guardrail."""
 
     model: str
-    train_suite: str = "occupations:train"
+    train_suite: str | None = None
     test_suite: str = AuditConfig.suite
     attributes: tuple[str, ...] = ("gender",)
     method: str = "bpo"

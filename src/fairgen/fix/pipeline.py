@@ -117,7 +117,7 @@ class _Run:
     def __init__(self, config: FixConfig, out: Path, procs: Processes, tell: Progress) -> None:
         self.config, self.out, self.procs, self.tell = config, out, procs, tell
         self.train_prompts, self.val_prompts = validation.split(
-            balanced.spread(suites.load(config.train_suite), config.train_prompts), config.val_concepts)
+            balanced.spread(suites.load_joined(config.train_suite), config.train_prompts), config.val_concepts)
         self.test_prompts = suites.load(config.test_suite)
         self.check_suites = {checks.suite_dir_name(s): checks.check_prompts(s, config.check_prompts)
                              for s in config.check_suites}

@@ -2,6 +2,7 @@
 
 Public API (other stages code against these names):
 - load(name, split=None) -> list[Prompt]       "occupations", "occupations:train", "my.yaml", ...
+- load_joined(arg) -> list[Prompt]              several suites joined by commas, "a:train,b:train"
 - parse_suite_arg(arg) -> (name or path, split)
 - list_suites() -> [{name, description, splits, prompts: {split: count}}]
 - explicit(prompt, group) -> Prompt             the neutral prompt with demographic words added
@@ -9,6 +10,6 @@ Public API (other stages code against these names):
 
 from fairgen.suites.builtin import list_suites
 from fairgen.suites.explicit import explicit
-from fairgen.suites.loader import load, parse_suite_arg
+from fairgen.suites.loader import load, load_joined, parse_suite_arg
 
-__all__ = ["explicit", "list_suites", "load", "parse_suite_arg"]
+__all__ = ["explicit", "list_suites", "load", "load_joined", "parse_suite_arg"]

@@ -51,3 +51,23 @@ def load(name: str, split: str | None = None) -> list[Prompt]:
         f"unknown suite '{target}' (built-in: {', '.join(builtin_names())}; "
         f"or give a .yaml, .yml, .json or .txt file)"
     )
+
+
+def load_joined(arg: str) -> list[Prompt]:
+    """The prompts of one suite argument or of several joined by commas ("occupations:train,
+    personal_descriptors:train"), in the order given. Raises FairgenError for an empty part or a prompt id
+    that two of them share (a prompt's id names its images and records). A suite file whose own name has a
+    comma is read whole."""
+    if "," not in arg or Path(_split_arg(arg)[0]).exists():
+        return load(arg)
+    parts = [part.strip() for part in arg.split(",")]
+    if not all(parts):
+        raise FairgenError(f"suite list {arg!r}: an empty entry between commas")
+    prompts = [p for part in parts for p in load(part)]
+    seen: set[str] = set()
+    for p in prompts:
+        if p.id in seen:
+            raise FairgenError(f"suite list {arg!r}: prompt id {p.id!r} is in more than one of them")
+        seen.add(p.id)
+    return prompts
+
