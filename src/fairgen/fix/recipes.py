@@ -49,9 +49,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 TRAIN_SUITE = "occupations:train"
 # tiny, with race among the attributes: the balanced set also over personal descriptors (the world draws
 # them balanced, as it does every concept outside the occupations) and 150 more BPO steps. With
-# occupations alone every training prompt is skewed the same way (white), so the adapter can learn one
-# shift away from white, which carries prompts that were balanced (sports) past balance; prompts that
-# are balanced already make it learn "balanced whatever the prompt" (docs/fix.md, "Race").
+# occupations alone every training prompt is skewed the same way (white), nothing in the set tells the
+# adapter to leave a balanced prompt balanced, and the sports prompts (near balance before) came out less
+# balanced on every run; descriptor prompts are such prompts (docs/fix.md, "Race and mix with the
+# descriptors").
 TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450}
 PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "lr": 1e-4, "bpo_lr": 8e-7,
          "rank": 32, "lora_alpha": 32.0, "keep": "last"}
