@@ -140,6 +140,7 @@ class LlamaDecoder:
         self.varlen = self.attention != "bucket"  # each row reads its written columns: one shape for all steps
         if self.varlen:
             self.first = self.pad[:, 0].int()  # row i's first written column
+        if self.attention == "varlen":
             rows = torch.arange(n + 1, dtype=torch.int32, device=mask.device)
             self.cu_q = rows  # and its keys as flat rows of a layer's [N * L] from i * L + pad_i on
             self.starts = rows * self.length + torch.cat([self.first, self.first.new_zeros(1)])
@@ -180,7 +181,7 @@ class LlamaDecoder:
                                 for f, fill in ((cos, torch.ones_like), (sin, torch.zeros_like)))
         varlen = self.varlen and x.shape[1] == 1  # decode steps; a prefill reads its prompt with SDPA
         if varlen:
-            used = (cols[-1] + 1 - self.pad[:, 0]).int()  # [N] columns each row has written, this one too
+            used = (cols[-1] + 1 - self.first).int()  # [N] columns each row has written, this one too
         else:
             mask = self._mask(cols, span, x.dtype)
         for i, layer in enumerate(self.lm.layers):

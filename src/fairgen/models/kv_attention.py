@@ -1,4 +1,4 @@
-"""Attention of new tokens over the engine's static KV cache (models/engine.py), two ways.
+"""Attention of new tokens over the engine's static KV cache (models/engine.py), three ways.
 
 The cache of one layer is one tensor [2, N, L, H_kv, head_dim] (keys, values; sequence-major, so that a
 layer's keys flatten without a copy to the [N * L, H_kv, head_dim] rows a variable-length kernel reads).
