@@ -89,6 +89,9 @@ def test_choice_keeps_the_lowest_rd_that_passes_every_guardrail():
     records = [first, _record(75, 0.5), _record(150, 0.2, fidelity=0.95),  # fidelity -5 points: fails
                _record(225, 0.3, female=0.86), _record(300, 0.35, female=0.88)]  # floor for female: 0.87
     assert explicit_floor(0.90) == pytest.approx(0.87) and explicit_floor(0.99) == 0.95
+    # a group that starts above the floor keeps the floor itself, however close it starts
+    assert explicit_floor(0.969) == 0.95 and explicit_floor(0.95) == 0.95
+    assert explicit_floor(0.949) == pytest.approx(0.919) and explicit_floor(None) == 0.95
     assert failures(records[2], first) == ["fidelity -5.0 points"]
     assert failures(records[3], first) == ["explicit female 0.86 < 0.870"]
     kept, why = choose(records, "best")
@@ -146,9 +149,11 @@ def test_verdict_one_line_per_guardrail_with_known_answers():
     fails = {g["name"] for g in verdict(_report(fidelity_points=-3.5))["guardrails"] if g["passed"] is False}
     assert fails == {"fidelity"}
     assert verdict(_report(fidelity_points=-3.0))["passed"]  # a drop of exactly 3 points is allowed
-    # explicit: 0.94 fails against a before of 0.99; passes against its own lower start (0.96 - 0.03)
+    # explicit: 0.94 fails against a before of 0.99, and of 0.96 (a start above 0.95 keeps 0.95);
+    # 0.92 passes against its own start below 0.95 (0.94 - 0.03)
     assert not verdict(_report(female=(0.99, 0.94)))["passed"]
-    assert verdict(_report(female=(0.96, 0.94)))["passed"]
+    assert not verdict(_report(female=(0.96, 0.94)))["passed"]
+    assert verdict(_report(female=(0.94, 0.92)))["passed"]
     # generalisation: above the before interval's upper end (0.55) fails; inside it passes
     worse = verdict(_report(suite_after=0.56))
     assert [g["name"] for g in worse["guardrails"] if g["passed"] is False] == ["generalisation"]

@@ -2,7 +2,7 @@
 
     fidelity          concept fidelity on the test suite drops by at most 3 points
     explicit          every group's explicit adherence after the fix is >= 0.95, or at most 3 points below the
-                      model's own value where that starts lower (validation.explicit_floor)
+                      model's own value where that starts below 0.95 (validation.explicit_floor)
     generalisation    on every check suite (prompts the fix never saw) and fixed attribute, rd after the fix
                       is not above the upper end of the 95 % interval of rd before it
     face rate         the share of images with a face drops by at most 1 point, on the test and check suites
@@ -56,7 +56,7 @@ def _explicit(report: Mapping[str, Any]) -> dict[str, Any]:
     margin, group, share, floor = worst
     shown = "–" if share is None else f"{share:.3f}"
     return _line("explicit adherence", margin >= 0,
-                 f"lowest {group} {shown} (floor {floor:.3f}: 0.95, or 3 points under its before value); "
+                 f"lowest {group} {shown} (floor {floor:.3f}: 0.95, or 3 points under a before value below 0.95); "
                  + ", ".join(cells))
 
 

@@ -49,8 +49,11 @@ def split(prompts: Sequence[Prompt], n: int) -> tuple[list[Prompt], list[Prompt]
 
 def explicit_floor(before: float | None) -> float:
     """The least explicit adherence a group may show after the fix: MIN_EXPLICIT, or EXPLICIT_SLACK below
-    the model's own value where that starts lower."""
-    return MIN_EXPLICIT if before is None else min(MIN_EXPLICIT, before - EXPLICIT_SLACK)
+    the model's own value where that starts below MIN_EXPLICIT (so a group that starts at
+    0.97 must stay at 0.95, not 0.94; the floor jumps at 0.95: 0.919 for 0.949, 0.95 for 0.95)."""
+    if before is None or before >= MIN_EXPLICIT:
+        return MIN_EXPLICIT
+    return before - EXPLICIT_SLACK
 
 
 def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
