@@ -6,6 +6,7 @@ a batch's loss, `_batch_losses`, has gradients that sum to the one-process gradi
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -65,16 +66,38 @@ def _grads(model: TinyModel, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-@pytest.mark.parametrize("stage, anchor", [
-    (Stage("bpo", 1, alpha=0.7, beta=1.3, lr=1e-3), 0.4),  # every term at once: sft, bpo and the anchor
-    (Stage("bpo", 1, alpha=0.0, beta=1.0, lr=1e-3), 0.0),  # the paper's stage 2: bpo alone
-    (Stage(UNDERSTANDING, 1, alpha=1.0, beta=0.0, lr=1e-3), 0.0),  # image -> text captions
+def _nudged(model: TinyModel):
+    """A stand-in for the model without its adapter, which the contrast term compares with: the same
+    weights plus fixed noise for the time of the block, then the very tensors it had (swapped through
+    .data, so the graph already built on them stays valid)."""
+
+    @contextmanager
+    def reference():
+        params = list(model.lm.parameters())
+        saved = [p.data for p in params]
+        gen = torch.Generator().manual_seed(1)
+        for p in params:
+            p.data = p.data + 0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        try:
+            yield
+        finally:
+            for p, s in zip(params, saved):
+                p.data = s
+
+    return reference
+
+
+@pytest.mark.parametrize("stage, anchor, contrast", [
+    (Stage("bpo", 1, alpha=0.7, beta=1.3, lr=1e-3), 0.4, 0.9),  # every term at once: sft, bpo, anchor, contrast
+    (Stage("bpo", 1, alpha=0.0, beta=1.0, lr=1e-3), 0.0, 0.0),  # the paper's stage 2: bpo alone
+    (Stage(UNDERSTANDING, 1, alpha=1.0, beta=0.0, lr=1e-3), 0.0, 0.0),  # image -> text captions
 ])
-def test_summed_shard_gradients_equal_the_full_batch_gradient(model, batch, stage, anchor):
+def test_summed_shard_gradients_equal_the_full_batch_gradient(model, batch, stage, anchor, contrast):
     torch.manual_seed(0)
-    full_loss, full_terms = _batch_losses(model, batch, stage, anchor, Processes())
+    losses = lambda procs: _batch_losses(model, batch, stage, anchor, procs, contrast, _nudged(model))  # noqa: E731
+    full_loss, full_terms = losses(Processes())
     full = _grads(model, full_loss)
-    shards = [_batch_losses(model, batch, stage, anchor, Processes(rank, 2)) for rank in range(2)]
+    shards = [losses(Processes(rank, 2)) for rank in range(2)]
     summed = [sum(g) for g in zip(*[_grads(model, loss) for loss, _ in shards])]
     assert max(float(g.abs().max()) for g in full) > 1e-3  # a gradient worth comparing
     for g_full, g_sum in zip(full, summed):
@@ -86,14 +109,16 @@ def test_summed_shard_gradients_equal_the_full_batch_gradient(model, batch, stag
     if stage.name == UNDERSTANDING:
         assert float(full_loss.detach()) == pytest.approx(float(full_terms["caption"]), rel=1e-6)
     else:
-        want = stage.alpha * full_terms["sft"] + stage.beta * full_terms["bpo"] + anchor * full_terms.get("anchor", 0)
+        want = (stage.alpha * full_terms["sft"] + stage.beta * full_terms["bpo"] + anchor * full_terms.get("anchor", 0)
+                + contrast * full_terms.get("contrast", 0))
+        assert not contrast or float(full_terms["contrast"]) > 1e-4  # some gaps shrank: a term worth checking
         assert float(full_loss.detach()) == pytest.approx(float(want), rel=1e-6)
         # and each term is the plain loss function's on the whole batch, not a rescaled one
         with torch.no_grad():
             logp = model.image_token_logprob(batch.prompts, batch.images)
         assert float(full_terms["sft"]) == pytest.approx(float(-logp.mean()), rel=1e-6)
     # One process's own share is not the whole: the shares differ, so a wrong weighting would show.
-    share = _grads(model, _batch_losses(model, batch, stage, anchor, Processes(0, 2))[0])
+    share = _grads(model, losses(Processes(0, 2))[0])
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(share, full))
 
 

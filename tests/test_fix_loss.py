@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fairgen.fix.batches import BatchPlan
+from fairgen.fix.batches import BatchPlan, partners
 from fairgen.fix.data import COLUMNS, BalancedSet
-from fairgen.fix.loss import bpo_loss, combined_loss, log_odds, pair_loss, same_prompt_pairs, sft_loss
+from fairgen.fix.loss import (bpo_loss, combined_loss, contrast_loss, log_odds, pair_loss, same_prompt_pairs,
+                              sft_loss)
 from fairgen.types import ATTRIBUTES
 
 
@@ -104,6 +105,23 @@ def test_sft_and_combined() -> None:
     assert sft_loss(logp).item() == 2.0
     out = combined_loss(logp, torch.tensor([0, 0]), None, torch.tensor([0, 1]), alpha=0.5, beta=2.0)
     assert out["loss"].item() == pytest.approx(0.5 * 2.0 + 2.0 * pair_loss(logp[0], logp[1]).item())
+
+
+def test_contrast_costs_only_the_gaps_that_shrank() -> None:
+    before = torch.tensor([0.30, 0.10, -0.05, 0.20])
+    gap = torch.tensor([0.10, 0.25, -0.15, 0.20], requires_grad=True)  # shrank 0.2, grew, shrank 0.1, same
+    loss = contrast_loss(gap, before)
+    assert loss.item() == pytest.approx((0.2 + 0.1) / 4)
+    loss.backward()
+    # a row whose gap shrank is pushed to widen it (d loss / d gap = -1/N); the others feel nothing
+    assert gap.grad.tolist() == pytest.approx([-0.25, 0.0, -0.25, 0.0])
+    assert contrast_loss(before.clone(), before).item() == 0.0  # the model as it was: no cost
+
+
+def test_partners_pair_each_row_with_the_next_group_of_its_own_unit() -> None:
+    assert partners([2, 2]) == [1, 0, 3, 2]
+    assert partners([4, 2]) == [1, 2, 3, 0, 5, 4]
+    assert partners([]) == []
 
 
 def _toy_set(tmp_path, n_prompts: int = 5, per_group: int = 3) -> BalancedSet:

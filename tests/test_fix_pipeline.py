@@ -141,6 +141,13 @@ def test_fix_end_to_end_and_resume(mini, suites_dir, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(FairgenError, match="holds a fix run with bpo_steps=30"):
         fix(_config(mini, suites_dir, bpo_steps=31), out)
+    # a run written before --contrast existed trained without it, and resumes as such; not with another
+    manifest = json.loads((out / "fix_manifest.json").read_text())
+    del manifest["config"]["contrast"]
+    (out / "fix_manifest.json").write_text(json.dumps(manifest))
+    assert fix(_config(mini, suites_dir), out)["rd_change"] == report["rd_change"]
+    with pytest.raises(FairgenError, match="holds a fix run with contrast=0.0, not 1.0"):
+        fix(_config(mini, suites_dir, contrast=1.0), out)
 
 
 def test_interrupted_training_resumes_to_the_same_adapter(mini, suites_dir, tmp_path):

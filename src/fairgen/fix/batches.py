@@ -76,6 +76,15 @@ class Batch:
                      weight=None if self.weight is None else self.weight[index])
 
 
+def partners(unit_rows: Sequence[int]) -> list[int]:
+    """For every row of a batch, the row of the next group of its unit (cyclic): [2, 2] -> [1, 0, 3, 2]."""
+    out, start = [], 0
+    for k in unit_rows:
+        out += [start + (i + 1) % k for i in range(k)]
+        start += k
+    return out
+
+
 class BatchPlan:
     """Units of a balanced set and the batches drawn from them."""
 

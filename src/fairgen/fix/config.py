@@ -28,6 +28,9 @@ METHODS = ("prompt", "understanding-sft", "sft", "bpo")
 MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batch_size", "before", "device",
               "gradient_checkpointing", "check_suites", "check_images", "check_prompts", "understanding_images",
               "merge_for_audit", "quality")
+# Settings added after runs were first written, with the value every run written before them trained with
+# (a manifest without the key resumes as that value).
+ADDED = {"contrast": 0.0}
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class FixConfig:
     alpha: float | None = None
     beta: float | None = None
     anchor: float | None = None
+    contrast: float | None = None
     lr: float | None = None
     bpo_lr: float | None = None
     rank: int | None = None
@@ -121,12 +125,13 @@ class FixConfig:
 
         stages = stages_for(method or self.method, self.sft_steps, self.bpo_steps, self.alpha, self.beta, self.lr,
                             self.bpo_lr)
-        if self.anchor < 0:
-            raise FairgenError(f"--anchor must be >= 0 (got {self.anchor})")
+        if self.anchor < 0 or self.contrast < 0:
+            raise FairgenError(f"--anchor and --contrast must be >= 0 (got {self.anchor}, {self.contrast})")
         if self.rank < 1 or not self.lora_alpha > 0:
             raise FairgenError(f"--rank must be >= 1 and --lora-alpha > 0 (got {self.rank}, {self.lora_alpha})")
         return TrainConfig(stages=stages, rank=self.rank, lora_alpha=self.lora_alpha,
                            units_per_batch=self.units_per_batch, seed=self.seed, anchor=self.anchor,
+                           contrast=self.contrast,
                            gradient_checkpointing=self.gradient_checkpointing)
 
 

@@ -97,6 +97,17 @@ def sft_loss(logp: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Te
     return -logp.mean() if weight is None else -(weight.to(logp.dtype) * logp).mean()
 
 
+def contrast_loss(gap: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """The explicit contrast term (`fix --contrast`): for row n, gap_n = log p(y_n | e_n) - log p(y'_n | e_n),
+    e_n the explicit prompt its image y_n was made from and y'_n another group's image of the same set
+    (mean per-token log-probabilities; Tensor[N]); before: the same gaps of the model without the adapter.
+    Returns the mean over rows of max(0, before - gap): 0 while every explicit prompt tells its own
+    group's image from the other as well as the model did, and the gradient of a row only where that gap
+    shrank. An SFT anchor raises the likelihood of every token of the explicit image, most of which do
+    not depend on the group; the gap's do."""
+    return torch.relu(before - gap).mean()
+
+
 def combined_loss(logp: torch.Tensor, prompt_index: torch.Tensor, attribute_index: torch.Tensor | None,
                   group_index: torch.Tensor | None, alpha: float, beta: float,
                   weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

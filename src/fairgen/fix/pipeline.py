@@ -47,7 +47,7 @@ from . import report as fix_report
 from . import table as fix_table
 from ..metrics.target import load_target
 from .batches import BatchPlan, target_weights
-from .config import MAY_CHANGE, METHODS, FixConfig, parse_attributes  # noqa: F401  (re-exported)
+from .config import ADDED, MAY_CHANGE, METHODS, FixConfig, parse_attributes  # noqa: F401  (re-exported)
 from .train import LOG, SELECTION, TRAINED, VALIDATION, check_trainable, train_adapter
 
 MANIFEST = "fix_manifest.json"
@@ -88,8 +88,9 @@ def _check(config: FixConfig, out: Path) -> None:
         old = json.loads(path.read_text())["config"]
         new = _jsonable(config)
         for key in sorted(set(old) | set(new)):
-            if key not in MAY_CHANGE and old.get(key) != new.get(key):
-                raise FairgenError(f"{out} holds a fix run with {key}={old.get(key)!r}, not {new.get(key)!r}; "
+            was = old.get(key, ADDED.get(key))
+            if key not in MAY_CHANGE and was != new.get(key):
+                raise FairgenError(f"{out} holds a fix run with {key}={was!r}, not {new.get(key)!r}; "
                                    "use another --out or the same settings to resume")
     elif out.exists() and any(out.iterdir()):
         raise FairgenError(f"--out {out} is not empty and holds no fix run")

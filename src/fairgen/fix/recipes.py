@@ -40,7 +40,7 @@ PAPER_SAMPLING = SAMPLING_PRESETS["paper"]  # the paper's sampling, as `fairgen 
 PRESETS = ("paper",)
 
 _COMMON = {"sft_steps": 150, "bpo_steps": 300, "alpha": 1.0, "beta": 1.0, "rank": 8, "lora_alpha": None,
-           "bpo_lr": None, "keep": "best"}
+           "bpo_lr": None, "keep": "best", "contrast": 0.0}
 RECIPES: dict[str, dict[str, Any]] = {
     "tiny": {**_COMMON, "data_source": "world", "lr": 1e-3, "batch_size": 256},
     "default": {**_COMMON, "data_source": "model", "lr": 1e-4, "batch_size": AuditConfig.batch_size},
@@ -54,7 +54,7 @@ TRAIN_SUITE = "occupations:train"
 # balanced on every run; descriptor prompts are such prompts (docs/fix.md, "Race and mix with the
 # descriptors").
 TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450}
-PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "lr": 1e-4, "bpo_lr": 8e-7,
+PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "contrast": 0.0, "lr": 1e-4, "bpo_lr": 8e-7,
          "rank": 32, "lora_alpha": 32.0, "keep": "last"}
 
 

@@ -105,7 +105,7 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     for line in training:
         entry = stages.setdefault(line["stage"], {"first": line, "last": line})
         entry["last"] = line
-    terms = ("loss", "sft", "bpo", "anchor", "caption")  # anchor: only with --anchor; caption: understanding
+    terms = ("loss", "sft", "bpo", "anchor", "contrast", "caption")  # anchor: only with --anchor; caption: understanding
     curves = {name: {"steps": e["last"]["step"] + 1,
                      **{f"{k}_first": e["first"][k] for k in terms if k in e["first"]},
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}
@@ -186,7 +186,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += _checks_markdown(report.get("checks", {}))
     lines += _validation_markdown(report.get("validation"))
     if report["training"]:
-        terms = [k for k in ("sft", "bpo", "anchor", "caption")
+        terms = [k for k in ("sft", "bpo", "anchor", "contrast", "caption")
                  if any(f"{k}_first" in t for t in report["training"].values())]
         lines += ["", "## Training", "", "| stage | steps | loss first → last | " + " | ".join(terms) + " |",
                   "| --- " * (3 + len(terms)) + "|"]

@@ -52,9 +52,9 @@ from ..models.adapters import ADAPTER_FILES
 from ..models.protocols import CaptionScorer, ImageScorer, LoRATrainable, Model as UnifiedModel
 from ..store import atomic_write_json
 from ..types import FairgenError
-from .batches import Batch, BatchPlan
+from .batches import Batch, BatchPlan, partners
 from .caption import caption_logprob
-from .loss import combined_loss, sft_loss
+from .loss import combined_loss, contrast_loss, sft_loss
 from .validation import Validation, choose
 
 LOG, CHECKPOINT, ADAPTER = "train_log.jsonl", "checkpoint", "adapter"
@@ -89,6 +89,7 @@ class TrainConfig:
     save_every: int = 50
     seed: int = 0
     anchor: float = 0.0
+    contrast: float = 0.0
     gradient_checkpointing: bool = True
 
 
@@ -279,7 +280,8 @@ def _checkpointing(model: UnifiedModel, enabled: bool) -> Iterator[Callable[[], 
         off()
 
 
-def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float, procs: Processes
+def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float, procs: Processes,
+                  contrast: float = 0.0, reference: Callable[[], Any] = nullcontext
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This process's loss on its share of the batch, and the terms it adds to the batch's mean terms.
 
@@ -298,10 +300,23 @@ def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float
     losses = combined_loss(logp, *index, stage.alpha * w_images, stage.beta * w_sets, weight)
     loss = losses["loss"]
     terms = {"sft": w_images * losses["sft"], "bpo": w_sets * losses["bpo"]}
+    if anchor or contrast:
+        explicit_logp = model.image_token_logprob(mine.explicit_prompts, mine.images)
     if anchor:
-        explicit = sft_loss(model.image_token_logprob(mine.explicit_prompts, mine.images))
+        explicit = sft_loss(explicit_logp)
         loss = loss + anchor * w_images * explicit
         terms["anchor"] = w_images * explicit.detach()
+    if contrast:
+        # each explicit prompt against another group's image of its set (the next row of its unit), the
+        # gap as the model without the adapter had it: only a gap that shrank costs (loss.contrast_loss)
+        other = [mine.images[j] for j in partners(mine.unit_rows)]
+        gap = explicit_logp - model.image_token_logprob(mine.explicit_prompts, other)
+        with torch.no_grad(), reference():
+            before = (model.image_token_logprob(mine.explicit_prompts, mine.images)
+                      - model.image_token_logprob(mine.explicit_prompts, other))
+        kept = contrast_loss(gap, before.to(gap.device))
+        loss = loss + contrast * w_images * kept
+        terms["contrast"] = w_images * kept.detach()
     return loss, terms
 
 
@@ -377,7 +392,9 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
             for group in opt.param_groups:
                 group["lr"] = lr
             anchor = config.anchor if stage.name != UNDERSTANDING else 0.0
-            loss, terms = _batch_losses(model, plan.draw(s, step), stage, anchor, procs)
+            contrast = config.contrast if stage.name != UNDERSTANDING else 0.0
+            loss, terms = _batch_losses(model, plan.draw(s, step), stage, anchor, procs, contrast,
+                                        peft_model.disable_adapter)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             _sum_gradients(params, procs)
@@ -390,7 +407,8 @@ def _run_stages(model: UnifiedModel, peft_model: Any, plan: BatchPlan, config: T
                 terms = dict(zip(names, values))
             if logged and procs.main:
                 total_loss = (terms["caption"] if stage.name == UNDERSTANDING else stage.alpha * terms["sft"]
-                              + stage.beta * terms["bpo"] + anchor * terms.get("anchor", 0.0))
+                              + stage.beta * terms["bpo"] + anchor * terms.get("anchor", 0.0)
+                              + contrast * terms.get("contrast", 0.0))
                 record = {"stage": stage.name, "stage_index": s, "step": step, "loss": round(total_loss, 6),
                           **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
                           "elapsed_s": round(time.time() - began, 1)}
