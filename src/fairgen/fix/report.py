@@ -105,7 +105,8 @@ def build_report(config: Mapping[str, Any], data_stats: Mapping[str, Any], befor
     for line in training:
         entry = stages.setdefault(line["stage"], {"first": line, "last": line})
         entry["last"] = line
-    terms = ("loss", "sft", "bpo", "anchor", "contrast", "caption")  # anchor: only with --anchor; caption: understanding
+    # anchor, contrast: only with --anchor, --contrast; caption: understanding
+    terms = ("loss", "sft", "bpo", "anchor", "contrast", "caption")
     curves = {name: {"steps": e["last"]["step"] + 1,
                      **{f"{k}_first": e["first"][k] for k in terms if k in e["first"]},
                      **{f"{k}_last": e["last"][k] for k in terms if k in e["last"]}} for name, e in stages.items()}

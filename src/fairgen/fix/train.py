@@ -5,6 +5,9 @@
     both, optional anchor * SFT on the explicit prompts the images were made from ("... a female nurse
                    ..." -> its image): keeps explicit prompts followed while neutral ones are balanced
                    (not in the paper; 0 turns it off)
+    both, optional contrast * loss.contrast_loss: each explicit prompt's gap between its own group's image
+                   and another group's, kept at least at what the model without the adapter makes of it
+                   (not in the paper; 0, the default, turns it off)
     understanding  the image -> text baseline: maximise caption_logprob(balanced image, neutral prompt)
                    (caption.py); no anchor (it would train the text -> image direction)
 Methods: bpo = sft then bpo; sft = one sft stage, understanding-sft = one understanding stage, each of
@@ -22,8 +25,8 @@ The adapter is peft's LoRA (`LoraConfig(target_modules=model.lora_targets)`) inj
 `model.lora_root`, so every method of the model (image_token_logprob here) runs through it.
 
 On disk, under the fix run's directory:
-    train_log.jsonl   one line per logged step: {"stage", "step", "loss", "sft", "bpo", ["anchor",] "lr",
-                      "elapsed_s"}
+    train_log.jsonl   one line per logged step: {"stage", "step", "loss", "sft", "bpo", ["anchor",] ["contrast",]
+                      "lr", "elapsed_s"}
     checkpoint/       the latest state: lora.safetensors, state.pt (optimizer, stage, step), written whole
                       or not at all (a temporary folder renamed into place)
     adapter/          the adapter kept (peft save_pretrained), written when training is done
@@ -78,7 +81,8 @@ class Stage:
 @dataclass(frozen=True)
 class TrainConfig:
     """LoRA shape, batch size, stages. units_per_batch: sets (one image per group) per batch; anchor: weight
-    of the explicit-prompt SFT term added in every stage (0: none, as in the paper)."""
+    of the explicit-prompt SFT term added in every stage (0: none, as in the paper); contrast: weight of the
+    explicit contrast term (loss.contrast_loss; 0: none)."""
 
     stages: tuple[Stage, ...]
     rank: int = 8
@@ -284,6 +288,8 @@ def _batch_losses(model: UnifiedModel, batch: Batch, stage: Stage, anchor: float
                   contrast: float = 0.0, reference: Callable[[], Any] = nullcontext
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This process's loss on its share of the batch, and the terms it adds to the batch's mean terms.
+    reference(): a context in which the model is the one before the fix (peft's disable_adapter), for the
+    contrast term's gaps.
 
     Every term is a mean over the whole batch: over its images (sft, anchor, caption) or over its sets
     (bpo). A process holding a share w of them contributes w times its own mean, so the terms, and the
