@@ -40,9 +40,13 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (tiny.train_suite, janus.train_suite) == ("occupations:train", "occupations:train")
     for attributes in (("race",), ("gender", "race")):
         race = resolve(FixConfig(model="tiny", attributes=attributes))
-        assert (race.train_suite, race.sft_steps, race.bpo_steps) == \
-            ("occupations:train,personal_descriptors:train", 150, 450)
-        assert resolve(FixConfig(model="janus:d", attributes=attributes)).train_suite == "occupations:train"
+        assert (race.train_suite, race.sft_steps, race.bpo_steps, race.contrast) == \
+            ("occupations:train,personal_descriptors:train", 150, 450, 3.0)
+        janus_race = resolve(FixConfig(model="janus:d", attributes=attributes))
+        assert (janus_race.train_suite, janus_race.contrast) == ("occupations:train", 0.0)
+        assert resolve(FixConfig(model="tiny", attributes=attributes, preset="paper")).contrast == 0.0
+        assert resolve(FixConfig(model="tiny", attributes=attributes, contrast=0.5)).contrast == 0.5
+    assert tiny.contrast == 0.0  # gender alone: the anchor held explicit prompts without it
     assert resolve(FixConfig(model="tiny", attributes=("race",), train_suite="sports:test",
                              bpo_steps=10)).train_suite == "sports:test"
     mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))

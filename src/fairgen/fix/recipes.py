@@ -12,9 +12,10 @@ Why these values (docs/fix.md, "Defaults"):
             per generate() call (tiny's whole call is one batch of small matrices, and a CPU runs larger
             ones faster: the default gender command 26.4 -> 23.6 min on 2 cores, the same report).
             With race among the attributes (TINY_RACE): the balanced set also over personal_descriptors:train
-            and 150 + 450 steps (with occupations alone the sports check suite's race rd rose on every run).
-            No explicit contrast term (`--contrast`) in any recipe yet: it held explicit race prompts in its
-            first tries, not yet measured at the acceptance's size (docs/fix.md).
+            and 150 + 450 steps (with occupations alone the sports check suite's race rd rose on every run),
+            and the explicit contrast term at 3 (`--contrast`: the anchor alone let explicit race prompts
+            drift below 0.95; with it every guardrail held on all six race and mix runs of the acceptance's
+            size, docs/fix.md).
   others    (janus, emu3, plugins): the model draws its own balanced set (world renders are not its image
             domain), lr 1e-4 (the paper's stage-1 rate for 7B-class LoRA), the same stage shape, alpha and
             anchors as tiny (not measured on real weights: no weights here; the validation split and the
@@ -54,8 +55,10 @@ TRAIN_SUITE = "occupations:train"
 # occupations alone every training prompt is skewed the same way (white), nothing in the set tells the
 # adapter to leave a balanced prompt balanced, and the sports prompts (near balance before) came out less
 # balanced on every run; descriptor prompts are such prompts (docs/fix.md, "Race and mix with the
-# descriptors").
-TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450}
+# descriptors"). And the explicit contrast term: an anchor of 3 (or 5) let explicit "White" prompts fall
+# below the 0.95 floor; contrast 3 held every group on race and mix at the acceptance's size (docs/fix.md,
+# "Race and mix with the contrast term").
+TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450, "contrast": 3.0}
 PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "contrast": 0.0, "lr": 1e-4,
          "bpo_lr": 8e-7, "rank": 32, "lora_alpha": 32.0, "keep": "last"}
 
