@@ -85,7 +85,8 @@ def fix_command(
                                            "off, the paper; default 2 for gender alone, 3 with race)."),
     contrast: Optional[float] = typer.Option(D("contrast"), help="Weight of a term that keeps each explicit prompt "
                                              "telling its group's image from another group's as well as the model "
-                                             "did before the fix, in every stage (0: off, the default)."),
+                                             "did before the fix, in every stage (0: off, the paper; default 3 for tiny "
+                                             "with race, else 0)."),
     rank: Optional[int] = typer.Option(D("rank"), help=f"LoRA rank ({RECIPE}: 8; paper preset 32)."),
     lora_alpha: Optional[float] = typer.Option(D("lora_alpha"), "--lora-alpha", help="LoRA alpha (default 2 x rank; "
                                                "paper preset 32)."),
