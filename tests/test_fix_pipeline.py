@@ -139,14 +139,17 @@ def test_fix_end_to_end_and_resume(mini, suites_dir, tmp_path):
     again = fix(_config(mini, suites_dir), out)
     assert again["rd_change"] == report["rd_change"]
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
-    with pytest.raises(FairgenError, match="holds a fix run with bpo_steps=30"):
+    with pytest.raises(FairgenError, match="holds a fix run with bpo_steps=30, not 31; resume it with --bpo-steps 30"):
         fix(_config(mini, suites_dir, bpo_steps=31), out)
+    with pytest.raises(FairgenError, match=r"attributes=\['gender'\], not \['gender', 'race'\]; resume it with the "
+                                           "settings it was started with"):
+        fix(_config(mini, suites_dir, attributes=("gender", "race")), out)
     # a run written before --contrast existed trained without it, and resumes as such; not with another
     manifest = json.loads((out / "fix_manifest.json").read_text())
     del manifest["config"]["contrast"]
     (out / "fix_manifest.json").write_text(json.dumps(manifest))
     assert fix(_config(mini, suites_dir), out)["rd_change"] == report["rd_change"]
-    with pytest.raises(FairgenError, match="holds a fix run with contrast=0.0, not 1.0"):
+    with pytest.raises(FairgenError, match="holds a fix run with contrast=0.0, not 1.0; resume it with --contrast 0.0"):
         fix(_config(mini, suites_dir, contrast=1.0), out)
 
 

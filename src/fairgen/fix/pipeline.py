@@ -90,8 +90,11 @@ def _check(config: FixConfig, out: Path) -> None:
         for key in sorted(set(old) | set(new)):
             was = old.get(key, ADDED.get(key))
             if key not in MAY_CHANGE and was != new.get(key):
-                raise FairgenError(f"{out} holds a fix run with {key}={was!r}, not {new.get(key)!r}; "
-                                   "use another --out or the same settings to resume")
+                # A default can change between versions (fix/recipes.py): name the option that resumes the run.
+                scalar = isinstance(was, (int, float, str)) and not isinstance(was, bool)
+                how = f"--{key.replace('_', '-')} {was}" if scalar else "the settings it was started with"
+                raise FairgenError(f"{out} holds a fix run with {key}={was!r}, not {new.get(key)!r}; resume it "
+                                   f"with {how} (a default may have changed since), or use another --out")
     elif out.exists() and any(out.iterdir()):
         raise FairgenError(f"--out {out} is not empty and holds no fix run")
 
