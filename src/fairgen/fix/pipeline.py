@@ -24,6 +24,7 @@ share their images and the training its batches (data parallel); rank 0 writes.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -92,7 +93,8 @@ def _check(config: FixConfig, out: Path) -> None:
             if key not in MAY_CHANGE and was != new.get(key):
                 # A default can change between versions (fix/recipes.py): name the option that resumes the run.
                 scalar = isinstance(was, (int, float, str)) and not isinstance(was, bool)
-                how = f"--{key.replace('_', '-')} {was}" if scalar else "the settings it was started with"
+                how = (f"--{key.replace('_', '-')} {shlex.quote(str(was))}" if scalar
+                       else "the settings it was started with")
                 raise FairgenError(f"{out} holds a fix run with {key}={was!r}, not {new.get(key)!r}; resume it "
                                    f"with {how} (a default may have changed since), or use another --out")
     elif out.exists() and any(out.iterdir()):
