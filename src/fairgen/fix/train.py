@@ -7,7 +7,7 @@
                    (not in the paper; 0 turns it off)
     both, optional contrast * loss.contrast_loss: each explicit prompt's gap between its own group's image
                    and another group's, kept at least at what the model without the adapter makes of it
-                   (not in the paper; 0, the default, turns it off)
+                   (not in the paper; 0 turns it off; the recipes' value: fix/recipes.py)
     understanding  the image -> text baseline: maximise caption_logprob(balanced image, neutral prompt)
                    (caption.py); no anchor (it would train the text -> image direction)
 Methods: bpo = sft then bpo; sft = one sft stage, understanding-sft = one understanding stage, each of
