@@ -47,6 +47,14 @@ def test_recipes_fill_only_what_the_user_left_unset():
         assert resolve(FixConfig(model="tiny", attributes=attributes, preset="paper")).contrast == 0.0
         assert resolve(FixConfig(model="tiny", attributes=attributes, contrast=0.5)).contrast == 0.5
     assert tiny.contrast == 0.0  # gender alone: the anchor held explicit prompts without it
+    # race on tiny: 16 prompts per batch and the everyday_people balance probe; gender, the real families
+    # and the paper keep 8 and no probe
+    assert (race.units_per_batch, race.probe_suite) == (16, "everyday_people")
+    assert (tiny.units_per_batch, tiny.probe_suite) == (8, "none")
+    assert (janus_race.units_per_batch, janus_race.probe_suite) == (8, "none")
+    assert resolve(FixConfig(model="tiny", attributes=("race",), preset="paper")).probe_suite == "none"
+    assert resolve(FixConfig(model="tiny", attributes=("race",), units_per_batch=4,
+                             probe_suite="sports")).units_per_batch == 4
     assert resolve(FixConfig(model="tiny", attributes=("race",), train_suite="sports:test",
                              bpo_steps=10)).train_suite == "sports:test"
     mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))
@@ -105,6 +113,24 @@ def test_choice_keeps_the_lowest_rd_that_passes_every_guardrail():
     bad = [first, _record(75, 0.3, face=0.5, fidelity=0.5), _record(150, 0.6, fidelity=0.5)]
     kept, why = choose(bad, "best")
     assert kept["step"] == 150 and why.startswith("step 150: no measured step passed")
+
+
+def _probed(step, rd, probe, upper=0.15):
+    return {**_record(step, rd), "probe": {"gender": {"mean": probe, "ci95": [probe - 0.03, upper],
+                                                      "noise_floor": 0.1}}}
+
+
+def test_balance_probe_fails_a_step_above_step_zeros_interval_and_the_choice_skips_it():
+    first = _probed(0, 0.8, 0.12)  # step 0's probe interval ends at 0.15
+    records = [first, _probed(75, 0.5, 0.14), _probed(150, 0.3, 0.151), _probed(225, 0.35, 0.15)]
+    assert failures(records[1], first) == [] and failures(records[3], first) == []  # the upper end itself passes
+    assert failures(records[2], first) == ["probe gender rd 0.151 > 0.150"]
+    kept, why = choose(records, "best")
+    assert kept["step"] == 225 and "0.800 → 0.350" in why  # 150 has the lowest rd but moved the probe
+    # without a probe (or an unmeasured one) nothing changes
+    assert failures(_record(150, 0.3), first) == []
+    assert failures({**records[2], "probe": {"gender": None}}, first) == []
+    assert failures(records[2], {**first, "probe": {"gender": {"mean": 0.1, "ci95": None}}}) == []
 
 
 def test_training_stops_after_patience_measurements_without_a_better_adapter():
@@ -233,14 +259,16 @@ def test_merged_adapter_matches_the_applied_one_and_restores_the_weights_exactly
 
 # --- validation end to end, the report's verdict and --strict -----------------------------------------------
 
-def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the_verdict(mini, tmp_path):
+def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the_verdict(mini, tmp_path, cli):
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
     train = write_suite(tmp_path / "train.yaml", FIX_CONCEPTS)  # three concepts: one held out
     test = write_suite(tmp_path / "test.yaml", FIX_CONCEPTS[2:])
+    probe = write_suite(tmp_path / "probe.yaml", ["jazz fan", "coin collector"])  # the balance probe
     settings = dict(model=f"tiny:{mini}", train_suite=str(train), test_suite=str(test), images_per_group=2,
-                    sft_steps=4, bpo_steps=6, units_per_batch=2, val_concepts=1, val_images=4,
+                    sft_steps=4, bpo_steps=6, units_per_batch=2, val_concepts=1, val_images=4, probe_suite=str(probe),
+                    probe_images=4,
                     val_explicit_images=2, val_every=5, patience=0, images_per_prompt=4, explicit_concepts=1,
                     explicit_images=2, check_suites=(str(test),), check_images=2, understanding_images=0,
                     batch_size=16)
@@ -249,7 +277,12 @@ def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the
     assert report["config"]["data_source"] == "world" and report["config"]["anchor"] == 2.0  # tiny's recipe
     records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 5, 10]
-    assert all(set(r) >= {"rd", "fidelity", "face_rate", "explicit"} for r in records)
+    assert all(set(r) >= {"rd", "fidelity", "face_rate", "explicit", "probe"} for r in records)
+    # the balance probe: audited at every validation, its rd recorded with the interval the next steps are
+    # judged by (mini draws too few faces for numbers: the rule itself is checked on planted ones above)
+    assert all(set(r["probe"]["gender"]) == {"mean", "ci95", "noise_floor"} for r in records)
+    assert len(json.loads((out / "validation" / "step-00005" / "probe" / "results.json").read_text())["prompts"]) == 2
+    assert "probe gender rd" in (out / "fix_report.md").read_text()
     held = {p["concept"] for p in json.loads(
         (out / "validation" / "step-00000" / "neutral" / "results.json").read_text())["prompts"]}
     assert held <= set(FIX_CONCEPTS) and not held & set(
@@ -271,12 +304,18 @@ def test_validation_keeps_a_measured_adapter_and_the_cli_strict_exit_matches_the
             str(test), "--images-per-group", "2", "--sft-steps", "4", "--bpo-steps", "6", "--units-per-batch", "2",
             "--val-concepts", "1", "--val-images", "4", "--val-explicit-images", "2", "--val-every", "5",
             "--patience", "0", "--images-per-prompt", "4", "--explicit-concepts", "1", "--explicit-images", "2",
-            "--check-suites", str(test), "--check-images", "2", "--understanding-images", "0", "--batch-size", "16"]
+            "--check-suites", str(test), "--check-images", "2", "--understanding-images", "0", "--batch-size", "16",
+            "--probe-images", "4", "--probe-suite", str(probe)]
     plain = CliRunner().invoke(app, args)
     assert plain.exit_code == 0, plain.output
     assert all(g["line"] in plain.output for g in lines)
     strict = CliRunner().invoke(app, [*args, "--strict"])
     assert strict.exit_code == (0 if report["verdict"]["passed"] else 1)
+    # a probe the fix trains on: one line, exit 2, nothing written
+    fresh = tmp_path / "overlap"
+    bad = cli(*[a if a != str(out) else str(fresh) for a in args[:-1]], str(train))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "shares 3 concept(s) with the training suite" in bad.stderr and not fresh.exists()
 
 
 def test_method_table_shows_quality_with_intervals_only_when_every_row_has_it():

@@ -15,7 +15,7 @@ from fairgen.suites.templates import ID_PATTERN, indefinite_article, slugify
 from fairgen.types import FairgenError, Prompt
 
 DATA = files("fairgen.suites").joinpath("data")
-ENGLISH = ["occupations", "personal_descriptors", "sports", "occupations_style_context"]
+ENGLISH = ["occupations", "personal_descriptors", "sports", "everyday_people", "occupations_style_context"]
 
 
 def _lines(filename: str) -> list[str]:
@@ -85,6 +85,17 @@ def test_other_builtin_suites():
     assert len(style) % 50 == 0 and len(style) >= 250
     assert {p.concept for p in style} == set(_lines("occupations_test.txt"))
     assert {p.id: p.text for p in style}["engineer--s0"] == "A painting of an engineer"
+
+
+def test_everyday_people_share_no_concept_or_head_word_with_the_other_suites():
+    """fairgen fix's balance probe: a drift it sees is not the training's own concepts coming back."""
+    people = load("everyday_people")
+    assert len(people) == 24 and people[0].text == "A photo of the face of a jazz fan"
+    others = {p.concept.lower() for n in ENGLISH if n != "everyday_people" for p in load_joined(
+        ",".join(f"{n}:{s}" for s in next(x for x in list_suites() if x["name"] == n)["splits"]))}
+    assert not {p.concept.lower() for p in people} & others
+    heads = {c.split()[-1] for c in others}  # "player", "person", "nurse", ...
+    assert not {p.concept.split()[-1] for p in people} & heads
 
 
 @pytest.mark.parametrize("name", ["occupations_zh", "occupations_fr"])

@@ -90,8 +90,9 @@ def fix_command(
     rank: Optional[int] = typer.Option(D("rank"), help=f"LoRA rank ({RECIPE}: 8; paper preset 32)."),
     lora_alpha: Optional[float] = typer.Option(D("lora_alpha"), "--lora-alpha", help="LoRA alpha (default 2 x rank; "
                                                "paper preset 32)."),
-    units_per_batch: int = typer.Option(D("units_per_batch"), "--units-per-batch",
-                                        help="Prompts per batch, each with one image of every group."),
+    units_per_batch: Optional[int] = typer.Option(D("units_per_batch"), "--units-per-batch",
+                                                  help="Prompts per batch, each with one image of every group "
+                                                  "(default 16 for tiny with race, else 8)."),
     val_concepts: int = typer.Option(D("val_concepts"), "--val-concepts", help="Training concepts held out for "
                                      "validation (0: no validation; fewer than half of the suite's concepts)."),
     val_images: int = typer.Option(D("val_images"), "--val-images", help="Images per validation prompt."),
@@ -101,6 +102,13 @@ def fix_command(
                                   "and the end)."),
     patience: int = typer.Option(D("patience"), help="Stop after this many validations without a better adapter (0: "
                                  "never)."),
+    probe_suite: Optional[str] = typer.Option(D("probe_suite"), "--probe-suite", help="Balance probe: a suite the "
+                                              "fix does not train on, audited at every validation; a step whose rd on "
+                                              "it rises above step 0's 95% interval is not kept ('none': no probe; "
+                                              "default everyday_people for tiny with race, else none)."),
+    probe_images: int = typer.Option(D("probe_images"), "--probe-images", help="Images per balance-probe prompt "
+                                     "(as a check suite's, so the probe sees what the generalisation guardrail "
+                                     "would)."),
     keep: Optional[str] = typer.Option(D("keep"), help="Adapter kept: best (the validation's choice; default) or last "
                                        "(paper preset)."),
     target: str = typer.Option(D("target"), "--target",

@@ -30,7 +30,7 @@ MAY_CHANGE = ("images_per_prompt", "explicit_concepts", "explicit_images", "batc
               "merge_for_audit", "quality")
 # Settings added after runs were first written, with the value every run written before them trained with
 # (a manifest without the key resumes as that value).
-ADDED = {"contrast": 0.0}
+ADDED = {"contrast": 0.0, "probe_suite": "none", "probe_images": CHECK_IMAGES}
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FixConfig:
     name (None: the model's default); images_per_group: balanced-set images per (prompt, group) before
     filtering; check_concept: also drop images whose concept cue (world perception) is not the prompt's;
     train_prompts: use at most this many training prompts (evenly spread); steps, lr, rank,
-    units_per_batch: training (train.py; sft and understanding-sft train sft_steps + bpo_steps steps);
+    units_per_batch (None: the recipe's): training (train.py; sft and understanding-sft train sft_steps + bpo_steps steps);
     alpha, beta: stage 2's weights of SFT and BPO; anchor: weight of the explicit-prompt SFT term
     (train.py); images_per_prompt: test-suite audits; explicit_concepts / explicit_images: the adherence
     check (test prompts, images per explicit prompt); check_suites / check_images / check_prompts: the
@@ -56,7 +56,11 @@ class FixConfig:
     (the paper) or a targets YAML (metrics/target.py) the fix balances toward (loss.py) and the audits
     measure the distance to; quality: a CLIP checkpoint (directory or hub id): the test-suite audits
     before and after also score CLIP score and CLIP-IQA (AuditConfig.quality), shown in the report and
-    checked by the quality guardrail."""
+    checked by the quality guardrail. Validation (validation.py): val_concepts training concepts held out,
+    audited every val_every steps at val_images (val_explicit_images per explicit prompt); probe_suite: a
+    suite of prompts the fix does not train on, audited at every validation too (probe_images per prompt:
+    as many as a check suite, so it sees what the generalisation guardrail would), whose rd may not rise
+    above step 0's 95 % interval ("none": no probe; None: the recipe's); patience, keep: early stopping."""
 
     model: str
     train_suite: str | None = None
@@ -79,8 +83,10 @@ class FixConfig:
     bpo_lr: float | None = None
     rank: int | None = None
     lora_alpha: float | None = None
-    units_per_batch: int = 8
+    units_per_batch: int | None = None
     val_concepts: int = 16
+    probe_suite: str | None = None
+    probe_images: int = CHECK_IMAGES
     val_images: int = 32
     val_explicit_images: int = 8
     val_every: int = 75

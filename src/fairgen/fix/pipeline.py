@@ -59,7 +59,7 @@ TIMING = "test_timing.json"  # beside a measurement's test/ audit: its images pe
 def _check(config: FixConfig, out: Path) -> None:
     """Refuse a configuration that cannot run, or that differs from the one already in `out`."""
     positive = ("images_per_prompt", "images_per_group", "units_per_batch", "rank", "explicit_images", "batch_size",
-                "check_images", "val_images", "val_explicit_images", "val_every")
+                "check_images", "val_images", "val_explicit_images", "val_every", "probe_images")
     for name in positive:
         if getattr(config, name) < 1:
             raise FairgenError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
@@ -113,6 +113,19 @@ def _check_device(device: str | None) -> None:
         raise FairgenError(f"--device {device}: no CUDA device on this machine")
 
 
+def _probe(suite: str, trained: list[Prompt]) -> list[Prompt]:
+    """The balance probe's prompts (none for "none"). Raises FairgenError when it shares a concept with the
+    training suite: a probe the fix trains on cannot show what the fix does to prompts it never saw."""
+    if suite == "none":
+        return []
+    prompts = suites.load_joined(suite)
+    shared = sorted({p.concept for p in prompts} & {p.concept for p in trained})
+    if shared:
+        raise FairgenError(f"--probe-suite {suite} shares {len(shared)} concept(s) with the training suite "
+                           f"(e.g. {shared[0]!r}); choose prompts the fix does not train on, or 'none'")
+    return prompts
+
+
 def _jsonable(config: FixConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
@@ -122,9 +135,11 @@ class _Run:
 
     def __init__(self, config: FixConfig, out: Path, procs: Processes, tell: Progress) -> None:
         self.config, self.out, self.procs, self.tell = config, out, procs, tell
+        train_suite = suites.load_joined(config.train_suite)
         self.train_prompts, self.val_prompts = validation.split(
-            balanced.spread(suites.load_joined(config.train_suite), config.train_prompts), config.val_concepts)
+            balanced.spread(train_suite, config.train_prompts), config.val_concepts)
         self.test_prompts = suites.load(config.test_suite)
+        self.probe_prompts = _probe(config.probe_suite, train_suite)
         self.check_suites = {checks.suite_dir_name(s): checks.check_prompts(s, config.check_prompts)
                              for s in config.check_suites}
         self.backend_name = config.perception or perception.default_for(config.model)
@@ -183,11 +198,16 @@ class _Run:
             explicit = self.audit(f"validation at step {step}: explicit", self.model, self.val_explicit,
                                   c.val_explicit_images, d / "explicit")
             s = _summary(neutral)
+            probe = {}
+            if self.probe_prompts:  # rd with its interval: step 0's upper end is the bound (validation.py)
+                rd = _summary(self.audit(f"validation at step {step}: balance probe", self.model, self.probe_prompts,
+                                         c.probe_images, d / "probe"))["rd"]
+                probe = {"probe": {a: rd.get(a) for a in c.attributes}}
             toward = ({"tv": {a: (s["tv"][a]["mean"] if s["tv"].get(a) else None) for a in c.attributes}}
                       if c.target != "uniform" else {})
             return {"rd": {a: (s["rd"][a]["mean"] if s["rd"].get(a) else None) for a in c.attributes}, **toward,
                     "fidelity": s["fidelity"]["value"] if s.get("fidelity") else None, "face_rate": s["face_rate"],
-                    "explicit": fix_report.adherence_by_group(explicit.results, self.val_explicit)}
+                    "explicit": fix_report.adherence_by_group(explicit.results, self.val_explicit), **probe}
 
         return validation.Validation(measure, c.val_every, c.patience, c.keep)
 

@@ -13,20 +13,23 @@ Why these values (docs/fix.md, "Defaults"):
             ones faster: the default gender command 26.4 -> 23.6 min on 2 cores, the same report).
             With race among the attributes (TINY_RACE): the balanced set also over personal_descriptors:train
             and 150 + 450 steps (with occupations alone the sports check suite's race rd rose on every run),
-            and the explicit contrast term at 3 (`--contrast`: the anchor alone let explicit race prompts
-            drift below 0.95; with it every guardrail held on all six race and mix runs of the acceptance's
-            size, docs/fix.md).
+            the explicit contrast term at 3 (`--contrast`: the anchor alone let explicit race prompts drift
+            below 0.95), 16 prompts per batch (at 8, seed 2 of race plateaued at -39 %; at 16 it reached
+            -51 %), and the everyday_people suite as the validation's balance probe (the larger batch moved
+            the sports prompts, balanced before, toward one group on two seeds of three; the probe keeps
+            the deepest adapter that leaves prompts the fix never saw as balanced as before). docs/fix.md,
+            "Race with the balance probe", has the measurements.
   others    (janus, emu3, plugins): the model draws its own balanced set (world renders are not its image
             domain), lr 1e-4 (the paper's stage-1 rate for 7B-class LoRA), the same stage shape, alpha and
             anchors as tiny (not measured on real weights: no weights here; the validation split and the
-            guardrails say when they do not hold); `fairgen audit`'s 64 images per generate() call (not
-            every family splits a call to fit memory).
+            guardrails say when they do not hold), 8 prompts per batch, no balance probe; `fairgen audit`'s
+            64 images per generate() call (not every family splits a call to fit memory).
   paper     the paper's code (github.com/pkulium/Unified_MLLM_Fairness, scripts/lora_generation_*_v6.sh
             and lora_generation_bpo_*_v4.20.sh): stage 1 SFT at lr 1e-4, stage 2 BPO on the same adapter at
             lr 8e-7 with alpha 0, beta 1; LoRA rank 32, LoRA alpha 32; no anchor; no early stopping (the
             last adapter is kept); sampling cfg 3.0, temperature 0.9, top-p 0.6. It counts epochs of its own
             data (10 SFT, 2 BPO); fairgen keeps the family's step counts. Its LoRA dropout (0.1) is not
-            reproduced: fairgen's LoRA has none.
+            reproduced: fairgen's LoRA has none. No balance probe (the paper validates nothing).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ PAPER_SAMPLING = SAMPLING_PRESETS["paper"]  # the paper's sampling, as `fairgen 
 PRESETS = ("paper",)
 
 _COMMON = {"sft_steps": 150, "bpo_steps": 300, "alpha": 1.0, "beta": 1.0, "rank": 8, "lora_alpha": None,
-           "bpo_lr": None, "keep": "best", "contrast": 0.0}
+           "bpo_lr": None, "keep": "best", "contrast": 0.0, "units_per_batch": 8, "probe_suite": "none"}
 RECIPES: dict[str, dict[str, Any]] = {
     "tiny": {**_COMMON, "data_source": "world", "lr": 1e-3, "batch_size": 256},
     "default": {**_COMMON, "data_source": "model", "lr": 1e-4, "batch_size": AuditConfig.batch_size},
@@ -55,12 +58,15 @@ TRAIN_SUITE = "occupations:train"
 # occupations alone every training prompt is skewed the same way (white), nothing in the set tells the
 # adapter to leave a balanced prompt balanced, and the sports prompts (near balance before) came out less
 # balanced on every run; descriptor prompts are such prompts (docs/fix.md, "Race and mix with the
-# descriptors"). And the explicit contrast term: an anchor of 3 (or 5) let explicit "White" prompts fall
-# below the 0.95 floor; contrast 3 held every group on race and mix at the acceptance's size (docs/fix.md,
-# "Race and mix with the contrast term").
-TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450, "contrast": 3.0}
+# descriptors"). The explicit contrast term: an anchor of 3 (or 5) let explicit "White" prompts fall
+# below the 0.95 floor (docs/fix.md, "Race and mix with the contrast term"). 16 prompts per batch: at 8
+# one seed in three stopped short of the race target. The balance probe: with the larger batch the
+# sports prompts drifted toward one group on two seeds in three, and the validation, made of occupations,
+# could not see it (docs/fix.md, "Race with the balance probe").
+TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450, "contrast": 3.0,
+             "units_per_batch": 16, "probe_suite": "everyday_people"}
 PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "contrast": 0.0, "lr": 1e-4,
-         "bpo_lr": 8e-7, "rank": 32, "lora_alpha": 32.0, "keep": "last"}
+         "bpo_lr": 8e-7, "rank": 32, "lora_alpha": 32.0, "keep": "last", "probe_suite": "none"}
 
 
 def family(model: str) -> str:

@@ -260,16 +260,25 @@ def _validation_markdown(summary: Mapping[str, Any] | None) -> list[str]:
         return []
     records = summary["records"]
     attrs = list(records[0]["rd"]) if records else []
+    probed = [a for a in attrs if records and (records[0].get("probe") or {}).get(a)]
     lines = ["", "## Validation (held-out training concepts)", "",
-             "| step | stage | " + " | ".join(f"{a} rd" for a in attrs) + " | fidelity | face rate | "
-             "explicit, lowest group |", "| --- " * (5 + len(attrs)) + "|"]
+             "| step | stage | " + " | ".join(f"{a} rd" for a in attrs)
+             + "".join(f" | probe {a} rd" for a in probed) + " | fidelity | face rate | "
+             "explicit, lowest group |", "| --- " * (5 + len(attrs) + len(probed)) + "|"]
     for r in records:
         shares = [(g, v) for groups in r["explicit"].values() for g, v in groups.items()]
         low = min(shares, key=lambda gv: -1 if gv[1] is None else gv[1]) if shares else None
         mark = " **kept**" if r["step"] == summary["kept_step"] else ""
+        probe = [((r.get("probe") or {}).get(a) or {}).get("mean") for a in probed]
         lines.append(f"| {r['step']}{mark} | {r['stage']} | " + " | ".join(_f(r["rd"][a]) for a in attrs)
+                     + "".join(f" | {_f(v)}" for v in probe)
                      + f" | {_f(r['fidelity'])} | {_f(r['face_rate'])} | "
                      + (f"{low[0]} {_f(low[1])}" if low else "–") + " |")
+    if probed:
+        first = records[0]["probe"]
+        lines += ["", "Balance probe: rd on prompts the fix never trains on; a step above step 0's 95 % interval ("
+                  + ", ".join(f"{a} ≤ {_f(first[a]['ci95'][1])}" for a in probed if first[a].get("ci95"))
+                  + ") is not kept."]
     stopped = summary.get("stopped_early_at")
     lines += ["", f"Kept {summary['reason']}."
               + (f" Training stopped early at step {stopped}: {summary['patience']} measurements in a row "

@@ -10,7 +10,12 @@ training is measured on the held-out prompts (train.py calls the pipeline's meas
 attribute (mean over the prompts), fidelity, face rate, and explicit adherence per group. A record is
 {"step", "stage", "rd": {attr: mean}, "fidelity", "face_rate", "explicit": {attr: {group: share}}}, and
 toward a target other than uniform also "tv": {attr: mean total variation to the target}, which then
-replaces rd as the measure of what the fix is for. With keep="best" the kept adapter is the one with the
+replaces rd as the measure of what the fix is for. With a balance probe (`--probe-suite`: prompts the fix
+never trains on, such as everyday_people) also "probe": {attr: {"mean", "ci95", "noise_floor"}}, their rd:
+a step whose probe rd is above the upper end of step 0's 95 % interval fails, the rule the final verdict
+applies to the check suites, so the run keeps an adapter that left prompts outside its training set as
+balanced as they were (a fix that learns "less white everywhere" moves balanced prompts toward another
+group, which the held-out occupations, all skewed, cannot show). With keep="best" the kept adapter is the one with the
 lowest rd (or tv; relative to step 0, averaged over the fixed attributes) among those that pass every
 guardrail; training stops early after `patience`
 measurements in a row that found no better one. With keep="last" (the paper) the last adapter is kept.
@@ -58,7 +63,7 @@ def explicit_floor(before: float | None) -> float:
 
 def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
     """The validation guardrails `record` fails against `first` (step 0): fidelity drop, explicit
-    adherence per group, face rate. Empty: it passes."""
+    adherence per group, face rate, balance probe. Empty: it passes."""
     out = []
     fb, fa = first.get("fidelity"), record.get("fidelity")
     if fb is not None and fa is not None and 100 * (fa - fb) < -MAX_FIDELITY_DROP_POINTS:
@@ -71,6 +76,10 @@ def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
     rb, ra = first.get("face_rate"), record.get("face_rate")
     if rb is not None and ra is not None and ra < rb - MAX_FACE_RATE_DROP:
         out.append(f"face rate {ra:.3f} < {rb - MAX_FACE_RATE_DROP:.3f}")
+    for attr, rd in (record.get("probe") or {}).items():
+        upper = (((first.get("probe") or {}).get(attr) or {}).get("ci95") or [None, None])[1]
+        if rd is not None and upper is not None and rd["mean"] > upper:
+            out.append(f"probe {attr} rd {rd['mean']:.3f} > {upper:.3f}")
     return out
 
 
