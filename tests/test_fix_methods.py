@@ -147,7 +147,10 @@ def test_bad_fix_options_are_one_line_errors(mini, suites_dir, tmp_path, cli):
              (["--model-option", "image_area"], "--model-option expects KEY=VALUE"),
              (["--check-suites", "nosuchsuite"], "nosuchsuite"),
              (["--check-images", "0"], "--check-images must be >= 1"),
-             (["--units-per-batch", "1", "--understanding-images", "-1"], "--understanding-images must be >= 0")]
+             (["--units-per-batch", "1", "--understanding-images", "-1"], "--understanding-images must be >= 0"),
+             (["--probe-images", "0"], "--probe-images must be >= 1"),
+             (["--probe-suite", "nosuchprobe"], "nosuchprobe"),
+             (["--probe-suite", "sports", "--val-concepts", "0"], "it needs --val-concepts >= 1")]
     for n, (extra, message) in enumerate(cases):
         result = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / str(n))])
         assert isinstance(result.exception, FairgenError), (extra, result.output, result.exception)

@@ -40,21 +40,20 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (tiny.train_suite, janus.train_suite) == ("occupations:train", "occupations:train")
     for attributes in (("race",), ("gender", "race")):
         race = resolve(FixConfig(model="tiny", attributes=attributes))
-        assert (race.train_suite, race.sft_steps, race.bpo_steps, race.contrast) == \
-            ("occupations:train,personal_descriptors:train", 150, 450, 3.0)
+        assert (race.train_suite, race.sft_steps, race.contrast) == \
+            ("occupations:train,personal_descriptors:train", 150, 3.0)
         janus_race = resolve(FixConfig(model="janus:d", attributes=attributes))
-        assert (janus_race.train_suite, janus_race.contrast) == ("occupations:train", 0.0)
+        assert (janus_race.train_suite, janus_race.contrast, janus_race.units_per_batch) == ("occupations:train", 0.0, 8)
         assert resolve(FixConfig(model="tiny", attributes=attributes, preset="paper")).contrast == 0.0
         assert resolve(FixConfig(model="tiny", attributes=attributes, contrast=0.5)).contrast == 0.5
+        assert race.probe_suite == "none"  # the balance probe is opt-in (docs/fix.md)
+    # race alone: 16 prompts per batch and 300 BPO steps; mix: 8 and 450; gender: 8 and 300
+    alone, mix = (resolve(FixConfig(model="tiny", attributes=a)) for a in (("race",), ("gender", "race")))
+    assert (alone.units_per_batch, alone.bpo_steps, mix.units_per_batch, mix.bpo_steps) == (16, 300, 8, 450)
+    assert (tiny.units_per_batch, tiny.bpo_steps, tiny.probe_suite) == (8, 300, "none")
+    assert resolve(FixConfig(model="tiny", attributes=("race",), units_per_batch=4)).units_per_batch == 4
+    assert resolve(FixConfig(model="tiny", attributes=("race",), preset="paper")).units_per_batch == 8
     assert tiny.contrast == 0.0  # gender alone: the anchor held explicit prompts without it
-    # race on tiny: 16 prompts per batch and the everyday_people balance probe; gender, the real families
-    # and the paper keep 8 and no probe
-    assert (race.units_per_batch, race.probe_suite) == (16, "everyday_people")
-    assert (tiny.units_per_batch, tiny.probe_suite) == (8, "none")
-    assert (janus_race.units_per_batch, janus_race.probe_suite) == (8, "none")
-    assert resolve(FixConfig(model="tiny", attributes=("race",), preset="paper")).probe_suite == "none"
-    assert resolve(FixConfig(model="tiny", attributes=("race",), units_per_batch=4,
-                             probe_suite="sports")).units_per_batch == 4
     assert resolve(FixConfig(model="tiny", attributes=("race",), train_suite="sports:test",
                              bpo_steps=10)).train_suite == "sports:test"
     mine = resolve(FixConfig(model="tiny", lr=5e-4, anchor=0.0, rank=4))

@@ -140,6 +140,8 @@ class _Run:
             balanced.spread(train_suite, config.train_prompts), config.val_concepts)
         self.test_prompts = suites.load(config.test_suite)
         self.probe_prompts = _probe(config.probe_suite, train_suite)
+        if self.probe_prompts and not self.val_prompts:
+            raise FairgenError("--probe-suite is audited at every validation: it needs --val-concepts >= 1")
         self.check_suites = {checks.suite_dir_name(s): checks.check_prompts(s, config.check_prompts)
                              for s in config.check_suites}
         self.backend_name = config.perception or perception.default_for(config.model)

@@ -13,23 +13,22 @@ Why these values (docs/fix.md, "Defaults"):
             ones faster: the default gender command 26.4 -> 23.6 min on 2 cores, the same report).
             With race among the attributes (TINY_RACE): the balanced set also over personal_descriptors:train
             and 150 + 450 steps (with occupations alone the sports check suite's race rd rose on every run),
-            the explicit contrast term at 3 (`--contrast`: the anchor alone let explicit race prompts drift
-            below 0.95), 16 prompts per batch (at 8, seed 2 of race plateaued at -39 %; at 16 it reached
-            -51 %), and the everyday_people suite as the validation's balance probe (the larger batch moved
-            the sports prompts, balanced before, toward one group on two seeds of three; the probe keeps
-            the deepest adapter that leaves prompts the fix never saw as balanced as before). docs/fix.md,
-            "Race with the balance probe", has the measurements.
+            and the explicit contrast term at 3 (`--contrast`: the anchor alone let explicit race prompts
+            drift below 0.95). Race alone (TINY_RACE_ALONE) also 16 prompts per batch and 150 + 300 steps:
+            at 8 prompts one seed in three stopped at -39 %, and at 16 with 450 BPO steps the sports prompts
+            drifted toward one group on two seeds of three; the shorter run with the larger batch held
+            both (docs/fix.md, "Race alone with 16 prompts per batch").
   others    (janus, emu3, plugins): the model draws its own balanced set (world renders are not its image
             domain), lr 1e-4 (the paper's stage-1 rate for 7B-class LoRA), the same stage shape, alpha and
             anchors as tiny (not measured on real weights: no weights here; the validation split and the
-            guardrails say when they do not hold), 8 prompts per batch, no balance probe; `fairgen audit`'s
+            guardrails say when they do not hold), 8 prompts per batch; `fairgen audit`'s
             64 images per generate() call (not every family splits a call to fit memory).
   paper     the paper's code (github.com/pkulium/Unified_MLLM_Fairness, scripts/lora_generation_*_v6.sh
             and lora_generation_bpo_*_v4.20.sh): stage 1 SFT at lr 1e-4, stage 2 BPO on the same adapter at
             lr 8e-7 with alpha 0, beta 1; LoRA rank 32, LoRA alpha 32; no anchor; no early stopping (the
             last adapter is kept); sampling cfg 3.0, temperature 0.9, top-p 0.6. It counts epochs of its own
             data (10 SFT, 2 BPO); fairgen keeps the family's step counts. Its LoRA dropout (0.1) is not
-            reproduced: fairgen's LoRA has none. No balance probe (the paper validates nothing).
+            reproduced: fairgen's LoRA has none.
 """
 
 from __future__ import annotations
@@ -58,15 +57,15 @@ TRAIN_SUITE = "occupations:train"
 # occupations alone every training prompt is skewed the same way (white), nothing in the set tells the
 # adapter to leave a balanced prompt balanced, and the sports prompts (near balance before) came out less
 # balanced on every run; descriptor prompts are such prompts (docs/fix.md, "Race and mix with the
-# descriptors"). The explicit contrast term: an anchor of 3 (or 5) let explicit "White" prompts fall
-# below the 0.95 floor (docs/fix.md, "Race and mix with the contrast term"). 16 prompts per batch: at 8
-# one seed in three stopped short of the race target. The balance probe: with the larger batch the
-# sports prompts drifted toward one group on two seeds in three, and the validation, made of occupations,
-# could not see it (docs/fix.md, "Race with the balance probe").
-TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450, "contrast": 3.0,
-             "units_per_batch": 16, "probe_suite": "everyday_people"}
+# descriptors"). And the explicit contrast term: an anchor of 3 (or 5) let explicit "White" prompts fall
+# below the 0.95 floor (docs/fix.md, "Race and mix with the contrast term").
+TINY_RACE = {"train_suite": "occupations:train,personal_descriptors:train", "bpo_steps": 450, "contrast": 3.0}
+# tiny, race alone: twice the batch for a steadier BPO gradient (at 8, one seed in three stopped at -39 %)
+# and 150 fewer BPO steps (with 450 the larger batch moved the sports prompts, balanced before, past
+# their interval on two seeds of three). Mix keeps TINY_RACE alone: it met its targets with it.
+TINY_RACE_ALONE = {"units_per_batch": 16, "bpo_steps": 300}
 PAPER = {"train_suite": TRAIN_SUITE, "alpha": 0.0, "beta": 1.0, "anchor": 0.0, "contrast": 0.0, "lr": 1e-4,
-         "bpo_lr": 8e-7, "rank": 32, "lora_alpha": 32.0, "keep": "last", "probe_suite": "none"}
+         "bpo_lr": 8e-7, "rank": 32, "lora_alpha": 32.0, "keep": "last"}
 
 
 def family(model: str) -> str:
@@ -94,6 +93,8 @@ def resolve(config: Any) -> Any:
         recipe.update(PAPER)
     elif family(config.model) == "tiny" and "race" in config.attributes:
         recipe.update(TINY_RACE)
+        if tuple(config.attributes) == ("race",):
+            recipe.update(TINY_RACE_ALONE)
     names = {f.name for f in fields(config)}
     filled = {k: v for k, v in recipe.items() if k in names and getattr(config, k) is None}
     if filled.get("lora_alpha", 0) is None:  # the family recipes: LoRA alpha 2 x rank
@@ -103,5 +104,5 @@ def resolve(config: Any) -> Any:
     return replace(config, **filled)
 
 
-__all__ = ["PAPER", "PAPER_SAMPLING", "PRESETS", "RECIPES", "TINY_RACE", "TRAIN_SUITE", "anchor_for", "family",
-           "resolve"]
+__all__ = ["PAPER", "PAPER_SAMPLING", "PRESETS", "RECIPES", "TINY_RACE", "TINY_RACE_ALONE", "TRAIN_SUITE", "anchor_for",
+           "family", "resolve"]
