@@ -129,6 +129,7 @@ def test_balance_probe_fails_a_step_above_step_zeros_interval_and_the_choice_ski
     # without a probe (or an unmeasured one) nothing changes
     assert failures(_record(150, 0.3), first) == []
     assert failures({**records[2], "probe": {"gender": None}}, first) == []
+    assert failures({**records[2], "probe": {"gender": {"mean": None, "ci95": None}}}, first) == []  # no faces
     assert failures(records[2], {**first, "probe": {"gender": {"mean": 0.1, "ci95": None}}}) == []
 
 

@@ -92,7 +92,7 @@ def fix_command(
                                                "paper preset 32)."),
     units_per_batch: Optional[int] = typer.Option(D("units_per_batch"), "--units-per-batch",
                                                   help="Prompts per batch, each with one image of every group "
-                                                  "(default 16 for tiny with race, else 8)."),
+                                                  "(default 16 for tiny with race alone, else 8)."),
     val_concepts: int = typer.Option(D("val_concepts"), "--val-concepts", help="Training concepts held out for "
                                      "validation (0: no validation; fewer than half of the suite's concepts)."),
     val_images: int = typer.Option(D("val_images"), "--val-images", help="Images per validation prompt."),
@@ -104,8 +104,8 @@ def fix_command(
                                  "never)."),
     probe_suite: Optional[str] = typer.Option(D("probe_suite"), "--probe-suite", help="Balance probe: a suite the "
                                               "fix does not train on, audited at every validation; a step whose rd on "
-                                              "it rises above step 0's 95% interval is not kept ('none': no probe; "
-                                              "default everyday_people for tiny with race, else none)."),
+                                              "it rises above step 0's 95% interval is not kept (default none; "
+                                              "everyday_people is made for it: docs/fix.md)."),
     probe_images: int = typer.Option(D("probe_images"), "--probe-images", help="Images per balance-probe prompt "
                                      "(as a check suite's, so the probe sees what the generalisation guardrail "
                                      "would)."),

@@ -43,7 +43,8 @@ class FixConfig:
     name (None: the model's default); images_per_group: balanced-set images per (prompt, group) before
     filtering; check_concept: also drop images whose concept cue (world perception) is not the prompt's;
     train_prompts: use at most this many training prompts (evenly spread); steps, lr, rank,
-    units_per_batch (None: the recipe's): training (train.py; sft and understanding-sft train sft_steps + bpo_steps steps);
+    units_per_batch (None: the recipe's): training (train.py; sft and understanding-sft train sft_steps +
+    bpo_steps steps);
     alpha, beta: stage 2's weights of SFT and BPO; anchor: weight of the explicit-prompt SFT term
     (train.py); images_per_prompt: test-suite audits; explicit_concepts / explicit_images: the adherence
     check (test prompts, images per explicit prompt); check_suites / check_images / check_prompts: the

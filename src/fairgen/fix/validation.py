@@ -12,13 +12,12 @@ attribute (mean over the prompts), fidelity, face rate, and explicit adherence p
 toward a target other than uniform also "tv": {attr: mean total variation to the target}, which then
 replaces rd as the measure of what the fix is for. With a balance probe (`--probe-suite`: prompts the fix
 never trains on, such as everyday_people) also "probe": {attr: {"mean", "ci95", "noise_floor"}}, their rd:
-a step whose probe rd is above the upper end of step 0's 95 % interval fails, the rule the final verdict
-applies to the check suites, so the run keeps an adapter that left prompts outside its training set as
-balanced as they were (a fix that learns "less white everywhere" moves balanced prompts toward another
-group, which the held-out occupations, all skewed, cannot show). With keep="best" the kept adapter is the one with the
-lowest rd (or tv; relative to step 0, averaged over the fixed attributes) among those that pass every
-guardrail; training stops early after `patience`
-measurements in a row that found no better one. With keep="last" (the paper) the last adapter is kept.
+a step whose probe rd is above the upper end of step 0's 95 % interval fails (the rule the final verdict
+applies to the check suites), so the run keeps an adapter that left prompts outside its training set no
+more skewed than they were, which held-out training concepts cannot show. With keep="best" the kept
+adapter is the one with the lowest rd (or tv; relative to step 0, averaged over the fixed attributes)
+among those that pass every guardrail; training stops early after `patience` measurements in a row that
+found no better one. With keep="last" (the paper) the last adapter is kept.
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
         out.append(f"face rate {ra:.3f} < {rb - MAX_FACE_RATE_DROP:.3f}")
     for attr, rd in (record.get("probe") or {}).items():
         upper = (((first.get("probe") or {}).get(attr) or {}).get("ci95") or [None, None])[1]
-        if rd is not None and upper is not None and rd["mean"] > upper:
+        if (rd or {}).get("mean") is not None and upper is not None and rd["mean"] > upper:
             out.append(f"probe {attr} rd {rd['mean']:.3f} > {upper:.3f}")
     return out
 
