@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..metrics.quality import QUALITY_METRICS
-from .validation import MAX_FACE_RATE_DROP, MAX_FIDELITY_DROP_POINTS, explicit_floor
+from .validation import MAX_FACE_RATE_DROP, MAX_FIDELITY_DROP_POINTS, explicit_floor, interval_end
 
 # The least drop of each quality metric that may fail the verdict, whatever the intervals: 1 % of its range.
 QUALITY_DROP_FLOOR = {"clip_score": 1.0, "clip_iqa": 0.01}
@@ -71,7 +71,7 @@ def _generalisation(report: Mapping[str, Any]) -> dict[str, Any]:
             b, a = pair["before"]["rd"].get(attr), pair["after"]["rd"].get(attr)
             if not (b and a) or b["mean"] is None or a["mean"] is None:
                 continue
-            upper = (b.get("ci95") or [None, None])[1]
+            upper = interval_end(b)
             upper = b["mean"] if upper is None else upper
             cells.append(f"{name} {attr} {b['mean']:.3f} → {a['mean']:.3f}")
             if a["mean"] > upper:

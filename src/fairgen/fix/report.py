@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from ..metrics.quality import QUALITY_METRICS
 from ..types import ATTRIBUTES, METRIC_ATTRIBUTES, Prompt
+from .validation import interval_end
 
 REPORT_JSON, REPORT_MD, REPORT_HTML, CURVES_PNG = "fix_report.json", "fix_report.md", "fix_report.html", "train_curves.png"
 
@@ -277,7 +278,7 @@ def _validation_markdown(summary: Mapping[str, Any] | None) -> list[str]:
     if probed:
         first = records[0]["probe"]
         lines += ["", "Balance probe: rd on prompts the fix never trains on; a step above step 0's 95 % interval ("
-                  + ", ".join(f"{a} ≤ {_f(first[a]['ci95'][1])}" for a in probed if first[a].get("ci95"))
+                  + ", ".join(f"{a} ≤ {_f(interval_end(first[a]))}" for a in probed if interval_end(first[a]) is not None)
                   + ") is not kept."]
     stopped = summary.get("stopped_early_at")
     lines += ["", f"Kept {summary['reason']}."

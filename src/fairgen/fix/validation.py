@@ -60,6 +60,12 @@ def explicit_floor(before: float | None) -> float:
     return before - EXPLICIT_SLACK
 
 
+def interval_end(rd: dict[str, Any] | None) -> float | None:
+    """The upper end of an rd summary's 95 % interval ({"mean", "ci95", ...}; None when not measured): the
+    bound a later rd may not pass, here for the balance probe and in guardrails.py for the check suites."""
+    return ((rd or {}).get("ci95") or [None, None])[1]
+
+
 def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
     """The validation guardrails `record` fails against `first` (step 0): fidelity drop, explicit
     adherence per group, face rate, balance probe. Empty: it passes."""
@@ -76,7 +82,7 @@ def failures(record: dict[str, Any], first: dict[str, Any]) -> list[str]:
     if rb is not None and ra is not None and ra < rb - MAX_FACE_RATE_DROP:
         out.append(f"face rate {ra:.3f} < {rb - MAX_FACE_RATE_DROP:.3f}")
     for attr, rd in (record.get("probe") or {}).items():
-        upper = (((first.get("probe") or {}).get(attr) or {}).get("ci95") or [None, None])[1]
+        upper = interval_end((first.get("probe") or {}).get(attr))
         if (rd or {}).get("mean") is not None and upper is not None and rd["mean"] > upper:
             out.append(f"probe {attr} rd {rd['mean']:.3f} > {upper:.3f}")
     return out
@@ -138,4 +144,4 @@ class Validation:
 
 
 __all__ = ["MAX_FACE_RATE_DROP", "MAX_FIDELITY_DROP_POINTS", "MIN_EXPLICIT", "Validation", "choose",
-           "explicit_floor", "failures", "score", "split"]
+           "explicit_floor", "failures", "interval_end", "score", "split"]
